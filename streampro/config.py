@@ -1,0 +1,387 @@
+"""Structured configs: one dataclass per component, composed into `Config`.
+
+Defaults are the paper's values (SPEC.md) where it gives one; `configs/default.yaml` scales
+them down for the embedded CPU demo. Loading merges YAML and a dotlist onto the schema, so
+an unknown key is an error that names it. Constructors elsewhere take flat arguments.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf  # noqa: F401  (MISSING re-exported)
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from streampro.errors import UserError
+
+
+class ConfigError(UserError):
+    """A config problem a user can fix; the CLI prints it on one line."""
+
+
+@dataclass
+class RunConfig:
+    dir: str = ""
+    """Run folder; empty = runs/<command>-<timestamp> under the current folder."""
+    seed: int = 0
+    """Seed for data order, sampling and initialisation."""
+    resume: str = "never"
+    """'auto' continues from the run folder's last checkpoint; 'never' starts fresh."""
+    log_every: int = 1
+    """Write metrics every N optimiser steps."""
+
+
+@dataclass
+class ClusterConfig:
+    address: str = ""
+    """Empty = start a local Ray sized to the machine; 'auto' or 'ray://host:port' attaches."""
+    num_cpus: int = 0
+    """CPUs of the local Ray (0 = all of the machine's)."""
+    num_gpus: int = 0
+    """GPUs of the local Ray (0 = detect)."""
+    dashboard: bool = False
+    """Start the dashboard (always bound to 127.0.0.1 in local mode)."""
+    namespace: str = "streampro"
+    """Ray namespace of the job's named actors."""
+    runtime_env: str = ""
+    """Runtime-env YAML for `streampro submit` (empty = cluster/runtime_env.yaml)."""
+
+
+@dataclass
+class SynthConfig:
+    out: str = ".cache/streampro/synth"
+    """Folder of the generated benchmark (one sub-folder per split)."""
+    per_task: int = 8
+    """Samples per task and split."""
+    width: int = 128
+    """Frame width in pixels."""
+    height: int = 128
+    """Frame height in pixels."""
+    video_fps: int = 4
+    """Frame rate of the encoded videos (decoding samples them at data.fps)."""
+    min_duration: float = 20.0
+    """Shortest video, seconds."""
+    max_duration: float = 90.0
+    """Longest video, seconds."""
+    speed: float = 1.0
+    """Speed multiplier of moving objects (difficulty knob)."""
+    distractors: int = 1
+    """Distractor objects per scene (difficulty knob)."""
+    max_events: int = 4
+    """Upper bound on events per video where a task has several (difficulty knob)."""
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    """Train manifest (JSONL or Parquet); empty = the synth train split."""
+    val: str = ""
+    """Validation manifest; empty = the synth val split."""
+    test: str = ""
+    """Test manifest; empty = the synth test split."""
+    fps: float = 1.0
+    """Chunks per second of video (SPEC.md: 1 fps)."""
+    window_turns: int = 200
+    """Sliding window: dialogue turns kept in context (SPEC.md: 200)."""
+    codec: str = "patch"
+    """Frame codec: 'patch' (discrete frame tokens, CPU) or 'image' (VLM images, GPU)."""
+    patch_grid: int = 4
+    """The patch codec cuts each frame into patch_grid x patch_grid patches (one token each)."""
+    codebook_size: int = 64
+    """Patch codec codebook entries (4 levels per RGB channel = 64)."""
+    skip_bad: bool = False
+    """Skip samples that fail validation or decoding (counted and reported) instead of failing."""
+    cache_dir: str = ".cache/streampro/samples"
+    """Arrow cache of decoded and tokenised samples."""
+
+
+@dataclass
+class PolicyConfig:
+    name_or_path: str = "tiny"
+    """'tiny' (built locally), or a local Hugging Face folder / hub id."""
+    dtype: str = "float32"
+    """float32 or bfloat16."""
+    cache_dir: str = ".cache/streampro/models"
+    """Where the tiny policy is built (content-addressed by its config)."""
+    hidden_size: int = 128
+    """Tiny policy: hidden size."""
+    num_layers: int = 2
+    """Tiny policy: transformer layers."""
+    num_heads: int = 2
+    """Tiny policy: attention heads (head_dim = hidden_size / num_heads)."""
+    num_kv_heads: int = 1
+    """Tiny policy: key/value heads."""
+    intermediate_size: int = 256
+    """Tiny policy: MLP width."""
+    vocab_size: int = 1024
+    """Tiny policy: BPE vocabulary before special and frame tokens are added."""
+    max_position_embeddings: int = 8192
+    """Tiny policy: longest context."""
+    init_seed: int = 0
+    """Tiny policy: weight initialisation seed."""
+
+
+@dataclass
+class LearnerConfig:
+    num_ranks: int = 1
+    """Data-parallel ranks (Ray actors in one placement group)."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage, 0 to 3."""
+    precision: str = "fp32"
+    """fp32 or bf16."""
+    micro_batch: int = 4
+    """Sequences per rank per forward/backward (gradient accumulation fills the rest)."""
+    num_cpus: float = 1.0
+    """CPUs per rank."""
+    num_gpus: float = 0.0
+    """GPUs per rank."""
+    memory_gb: float = 0.0
+    """Memory per rank (0 = undeclared)."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    placement: str = "PACK"
+    """Placement-group strategy of the ranks."""
+
+
+@dataclass
+class SFTConfig:
+    loss: str = "cb_stream"
+    """'cb_stream', 'ce' or 'focal' (SPEC.md section 2)."""
+    beta: float = 0.9999
+    """CB-Stream effective-number beta."""
+    lambda_text: float = 2.0
+    """Weight of answer-text tokens."""
+    focal_gamma: float = 2.0
+    """Focal-loss gamma (decision tokens)."""
+    lr: float = 1e-5
+    """Peak learning rate."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    epochs: int = 1
+    """Passes over the train split."""
+    max_steps: int = 0
+    """Stop after this many optimiser steps (0 = no limit)."""
+    global_batch: int = 16
+    """Sequences per optimiser step, all ranks together."""
+    max_seq_len: int = 4096
+    """Longest packed sequence in tokens."""
+    pack: bool = True
+    """Pack dialogues into max_seq_len rows instead of padding."""
+    eval_every: int = 0
+    """Evaluate on val every N steps (0 = at the end only)."""
+    save_every: int = 50
+    """Checkpoint every N steps."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept."""
+
+
+@dataclass
+class RolloutConfig:
+    num_actors: int = 1
+    """vLLM rollout actors (one engine each)."""
+    max_answer_tokens: int = 24
+    """Longest answer text per response."""
+    temperature: float = 1.0
+    """Sampling temperature (SPEC.md: 1.0)."""
+    top_p: float = 1.0
+    """Nucleus sampling."""
+    enable_prefix_caching: bool = True
+    """vLLM prefix caching (carries the stream: each step costs its new tokens)."""
+    enforce_eager: bool = True
+    """No CUDA graphs / compilation (faster start, needed on CPU)."""
+    kv_cache_gb: float = 1.0
+    """VLLM_CPU_KVCACHE_SPACE on CPU."""
+    gpu_memory_utilization: float = 0.5
+    """vLLM GPU memory fraction."""
+    tensor_parallel_size: int = 1
+    """Tensor parallel degree of each engine."""
+    max_num_seqs: int = 256
+    """Concurrent sequences per engine."""
+    num_cpus: float = 1.0
+    """CPUs per rollout actor."""
+    num_gpus: float = 0.0
+    """GPUs per rollout actor."""
+    memory_gb: float = 0.0
+    """Memory per rollout actor (0 = undeclared)."""
+    max_restarts: int = 2
+    """Ray restarts of a dead rollout actor."""
+
+
+@dataclass
+class RewardConfig:
+    w_fmt: float = 0.1
+    """Weight of R_fmt (SPEC.md: 0.1)."""
+    w_turn: float = 0.45
+    """Weight of R_turn (SPEC.md: 0.45)."""
+    w_traj: float = 0.45
+    """Weight of R_traj (SPEC.md: 0.45)."""
+    tau: float = 8.0
+    """R_turn tolerance in seconds, both sides (SPEC.md: 8)."""
+    acc_judge: str = "exact"
+    """S_acc judge: 'exact', 'embedding' or 'llm'."""
+    traj_judge: str = "rule"
+    """Rubric judge: 'rule' or 'llm'."""
+    llm_url: str = ""
+    """OpenAI-compatible endpoint of the llm judge (base URL)."""
+    llm_model: str = ""
+    """Model name sent to the llm judge."""
+    timeout_s: float = 30.0
+    """Per-item judge timeout."""
+    fallback_score: float = 0.0
+    """Score recorded when a judge fails or times out (counted)."""
+    num_actors: int = 1
+    """Reward actors in the pool."""
+    num_cpus: float = 0.5
+    """CPUs per reward actor."""
+    memory_gb: float = 0.0
+    """Memory per reward actor (0 = undeclared)."""
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 8
+    """Trajectories per sample, G (SPEC.md: 8)."""
+    batch_samples: int = 16
+    """Samples per step, B (SPEC.md: global batch 16)."""
+    lr: float = 1e-6
+    """Learning rate (SPEC.md: 1e-6)."""
+    epochs: int = 1
+    """Passes over the train split (SPEC.md: 1)."""
+    max_steps: int = 0
+    """Stop after this many steps (0 = epochs decide)."""
+    mini_batches: int = 1
+    """Clipped updates per step (mini-batches of the step's trajectories)."""
+    clip_low: float = 0.2
+    """Lower ratio clip epsilon."""
+    clip_high: float = 0.2
+    """Upper ratio clip epsilon (DAPO clip-higher: e.g. 0.28)."""
+    advantage: str = "grpo"
+    """'grpo' ((r-mean)/(std+eps)), 'drgrpo' (no std scaling) or 'loo' (leave-one-out)."""
+    adv_eps: float = 1e-6
+    """Epsilon of the std normalisation."""
+    kl_coef: float = 0.0
+    """KL coefficient to the reference (0 skips the reference model)."""
+    kl_estimator: str = "k3"
+    """'k1', 'k2' or 'k3'."""
+    loss_agg: str = "token_mean"
+    """'token_mean' (over the global batch) or 'seq_mean'."""
+    dynamic_sampling: bool = False
+    """Resample groups whose rewards are all equal (counted either way)."""
+    async_mode: bool = False
+    """Roll out step k+1 while the learner trains step k (one step off-policy)."""
+    eval_every: int = 0
+    """Val F1 every N steps (0 = at the end only)."""
+    save_every: int = 10
+    """Checkpoint every N steps."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept."""
+
+
+@dataclass
+class EvalConfig:
+    max_samples: int = 0
+    """Evaluate at most N samples per split (0 = all)."""
+    greedy: bool = True
+    """Greedy streaming decoding for evaluation."""
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    """HTTP host of Ray Serve."""
+    port: int = 8000
+    """HTTP port of Ray Serve."""
+    checkpoint: str = ""
+    """HF folder of the policy to serve (empty = policy.name_or_path)."""
+    min_replicas: int = 1
+    """Autoscaling lower bound."""
+    max_replicas: int = 2
+    """Autoscaling upper bound."""
+    num_cpus: float = 1.0
+    """CPUs per replica."""
+    num_gpus: float = 0.0
+    """GPUs per replica."""
+
+
+@dataclass
+class BenchConfig:
+    streams: list[int] = field(default_factory=lambda: [1, 16, 64])
+    """Concurrent streams measured by `bench rollout`."""
+    steps: int = 60
+    """Stream length in steps for `bench rollout`."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds of `bench sft-ablation`."""
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Schema <- YAML file <- dotlist overrides; any unknown key or bad value is a ConfigError."""
+    cfg = OmegaConf.structured(Config)
+    try:
+        if path:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"{p}: config file not found")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except ConfigKeyError as e:
+        key = getattr(e, "full_key", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path or 'overrides'}: unknown config key '{key}'") from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        where = f"{path or 'overrides'}: {key}" if key else f"{path or 'overrides'}"
+        raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def make_run_dir(cfg: Config, command: str) -> Path:
+    """Create the run folder (default runs/<command>-<timestamp>) and write the resolved config."""
+    if not cfg.run.dir:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        cfg.run.dir = str(Path("runs") / f"{command}-{stamp}")
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    return run_dir
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a temp file and rename, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def to_dict(obj: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(obj))  # type: ignore[return-value]

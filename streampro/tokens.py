@@ -1,0 +1,57 @@
+"""The streaming decision format (SPEC.md section 1), shared by data, actors and rewards.
+
+Every string a model reads or writes in a stream is defined here, so that the dialogue
+builder, the rollout episode loop, the rewards and the tiny tokenizer agree on it.
+"""
+
+from __future__ import annotations
+
+# Decision tokens: each must be ONE vocabulary entry (checked by tests/test_foundation.py).
+SILENCE = "</Silence>"
+RESPONSE = "</Response>"
+DECISION_TOKENS = (SILENCE, RESPONSE)
+
+# Chat markers (Qwen2 style, so real Qwen checkpoints read the same layout).
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+ENDOFTEXT = "<|endoftext|>"
+PAD = "<|pad|>"
+# Frame input of the patch codec is wrapped in these, then FRAME_TOKENS_PER_CHUNK tokens.
+FRAME_START = "<|frame|>"
+FRAME_END = "<|/frame|>"
+FRAME_TOKEN_FMT = "<|v{}|>"  # <|v0|> ... <|v{codebook-1}|>
+DEFAULT_CODEBOOK_SIZE = 64
+
+SPECIAL_TOKENS = [ENDOFTEXT, PAD, IM_START, IM_END, SILENCE, RESPONSE, FRAME_START, FRAME_END]
+
+SYSTEM_PROMPT = (
+    "You watch a live video stream one second at a time. After each chunk, output "
+    f"{SILENCE} to keep watching, or {RESPONSE} followed by your answer. Respond only when "
+    "the event has concluded or the information is sufficient. No partial answers. "
+    "No speculation."
+)
+
+# Decision classes used in masks and losses (-1 = not a decision token).
+CLASS_NONE = -1
+CLASS_SILENCE = 0
+CLASS_RESPONSE = 1
+
+
+def frame_token(i: int) -> str:
+    """Name of codebook entry i of the patch codec."""
+    return FRAME_TOKEN_FMT.format(i)
+
+
+def frame_tokens(codebook_size: int = DEFAULT_CODEBOOK_SIZE) -> list[str]:
+    """All frame tokens, in codebook order (their ids are contiguous in the tiny tokenizer)."""
+    return [frame_token(i) for i in range(codebook_size)]
+
+
+def fmt_seconds(t: float) -> str:
+    """Seconds as the shortest exact text: 3.0 -> '3', 2.5 -> '2.5'."""
+    return f"{t:g}"
+
+
+def chunk_stamp(start: float, end: float) -> str:
+    """The interval label of one chunk, e.g. `<0s-1s>` (SPEC.md section 1)."""
+    return f"<{fmt_seconds(start)}s-{fmt_seconds(end)}s>"
