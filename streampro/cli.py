@@ -114,11 +114,11 @@ def _load_handler(command: str) -> Callable[[Config, argparse.Namespace], int] |
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", None))
         handler = _load_handler(args.command)
         if handler is None:
             print(f"streampro {args.command}: not implemented yet", file=sys.stderr)
             return 2
-        cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", None))
         return int(handler(cfg, args) or 0)
     except UserError as e:
         print(f"streampro {args.command}: error: {e}", file=sys.stderr)

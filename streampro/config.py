@@ -49,6 +49,10 @@ class ClusterConfig:
     """Ray namespace of the job's named actors."""
     runtime_env: str = ""
     """Runtime-env YAML for `streampro submit` (empty = cluster/runtime_env.yaml)."""
+    role_resources: bool = True
+    """Actors request a tiny custom resource named after their role (rollout, learner, reward,
+    serve) so an autoscaler starts nodes of the right worker group. The local Ray and the
+    KubeRay manifests provide them; set false to attach to a cluster whose nodes lack them."""
 
 
 @dataclass

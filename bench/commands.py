@@ -1,0 +1,32 @@
+"""`streampro bench NAME`: performance and ablation benchmarks, each writing one JSON file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from streampro.config import Config, atomic_write_text
+from streampro.errors import UserError
+
+BENCHES = ("rollout", "sft-ablation", "grpo-async", "autoscale")
+
+
+def main(cfg: Config, args: argparse.Namespace) -> int:
+    name = args.name
+    out = Path(args.out or f"runs/bench-{name}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if name == "rollout":
+        from streampro.bench.rollout import run
+    elif name == "sft-ablation":
+        from streampro.bench.sft_ablation import run
+    elif name == "grpo-async":
+        from streampro.bench.grpo_async import run
+    elif name == "autoscale":
+        from streampro.cluster.autoscale import run
+    else:
+        raise UserError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHES)}")
+    result = run(cfg, str(out))
+    atomic_write_text(out, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,92 @@
+"""Start or attach Ray: the first thing every command that uses actors does.
+
+- address '' and no RAY_ADDRESS: start a local single-node Ray sized to the machine (or to
+  num_cpus/num_gpus), dashboard on 127.0.0.1 only, offering the per-role custom resources.
+- address '' with RAY_ADDRESS set (the case inside a job sent by `streampro submit`), 'auto',
+  'ray://host:10001' or 'host:6379': attach to that cluster; it provides its own resources.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from streampro.cluster.resources import LOCAL_ROLE_RESOURCES, ROLES
+from streampro.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Environment every local worker gets (actors start in fresh processes).
+WORKER_ENV = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def is_attach(address: str) -> bool:
+    """True when `address` (or RAY_ADDRESS, for an empty one) names an existing cluster."""
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def init_ray(
+    *,
+    address: str = "",
+    num_cpus: int = 0,
+    num_gpus: int = 0,
+    dashboard: bool = False,
+    namespace: str = "streampro",
+    role_resources: dict[str, float] | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    log_to_driver: bool = True,
+) -> None:
+    """Start a local Ray or attach to one (see the module doc). A no-op if Ray is already up
+    in this process (tests, or a caller that started it), so every command may call it.
+
+    num_cpus/num_gpus 0 = detect. role_resources None = one unit of every role's custom
+    resource ({} = none). runtime_env None = the CPU env vars above for local workers.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if is_attach(address):
+        _attach(ray, address, namespace, runtime_env, log_to_driver)
+        return
+    env = {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
+    ray.init(
+        address="local",
+        num_cpus=num_cpus or None,
+        num_gpus=num_gpus or None,
+        resources=dict(LOCAL_ROLE_RESOURCES if role_resources is None else role_resources),
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",  # never exposed beyond this machine
+        namespace=namespace,
+        runtime_env=runtime_env if runtime_env is not None else {"env_vars": env},
+        log_to_driver=log_to_driver,
+    )
+
+
+def _attach(ray: Any, address: str, namespace: str, runtime_env: dict[str, Any] | None,
+            log_to_driver: bool) -> None:
+    try:
+        ray.init(address=address or None, namespace=namespace, runtime_env=runtime_env,
+                 log_to_driver=log_to_driver)
+    except (ConnectionError, RuntimeError) as e:
+        where = address or os.environ.get("RAY_ADDRESS", "")
+        raise UserError(f"cluster.address={where!r}: cannot connect to Ray: {str(e).splitlines()[0]}"
+                        ) from None
+    missing = [r for r in ROLES if r not in ray.cluster_resources()]
+    if missing:
+        # Fine under an autoscaler (nodes with them start on demand); otherwise actors wait.
+        log.warning("the Ray cluster offers no %s custom resource(s): unless an autoscaler adds "
+                    "nodes with them, set cluster.role_resources=false", ", ".join(missing))
+
+
+def init_from_config(cluster_cfg: Any, *, runtime_env: dict[str, Any] | None = None) -> None:
+    """init_ray from a ClusterConfig (the one place that unpacks it)."""
+    init_ray(
+        address=cluster_cfg.address,
+        num_cpus=cluster_cfg.num_cpus,
+        num_gpus=cluster_cfg.num_gpus,
+        dashboard=cluster_cfg.dashboard,
+        namespace=cluster_cfg.namespace,
+        runtime_env=runtime_env,
+    )

@@ -1,0 +1,244 @@
+"""Learner groups: `LocalLearnerGroup` (one in-process rank) and `RayLearnerGroup` (K Ray actors).
+
+Both implement learners/api.py `LearnerGroupAPI` with the same LearnerWorker, so they run
+identical maths; only the transport differs. A group computes the step's global totals
+(CB-Stream class counts, the token or sequence normaliser) BEFORE splitting the batch over
+ranks and micro-batches, so a step's loss and gradient do not depend on the split.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from streampro.learners.api import Batch
+from streampro.learners.packing import assign_rows, materialize
+from streampro.learners.worker import LearnerSettings, LearnerWorker
+from streampro.tokens import CLASS_RESPONSE, CLASS_SILENCE
+
+OBJECTIVES = ("sft", "grpo")
+_REQUIRED = {"sft": ("decision_class",), "grpo": ("advantages", "old_logprobs")}
+_BASE_KEYS = ("input_ids", "position_ids", "seq_ids", "loss_mask")
+
+
+def check_batch(batch: Batch, objective: str) -> None:
+    """Fail early, naming the missing or misshapen key, before any rank starts work."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r} (one of {', '.join(OBJECTIVES)})")
+    shape = tuple(batch["input_ids"].shape) if "input_ids" in batch else None
+    for key in _BASE_KEYS + _REQUIRED[objective]:
+        if key not in batch:
+            raise ValueError(f"batch for {objective!r} lacks key {key!r}")
+        if tuple(batch[key].shape) != shape:
+            raise ValueError(f"batch[{key!r}] has shape {tuple(batch[key].shape)}, input_ids {shape}")
+
+
+def step_totals(batch: Batch, *, objective: str, loss_agg: str = "token_mean") -> dict[str, float]:
+    """Global quantities of the whole step: class counts and the loss normaliser."""
+    mask = batch["loss_mask"] > 0  # [B, T]
+    totals: dict[str, float] = {"tokens": float(mask.sum())}
+    if objective == "sft":
+        dc = batch["decision_class"]
+        totals["n_silence"] = float((mask & (dc == CLASS_SILENCE)).sum())
+        totals["n_response"] = float((mask & (dc == CLASS_RESPONSE)).sum())
+        totals["normalizer"] = totals["tokens"]
+    elif loss_agg == "seq_mean":
+        if int(batch["seq_ids"].max()) > 0:
+            raise ValueError("loss_agg='seq_mean' needs one sequence per row (do not pack GRPO batches)")
+        totals["normalizer"] = float(mask.any(dim=1).sum())
+    else:
+        totals["normalizer"] = totals["tokens"]
+    return totals
+
+
+def reduce_stats(per_rank: list[dict[str, float]], *, objective: str, totals: dict[str, float]) -> dict[str, float]:
+    """Add rank sums, then turn them into the step's metrics (global means)."""
+    acc: dict[str, float] = {}
+    for stats in per_rank:
+        for k, v in stats.items():
+            if k.startswith("max/"):
+                acc[k] = max(acc.get(k, v), v)
+            elif k.startswith("last/"):
+                acc[k] = v  # identical on every rank (global grad norm, lr)
+            else:
+                acc[k] = acc.get(k, 0.0) + v
+    n = max(acc.get("sum/tokens", 0.0), 1.0)
+    out = {"loss": acc.get("sum/loss", 0.0), "tokens": acc.get("sum/tokens", 0.0),
+           "entropy": acc.get("sum/entropy", 0.0) / n,
+           "grad_norm": acc.get("last/grad_norm", 0.0), "lr": acc.get("last/lr", 0.0)}
+    if objective == "sft":
+        from streampro.learners.losses import cb_stream_weights, finish_decision_metrics
+
+        out["nll"] = acc.get("sum/nll", 0.0) / n
+        out.update(finish_decision_metrics({k[4:]: v for k, v in acc.items() if k.startswith("sum/")}))
+        out["n_silence"], out["n_response"] = totals["n_silence"], totals["n_response"]
+        out["w_silence"], out["w_response"] = cb_stream_weights(int(totals["n_silence"]), int(totals["n_response"]))
+    else:
+        for k, v in acc.items():
+            if k.startswith("sum/") and k not in ("sum/loss", "sum/tokens", "sum/entropy"):
+                out[k[4:]] = v / n
+        out["ratio_max"] = acc.get("max/ratio_max", 0.0)
+    return out
+
+
+def _scatter_logprobs(batch: Batch, plan: list[list[list[int]]], results: list[list[torch.Tensor]]) -> torch.Tensor:
+    out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)  # [B, T]
+    for rank_rows, rank_lps in zip(plan, results):
+        for rows, lp in zip(rank_rows, rank_lps):
+            if rows:
+                out[rows, : lp.shape[1]] = lp
+    return out
+
+
+def _tmp_sibling(path: str) -> Path:
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _publish(tmp: Path, path: str) -> None:
+    """Atomic-ish replace: rename the finished temp folder over the final one."""
+    final = Path(path)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+
+
+def _settings(**kwargs) -> LearnerSettings:
+    return LearnerSettings(**kwargs)
+
+
+class LocalLearnerGroup:
+    """World size 1 in this process: DeepSpeed over a single gloo rank (same code as Ray ranks)."""
+
+    def __init__(self, *, model_path: str, **settings) -> None:
+        """settings: the flat fields of LearnerSettings (zero_stage, precision, micro_batch, lr, ...)."""
+        self.settings = _settings(**settings)
+        self.world_size = 1
+        self.worker = LearnerWorker(model_path=model_path, rank=0, world_size=1, settings=self.settings)
+        _, port = self.worker.address()
+        self.worker.setup(master_addr="127.0.0.1", master_port=port)
+
+    def train_step(self, *, batch: Batch, objective: str) -> dict[str, float]:
+        check_batch(batch, objective)
+        totals = step_totals(batch, objective=objective, loss_agg=self.settings.loss_agg)
+        plan = assign_rows(batch, world_size=1, micro_batch=self.settings.micro_batch)
+        stats = self.worker.train(micro_batches=[materialize(batch, r) for r in plan[0]],
+                                  objective=objective, totals=totals)
+        return reduce_stats([stats], objective=objective, totals=totals)
+
+    def logprobs(self, *, batch: Batch, reference: bool = False) -> torch.Tensor:
+        plan = assign_rows(batch, world_size=1, micro_batch=self.settings.micro_batch)
+        lps = self.worker.logprobs(micro_batches=[materialize(batch, r) for r in plan[0]], reference=reference)
+        return _scatter_logprobs(batch, plan, [lps])
+
+    def save_checkpoint(self, *, path: str, client_state: dict | None = None) -> None:
+        tmp = _tmp_sibling(path)
+        self.worker.save(path=str(tmp), client_state=dict(client_state or {}))
+        _publish(tmp, path)
+
+    def load_checkpoint(self, *, path: str) -> dict:
+        return self.worker.load(path=path)
+
+    def export_hf(self, *, path: str) -> str:
+        tmp = _tmp_sibling(path)
+        self.worker.export_hf(path=str(tmp))
+        _publish(tmp, path)
+        return str(path)
+
+    def shutdown(self) -> None:
+        self.worker.shutdown()
+
+
+class RayLearnerGroup:
+    """K Ray actors in one placement group, each a rank of one DeepSpeed data-parallel engine."""
+
+    def __init__(self, *, model_path: str, num_ranks: int, num_cpus: float = 1.0, num_gpus: float = 0.0,
+                 memory_gb: float = 0.0, placement: str = "PACK", **settings) -> None:
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.settings = _settings(**settings)
+        self.world_size = num_ranks
+        bundle = {k: v for k, v in (("CPU", num_cpus), ("GPU", num_gpus)) if v > 0}
+        if memory_gb > 0:
+            bundle["memory"] = memory_gb * 2**30
+        self.pg = placement_group([dict(bundle) for _ in range(num_ranks)], strategy=placement)
+        ray.get(self.pg.ready(), timeout=600)
+        env = {"TOKENIZERS_PARALLELISM": "false"}
+        if num_gpus == 0:
+            env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed must not look for CUDA on a CPU rank
+        remote_cls = ray.remote(LearnerWorker)
+        self.actors = [
+            remote_cls.options(
+                num_cpus=num_cpus, num_gpus=num_gpus, memory=bundle.get("memory"),
+                runtime_env={"env_vars": env},
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+            ).remote(model_path=model_path, rank=i, world_size=num_ranks, settings=self.settings)
+            for i in range(num_ranks)
+        ]
+        addrs = ray.get([a.address.remote() for a in self.actors])
+        one_node = len({ip for ip, _ in addrs}) == 1
+        master = "127.0.0.1" if one_node else addrs[0][0]
+        ray.get([a.setup.remote(master_addr=master, master_port=addrs[0][1]) for a in self.actors])
+
+    def train_step(self, *, batch: Batch, objective: str) -> dict[str, float]:
+        import ray
+
+        check_batch(batch, objective)
+        totals = step_totals(batch, objective=objective, loss_agg=self.settings.loss_agg)
+        plan = assign_rows(batch, world_size=self.world_size, micro_batch=self.settings.micro_batch)
+        refs = [a.train.remote(micro_batches=[materialize(batch, r) for r in plan[k]],
+                               objective=objective, totals=totals)
+                for k, a in enumerate(self.actors)]
+        return reduce_stats(ray.get(refs), objective=objective, totals=totals)
+
+    def logprobs(self, *, batch: Batch, reference: bool = False) -> torch.Tensor:
+        import ray
+
+        plan = assign_rows(batch, world_size=self.world_size, micro_batch=self.settings.micro_batch)
+        refs = [a.logprobs.remote(micro_batches=[materialize(batch, r) for r in plan[k]], reference=reference)
+                for k, a in enumerate(self.actors)]
+        return _scatter_logprobs(batch, plan, ray.get(refs))
+
+    def save_checkpoint(self, *, path: str, client_state: dict | None = None) -> None:
+        import ray
+
+        tmp = _tmp_sibling(path)  # ranks write into one shared folder (same node or shared FS)
+        ray.get([a.save.remote(path=str(tmp), client_state=dict(client_state or {})) for a in self.actors])
+        _publish(tmp, path)
+
+    def load_checkpoint(self, *, path: str) -> dict:
+        import ray
+
+        return ray.get([a.load.remote(path=path) for a in self.actors])[0]
+
+    def export_hf(self, *, path: str) -> str:
+        import ray
+
+        tmp = _tmp_sibling(path)
+        ray.get([a.export_hf.remote(path=str(tmp)) for a in self.actors])
+        _publish(tmp, path)
+        return str(path)
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        try:
+            ray.get([a.shutdown.remote() for a in self.actors], timeout=60)
+        finally:
+            for a in self.actors:
+                ray.kill(a)
+            remove_placement_group(self.pg)

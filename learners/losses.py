@@ -1,0 +1,150 @@
+"""SFT losses (SPEC.md section 2): plain CE, focal on decision tokens, and CB-Stream.
+
+Pure functions over `[B, T]` tensors, importable with torch alone. Alignment follows
+learners/api.py: `logprobs[:, t] = log p(input_ids[:, t] | tokens < t)` and position 0 is 0,
+so one mask, one class tensor and one logprob tensor all index the predicted token t.
+Every loss is a masked *sum* divided by a global normaliser (the number of supervised tokens
+of the whole step, all ranks and micro-batches), so micro-batch losses add up to the global
+mean and the result does not depend on how the step's batch was split.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from streampro.tokens import CLASS_RESPONSE, CLASS_SILENCE
+
+SFT_LOSSES = ("ce", "focal", "cb_stream")
+
+
+def cb_stream_weights(n_silence: int, n_response: int, beta: float = 0.9999) -> tuple[float, float]:
+    """Class-balanced weights (Cui et al. 2019) of the two decision classes, summing to |S| = 2.
+
+    E_k = (1 - beta^n_k) / (1 - beta); w_k = (1/E_k) / sum_j (1/E_j) * 2. A class with no
+    target in the batch gets weight 0 (it is unused) and the other one weight 2.
+    """
+    if n_silence < 0 or n_response < 0:
+        raise ValueError(f"class counts must be >= 0, got {n_silence}, {n_response}")
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    inv = []
+    for n in (n_silence, n_response):
+        # -expm1(n*log1p(-beta)) = 1 - beta^n without cancellation for beta near 1
+        eff = -math.expm1(n * math.log1p(-beta)) / (1.0 - beta) if n > 0 else 0.0
+        inv.append(1.0 / eff if eff > 0 else 0.0)
+    total = sum(inv)
+    if total == 0.0:
+        return 0.0, 0.0
+    return inv[0] / total * 2.0, inv[1] / total * 2.0
+
+
+def shifted_logprobs(
+    logits: torch.Tensor,  # [B, T, V] logits[:, t] predicts token t+1
+    input_ids: torch.Tensor,  # [B, T]
+    *,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Per-token logprobs, entropies and argmax predictions, aligned to the predicted token.
+
+    Returns (logprobs [B, T], entropy [B, T] or None, predicted ids [B, T]); position 0 holds 0
+    (entropy 0, prediction -1) because nothing predicts the first token.
+    """
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [B, T-1, V]
+    target = input_ids[:, 1:].unsqueeze(-1)  # [B, T-1, 1]
+    lp = logp.gather(-1, target).squeeze(-1)  # [B, T-1]
+    zero = torch.zeros_like(lp[:, :1])  # [B, 1]
+    logprobs = torch.cat([zero, lp], dim=1)  # [B, T]
+    with torch.no_grad():  # statistics only: keep them out of the autograd graph
+        entropy = None
+        if with_entropy:
+            ent = -(logp.exp() * logp).sum(-1)  # [B, T-1]
+            entropy = torch.cat([zero.detach(), ent], dim=1)
+        pred = logits[:, :-1].argmax(-1)  # [B, T-1]
+        pred = torch.cat([torch.full_like(pred[:, :1], -1), pred], dim=1)  # [B, T]
+    return logprobs, entropy, pred
+
+
+def token_weights(
+    decision_class: torch.Tensor,  # [B, T] long: -1 text/none, 0 silence, 1 response
+    *,
+    w_silence: float,
+    w_response: float,
+    w_text: float,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:  # [B, T]
+    """w_i = w_{y_i} on decision tokens, w_text on every other token (masking is done later)."""
+    w = torch.full(decision_class.shape, w_text, dtype=dtype, device=decision_class.device)
+    w = torch.where(decision_class == CLASS_SILENCE, torch.full_like(w, w_silence), w)
+    w = torch.where(decision_class == CLASS_RESPONSE, torch.full_like(w, w_response), w)
+    return w
+
+
+def sft_loss(
+    logprobs: torch.Tensor,  # [B, T] log p(y_t | < t)
+    loss_mask: torch.Tensor,  # [B, T] float 0/1 supervised tokens
+    decision_class: torch.Tensor,  # [B, T] long
+    *,
+    kind: str,
+    n_silence: int,
+    n_response: int,
+    normalizer: float,
+    beta: float = 0.9999,
+    lambda_text: float = 2.0,
+    focal_gamma: float = 2.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """SFT loss of one micro-batch: sum_i w_i * l_i / N, N = supervised tokens of the global step.
+
+    ce:        w_i = 1,                               l_i = -log p
+    focal:     decisions l_i = (1 - p)^gamma * -log p, text l_i = -log p, w_i = 1
+    cb_stream: w_i = cb_stream_weights(n_silence, n_response) on decisions, lambda_text on text
+    n_silence / n_response are the class counts of the *global* step, never of this micro-batch.
+    """
+    mask = loss_mask.to(logprobs.dtype)
+    nll = -logprobs  # [B, T]
+    is_decision = decision_class >= 0  # [B, T]
+    if kind == "ce":
+        per_token = nll
+    elif kind == "focal":
+        focal = (1.0 - logprobs.exp()).clamp(min=0.0).pow(focal_gamma) * nll
+        per_token = torch.where(is_decision, focal, nll)
+    elif kind == "cb_stream":
+        w_s, w_r = cb_stream_weights(n_silence, n_response, beta)
+        w = token_weights(decision_class, w_silence=w_s, w_response=w_r, w_text=lambda_text,
+                          dtype=logprobs.dtype)
+        per_token = w * nll
+    else:
+        raise ValueError(f"unknown SFT loss {kind!r} (one of {', '.join(SFT_LOSSES)})")
+    loss = (per_token * mask).sum() / max(float(normalizer), 1.0)
+    with torch.no_grad():
+        stats = {"nll_sum": float((nll * mask).sum()), "tokens": float(mask.sum())}
+    return loss, stats
+
+
+def decision_counts(
+    pred: torch.Tensor,  # [B, T] argmax prediction of token t
+    input_ids: torch.Tensor,  # [B, T]
+    decision_class: torch.Tensor,  # [B, T]
+    loss_mask: torch.Tensor,  # [B, T]
+) -> dict[str, float]:
+    """Sums (not means) so ranks and micro-batches reduce by addition: hits and targets per class."""
+    sup = loss_mask > 0
+    hit = pred == input_ids
+    out: dict[str, float] = {}
+    for name, k in (("silence", CLASS_SILENCE), ("response", CLASS_RESPONSE)):
+        is_k = sup & (decision_class == k)
+        out[f"n_{name}"] = float(is_k.sum())
+        out[f"hit_{name}"] = float((is_k & hit).sum())
+    return out
+
+
+def finish_decision_metrics(sums: dict[str, float]) -> dict[str, float]:
+    """Turn summed counts into accuracy and per-class recall (NaN-free: 0 when a class is absent)."""
+    n_s, n_r = sums.get("n_silence", 0.0), sums.get("n_response", 0.0)
+    h_s, h_r = sums.get("hit_silence", 0.0), sums.get("hit_response", 0.0)
+    return {
+        "decision_acc": (h_s + h_r) / max(n_s + n_r, 1.0),
+        "silence_recall": h_s / max(n_s, 1.0),
+        "response_recall": h_r / max(n_r, 1.0),
+    }

@@ -1,0 +1,145 @@
+"""Packing dialogues into rows, padding rows into a batch, and slicing batches for ranks.
+
+Several dialogues share one row: position_ids restart at 0 for each, seq_ids name the
+dialogue of every token (-1 = padding), and `attention_bias` turns seq_ids into a
+block-diagonal causal mask so no token attends across dialogues. Pure torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from streampro.learners.api import Batch
+
+# Keys sliced along the row axis; everything in a Batch is [B, T].
+ROW_KEYS = ("input_ids", "position_ids", "seq_ids", "loss_mask", "decision_class",
+            "advantages", "old_logprobs", "ref_logprobs")
+
+
+@dataclass
+class PackItem:
+    """One dialogue ready for training (token-aligned lists of equal length)."""
+
+    input_ids: list[int]
+    loss_mask: list[int]
+    decision_class: list[int] | None = None
+    advantages: list[float] | None = None
+    old_logprobs: list[float] | None = None
+    ref_logprobs: list[float] | None = None
+
+
+def plan_rows(lengths: Sequence[int], *, max_len: int, pack: bool) -> list[list[int]]:
+    """Group sequence indices into rows of at most max_len tokens (first fit, input order).
+
+    First fit keeps the plan deterministic and order-preserving; without packing every
+    sequence is its own row. A sequence longer than max_len gets a row alone (the caller
+    truncates and counts it).
+    """
+    if not pack:
+        return [[i] for i in range(len(lengths))]
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i, n in enumerate(lengths):
+        for r, space in enumerate(free):
+            if n <= space:
+                rows[r].append(i)
+                free[r] -= n
+                break
+        else:
+            rows.append([i])
+            free.append(max(max_len - n, 0))
+    return rows
+
+
+def collate(seqs: Sequence[PackItem], rows: list[list[int]], *, pad_id: int) -> Batch:
+    """Pad packed rows to the longest one: a Batch with the keys of learners/api.py."""
+    width = max(sum(len(seqs[i].input_ids) for i in row) for row in rows)
+    b = len(rows)
+    out: Batch = {
+        "input_ids": torch.full((b, width), pad_id, dtype=torch.long),
+        "position_ids": torch.zeros((b, width), dtype=torch.long),
+        "seq_ids": torch.full((b, width), -1, dtype=torch.long),
+        "loss_mask": torch.zeros((b, width), dtype=torch.float32),
+    }
+    optional = {"decision_class": (torch.long, -1), "advantages": (torch.float32, 0.0),
+                "old_logprobs": (torch.float32, 0.0), "ref_logprobs": (torch.float32, 0.0)}
+    for key, (dtype, fill) in optional.items():
+        if getattr(seqs[rows[0][0]], key) is not None:
+            out[key] = torch.full((b, width), fill, dtype=dtype)
+    for r, row in enumerate(rows):
+        pos = 0
+        for j, i in enumerate(row):
+            s = seqs[i]
+            n = len(s.input_ids)
+            sl = slice(pos, pos + n)
+            out["input_ids"][r, sl] = torch.tensor(s.input_ids, dtype=torch.long)
+            out["position_ids"][r, sl] = torch.arange(n)
+            out["seq_ids"][r, sl] = j
+            out["loss_mask"][r, sl] = torch.tensor(s.loss_mask, dtype=torch.float32)
+            for key in optional:
+                if key in out:
+                    out[key][r, sl] = torch.tensor(getattr(s, key), dtype=out[key].dtype)
+            pos += n
+    return out
+
+
+def attention_bias(seq_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # [B, 1, T, T]
+    """Additive block-diagonal causal mask: 0 where query i may see key j, -inf-ish elsewhere.
+
+    Works for eager and SDPA attention. Padding queries see themselves only, so their rows
+    stay finite (no NaN from an all-masked softmax).
+    """
+    t = seq_ids.shape[1]
+    same = seq_ids.unsqueeze(2) == seq_ids.unsqueeze(1)  # [B, T, T]
+    causal = torch.ones(t, t, dtype=torch.bool, device=seq_ids.device).tril()  # [T, T]
+    real = (seq_ids >= 0).unsqueeze(1)  # [B, 1, T] keys that are tokens
+    allowed = same & causal & real
+    allowed |= torch.eye(t, dtype=torch.bool, device=seq_ids.device)
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=seq_ids.device)
+    bias.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return bias.unsqueeze(1)
+
+
+def select_rows(batch: Batch, idx: Sequence[int]) -> Batch:
+    """Rows idx of every [B, T] tensor, trimmed of trailing columns that are padding everywhere."""
+    index = torch.as_tensor(list(idx), dtype=torch.long)
+    out = {k: v.index_select(0, index) for k, v in batch.items() if k in ROW_KEYS}
+    real = (out["seq_ids"] >= 0).any(dim=0).nonzero()
+    width = int(real.max()) + 1 if real.numel() else 1
+    return {k: v[:, :width].contiguous() for k, v in out.items()}
+
+
+def empty_like_rows(batch: Batch) -> Batch:
+    """A one-row, one-token micro-batch with nothing supervised: keeps collective counts equal."""
+    return {k: torch.zeros_like(v[:1, :1]) for k, v in batch.items() if k in ROW_KEYS}
+
+
+def assign_rows(batch: Batch, *, world_size: int, micro_batch: int) -> list[list[list[int]]]:
+    """Row indices per rank per micro-batch: rows go by descending token count to the least
+    loaded rank (balances compute). Every rank gets the same number of micro-batches, padded
+    with empty lists, because ZeRO reduces gradients collectively at each backward.
+    """
+    n_rows = batch["input_ids"].shape[0]
+    tokens = (batch["seq_ids"] >= 0).sum(dim=1).tolist()
+    order = sorted(range(n_rows), key=lambda r: (-tokens[r], r))
+    per_rank: list[list[int]] = [[] for _ in range(world_size)]
+    load = [0] * world_size
+    for r in order:
+        k = min(range(world_size), key=lambda j: (load[j], len(per_rank[j]), j))
+        per_rank[k].append(r)
+        load[k] += tokens[r]
+    n_micro = max(1, max(-(-len(rows) // micro_batch) for rows in per_rank))
+    plan: list[list[list[int]]] = []
+    for rows in per_rank:
+        rows = sorted(rows)
+        mbs = [rows[i:i + micro_batch] for i in range(0, len(rows), micro_batch)]
+        plan.append(mbs + [[] for _ in range(n_micro - len(mbs))])
+    return plan
+
+
+def materialize(batch: Batch, rows: list[int]) -> Batch:
+    """The micro-batch of these rows; an empty list gives the empty placeholder micro-batch."""
+    return select_rows(batch, rows) if rows else empty_like_rows(batch)

@@ -1,0 +1,244 @@
+"""One rank of the learner group: the policy under a DeepSpeed engine (ZeRO 0-3, fp32/bf16).
+
+The same class runs in-process (LocalLearnerGroup, world size 1) and as a Ray actor
+(RayLearnerGroup, one per rank), so both groups execute identical maths. A rank only sees
+its micro-batches plus the step's global totals (class counts, token counts), computed by
+the group before splitting. DeepSpeed is imported lazily: building a Ray group in the
+driver must not pull it in.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streampro.learners.api import Batch
+from streampro.learners.losses import decision_counts, sft_loss, shifted_logprobs
+from streampro.learners.packing import attention_bias
+
+_CKPT_TAG = "state"
+# Files of an HF folder that are weights or config; everything else (tokenizer) is copied.
+_WEIGHT_FILES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json", ".pt")
+
+
+@dataclass(frozen=True)
+class LearnerSettings:
+    """Flat hyperparameters every rank needs (the groups take them as keyword arguments)."""
+
+    zero_stage: int = 2
+    precision: str = "fp32"
+    micro_batch: int = 4
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    seed: int = 0
+    with_reference: bool = False
+    # SFT objective
+    sft_loss: str = "cb_stream"
+    beta: float = 0.9999
+    lambda_text: float = 2.0
+    focal_gamma: float = 2.0
+    # GRPO objective
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    loss_agg: str = "token_mean"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LearnerWorker:
+    """A data-parallel rank. Verbs are keyword-only; the group calls them on every rank."""
+
+    def __init__(self, *, model_path: str, rank: int, world_size: int, settings: LearnerSettings):
+        self.model_path = model_path
+        self.rank = rank
+        self.world_size = world_size
+        self.s = settings
+        self.engine = None
+        self.ref_model = None
+
+    def address(self) -> tuple[str, int]:
+        """This rank's node IP and a free port (rank 0's become the rendezvous)."""
+        import ray
+
+        ip = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
+        return ip, free_port()
+
+    def setup(self, *, master_addr: str, master_port: int) -> None:
+        """Join torch.distributed via env:// and build the DeepSpeed engine."""
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        on_gpu = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "") != "cpu"
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
+                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        if on_gpu:
+            torch.cuda.set_device(0)  # Ray gives each rank its own CUDA_VISIBLE_DEVICES
+        self.device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+        self._seed_all(self.s.seed + self.rank)
+        self.dtype = torch.bfloat16 if self.s.precision == "bf16" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32,
+                                                     attn_implementation="sdpa")
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.s.lr, weight_decay=self.s.weight_decay,
+                                      betas=(0.9, 0.999), eps=1e-8, foreach=False)
+        warm = max(self.s.warmup_steps, 0)
+        # linear warm-up to the peak lr, then constant (SFTConfig: lr + warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warm + 1)))
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=sched, config=self._ds_config())
+        if self.s.with_reference:
+            ref = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype,
+                                                       attn_implementation="sdpa")
+            self.ref_model = ref.to(self.device).eval().requires_grad_(False)
+
+    def _ds_config(self) -> dict:
+        return {
+            "train_micro_batch_size_per_gpu": self.s.micro_batch,
+            "gradient_accumulation_steps": 1,
+            "train_batch_size": self.s.micro_batch * self.world_size,
+            # the caller owns the boundary: any number of backward() calls, then one step()
+            "managed_gradient_accumulation": False,
+            "gradient_clipping": self.s.grad_clip,
+            "zero_optimization": {"stage": self.s.zero_stage, "overlap_comm": False},
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": self.s.precision == "bf16"},
+            "steps_per_print": 1 << 30,
+            "wall_clock_breakdown": False,
+        }
+
+    @staticmethod
+    def _seed_all(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % (1 << 32))
+        torch.manual_seed(seed)
+
+    def _logits(self, model, mb: Batch) -> torch.Tensor:  # [B, T, V]
+        bias = attention_bias(mb["seq_ids"].to(self.device), self.dtype)  # [B, 1, T, T]
+        out = model(input_ids=mb["input_ids"].to(self.device), position_ids=mb["position_ids"].to(self.device),
+                    attention_mask=bias, use_cache=False)
+        return out.logits
+
+    def train(self, *, micro_batches: list[Batch], objective: str, totals: dict[str, float]) -> dict[str, float]:
+        """Forward/backward every micro-batch, then one optimiser step. Returns summed stats."""
+        self.engine.train()
+        sums: dict[str, float] = defaultdict(float)
+        for mb in micro_batches:
+            mb = {k: v.to(self.device) for k, v in mb.items()}
+            logits = self._logits(self.engine, mb)
+            lp, ent, pred = shifted_logprobs(logits, mb["input_ids"], with_entropy=True)
+            if objective == "sft":
+                loss, st = sft_loss(
+                    lp, mb["loss_mask"], mb["decision_class"], kind=self.s.sft_loss,
+                    n_silence=int(totals["n_silence"]), n_response=int(totals["n_response"]),
+                    normalizer=totals["normalizer"], beta=self.s.beta, lambda_text=self.s.lambda_text,
+                    focal_gamma=self.s.focal_gamma)
+                for k, v in decision_counts(pred, mb["input_ids"], mb["decision_class"], mb["loss_mask"]).items():
+                    sums[f"sum/{k}"] += v
+                sums["sum/nll"] += st["nll_sum"]
+            else:
+                loss, st = self._grpo_loss(lp, mb, totals)
+                n = st["tokens"]
+                for k, v in st.items():
+                    if k == "ratio_max":
+                        sums["max/ratio_max"] = max(sums.get("max/ratio_max", 0.0), v if n else 0.0)
+                    elif k != "tokens":
+                        sums[f"sum/{k}"] += v * n  # token-weighted, divided by the total later
+            mask = mb["loss_mask"]
+            sums["sum/tokens"] += float(mask.sum())
+            sums["sum/entropy"] += float((ent * mask).sum())
+            sums["sum/loss"] += float(loss.detach())
+            # ZeRO averages gradients over ranks; the loss is already a share of the global
+            # mean, so scale by world size to make the reduced gradient the global one.
+            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        sums["last/grad_norm"] = float(norm) if norm is not None else 0.0
+        sums["last/lr"] = float(self.engine.get_lr()[0])
+        return dict(sums)
+
+    def _grpo_loss(self, lp: torch.Tensor, mb: Batch, totals: dict[str, float]) -> tuple[torch.Tensor, dict]:
+        from streampro.learners.grpo_loss import policy_loss
+
+        ref = mb.get("ref_logprobs") if self.s.kl_coef != 0.0 else None
+        return policy_loss(lp, mb["old_logprobs"], mb["advantages"], mb["loss_mask"],
+                           clip_low=self.s.clip_low, clip_high=self.s.clip_high, ref_logprobs=ref,
+                           kl_coef=self.s.kl_coef, kl_estimator=self.s.kl_estimator,
+                           loss_agg=self.s.loss_agg, normalizer=totals["normalizer"])
+
+    @torch.no_grad()
+    def logprobs(self, *, micro_batches: list[Batch], reference: bool = False) -> list[torch.Tensor]:
+        """Per-token logprobs `[b, t]` of each micro-batch, on CPU in fp32."""
+        if reference and self.ref_model is None:
+            raise ValueError("reference logprobs need a group built with with_reference=True")
+        model = self.ref_model if reference else self.engine
+        if not reference:
+            self.engine.eval()
+        out = []
+        for mb in micro_batches:
+            logits = self._logits(model, mb)
+            lp, _, _ = shifted_logprobs(logits, mb["input_ids"].to(self.device))
+            out.append(lp.float().cpu())
+        return out
+
+    def save(self, *, path: str, client_state: dict) -> None:
+        """DeepSpeed checkpoint (weights, optimizer, scheduler) + this rank's RNG into path."""
+        self.engine.save_checkpoint(path, tag=_CKPT_TAG, client_state=client_state, save_latest=False)
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        torch.save(rng, Path(path) / f"rng_rank{self.rank}.pt")
+
+    def load(self, *, path: str) -> dict:
+        load_path, client_state = self.engine.load_checkpoint(path, tag=_CKPT_TAG)
+        if load_path is None:
+            raise FileNotFoundError(f"{path}: no DeepSpeed checkpoint")
+        rng_file = Path(path) / f"rng_rank{self.rank}.pt"
+        if rng_file.is_file():
+            rng = torch.load(rng_file, weights_only=False)
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+        return dict(client_state or {})
+
+    def export_hf(self, *, path: str) -> None:
+        """Rank 0 writes safetensors + config + the source folder's tokenizer files into path."""
+        if self.s.zero_stage == 3:  # collective: every rank must call it
+            state = self.engine._zero3_consolidated_16bit_state_dict()
+        else:
+            state = self.engine.module.state_dict() if self.rank == 0 else None
+        if self.rank != 0:
+            return
+        state = {k: v.detach().cpu() for k, v in state.items()}
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        module = self.engine.module
+        module.config.dtype = "bfloat16" if self.dtype == torch.bfloat16 else "float32"
+        module.save_pretrained(out, state_dict=state, safe_serialization=True)
+        for f in Path(self.model_path).iterdir():
+            if f.is_file() and f.name != "config.json" and not f.name.endswith(_WEIGHT_FILES) \
+                    and not (out / f.name).exists():
+                shutil.copy2(f, out / f.name)
+
+    def shutdown(self) -> None:
+        """Free the engine and leave the process group (a later group can rejoin)."""
+        import torch.distributed as dist
+
+        self.engine = None
+        self.ref_model = None
+        if dist.is_initialized():
+            dist.destroy_process_group()
