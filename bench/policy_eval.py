@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from streampro.actors.api import RolloutGroupAPI, Sampling
+from streampro.config import atomic_write_text
 
 
 def predict(rollout: RolloutGroupAPI, encoded: list, *, max_answer_tokens: int, seed: int = 0
@@ -14,11 +18,16 @@ def predict(rollout: RolloutGroupAPI, encoded: list, *, max_answer_tokens: int, 
 
 
 def evaluate(rollout: RolloutGroupAPI, encoded: list, *, max_answer_tokens: int, seed: int = 0,
-             acc_judge=None) -> dict:
-    """scores.json of the policy on `encoded` (EncodedSample list)."""
+             acc_judge=None, predictions_out: str | Path | None = None) -> dict:
+    """scores.json of the policy on `encoded` (EncodedSample list); optionally keeps the
+    predictions as JSONL ({"id", "responses"} per line, the `streampro eval` input format)."""
     from streampro.bench.f1 import score_predictions
 
     preds = predict(rollout, encoded, max_answer_tokens=max_answer_tokens, seed=seed)
+    if predictions_out is not None:
+        lines = [json.dumps({"id": e.sample.id, "responses": preds.get(e.sample.id, [])}) for e in encoded]
+        Path(predictions_out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(predictions_out, "\n".join(lines) + "\n")
     return score_predictions([e.sample.to_dict() for e in encoded], preds, acc_judge=acc_judge)
 
 

@@ -36,16 +36,21 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     sft = run_sft(cfg, run_dir / "sft")
     timings["sft"] = time.perf_counter() - t
 
-    def scores_of(model: str) -> dict:
+    pred_dir = run_dir / "predictions"
+    pred_dir.mkdir(exist_ok=True)
+    atomic_write_text(pred_dir / "val_manifest.txt", str(ensure_split(cfg, "val").resolve()))
+
+    def scores_of(stage: str, model: str) -> dict:
         rollout = make_rollout_group(cfg, model)
         try:
             kw = dict(max_answer_tokens=cfg.rollout.max_answer_tokens, seed=cfg.run.seed)
-            return {"val": evaluate(rollout, val, **kw), "test": evaluate(rollout, test, **kw)}
+            return {split: evaluate(rollout, enc, predictions_out=pred_dir / f"{stage}-{split}.jsonl", **kw)
+                    for split, enc in (("val", val), ("test", test))}
         finally:
             rollout.shutdown()
 
     t = time.perf_counter()
-    sft_scores = scores_of(sft["hf"])
+    sft_scores = scores_of("sft", sft["hf"])
     timings["eval_sft"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -53,7 +58,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     timings["grpo"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    grpo_scores = scores_of(grpo["hf"])
+    grpo_scores = scores_of("grpo", grpo["hf"])
     timings["eval_grpo"] = time.perf_counter() - t
 
     summary = {

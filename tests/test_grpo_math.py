@@ -1,0 +1,106 @@
+"""GRPO maths against hand-computed values (issue 7)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+import torch
+
+from streampro.learners.grpo_loss import aggregate, group_advantages, kl_penalty, policy_loss
+
+
+def test_group_advantages_hand_values():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
+    adv, stats = group_advantages(r)
+    # mean 0.5, unbiased std sqrt(1/3): +-0.5 / 0.57735 = +-0.866025
+    assert torch.allclose(adv[0], torch.tensor([0.866025, -0.866025, -0.866025, 0.866025]), atol=1e-5)
+    assert torch.equal(adv[1], torch.zeros(4))  # equal rewards: no signal, no NaN
+    assert stats["adv/degenerate_groups"] == 1.0
+    dr, _ = group_advantages(r, mode="drgrpo")
+    assert torch.allclose(dr[0], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    loo, _ = group_advantages(r, mode="loo")  # r=1: 1 - mean(0, 0, 1) = 2/3
+    assert torch.allclose(loo[0], torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3]), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["grpo", "drgrpo", "loo"])
+def test_vectorised_advantages_equal_a_plain_loop(mode):
+    g = torch.Generator().manual_seed(0)
+    r = torch.rand(6, 8, generator=g)
+    adv, _ = group_advantages(r, mode=mode, eps=1e-6)
+    for b in range(6):
+        row = r[b].tolist()
+        for i, x in enumerate(row):
+            if mode == "grpo":
+                want = (x - statistics.mean(row)) / (statistics.stdev(row) + 1e-6)
+            elif mode == "drgrpo":
+                want = x - statistics.mean(row)
+            else:
+                want = x - statistics.mean(row[:i] + row[i + 1:])
+            assert adv[b, i].item() == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def _lp(ratios: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    old = torch.zeros(1, len(ratios))
+    return torch.log(torch.tensor([ratios])).requires_grad_(True), old
+
+
+def test_policy_loss_clips_both_sides_hand_values():
+    # positive advantage 2: ratio 1.5 is clipped at 1.2 (2.4), ratio 0.5 is not (1.0)
+    lp, old = _lp([9.0, 1.5, 0.5])
+    mask = torch.tensor([[0.0, 1.0, 1.0]])  # token 0 is prompt: never counted
+    loss, stats = policy_loss(lp, old, torch.full((1, 3), 2.0), mask, clip_low=0.2, clip_high=0.2)
+    assert loss.item() == pytest.approx(-(2.4 + 1.0) / 2)
+    assert stats["clip_frac"] == pytest.approx(0.5)
+    loss.backward()
+    assert lp.grad[0, 0] == 0.0 and lp.grad[0, 1] == 0.0  # masked and clipped: no gradient
+    assert lp.grad[0, 2].item() == pytest.approx(-2.0 * 0.5 / 2)  # d(-ratio*A)/dlogp / N
+    # negative advantage -1: ratio 0.5 clipped at 0.8 (pg 0.8), ratio 1.5 unclipped (pg 1.5)
+    lp, old = _lp([1.0, 0.5, 1.5])
+    loss, stats = policy_loss(lp, old, torch.full((1, 3), -1.0), torch.tensor([[0.0, 1.0, 1.0]]))
+    assert loss.item() == pytest.approx((0.8 + 1.5) / 2)
+    assert stats["clip_frac"] == pytest.approx(0.5)
+
+
+def test_clip_higher_raises_only_the_upper_bound():
+    lp, old = _lp([1.5, 0.5])
+    loss, _ = policy_loss(lp, old, torch.tensor([[2.0, -1.0]]), torch.ones(1, 2), clip_low=0.2, clip_high=0.28)
+    assert loss.item() == pytest.approx((-2.56 + 0.8) / 2)
+
+
+def test_kl_estimators_hand_values_and_zero_coef_needs_no_reference():
+    lp, ref = torch.zeros(1, 1), torch.full((1, 1), math.log(0.5))
+    assert kl_penalty(lp, ref, "k1").item() == pytest.approx(math.log(2))
+    assert kl_penalty(lp, ref, "k2").item() == pytest.approx(0.5 * math.log(2) ** 2)
+    assert kl_penalty(lp, ref, "k3").item() == pytest.approx(0.5 + math.log(2) - 1)
+    lp2, old = _lp([1.0, 1.0])
+    loss, stats = policy_loss(lp2, old, torch.ones(1, 2), torch.ones(1, 2), kl_coef=0.0)
+    assert "kl" not in stats and loss.item() == pytest.approx(-1.0)
+    loss, stats = policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2),
+                              ref_logprobs=torch.full((1, 2), math.log(0.5)), kl_coef=0.1)
+    assert loss.item() == pytest.approx(0.1 * (0.5 + math.log(2) - 1))
+
+
+def test_aggregation_token_mean_and_seq_mean_and_global_normaliser():
+    x = torch.tensor([[1.0, 1.0, 1.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
+    m = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    assert aggregate(x, m, loss_agg="token_mean").item() == pytest.approx(7 / 4)
+    assert aggregate(x, m, loss_agg="seq_mean").item() == pytest.approx((1 + 4) / 2)
+    # two micro-batches with the global normaliser add up to the global mean
+    parts = [aggregate(x[i:i + 1], m[i:i + 1], loss_agg="token_mean", normalizer=4.0) for i in range(2)]
+    assert sum(p.item() for p in parts) == pytest.approx(7 / 4)
+    parts = [aggregate(x[i:i + 1], m[i:i + 1], loss_agg="seq_mean", normalizer=2.0) for i in range(2)]
+    assert sum(p.item() for p in parts) == pytest.approx(5 / 2)
+
+
+def test_data_cursor_is_seeded_and_resumable():
+    from streampro.learners.grpo_loop import DataCursor
+
+    a = DataCursor(n=5, seed=3)
+    first = a.take(3) + a.take(4)  # crosses an epoch boundary
+    b = DataCursor(n=5, seed=3)
+    b.take(3)
+    c = DataCursor(n=5, seed=3, **b.state())
+    assert first[3:] == c.take(4)
+    assert sorted(first[:5]) == [0, 1, 2, 3, 4]
