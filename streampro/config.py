@@ -77,6 +77,8 @@ class SynthConfig:
     """Distractor objects per scene (difficulty knob)."""
     max_events: int = 4
     """Upper bound on events per video where a task has several (difficulty knob)."""
+    object_size: float = 0.25
+    """Object size as a fraction of the frame's shorter side (0.25 = one 4x4-codec patch)."""
 
 
 @dataclass
@@ -151,6 +153,9 @@ class LearnerConfig:
     """AdamW weight decay."""
     placement: str = "PACK"
     """Placement-group strategy of the ranks."""
+    in_process: bool = False
+    """Run the single rank inside the driver (DeepSpeed over one gloo rank, no Ray actor);
+    needs num_ranks=1. Saves the actor start-up on small CPU runs."""
 
 
 @dataclass
@@ -215,6 +220,12 @@ class RolloutConfig:
     """Memory per rollout actor (0 = undeclared)."""
     max_restarts: int = 2
     """Ray restarts of a dead rollout actor."""
+    block_size: int = 32
+    """KV-cache block (tokens): prefix caching reuses whole blocks, and a step adds ~25 tokens."""
+    max_model_len: int = 0
+    """Longest context of an engine (0 = the model's own limit)."""
+    weight_transfer_backend: str = ""
+    """GPU only: vLLM weight-transfer backend ('nccl') for broadcast syncs; '' = HF-folder reload."""
 
 
 @dataclass
@@ -235,16 +246,22 @@ class RewardConfig:
     """OpenAI-compatible endpoint of the llm judge (base URL)."""
     llm_model: str = ""
     """Model name sent to the llm judge."""
+    llm_api_key_env: str = ""
+    """Environment variable holding the llm judge's API key (empty = no Authorization header)."""
     timeout_s: float = 30.0
     """Per-item judge timeout."""
     fallback_score: float = 0.0
     """Score recorded when a judge fails or times out (counted)."""
     num_actors: int = 1
-    """Reward actors in the pool."""
+    """Reward actors in the pool (0 = score in the driver process, no Ray actors)."""
     num_cpus: float = 0.5
     """CPUs per reward actor."""
     memory_gb: float = 0.0
     """Memory per reward actor (0 = undeclared)."""
+    max_restarts: int = 2
+    """Ray restarts of a dead reward actor; its in-flight batch is retried as often."""
+    threads: int = 8
+    """Items each reward actor scores concurrently when a judge waits on the network (llm)."""
 
 
 @dataclass
