@@ -78,7 +78,7 @@ class SynthConfig:
     max_events: int = 4
     """Upper bound on events per video where a task has several (difficulty knob)."""
     object_size: float = 0.25
-    """Object size as a fraction of the frame's shorter side (0.25 = one 4x4-codec patch)."""
+    """Object size as a fraction of the frame's width and height (0.25 = one 4x4-codec patch)."""
 
 
 @dataclass
@@ -328,6 +328,14 @@ class ServeConfig:
     """CPUs per replica."""
     num_gpus: float = 0.0
     """GPUs per replica."""
+    engine: str = "vllm"
+    """Decision engine of each replica: 'vllm', or 'hf' (transformers, CPU-light, no vLLM)."""
+    temperature: float = 0.0
+    """Sampling temperature of served decisions (0 = greedy)."""
+    max_sessions: int = 1024
+    """Open sessions kept at most; a new one beyond it is refused (HTTP 503)."""
+    session_ttl_s: float = 3600.0
+    """Sessions idle this long are closed."""
 
 
 @dataclass

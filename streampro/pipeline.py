@@ -19,7 +19,7 @@ def ensure_split(cfg: Config, split: str) -> Path:
     """The split's manifest, rendering the synth split first when it is the default and missing."""
     path = split_manifest(cfg, split)
     if not getattr(cfg.data, split) and not path.is_file():
-        from streampro.data.synth import synth_split
+        from streampro.data.commands import synth_split
 
         synth_split(cfg.synth, split=split, out=path.parent, seed=None)
     return path

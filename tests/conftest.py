@@ -33,6 +33,8 @@ def ray_local():
     if not ray.is_initialized():
         ray.init(
             num_cpus=8,  # logical CPUs: more actors than cores, as tests are small
+            # the per-role custom resources, as cluster.local.init_ray offers them
+            resources={"rollout": 1.0, "learner": 1.0, "reward": 1.0, "serve": 1.0},
             include_dashboard=False,
             namespace="streampro-tests",
             log_to_driver=False,
@@ -41,3 +43,29 @@ def ray_local():
         )
     yield ray
     ray.shutdown()
+
+
+# ---- data layer fixtures (issue 3, owner: data) -------------------------------------------
+SMOKE_SYNTH = {"per_task": 1, "width": 64, "height": 64, "min_duration": 20, "max_duration": 24}
+
+
+@pytest.fixture(scope="session")
+def synth_smoke(tmp_path_factory) -> Path:
+    """A tiny StreamPro-Synth set, built once: ROOT/{train,val,test}/manifest.{jsonl,parquet}
+    + videos/ (one sample per task and split, 64x64, 20-24 s). Returns ROOT."""
+    from streampro.data.synth import synth_split
+
+    from streampro.config import SynthConfig
+
+    root = tmp_path_factory.mktemp("synth")
+    cfg = SynthConfig(out=str(root), **SMOKE_SYNTH)
+    for split in ("train", "val", "test"):
+        synth_split(cfg, split=split, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_smoke_settings() -> dict:
+    """The SynthConfig fields synth_smoke was built with (to rebuild or extend it)."""
+    return dict(SMOKE_SYNTH)
+# ---- end of data layer fixtures ------------------------------------------------------------

@@ -1,0 +1,259 @@
+"""The streaming dialogue (SPEC.md section 1) as token ids: the ONE layout used by SFT targets,
+rollout prompts and serving.
+
+Layout, concatenated segment by segment (never re-tokenised as one string):
+
+    <|im_start|>system\\n{SYSTEM_PROMPT}<|im_end|>\\n
+    <|im_start|>user\\n{question}<|im_end|>\\n                      (once, at query_time)
+    <|im_start|>user\\n<Xs-Ys><|frame|><|v..|>*N<|/frame|><|im_end|>\\n<|im_start|>assistant\\n
+    </Silence>                     | </Response> {text}<|im_end|>      (supervised / generated)
+    <|im_end|>\\n                   | \\n                                (appended, unsupervised)
+
+`loss_mask[i] = 1` means token i is a target (predicted from tokens < i), as learners/api.py
+expects; `decision_class[i]` is 0 (silence) / 1 (response) at supervised decision tokens and
+-1 elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from streampro import tokens as T
+from streampro.errors import UserError
+from streampro.tasks import resolve_answer
+
+if TYPE_CHECKING:
+    from streampro.data.encode import EncodedSample
+
+EPS = 1e-6  # float slack when comparing chunk ends with answer times
+
+
+class _Vocab:
+    """Token ids of the fixed segments for one tokenizer (built once per tokenizer)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tok = tokenizer
+        ids = tokenizer.convert_tokens_to_ids
+        self.silence, self.response = ids(T.SILENCE), ids(T.RESPONSE)
+        self.im_start, self.im_end = ids(T.IM_START), ids(T.IM_END)
+        self.frame_start, self.frame_end = ids(T.FRAME_START), ids(T.FRAME_END)
+        missing = [t for t, i in [(T.SILENCE, self.silence), (T.RESPONSE, self.response),
+                                  (T.IM_START, self.im_start), (T.IM_END, self.im_end),
+                                  (T.FRAME_START, self.frame_start), (T.FRAME_END, self.frame_end)]
+                   if i is None or i == tokenizer.unk_token_id]
+        if missing:
+            raise UserError(f"tokenizer lacks the stream tokens {missing}: use the tiny policy "
+                            "or add streampro.tokens.SPECIAL_TOKENS to it")
+        self.nl = self.enc("\n")
+        self.user_open = [self.im_start] + self.enc("user\n")
+        self.assistant_open = [self.im_start] + self.enc("assistant\n")
+        self.turn_close = [self.im_end] + self.nl
+        self.specials = {self.silence, self.response, self.im_start, self.frame_start, self.frame_end}
+        self._frame: dict[int, int] = {}
+
+    def enc(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (one _Vocab per tokenizer, kept for good)
+    def stamp(self, start: float, end: float) -> tuple[int, ...]:
+        return tuple(self.enc(T.chunk_stamp(start, end)))
+
+    def frame(self, code: int) -> int:
+        tid = self._frame.get(code)
+        if tid is None:
+            tid = self.tok.convert_tokens_to_ids(T.frame_token(code))
+            if tid is None or tid == self.tok.unk_token_id:
+                raise UserError(f"tokenizer lacks frame token {T.frame_token(code)} "
+                                "(codebook larger than the tokenizer's?)")
+            self._frame[code] = tid
+        return tid
+
+
+@functools.lru_cache(maxsize=16)
+def vocab(tokenizer) -> _Vocab:
+    return _Vocab(tokenizer)
+
+
+def decision_ids(tokenizer, decision: str, text: str = "") -> list[int]:
+    """The supervised/generated part of a decision: `</Silence>` or `</Response> {text}<|im_end|>`."""
+    v = vocab(tokenizer)
+    if decision == "silence":
+        return [v.silence]
+    if decision == "response":
+        if not text.strip():
+            raise ValueError("a response needs non-empty text")
+        return [v.response] + v.enc(" " + text.strip()) + [v.im_end]
+    raise ValueError(f"decision must be 'silence' or 'response', got {decision!r}")
+
+
+def parse_decision(tokenizer, ids: Sequence[int]) -> tuple[str, str, str]:
+    """Generated ids of one step -> (decision, text, raw).
+
+    'silence': `</Silence>` alone; 'response': `</Response>` then non-empty text (the closing
+    `<|im_end|>` optional); anything else 'invalid'. raw is the decoded output with special
+    tokens, exactly as generated (the format reward reads it).
+    """
+    v = vocab(tokenizer)
+    ids = list(ids)
+    raw = tokenizer.decode(ids, skip_special_tokens=False)
+    body = ids[:-1] if ids and ids[-1] == v.im_end else ids
+    if body == [v.silence]:
+        return "silence", "", raw
+    if body and body[0] == v.response and not any(i in v.specials or i == v.im_end for i in body[1:]):
+        text = tokenizer.decode(body[1:], skip_special_tokens=True).strip()
+        if text:
+            return "response", text, raw
+    return "invalid", "", raw
+
+
+class StreamDialogue:
+    """Builds one stream's dialogue turn by turn; `context()` is the next decision's prompt.
+
+    The dialogue only grows at its end (the question is appended when its time comes), so
+    the full-sequence views are kept as flat lists: reading them costs nothing per step.
+    """
+
+    def __init__(self, tokenizer, *, question: str, query_time: float, window_turns: int = 200,
+                 system_prompt: str = T.SYSTEM_PROMPT) -> None:
+        if window_turns < 2:
+            raise ValueError(f"window_turns must be >= 2, got {window_turns}")
+        self.v = vocab(tokenizer)
+        self.query_time = query_time
+        self.window_turns = window_turns
+        v = self.v
+        self._system = [v.im_start] + v.enc(f"system\n{system_prompt}") + v.turn_close
+        self._question_ids = v.user_open + v.enc(question) + v.turn_close
+        self._asked = False
+        self._q_offset = 0  # where the question sits in the full sequence
+        self._starts: list[int] = []  # offset of each chunk / assistant turn (not the question)
+        self._ids: list[int] = list(self._system)
+        self._mask: list[int] = [0] * len(self._system)
+        self._cls: list[int] = [T.CLASS_NONE] * len(self._system)
+        self._open = False  # an assistant turn awaits its decision
+
+    def _append(self, ids: list[int], mask: int | list[int] = 0, cls: list[int] | None = None) -> None:
+        self._ids += ids
+        self._mask += [mask] * len(ids) if isinstance(mask, int) else mask
+        self._cls += cls if cls is not None else [T.CLASS_NONE] * len(ids)
+
+    def add_chunk(self, start: float, end: float, frame_codes: Sequence[int]) -> None:
+        """The question (once, when query_time <= start), the chunk turn, the assistant header."""
+        if self._open:
+            raise RuntimeError("add_decision() must follow add_chunk() before the next chunk")
+        v = self.v
+        if not self._asked and self.query_time <= start + EPS:
+            self._asked, self._q_offset = True, len(self._ids)
+            self._append(self._question_ids)
+        self._starts.append(len(self._ids))
+        self._append(v.user_open + list(v.stamp(start, end)) + [v.frame_start]
+                     + [v.frame(c) for c in frame_codes] + [v.frame_end] + v.turn_close)
+        self._starts.append(len(self._ids))
+        self._append(v.assistant_open)
+        self._open = True
+
+    def add_decision(self, token_ids: Sequence[int], *, generated: bool = True,
+                     decision_class: int | None = None) -> None:
+        """Append the decision tokens (masked in when generated) and close the turn (unmasked)."""
+        if not self._open:
+            raise RuntimeError("add_decision() without an open assistant turn")
+        v, ids = self.v, list(token_ids)
+        if decision_class is None:
+            first = ids[0] if ids else None
+            decision_class = {v.silence: T.CLASS_SILENCE, v.response: T.CLASS_RESPONSE}.get(
+                first, T.CLASS_NONE)
+        cls = [T.CLASS_NONE] * len(ids)
+        if ids and generated:
+            cls[0] = decision_class
+        self._append(ids, int(generated), cls)
+        # The policy stops AT </Silence> (and at <|im_end|> after an answer): close the turn.
+        self._append(v.nl if ids and ids[-1] == v.im_end else v.turn_close)
+        self._open = False
+
+    @property
+    def num_turns(self) -> int:
+        return len(self._starts) + self._asked
+
+    def context(self) -> list[int]:
+        """Prompt for the next decision: system prompt + the last window_turns turns.
+
+        The question stays pinned after the system prompt once it slides out of the window
+        (it is the task: without it later answers are unanswerable).
+        """
+        if len(self._starts) <= self.window_turns:
+            return list(self._ids)
+        first = self._starts[-self.window_turns]
+        if self._asked and self._q_offset < first:
+            return self._system + self._question_ids + self._ids[first:]
+        return self._system + self._ids[first:]
+
+    @property
+    def token_ids(self) -> list[int]:
+        """The whole dialogue (no window): what SFT trains on. A live view: do not modify."""
+        return self._ids
+
+    @property
+    def loss_mask(self) -> list[int]:
+        return self._mask
+
+    @property
+    def decision_class(self) -> list[int]:
+        return self._cls
+
+
+@dataclass
+class SFTExample:
+    input_ids: list[int]
+    loss_mask: list[int]
+    decision_class: list[int]
+    response_times: list[float]
+    """Chunk end of each supervised response (what a perfect policy would answer)."""
+    response_texts: list[str] = field(default_factory=list)
+    unplaced: int = 0
+    """Answers with no chunk end inside their window (video too short): not supervised."""
+
+
+def plan_responses(task: str, answers: list[dict], ends: Sequence[float]) -> tuple[dict[int, str], int]:
+    """Chunk index -> answer text for the SFT targets, and the count of unplaceable answers.
+
+    Each answer (in order of best time) takes the first free chunk end at or after its best
+    time inside its window; failing that the latest free one before it inside the window.
+    """
+    plan: dict[int, str] = {}
+    unplaced = 0
+    resolved = sorted((resolve_answer(a, task) for a in answers), key=lambda r: r.best)
+    for r in resolved:
+        inside = [j for j, e in enumerate(ends) if r.lo - EPS <= e <= r.hi + EPS and j not in plan]
+        after = [j for j in inside if ends[j] >= r.best - EPS]
+        pick = after[0] if after else (inside[-1] if inside else None)
+        if pick is None:
+            unplaced += 1
+        else:
+            plan[pick] = r.text
+    return plan, unplaced
+
+
+def build_sft_example(encoded: EncodedSample, tokenizer, *, window_turns: int = 200) -> SFTExample:
+    """The SFT dialogue of one encoded sample: respond where `plan_responses` says, else silence.
+
+    The example is the whole stream; window_turns only shapes `context()` at inference, which
+    differs from it only for streams longer than window_turns / 2 chunks.
+    """
+    s = encoded.sample
+    plan, unplaced = plan_responses(s.task, [a.to_dict() for a in s.answers],
+                                    [end for _, end in encoded.times])
+    dlg = StreamDialogue(tokenizer, question=s.question, query_time=s.query_time,
+                         window_turns=window_turns)
+    times, texts = [], []
+    for j, ((start, end), codes) in enumerate(zip(encoded.times, encoded.codes)):
+        dlg.add_chunk(start, end, codes)
+        if j in plan:
+            dlg.add_decision(decision_ids(tokenizer, "response", plan[j]))
+            times.append(end)
+            texts.append(plan[j])
+        else:
+            dlg.add_decision(decision_ids(tokenizer, "silence"))
+    return SFTExample(list(dlg.token_ids), list(dlg.loss_mask), list(dlg.decision_class), times,
+                      texts, unplaced)

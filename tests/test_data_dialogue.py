@@ -1,0 +1,120 @@
+"""The dialogue builder: exact layout, masks on decision/answer tokens only, window, SFT targets."""
+
+from __future__ import annotations
+
+import pytest
+from streampro.data.dialogue import (
+    StreamDialogue,
+    build_sft_example,
+    decision_ids,
+    parse_decision,
+    plan_responses,
+)
+from streampro.data.encode import EncodedSample
+from streampro.data.schema import Answer, Sample
+
+from streampro import tokens as T
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from streampro.tiny import build_tokenizer
+
+    return build_tokenizer(512, 64)
+
+
+def _dec(tok, ids) -> str:
+    return tok.decode(ids, skip_special_tokens=False)
+
+
+def test_layout_masks_and_classes(tok):
+    d = StreamDialogue(tok, question="Tell me when it changes.", query_time=0.0)
+    d.add_chunk(0.0, 1.0, [1, 2])
+    d.add_decision(decision_ids(tok, "silence"))
+    d.add_chunk(1.0, 2.0, [63, 0])
+    d.add_decision(decision_ids(tok, "response", "now blue"))
+    chunk = "<|im_start|>user\n<{}s-{}s><|frame|>{}<|/frame|><|im_end|>\n<|im_start|>assistant\n"
+    expected = (f"<|im_start|>system\n{T.SYSTEM_PROMPT}<|im_end|>\n"
+                "<|im_start|>user\nTell me when it changes.<|im_end|>\n"
+                + chunk.format(0, 1, "<|v1|><|v2|>") + "</Silence><|im_end|>\n"
+                + chunk.format(1, 2, "<|v63|><|v0|>") + "</Response> now blue<|im_end|>\n")
+    ids, mask, cls = d.token_ids, d.loss_mask, d.decision_class
+    assert _dec(tok, ids) == expected
+    assert len(ids) == len(mask) == len(cls)
+    supervised = [i for i, m in zip(ids, mask) if m]
+    # Exactly the decision tokens and the answer text with its closing <|im_end|>.
+    assert supervised == decision_ids(tok, "silence") + decision_ids(tok, "response", "now blue")
+    assert _dec(tok, supervised) == "</Silence></Response> now blue<|im_end|>"
+    marked = [(tok.convert_ids_to_tokens(i), c) for i, c in zip(ids, cls) if c != T.CLASS_NONE]
+    assert marked == [(T.SILENCE, T.CLASS_SILENCE), (T.RESPONSE, T.CLASS_RESPONSE)]
+    assert d.context() == ids  # the window holds everything
+
+
+def test_question_arrives_at_query_time_and_window_slides(tok):
+    d = StreamDialogue(tok, question="Q?", query_time=2.0, window_turns=4)
+    for k in range(5):
+        d.add_chunk(float(k), k + 1.0, [k])
+        if k < 4:
+            d.add_decision(decision_ids(tok, "silence"))
+    full = _dec(tok, d.token_ids)
+    assert full.index("<1s-2s>") < full.index("Q?") < full.index("<2s-3s>")
+    ctx = _dec(tok, d.context())
+    # system, the pinned question, then the last 4 turns: chunk 3 + decision, chunk 4 + header.
+    assert ctx.startswith(f"<|im_start|>system\n{T.SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nQ?")
+    assert "<2s-3s>" not in ctx and "<3s-4s>" in ctx and "<4s-5s>" in ctx
+    assert ctx.endswith("<|im_start|>assistant\n")
+    with pytest.raises(RuntimeError):
+        d.add_chunk(5.0, 6.0, [0])  # a decision must come first
+
+
+def test_unmasked_decisions_and_turn_closing(tok):
+    d = StreamDialogue(tok, question="Q", query_time=0.0)
+    d.add_chunk(0.0, 1.0, [0])
+    v = decision_ids(tok, "response", "x")[:-1]  # cut before <|im_end|> (max tokens reached)
+    d.add_decision(v, generated=False)
+    assert sum(d.loss_mask) == 0 and set(d.decision_class) == {T.CLASS_NONE}
+    assert _dec(tok, d.token_ids).endswith("</Response> x<|im_end|>\n")
+
+
+def test_parse_decision(tok):
+    sil, resp = decision_ids(tok, "silence"), decision_ids(tok, "response", "bounce 3")
+    assert parse_decision(tok, sil) == ("silence", "", T.SILENCE)
+    assert parse_decision(tok, sil + [tok.convert_tokens_to_ids(T.IM_END)])[0] == "silence"
+    assert parse_decision(tok, resp) == ("response", "bounce 3", "</Response> bounce 3<|im_end|>")
+    assert parse_decision(tok, resp[:-1])[:2] == ("response", "bounce 3")  # cut: still an answer
+    empty = [resp[0], resp[-1]]
+    assert parse_decision(tok, empty)[0] == "invalid"
+    assert parse_decision(tok, tok.encode("hello", add_special_tokens=False))[0] == "invalid"
+    assert parse_decision(tok, sil + resp)[0] == "invalid"
+    with pytest.raises(ValueError):
+        decision_ids(tok, "response", "  ")
+
+
+def test_plan_responses_known_answers():
+    ends = [float(k + 1) for k in range(20)]  # chunks [k, k+1)
+    # EU interval: first chunk end at/after start 10.25 -> 11 (index 10).
+    assert plan_responses("EU", [{"start": 10.25, "end": 11.25, "text": "a"}], ends) == ({10: "a"}, 0)
+    # GP window [-3, 0]: exactly at 12; at 12.5 nothing at/after fits, so the latest before: 12.
+    assert plan_responses("GP", [{"time": 12.0, "text": "a"}], ends) == ({11: "a"}, 0)
+    assert plan_responses("GP", [{"time": 12.5, "text": "a"}], ends) == ({11: "a"}, 0)
+    # Two answers in one chunk: the second takes the next free chunk end inside its window.
+    two = [{"time": 5.5, "text": "b"}, {"time": 5.25, "text": "a"}]
+    assert plan_responses("OU", two, ends) == ({5: "a", 6: "b"}, 0)
+    # Past the stream's end: counted, not supervised.
+    assert plan_responses("RF", [{"time": 30.0, "text": "a"}], ends) == ({}, 1)
+
+
+def test_build_sft_example(tok):
+    s = Sample(id="s", video="v.mp4", task="OU", question="Q", query_time=1.0,
+               answers=[Answer(time=3.25, text="now red"), Answer(time=8.25, text="now blue")])
+    enc = EncodedSample(s, [(float(k), k + 1.0) for k in range(10)], [[k % 64] * 16 for k in range(10)])
+    ex = build_sft_example(enc, tok)
+    assert ex.response_times == [4.0, 9.0] and ex.response_texts == ["now red", "now blue"]
+    assert ex.unplaced == 0
+    assert ex.decision_class.count(T.CLASS_SILENCE) == 8
+    assert ex.decision_class.count(T.CLASS_RESPONSE) == 2
+    text_tokens = len(decision_ids(tok, "response", "now red")) + len(decision_ids(tok, "response", "now blue"))
+    assert sum(ex.loss_mask) == 8 + text_tokens
+    assert len(ex.input_ids) == len(ex.loss_mask) == len(ex.decision_class)
+    full = _dec(tok, ex.input_ids)
+    assert full.index("<3s-4s>") < full.index("now red") < full.index("<4s-5s>")
