@@ -8,6 +8,8 @@ does not depend on how many others are generated, and the same arguments give th
 from __future__ import annotations
 
 from dataclasses import asdict
+import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,13 +102,21 @@ def scene_params(s: SynthConfig) -> SceneParams:
                        object_size=s.object_size)
 
 
+def split_dir(s: SynthConfig, split: str) -> Path:
+    """Default folder of a split: synth.out/<split>-<hash of the knobs>, so a cached split is
+    reused only by the settings that made it (changing a knob renders a new one)."""
+    knobs = {k: v for k, v in asdict(s).items() if k != "out"}
+    digest = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(s.out) / f"{split}-{digest}"
+
+
 def synth_split(s: SynthConfig, *, split: str = "train", out: str | Path | None = None,
                 seed: int | None = None, per_task: int | None = None, progress: bool = True) -> Path:
-    """Render one split (default folder synth.out/<split>, seed from the split's range);
+    """Render one split (default folder `split_dir`, seed from the split's range);
     returns the manifest.jsonl path."""
     if split not in SPLIT_SEEDS:
         raise UserError(f"unknown split {split!r} (train, val or test)")
-    folder = Path(out) if out else Path(s.out) / split
+    folder = Path(out) if out else split_dir(s, split)
     synthesize(folder, per_task=s.per_task if per_task is None else per_task,
                seed=SPLIT_SEEDS[split] if seed is None else seed, params=scene_params(s),
                min_duration=s.min_duration, max_duration=s.max_duration, progress=progress)

@@ -124,7 +124,8 @@ class Checkpoints:
         learner.save_checkpoint(path=str(path), client_state=state)
         # client_state.json is written last: its presence marks a complete checkpoint.
         atomic_write_text(path / "client_state.json", json.dumps(state, sort_keys=True))
-        for old in sorted(p for p in self.root.glob("step_*") if p != path)[: -max(self.keep - 1, 0) or None]:
+        done = sorted(p for p in self.root.glob("step_*") if (p / "client_state.json").is_file())
+        for old in done[: max(len(done) - self.keep, 0)]:
             _rmtree(old)
         return path
 
@@ -160,9 +161,10 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str) -> dict:
     pad_id = _pad_id(init_model)
 
     if cfg.run.resume == "auto" and (last := ckpts.latest()) is not None:
-        state = learner.load_checkpoint(path=str(last))
+        learner.load_checkpoint(path=str(last))
         state = json.loads((last / "client_state.json").read_text())
         step, version = state["step"], state["version"]
+        logger.truncate_after(step)
         cursor.epoch, cursor.pos = state["cursor"]["epoch"], state["cursor"]["pos"]
         _sync(learner, rollout, run_dir, version)
         print(f"resumed from {last} at step {step}")

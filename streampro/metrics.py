@@ -22,6 +22,13 @@ class MetricsLogger:
 
             self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
 
+    def truncate_after(self, step: int) -> None:
+        """Drop rows past `step`: a resumed run rewrites them, so none appears twice."""
+        rows = [r for r in read_metrics(self.path.parent) if r["step"] <= step]
+        tmp = self.path.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        tmp.replace(self.path)
+
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, "time": round(time.time(), 3), **{self.prefix + k: v for k, v in metrics.items()}}
         with self.path.open("a") as f:

@@ -11,15 +11,17 @@ SPLITS = ("train", "val", "test")
 
 def split_manifest(cfg: Config, split: str) -> Path:
     """data.<split> when set, else the StreamPro-Synth split folder's manifest."""
+    from streampro.data.synth import split_dir
+
     explicit = getattr(cfg.data, split)
-    return Path(explicit) if explicit else Path(cfg.synth.out) / split / "manifest.jsonl"
+    return Path(explicit) if explicit else split_dir(cfg.synth, split) / "manifest.jsonl"
 
 
 def ensure_split(cfg: Config, split: str) -> Path:
     """The split's manifest, rendering the synth split first when it is the default and missing."""
     path = split_manifest(cfg, split)
     if not getattr(cfg.data, split) and not path.is_file():
-        from streampro.data.commands import synth_split
+        from streampro.data.synth import synth_split
 
         synth_split(cfg.synth, split=split, out=path.parent, seed=None)
     return path

@@ -60,7 +60,7 @@ def synth_smoke(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     cfg = SynthConfig(out=str(root), **SMOKE_SYNTH)
     for split in ("train", "val", "test"):
-        synth_split(cfg, split=split, progress=False)
+        synth_split(cfg, split=split, out=root / split, progress=False)
     return root
 
 
