@@ -4,11 +4,16 @@ Each `make_xx(rng, p, duration, query_time)` returns a Scene whose answers follo
 timelines: an event's `time` (or `start`) is the first frame that shows it, always one frame
 into a second (`onset`), so the chunk ending at the next whole second shows it. Proactive
 answers (GP arrival, RF impact - 3 s) fall on whole seconds.
+
+Consecutive events are spaced by `min_gap`: a perfect policy's answer to one event comes
+after the previous answer's window end + late tau, where StreamPro-F1 would give it to the
+previous answer (each response goes to the first answer it reaches).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from streampro.data.schema import Answer
@@ -32,13 +37,38 @@ from streampro.data.synth_scene import (
     tri,
 )
 
+from streampro.tasks import ResolvedAnswer, resolve_answer
 
-def _spread(rng: np.random.Generator, first: int, last: int, n: int, min_gap: int) -> list[int]:
-    """Up to n whole seconds spread at random over [first, last], at least min_gap apart."""
-    n = max(1, min(n, (last - first) // min_gap + 1))
-    slack = max(last - first - (n - 1) * min_gap, 0)
+EPS = 1e-6  # float slack, as in data/dialogue.py
+
+
+def oracle_time(r: ResolvedAnswer) -> float:
+    """The whole second a perfect policy answers at with 1 s chunks (`plan_responses`): the
+    first at or after the best time; it must lie inside the window."""
+    t = float(math.ceil(r.best - EPS))
+    if not r.lo - EPS <= t <= r.hi + EPS:
+        raise ValueError(f"no whole second at/after {r.best:g} inside [{r.lo:g}, {r.hi:g}]")
+    return t
+
+
+def min_gap(task: str, answer_at: Callable[[int], dict]) -> int:
+    """Fewest whole seconds g between consecutive events such that the oracle answer to the
+    event at second g comes strictly after the reach (window end + late tau) of the event at
+    second 0; answer_at(k) is the answer dict of an event at second k."""
+    first = resolve_answer(answer_at(0), task)
+    reach = first.hi + first.tau_late
+    g = 1
+    while oracle_time(resolve_answer(answer_at(g), task)) <= reach + EPS:
+        g += 1
+    return g
+
+
+def _spread(rng: np.random.Generator, first: int, last: int, n: int, gap: int) -> list[int]:
+    """Up to n whole seconds spread at random over [first, last], at least gap apart."""
+    n = max(1, min(n, (last - first) // gap + 1))
+    slack = max(last - first - (n - 1) * gap, 0)
     offsets = np.sort(rng.integers(0, slack + 1, size=n))
-    return [first + int(o) + i * min_gap for i, o in enumerate(offsets)]
+    return [first + int(o) + i * gap for i, o in enumerate(offsets)]
 
 
 def _split(rng: np.random.Generator, total: int, parts: int) -> list[int]:
@@ -79,7 +109,9 @@ def make_eu(rng, p: SceneParams, duration: int, q: int) -> Scene:
         return Sprite(shape if c == colour else _pick(rng, SHAPES), size, x, y, col), entries
 
     n = int(rng.integers(1, min(p.max_events, 3) + 1))
-    target, entries = episodes(colour, _spread(rng, q + 2, duration - 13, n, 13))
+    # 13 s: one episode's span; min_gap keeps apart the answers of consecutive entries.
+    gap = max(13, min_gap("EU", lambda k: {"start": onset(k, v), "end": onset(k, v) + 1}))
+    target, entries = episodes(colour, _spread(rng, q + 2, duration - 13, n, gap))
     sprites = [episodes(c, _spread(rng, q, duration - 13, 2, 13))[0] for c in others[:p.distractors]]
     answers = [Answer(start=o, end=o + 1, text=f"{colour} {shape} from {side}") for o, side in entries]
     return Scene(
@@ -100,7 +132,8 @@ def make_ou(rng, p: SceneParams, duration: int, q: int) -> Scene:
     shape = _pick(rng, SHAPES)
     cell = rng.integers(0, 4, size=2)  # a patch-aligned spot
     x, y = (cell[0] + 0.5) / 4, (cell[1] + 0.5) / 4
-    seconds = _spread(rng, q + 2, duration - 4, int(rng.integers(1, p.max_events + 1)), 5)
+    gap = min_gap("OU", lambda k: {"time": onset(k, v)})
+    seconds = _spread(rng, q + 2, duration - 4, int(rng.integers(1, p.max_events + 1)), gap)
     colours = [_pick(rng, palette)]
     for _ in seconds:
         colours.append(_pick(rng, [c for c in palette if c != colours[-1]]))
@@ -124,7 +157,8 @@ def make_aa(rng, p: SceneParams, duration: int, q: int) -> Scene:
     t, v, size = timeline(duration, p.video_fps), p.video_fps, p.object_size
     colours = pick_colours(rng, 1 + max(p.distractors, 1))
     sprites = distractors(rng, len(colours), colours, t, size, p.speed)
-    seconds = _spread(rng, q + 3, duration - 6, int(rng.integers(1, min(p.max_events, 3) + 1)), 6)
+    gap = min_gap("AA", lambda k: {"time": onset(k, v)})
+    seconds = _spread(rng, q + 3, duration - 6, int(rng.integers(1, min(p.max_events, 3) + 1)), gap)
     events = []
     for k in seconds:
         o, i = onset(k, v), int(rng.integers(len(sprites)))
@@ -158,7 +192,9 @@ def make_tp(rng, p: SceneParams, duration: int, q: int) -> Scene:
     t, v, size, h = timeline(duration, p.video_fps), p.video_fps, p.object_size, p.object_size / 2
     colour = pick_colours(rng, 1)[0]
     others = pick_colours(rng, p.distractors, exclude=(colour,))
-    leg = int(np.clip(round(int(rng.integers(3, 7)) / p.speed), 3, 12))  # seconds wall to wall
+    # Seconds wall to wall = between bounces: at least min_gap (so fast speeds hit the floor).
+    gap = min_gap("TP", lambda k: {"start": onset(k, v), "end": onset(k, v)})
+    leg = int(np.clip(round(int(rng.integers(6, 11)) / p.speed), gap, max(gap, 12)))
     n = int(rng.integers(1, p.max_events + 1))
     while n > 1 and q + 2 + (n - 1) * leg + 4 > duration - 1:
         n -= 1
@@ -226,10 +262,16 @@ def make_gp(rng, p: SceneParams, duration: int, q: int) -> Scene:
         travel.append(min(10, max(2, math.ceil(math.dist(pos, xy) / (BASE_SPEED * 1.5 * p.speed)))))
         pos = xy
     dwell = [int(rng.integers(1, 3)) for _ in range(n_steps)]
-    while n_steps > 1 and q + 2 + sum(travel[:n_steps]) + sum(dwell[:n_steps]) > duration - 2:
+    # Stay at a pad long enough that the next arrival is >= min_gap later (F1 matching).
+    gap = min_gap("GP", lambda k: {"time": float(k)})
+    hold = [max(d, gap - nxt) for d, nxt in zip(dwell, travel[1:])]
+
+    def needed(k: int) -> int:  # seconds of k steps: travels, holds between, the last dwell
+        return sum(travel[:k]) + sum(hold[:k - 1]) + dwell[k - 1]
+
+    while n_steps > 1 and q + 2 + needed(n_steps) > duration - 2:
         n_steps -= 1
-    waits = _split(rng, duration - 2 - (q + 2) - sum(travel[:n_steps]) - sum(dwell[:n_steps]),
-                   n_steps + 1)
+    waits = _split(rng, duration - 2 - (q + 2) - needed(n_steps), n_steps + 1)
     keys_t, keys_xy, arrivals = [0.0], [centre[-1]], []
     clock = float(q + 2)
     for i in range(n_steps):  # wait, travel to pad i, dwell there
@@ -238,7 +280,7 @@ def make_gp(rng, p: SceneParams, duration: int, q: int) -> Scene:
         keys_xy += [keys_xy[-1], centre[i]]
         clock += travel[i]
         arrivals.append(clock)
-        clock += dwell[i]
+        clock += hold[i] if i + 1 < n_steps else dwell[i]
     ax = np.interp(t, keys_t, [xy[0] for xy in keys_xy])
     ay = np.interp(t, keys_t, [xy[1] for xy in keys_xy])
     agent = Sprite("circle", size, ax, ay, np.full(len(t), COLOUR_INDEX["white"]))
@@ -265,9 +307,12 @@ def make_rf(rng, p: SceneParams, duration: int, q: int) -> Scene:
     approach = [int(np.clip(round(int(rng.integers(4, 9)) / p.speed), 4, 20)) for _ in range(n)]
     back = [int(rng.integers(2, 4)) for _ in range(n)]  # retreat after each impact
     first = q + 1
+    # The shortest rest before each run (>= 1 s) puts impacts >= min_gap apart (F1 matching).
+    gap = min_gap("RF", lambda k: {"time": float(k - 3)})
+    pause = [1] + [max(1, gap - back[i - 1] - approach[i]) for i in range(1, n)]
 
-    def needed(k: int) -> int:  # seconds of k runs: 1 s rest + approach, retreats between
-        return k + sum(approach[:k]) + sum(back[:k - 1])
+    def needed(k: int) -> int:  # seconds of k runs: rests + approaches, retreats between
+        return sum(pause[:k]) + sum(approach[:k]) + sum(back[:k - 1])
 
     while n > 1 and first + needed(n) > duration - 2:
         n -= 1
@@ -275,8 +320,8 @@ def make_rf(rng, p: SceneParams, duration: int, q: int) -> Scene:
     rests = _split(rng, duration - 2 - first - needed(n), n)
     keys_t, keys_p, impacts = [0.0], [rng.uniform(h, 0.35)], []
     clock = float(first)
-    for i in range(n):  # rest (>= 1 s), approach to impact, retreat
-        clock += 1 + rests[i]
+    for i in range(n):  # rest (>= pause), approach to impact, retreat
+        clock += pause[i] + rests[i]
         keys_t += [clock, clock + approach[i]]
         keys_p += [keys_p[-1], p_hit]
         clock += approach[i]
