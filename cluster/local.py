@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from streampro.cluster.resources import LOCAL_ROLE_RESOURCES, ROLES
+
 from streampro.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,22 @@ def init_ray(
     )
 
 
+def enable_token_auth_if_available() -> bool:
+    """Ray 2.60 token auth: a cluster started with a token (~/.ray/auth_token, RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH) rejects clients that do not send it, and clients only send it when
+    RAY_AUTH_MODE=token. Enable it the way `ray start` does, unless RAY_AUTH_MODE is set."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token auth
+        return False
+    return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 def _attach(ray: Any, address: str, namespace: str, runtime_env: dict[str, Any] | None,
             log_to_driver: bool) -> None:
+    enable_token_auth_if_available()
     try:
         ray.init(address=address or None, namespace=namespace, runtime_env=runtime_env,
                  log_to_driver=log_to_driver)

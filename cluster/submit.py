@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
+from streampro.cluster.local import enable_token_auth_if_available
 
 from streampro.config import Config
 from streampro.errors import UserError
@@ -79,13 +80,8 @@ def make_client(address: str | None) -> Any:
         try:
             return JobSubmissionClient(address)
         except AuthenticationError:
-            # Ray 2.60 token auth: enable it the way ray.init does (token from RAY_AUTH_TOKEN,
-            # RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), then retry once.
-            from ray._private.authentication.authentication_token_setup import (
-                maybe_enable_token_auth_if_token_available,
-            )
-
-            if not maybe_enable_token_auth_if_token_available(warn_if_disabled=False):
+            # Ray 2.60 token auth: send the local token (see enable_token_auth_if_available)
+            if not enable_token_auth_if_available():
                 raise
             return JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as e:

@@ -179,9 +179,10 @@ class SFTConfig:
     global_batch: int = 16
     """Sequences per optimiser step, all ranks together."""
     max_seq_len: int = 4096
-    """Longest packed sequence in tokens."""
+    """Longest dialogue in tokens (longer ones are truncated and counted) and widest packed row."""
     pack: bool = True
-    """Pack dialogues into max_seq_len rows instead of padding."""
+    """Pack dialogues into the padding of a batch's rows (a row never exceeds the longest
+    dialogue of its batch: with a dense mask wider rows cost more than they save)."""
     eval_every: int = 0
     """Evaluate on val every N steps (0 = at the end only)."""
     save_every: int = 50

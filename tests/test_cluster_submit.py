@@ -43,7 +43,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _kill_group(pgid: int, timeout: float = 15.0) -> None:
+def _kill_group(pgid: int, timeout: float = 3.0) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pgid, sig)
@@ -129,6 +129,7 @@ def test_unreachable_address_is_one_line_error():
 
 def test_runtime_env_yaml(tmp_path):
     from streampro.cluster.submit import build_entrypoint, load_runtime_env
+
     from streampro.errors import UserError
 
     env = load_runtime_env(None)
