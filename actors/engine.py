@@ -1,0 +1,136 @@
+"""One async vLLM engine that makes streaming decisions: context in, one decision out.
+
+`DecisionEngine` is the reusable per-step unit: the rollout worker runs many episodes
+against one, and the Serve deployment can use it for live sessions. It owns the engine's
+prefix-cache counters (a vLLM stat logger) and the in-place weight reload.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.inputs import TokensPrompt
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.metrics.loggers import StatLoggerBase
+
+# `sync_weights(source=WEIGHT_TRANSFER)`: the weights were already pushed through vLLM's
+# weight-transfer API (NCCL, GPU only); only drop the prefix cache and bump the version.
+WEIGHT_TRANSFER = "weight-transfer"
+
+
+class PrefixCacheCounter(StatLoggerBase):
+    """Sums vLLM's per-iteration prefix-cache stats (queried and hit prompt tokens)."""
+
+    def __init__(self, vllm_config=None, engine_index: int = 0) -> None:
+        self.queries = 0
+        self.hits = 0
+
+    def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
+        if scheduler_stats is not None:
+            self.queries += int(scheduler_stats.prefix_cache_stats.queries)
+            self.hits += int(scheduler_stats.prefix_cache_stats.hits)
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+
+@dataclass
+class Decision:
+    """What one request produced: generated ids and each one's sampling logprob."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str | None
+
+
+class DecisionEngine:
+    """An `AsyncLLM` with the settings a streaming decision needs; flat constructor args."""
+
+    def __init__(self, model_path: str, *, dtype: str = "float32", enable_prefix_caching: bool = True,
+                 block_size: int = 32, kv_cache_gb: float = 1.0, max_model_len: int = 0,
+                 max_num_seqs: int = 256, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, seed: int = 0,
+                 weight_transfer_backend: str = "") -> None:
+        from vllm.platforms import current_platform
+
+        kw: dict = {}
+        if current_platform.is_cpu():
+            # The CPU worker reads the KV size from here (or VLLM_CPU_KVCACHE_SPACE).
+            kw["kv_cache_memory_bytes"] = int(kv_cache_gb * (1 << 30))
+            # vLLM 0.32 CPU fails on a seeded request whose prefill is split over steps
+            # ("CPU Generator does not use offset"), e.g. 64 new streams at once: so prefill
+            # whole prompts only, with a token budget of one full context.
+            max_model_len = max_model_len or _model_max_len(model_path)
+            kw["enable_chunked_prefill"] = False
+            kw["max_num_batched_tokens"] = max(max_model_len, 2048)
+        else:
+            kw["gpu_memory_utilization"] = gpu_memory_utilization
+        if weight_transfer_backend:  # GPU path: NCCL broadcast from learner rank 0
+            from vllm.config import WeightTransferConfig
+
+            kw["weight_transfer_config"] = WeightTransferConfig(backend=weight_transfer_backend)
+        args = AsyncEngineArgs(
+            model=model_path, dtype=dtype, enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            block_size=block_size or None,  # CPU default is 128: too coarse for ~25-token steps
+            max_model_len=max_model_len or None, max_num_seqs=max_num_seqs,
+            tensor_parallel_size=tensor_parallel_size, seed=seed,
+            disable_log_stats=True,  # only our counter, not the periodic log lines
+            **kw,
+        )
+        self.cache_counter = PrefixCacheCounter()
+        self.llm = AsyncLLM.from_engine_args(args, stat_loggers=[lambda cfg, idx: self.cache_counter])
+        self.model_path = model_path
+        self._ids = itertools.count()
+        self._tag = f"{os.getpid()}-{id(self):x}"
+
+    async def decide(self, prompt_ids: list[int], params: SamplingParams) -> Decision:
+        """One request: the decision after `prompt_ids` (ids/logprobs as sampled)."""
+        final = None
+        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params,
+                                           request_id=f"d{self._tag}-{next(self._ids)}"):
+            final = out
+        if final is None or not final.outputs:
+            raise RuntimeError("vLLM returned no output for a decision request")
+        o = final.outputs[0]
+        ids = list(o.token_ids)
+        lps = [float(step[tok].logprob) for tok, step in zip(ids, o.logprobs or [])]
+        if len(lps) != len(ids):
+            raise RuntimeError(f"vLLM returned {len(lps)} logprobs for {len(ids)} tokens")
+        return Decision(ids, lps, o.finish_reason)
+
+    async def reload(self, source: str) -> None:
+        """Load new weights in place, then drop every cached prefix (it holds old-weight KV)."""
+        if source != WEIGHT_TRANSFER:
+            # An HF folder (safetensors) exported by the learner; works on CPU and GPU.
+            await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": source})
+        await self.llm.reset_prefix_cache(reset_running_requests=True)
+
+    def cache_stats(self) -> dict[str, int]:
+        return {"queries": self.cache_counter.queries, "hits": self.cache_counter.hits}
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()
+
+
+def _model_max_len(model_path: str) -> int:
+    """The model's own context limit (text config of a VLM)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_path)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    return int(cfg.max_position_embeddings)
+
+
+def decision_params(*, stop_ids: list[int], max_tokens: int, temperature: float, top_p: float,
+                    seed: int | None) -> SamplingParams:
+    """Sampling of one decision: stop at `</Silence>`/`<|im_end|>`, sampled-token logprob."""
+    return SamplingParams(
+        temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop_token_ids=stop_ids,
+        logprobs=0, seed=None if temperature == 0.0 else seed, detokenize=False,
+        skip_special_tokens=False,
+    )

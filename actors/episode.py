@@ -1,0 +1,141 @@
+"""The streaming episode: one code path from chunks to a Trajectory, for every policy runner.
+
+`StreamEpisode` wraps the dialogue builder (`streampro.data.dialogue.StreamDialogue`, the
+same code that lays out SFT targets) and records what a policy did: per step it hands out
+the prompt for the next decision and takes back the generated ids and their logprobs.
+The vLLM rollout, the transformers loop, the gymnasium env and the Serve deployment all
+drive this class, so their token layouts cannot drift apart. Pure Python: no torch, vLLM
+or Ray here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from streampro import tokens as T
+from streampro.types import Step, Trajectory
+
+# (prompt ids, step index) -> (generated ids, their sampling logprobs)
+AsyncDecide = Callable[[list[int], int], Awaitable[tuple[list[int], list[float]]]]
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Generation stops AT `</Silence>` (the loop appends the turn end) or at `<|im_end|>`."""
+    return [int(tokenizer.convert_tokens_to_ids(T.SILENCE)), int(tokenizer.convert_tokens_to_ids(T.IM_END))]
+
+
+def max_decision_tokens(max_answer_tokens: int) -> int:
+    """`</Response>` + answer text + `<|im_end|>`: the longest decision a step may write."""
+    return 1 + int(max_answer_tokens) + 1
+
+
+def request_seed(base: int, sample_index: int, episode: int, step: int) -> int:
+    """Per-request sampling seed: a pure function of its position, so reruns (after a fault,
+    on another actor) sample exactly the same tokens."""
+    key = f"{int(base)}:{int(sample_index)}:{int(episode)}:{int(step)}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1  # 63 bits
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One second of stream as the policy sees it: interval and frame codes."""
+
+    start: float
+    end: float
+    codes: Sequence[int]
+
+
+def sample_chunks(encoded) -> list[Chunk]:
+    """The chunks of an `EncodedSample` (streampro.data.encode), in stream order."""
+    if len(encoded.times) != len(encoded.codes):
+        raise ValueError(f"sample {encoded.sample.id!r}: {len(encoded.times)} chunk times "
+                         f"but {len(encoded.codes)} frame code lists")
+    return [Chunk(float(s), float(e), c) for (s, e), c in zip(encoded.times, encoded.codes)]
+
+
+class StreamEpisode:
+    """One episode's dialogue plus the policy's record (generated mask, logprobs, steps)."""
+
+    def __init__(self, tokenizer, *, sample_id: str, question: str, query_time: float,
+                 episode: int = 0, window_turns: int = 200, version: int = 0) -> None:
+        from streampro.data.dialogue import StreamDialogue  # the one dialogue layout
+
+        self.tokenizer = tokenizer
+        self.sample_id = sample_id
+        self.episode = episode
+        self.version = version
+        self.dialogue = StreamDialogue(tokenizer, question=question, query_time=query_time,
+                                       window_turns=window_turns)
+        self.steps: list[Step] = []
+        self._gen_mask: list[int] = []
+        self._logprobs: list[float] = []
+        self._prompt_len: int | None = None
+        self._pending: Chunk | None = None
+
+    @classmethod
+    def for_sample(cls, tokenizer, encoded, *, episode: int = 0, window_turns: int = 200,
+                   version: int = 0) -> StreamEpisode:
+        s = encoded.sample
+        return cls(tokenizer, sample_id=s.id, question=s.question, query_time=float(s.query_time),
+                   episode=episode, window_turns=window_turns, version=version)
+
+    def add_chunk(self, chunk: Chunk) -> list[int]:
+        """Append one chunk turn; returns the prompt (token ids) for the decision after it."""
+        if self._pending is not None:
+            raise RuntimeError("add_chunk called twice without a decision in between")
+        self.dialogue.add_chunk(chunk.start, chunk.end, chunk.codes)
+        self._pending = chunk
+        return list(self.dialogue.context())
+
+    def add_decision(self, gen_ids: Sequence[int], logprobs: Sequence[float], *,
+                     version: int | None = None) -> Step:
+        """Append the policy's decision (as generated) and record it as a Step."""
+        from streampro.data.dialogue import parse_decision
+
+        if self._pending is None:
+            raise RuntimeError("add_decision called before add_chunk")
+        gen_ids = [int(t) for t in gen_ids]
+        if len(logprobs) != len(gen_ids):
+            raise ValueError(f"{len(gen_ids)} generated ids but {len(logprobs)} logprobs")
+        start = len(self.dialogue.token_ids)
+        if self._prompt_len is None:
+            self._prompt_len = start
+        self._pad_to(start)
+        self.dialogue.add_decision(gen_ids, generated=True)
+        full = self.dialogue.token_ids
+        if list(full[start:start + len(gen_ids)]) != gen_ids:
+            raise RuntimeError("dialogue did not append the generated ids verbatim")
+        self._gen_mask += [1] * len(gen_ids)
+        self._logprobs += [float(x) for x in logprobs]
+        self._pad_to(len(full))  # the turn end the policy did not write: unmasked
+        decision, text, raw = parse_decision(self.tokenizer, gen_ids)
+        step = Step(time=self._pending.end, decision=decision, text=text, raw=raw,
+                    version=self.version if version is None else int(version))
+        self.steps.append(step)
+        self._pending = None
+        return step
+
+    def _pad_to(self, n: int) -> None:
+        extra = n - len(self._gen_mask)
+        self._gen_mask += [0] * extra
+        self._logprobs += [0.0] * extra
+
+    def trajectory(self) -> Trajectory:
+        ids = [int(t) for t in self.dialogue.token_ids]
+        self._pad_to(len(ids))
+        return Trajectory(sample_id=self.sample_id, episode=self.episode, token_ids=ids,
+                          gen_mask=list(self._gen_mask), logprobs=list(self._logprobs),
+                          steps=list(self.steps), version=self.version,
+                          prompt_len=self._prompt_len if self._prompt_len is not None else len(ids))
+
+
+async def run_episode(episode: StreamEpisode, chunks: Sequence[Chunk], decide: AsyncDecide,
+                      *, version: Callable[[], int] | None = None) -> Trajectory:
+    """Walk the stream: per chunk, one decision from `decide`; returns the whole trajectory."""
+    for i, chunk in enumerate(chunks):
+        prompt = episode.add_chunk(chunk)
+        ids, lps = await decide(prompt, i)
+        episode.add_decision(ids, lps, version=version() if version else None)
+    return episode.trajectory()

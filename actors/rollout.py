@@ -1,0 +1,293 @@
+"""Rollout: many streaming episodes at once on async vLLM engines, in-process or as Ray actors.
+
+`RolloutWorker` owns one `DecisionEngine` and runs every episode it is given as an asyncio
+task, so all B*n streams share the engine's continuous batching and prefix cache.
+`LocalRolloutGroup` runs one worker in this process; `RayRolloutGroup` runs N of them as
+`RolloutActor`s, spreads samples over them, re-runs the samples of an actor that died and
+returns every trajectory exactly once, in order. Both implement `RolloutGroupAPI`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any
+
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
+
+from streampro.actors.api import Sampling
+from streampro.actors.engine import DecisionEngine, decision_params
+from streampro.actors.episode import (
+    StreamEpisode,
+    max_decision_tokens,
+    request_seed,
+    run_episode,
+    sample_chunks,
+    stop_token_ids,
+)
+from streampro.types import Trajectory
+
+
+MAX_LATENCIES = 1 << 20
+
+
+class RolloutWorker:
+    """One vLLM engine plus the episode loop; async methods (a Ray async actor runs them)."""
+
+    def __init__(self, model_path: str, *, window_turns: int = 200, max_answer_tokens: int = 24,
+                 dtype: str = "float32", enable_prefix_caching: bool = True, block_size: int = 32,
+                 kv_cache_gb: float = 1.0, max_model_len: int = 0, max_num_seqs: int = 256,
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
+                 enforce_eager: bool = True, seed: int = 0, weight_transfer_backend: str = "") -> None:
+        from transformers import AutoTokenizer
+
+        self.engine = DecisionEngine(
+            model_path, dtype=dtype, enable_prefix_caching=enable_prefix_caching,
+            block_size=block_size, kv_cache_gb=kv_cache_gb, max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
+            weight_transfer_backend=weight_transfer_backend)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.stop_ids = stop_token_ids(self.tokenizer)
+        self.window_turns = window_turns
+        self.max_answer_tokens = max_answer_tokens
+        self.version = 0
+        self.source = model_path
+        # (step index, seconds) of each decision since last taken; bounded if nobody takes them
+        self.latencies: deque[tuple[int, float]] = deque(maxlen=MAX_LATENCIES)
+        self.inflight = 0  # decision requests now in the engine (the fault test waits on it)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def ready(self) -> int:
+        return self.version
+
+    def status(self) -> dict[str, Any]:
+        return {"version": self.version, "inflight": self.inflight, **self.engine.cache_stats()}
+
+    def take_latencies(self) -> list[tuple[int, float]]:
+        """(step index, seconds) of every decision since the last call (for the benchmark)."""
+        out = list(self.latencies)
+        self.latencies.clear()
+        return out
+
+    async def sync_weights(self, *, version: int, source: str) -> float:
+        t0 = time.perf_counter()
+        await self.engine.reload(source)
+        self.version, self.source = int(version), source
+        return time.perf_counter() - t0
+
+    async def generate(self, *, samples: list, first_index: int, n: int, sampling: Sampling,
+                       version: int | None = None, source: str | None = None) -> list[Trajectory]:
+        """n episodes of each sample, concurrently; sample i has global index first_index + i.
+
+        `version`/`source` name the weights the caller expects: a restarted actor (which
+        came back with the initial weights) reloads them before it starts."""
+        if version is not None and version != self.version and source:
+            await self.sync_weights(version=version, source=source)
+        jobs = [self._episode(s, first_index + i, e, sampling)
+                for i, s in enumerate(samples) for e in range(n)]
+        return list(await asyncio.gather(*jobs))
+
+    async def _episode(self, encoded, index: int, episode: int, sampling: Sampling) -> Trajectory:
+        ep = StreamEpisode.for_sample(self.tokenizer, encoded, episode=episode,
+                                      window_turns=self.window_turns, version=self.version)
+        max_tokens = max_decision_tokens(min(sampling.max_answer_tokens, self.max_answer_tokens))
+
+        async def decide(prompt: list[int], step: int) -> tuple[list[int], list[float]]:
+            params = decision_params(stop_ids=self.stop_ids, max_tokens=max_tokens,
+                                     temperature=sampling.temperature, top_p=sampling.top_p,
+                                     seed=request_seed(sampling.seed, index, episode, step))
+            t0 = time.perf_counter()
+            self.inflight += 1
+            try:
+                d = await self.engine.decide(prompt, params)
+            finally:
+                self.inflight -= 1
+            self.latencies.append((step, time.perf_counter() - t0))
+            return d.token_ids, d.logprobs
+
+        return await run_episode(ep, sample_chunks(encoded), decide, version=lambda: self.version)
+
+    # GPU weight-transfer control plane, with AsyncLLM's signatures, so that vLLM's
+    # `RayVLLMWeightSyncClient([actors])` + `NCCLTrainerWeightTransferEngine` on learner rank 0
+    # can drive a broadcast. GPU only; not exercised on this CPU machine.
+    async def init_weight_transfer_engine(self, request) -> None:
+        await self.engine.llm.init_weight_transfer_engine(request)
+
+    async def start_weight_update(self) -> None:
+        await self.engine.llm.start_weight_update()
+
+    async def update_weights(self, request) -> None:
+        await self.engine.llm.update_weights(request)
+
+    async def finish_weight_update(self, weight_version: str | None = None) -> None:
+        await self.engine.llm.finish_weight_update(weight_version)
+
+    async def update_weight_version(self, new_version: str) -> None:
+        await self.engine.llm.update_weight_version(new_version)
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+class LocalRolloutGroup:
+    """One `RolloutWorker` in this process, its event loop on a background thread."""
+
+    def __init__(self, model_path: str, **worker_kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="rollout-loop", daemon=True)
+        self._thread.start()
+
+        async def build() -> RolloutWorker:  # created on the loop that will drive it
+            return RolloutWorker(model_path, **worker_kwargs)
+
+        self.worker = self._run(build())
+
+    def _run(self, coro: Coroutine) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def generate(self, *, samples: list, n: int, sampling: Sampling) -> list[Trajectory]:
+        return self._run(self.worker.generate(samples=list(samples), first_index=0, n=n, sampling=sampling))
+
+    def sync_weights(self, *, version: int, source: str) -> float:
+        t0 = time.perf_counter()
+        self._run(self.worker.sync_weights(version=version, source=source))
+        return time.perf_counter() - t0
+
+    def cache_stats(self) -> dict[str, int]:
+        return self.worker.engine.cache_stats()
+
+    def take_latencies(self) -> list[tuple[int, float]]:
+        return self.worker.take_latencies()
+
+    def shutdown(self) -> None:
+        if self._loop.is_closed():
+            return
+
+        async def stop() -> None:  # on the engine's own loop: it cancels its output task there
+            self.worker.shutdown()
+
+        self._run(stop())
+        self.worker = None  # type: ignore[assignment]
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop.close()
+
+
+# The Ray actor: the same worker class, one engine per actor process.
+RolloutActor = ray.remote(RolloutWorker)
+
+
+class RayRolloutGroup:
+    """N `RolloutActor`s; samples go round-robin, one call per sample (the unit of re-run)."""
+
+    def __init__(self, model_path: str, *, num_actors: int = 1, num_cpus: float = 1.0,
+                 num_gpus: float = 0.0, memory_gb: float = 0.0, max_restarts: int = 2,
+                 max_retries_per_sample: int = -1, restart_timeout_s: float = 600.0,
+                 env_vars: dict[str, str] | None = None, **worker_kwargs: Any) -> None:
+        if num_actors < 1:
+            raise ValueError(f"num_actors must be >= 1, got {num_actors}")
+        opts: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts}
+        if memory_gb > 0:
+            opts["memory"] = int(memory_gb * (1 << 30))
+        if env_vars:
+            opts["runtime_env"] = {"env_vars": dict(env_vars)}
+        self.actors = [RolloutActor.options(**opts).remote(model_path, **worker_kwargs)
+                       for _ in range(num_actors)]
+        # A sample is re-run at most this often (default: once per allowed restart + 1).
+        self.max_attempts = (max_retries_per_sample if max_retries_per_sample >= 0
+                             else max_restarts * num_actors) + 1
+        self.restart_timeout_s = restart_timeout_s
+        self.version, self.source = 0, model_path
+        self.reruns = 0  # samples re-run after an actor died (cumulative)
+        ray.get([a.ready.remote() for a in self.actors])
+
+    def _submit(self, actor_idx: int, sample, index: int, n: int, sampling: Sampling) -> ray.ObjectRef:
+        actor = self.actors[actor_idx % len(self.actors)]
+        return actor.generate.remote(samples=[sample], first_index=index, n=n, sampling=sampling,
+                                     version=self.version, source=self.source)
+
+    def generate(self, *, samples: list, n: int, sampling: Sampling) -> list[Trajectory]:
+        pending = {self._submit(i, s, i, n, sampling): (i, 0) for i, s in enumerate(samples)}
+        results: dict[int, list[Trajectory]] = {}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            i, attempt = pending.pop(ref)
+            try:
+                results[i] = ray.get(ref)
+            except (RayActorError, ActorUnavailableError) as e:
+                # The actor died mid-episode: Ray restarts it (max_restarts); run the whole
+                # sample again there or on the next actor. Seeds make the rerun identical.
+                if attempt + 1 >= self.max_attempts:
+                    raise RuntimeError(f"sample {i} failed on {attempt + 1} attempts: {e}") from e
+                self.reruns += 1
+                target = self._alive_actor(i + attempt + 1)
+                pending[self._submit(target, samples[i], i, n, sampling)] = (i, attempt + 1)
+        out = [t for i in range(len(samples)) for t in results[i]]
+        assert len(out) == len(samples) * n, "every trajectory exactly once"
+        return out
+
+    def _alive_actor(self, start: int) -> int:
+        """The first actor from `start` on that answers (waiting out a restart, as calls to
+        a restarting actor fail at once); ActorDiedError means restarts are used up."""
+        deadline = time.monotonic() + self.restart_timeout_s
+        while time.monotonic() < deadline:
+            for k in range(len(self.actors)):
+                idx = (start + k) % len(self.actors)
+                try:
+                    ray.get(self.actors[idx].ready.remote(), timeout=5)
+                    return idx
+                except (ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                    continue
+                except RayActorError:  # dead for good: try the next actor
+                    continue
+            time.sleep(0.5)
+        raise RuntimeError(f"no rollout actor came back within {self.restart_timeout_s:.0f} s")
+
+    def sync_weights(self, *, version: int, source: str) -> float:
+        t0 = time.perf_counter()
+        self.version, self.source = int(version), source
+        refs = [a.sync_weights.remote(version=version, source=source) for a in self.actors]
+        for ref in refs:
+            try:
+                ray.get(ref)
+            except (RayActorError, ActorUnavailableError):
+                pass  # a restarting actor loads (version, source) before its next episode
+        return time.perf_counter() - t0
+
+    def cache_stats(self) -> dict[str, int]:
+        stats = ray.get([a.status.remote() for a in self.actors])
+        return {k: sum(s[k] for s in stats) for k in ("queries", "hits")}
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            try:
+                ray.get(a.shutdown.remote(), timeout=60)
+            except (RayActorError, ActorUnavailableError, ray.exceptions.GetTimeoutError):
+                pass  # already dead or stuck: ray.kill below releases it
+            ray.kill(a)
+        self.actors = []
+
+
+def make_rollout_group(cfg, model_path: str):
+    """The rollout group a config asks for (a RayRolloutGroup; Ray must be initialised)."""
+    r, d = cfg.rollout, cfg.data
+    return RayRolloutGroup(
+        model_path, num_actors=r.num_actors, num_cpus=r.num_cpus, num_gpus=r.num_gpus,
+        memory_gb=r.memory_gb, max_restarts=r.max_restarts,
+        window_turns=d.window_turns, max_answer_tokens=r.max_answer_tokens,
+        dtype=cfg.policy.dtype, enable_prefix_caching=r.enable_prefix_caching,
+        block_size=r.block_size, kv_cache_gb=r.kv_cache_gb,
+        max_model_len=r.max_model_len,
+        max_num_seqs=r.max_num_seqs, tensor_parallel_size=r.tensor_parallel_size,
+        gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
+        seed=cfg.run.seed, weight_transfer_backend=r.weight_transfer_backend,
+    )
