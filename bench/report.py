@@ -17,7 +17,8 @@ from streampro.metrics import read_metrics
 CURVES = {
     "grpo": ["reward/total", "reward/fmt", "reward/turn", "reward/traj", "rollout/response_rate",
              "learn/kl", "learn/entropy", "learn/clip_frac", "val/w_avg"],
-    "sft": ["loss", "decision_acc", "silence_recall", "response_recall", "val/w_avg"],
+    "sft": ["train/loss", "train/decision_acc", "train/silence_recall", "train/response_recall",
+            "train/w_response", "val/w_avg"],
 }
 
 

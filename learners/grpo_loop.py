@@ -80,32 +80,14 @@ def trajectory_stats(trajs: list[Trajectory], results: list[RewardResult]) -> di
     }
 
 
-def write_trajectories(path: Path, trajs: list[Trajectory], results: list[RewardResult], step: int) -> None:
-    """Parquet rows for later analysis (atomic rename)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def write_step_trajectories(path: Path, trajs: list[Trajectory], results: list[RewardResult], step: int) -> None:
+    """The step's trajectories with their rewards, as Parquet (actors/records.py schema)."""
+    from streampro.actors.records import write_trajectories
 
-    rows = {
-        "step": [step] * len(trajs),
-        "sample_id": [t.sample_id for t in trajs],
-        "episode": [t.episode for t in trajs],
-        "version": [t.version for t in trajs],
-        "token_ids": [t.token_ids for t in trajs],
-        "gen_mask": [t.gen_mask for t in trajs],
-        "logprobs": [t.logprobs for t in trajs],
-        "step_times": [[s.time for s in t.steps] for t in trajs],
-        "step_decisions": [[s.decision for s in t.steps] for t in trajs],
-        "step_texts": [[s.text for s in t.steps] for t in trajs],
-        "step_versions": [[s.version for s in t.steps] for t in trajs],
-        "reward": [r.total for r in results],
-        "reward_fmt": [r.fmt for r in results],
-        "reward_turn": [r.turn for r in results],
-        "reward_traj": [r.traj for r in results],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.table(rows), tmp)
-    tmp.replace(path)
+    extra = {"step": [step] * len(trajs), "reward": [r.total for r in results],
+             "reward_fmt": [r.fmt for r in results], "reward_turn": [r.turn for r in results],
+             "reward_traj": [r.traj for r in results]}
+    write_trajectories(path, trajs, extra)
 
 
 class Checkpoints:
@@ -136,8 +118,12 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def run_grpo(cfg: Config, run_dir: Path, *, init_model: str) -> dict:
-    """The GRPO stage. Returns {"hf": final policy folder, "val": scores, "steps": n, ...}."""
+def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> dict:
+    """The GRPO stage. Returns {"hf": final policy folder, "val": scores, "steps": n, ...}.
+
+    `rollout`: a running rollout group already holding init_model's weights (the caller keeps
+    ownership and shuts it down); None starts one here.
+    """
     from tqdm import tqdm
 
     from streampro.actors.api import Sampling
@@ -153,7 +139,8 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str) -> dict:
     steps_total = cfg.grpo.max_steps or cfg.grpo.epochs * max(len(train) // b, 1)
 
     learner = make_learner_group(cfg, init_model, objective="grpo")
-    rollout = make_rollout_group(cfg, init_model)
+    own_rollout = rollout is None
+    rollout = make_rollout_group(cfg, init_model) if own_rollout else rollout
     pool = make_reward_pool(cfg)
     logger = MetricsLogger(run_dir)
     ckpts = Checkpoints(run_dir, cfg.grpo.keep_checkpoints)
@@ -225,7 +212,7 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str) -> dict:
             scores = evaluate(rollout, val, max_answer_tokens=cfg.rollout.max_answer_tokens, seed=cfg.run.seed)
             metrics["val/w_avg"], metrics["val/avg"] = scores["w_avg"], scores["avg"]
         logger.log(step, metrics)
-        write_trajectories(run_dir / "trajectories" / f"step_{step:06d}.parquet", trajs, results, step)
+        write_step_trajectories(run_dir / "trajectories" / f"step_{step:06d}.parquet", trajs, results, step)
         if step % cfg.grpo.save_every == 0 or step == steps_total:
             state = {"step": step, "version": version, "cursor": cursor.state()}
             ckpts.save(learner, step, state)
@@ -239,7 +226,7 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str) -> dict:
     summary = {"hf": hf, "steps": step, "val": val_scores}
     atomic_write_text(run_dir / "grpo_summary.json", json.dumps(summary, indent=2, sort_keys=True))
     logger.close()
-    for part in (rollout, learner, pool):
+    for part in (learner, pool) + ((rollout,) if own_rollout else ()):
         part.shutdown()
     return summary
 

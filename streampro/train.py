@@ -33,33 +33,33 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     timings["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    sft = run_sft(cfg, run_dir / "sft")
+    sft = run_sft(cfg, run_dir / "sft", evaluate=False)  # evaluated below on the shared engine
     timings["sft"] = time.perf_counter() - t
 
+    # One rollout group serves every evaluation and GRPO: engines start once, then weights
+    # are synced in place (SFT -> GRPO versions), so the run pays one vLLM start-up.
     pred_dir = run_dir / "predictions"
     pred_dir.mkdir(exist_ok=True)
     atomic_write_text(pred_dir / "val_manifest.txt", str(ensure_split(cfg, "val").resolve()))
+    rollout = make_rollout_group(cfg, sft["hf"])
 
-    def scores_of(stage: str, model: str) -> dict:
-        rollout = make_rollout_group(cfg, model)
-        try:
-            kw = dict(max_answer_tokens=cfg.rollout.max_answer_tokens, seed=cfg.run.seed)
-            return {split: evaluate(rollout, enc, predictions_out=pred_dir / f"{stage}-{split}.jsonl", **kw)
-                    for split, enc in (("val", val), ("test", test))}
-        finally:
-            rollout.shutdown()
+    def scores_of(stage: str) -> dict:
+        kw = dict(max_answer_tokens=cfg.rollout.max_answer_tokens, seed=cfg.run.seed)
+        return {split: evaluate(rollout, enc, predictions_out=pred_dir / f"{stage}-{split}.jsonl", **kw)
+                for split, enc in (("val", val), ("test", test))}
 
     t = time.perf_counter()
-    sft_scores = scores_of("sft", sft["hf"])
+    sft_scores = scores_of("sft")
     timings["eval_sft"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    grpo = run_grpo(cfg, run_dir / "grpo", init_model=sft["hf"])
+    grpo = run_grpo(cfg, run_dir / "grpo", init_model=sft["hf"], rollout=rollout)
     timings["grpo"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    grpo_scores = scores_of("grpo", grpo["hf"])
+    grpo_scores = scores_of("grpo")  # the engines hold the last synced GRPO weights
     timings["eval_grpo"] = time.perf_counter() - t
+    rollout.shutdown()
 
     summary = {
         "sft": sft_scores,
