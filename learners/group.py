@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-from streampro.learners.api import Batch
+from streampro.config import Config
+from streampro.errors import UserError
+from streampro.learners.api import Batch, LearnerGroupAPI
 from streampro.learners.packing import assign_rows, materialize
 from streampro.learners.worker import LearnerSettings, LearnerWorker
 from streampro.tokens import CLASS_RESPONSE, CLASS_SILENCE
@@ -33,7 +35,9 @@ def check_batch(batch: Batch, objective: str) -> None:
         if key not in batch:
             raise ValueError(f"batch for {objective!r} lacks key {key!r}")
         if tuple(batch[key].shape) != shape:
-            raise ValueError(f"batch[{key!r}] has shape {tuple(batch[key].shape)}, input_ids {shape}")
+            raise ValueError(
+                f"batch[{key!r}] has shape {tuple(batch[key].shape)}, input_ids {shape}"
+            )
 
 
 def step_totals(batch: Batch, *, objective: str, loss_agg: str = "token_mean") -> dict[str, float]:
@@ -47,14 +51,18 @@ def step_totals(batch: Batch, *, objective: str, loss_agg: str = "token_mean") -
         totals["normalizer"] = totals["tokens"]
     elif loss_agg == "seq_mean":
         if int(batch["seq_ids"].max()) > 0:
-            raise ValueError("loss_agg='seq_mean' needs one sequence per row (do not pack GRPO batches)")
+            raise ValueError(
+                "loss_agg='seq_mean' needs one sequence per row (do not pack GRPO batches)"
+            )
         totals["normalizer"] = float(mask.any(dim=1).sum())
     else:
         totals["normalizer"] = totals["tokens"]
     return totals
 
 
-def reduce_stats(per_rank: list[dict[str, float]], *, objective: str, totals: dict[str, float]) -> dict[str, float]:
+def reduce_stats(
+    per_rank: list[dict[str, float]], *, objective: str, totals: dict[str, float]
+) -> dict[str, float]:
     """Add rank sums, then turn them into the step's metrics (global means)."""
     acc: dict[str, float] = {}
     for stats in per_rank:
@@ -66,16 +74,24 @@ def reduce_stats(per_rank: list[dict[str, float]], *, objective: str, totals: di
             else:
                 acc[k] = acc.get(k, 0.0) + v
     n = max(acc.get("sum/tokens", 0.0), 1.0)
-    out = {"loss": acc.get("sum/loss", 0.0), "tokens": acc.get("sum/tokens", 0.0),
-           "entropy": acc.get("sum/entropy", 0.0) / n,
-           "grad_norm": acc.get("last/grad_norm", 0.0), "lr": acc.get("last/lr", 0.0)}
+    out = {
+        "loss": acc.get("sum/loss", 0.0),
+        "tokens": acc.get("sum/tokens", 0.0),
+        "entropy": acc.get("sum/entropy", 0.0) / n,
+        "grad_norm": acc.get("last/grad_norm", 0.0),
+        "lr": acc.get("last/lr", 0.0),
+    }
     if objective == "sft":
         from streampro.learners.losses import cb_stream_weights, finish_decision_metrics
 
         out["nll"] = acc.get("sum/nll", 0.0) / n
-        out.update(finish_decision_metrics({k[4:]: v for k, v in acc.items() if k.startswith("sum/")}))
+        out.update(
+            finish_decision_metrics({k[4:]: v for k, v in acc.items() if k.startswith("sum/")})
+        )
         out["n_silence"], out["n_response"] = totals["n_silence"], totals["n_response"]
-        out["w_silence"], out["w_response"] = cb_stream_weights(int(totals["n_silence"]), int(totals["n_response"]))
+        out["w_silence"], out["w_response"] = cb_stream_weights(
+            int(totals["n_silence"]), int(totals["n_response"])
+        )
     else:
         for k, v in acc.items():
             if k.startswith("sum/") and k not in ("sum/loss", "sum/tokens", "sum/entropy"):
@@ -84,7 +100,9 @@ def reduce_stats(per_rank: list[dict[str, float]], *, objective: str, totals: di
     return out
 
 
-def _scatter_logprobs(batch: Batch, plan: list[list[list[int]]], results: list[list[torch.Tensor]]) -> torch.Tensor:
+def _scatter_logprobs(
+    batch: Batch, plan: list[list[list[int]]], results: list[list[torch.Tensor]]
+) -> torch.Tensor:
     out = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)  # [B, T]
     for rank_rows, rank_lps in zip(plan, results):
         for rows, lp in zip(rank_rows, rank_lps):
@@ -114,18 +132,16 @@ def _publish(tmp: Path, path: str) -> None:
         os.rename(tmp, final)
 
 
-def _settings(**kwargs) -> LearnerSettings:
-    return LearnerSettings(**kwargs)
-
-
 class LocalLearnerGroup:
     """World size 1 in this process: DeepSpeed over a single gloo rank (same code as Ray ranks)."""
 
     def __init__(self, *, model_path: str, **settings) -> None:
-        """settings: the flat fields of LearnerSettings (zero_stage, precision, micro_batch, lr, ...)."""
-        self.settings = _settings(**settings)
+        """settings: the flat fields of LearnerSettings (zero_stage, precision, lr, ...)."""
+        self.settings = LearnerSettings(**settings)
         self.world_size = 1
-        self.worker = LearnerWorker(model_path=model_path, rank=0, world_size=1, settings=self.settings)
+        self.worker = LearnerWorker(
+            model_path=model_path, rank=0, world_size=1, settings=self.settings
+        )
         _, port = self.worker.address()
         self.worker.setup(master_addr="127.0.0.1", master_port=port)
 
@@ -133,13 +149,18 @@ class LocalLearnerGroup:
         check_batch(batch, objective)
         totals = step_totals(batch, objective=objective, loss_agg=self.settings.loss_agg)
         plan = assign_rows(batch, world_size=1, micro_batch=self.settings.micro_batch)
-        stats = self.worker.train(micro_batches=[materialize(batch, r) for r in plan[0]],
-                                  objective=objective, totals=totals)
+        stats = self.worker.train(
+            micro_batches=[materialize(batch, r) for r in plan[0]],
+            objective=objective,
+            totals=totals,
+        )
         return reduce_stats([stats], objective=objective, totals=totals)
 
     def logprobs(self, *, batch: Batch, reference: bool = False) -> torch.Tensor:
         plan = assign_rows(batch, world_size=1, micro_batch=self.settings.micro_batch)
-        lps = self.worker.logprobs(micro_batches=[materialize(batch, r) for r in plan[0]], reference=reference)
+        lps = self.worker.logprobs(
+            micro_batches=[materialize(batch, r) for r in plan[0]], reference=reference
+        )
         return _scatter_logprobs(batch, plan, [lps])
 
     def save_checkpoint(self, *, path: str, client_state: dict | None = None) -> None:
@@ -163,18 +184,29 @@ class LocalLearnerGroup:
 class RayLearnerGroup:
     """K Ray actors in one placement group, each a rank of one DeepSpeed data-parallel engine."""
 
-    def __init__(self, *, model_path: str, num_ranks: int, num_cpus: float = 1.0, num_gpus: float = 0.0,
-                 memory_gb: float = 0.0, placement: str = "PACK", **settings) -> None:
+    def __init__(
+        self,
+        *,
+        model_path: str,
+        num_ranks: int,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        memory_gb: float = 0.0,
+        placement: str = "PACK",
+        role_resource: bool = False,
+        **settings,
+    ) -> None:
+        """settings: the flat fields of LearnerSettings; role_resource asks for the 'learner'
+        custom resource so an autoscaler starts nodes of the learner worker group."""
         import ray
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        self.settings = _settings(**settings)
+        from streampro.cluster.resources import in_placement_group, learner_placement_group
+
+        self.settings = LearnerSettings(**settings)
         self.world_size = num_ranks
-        bundle = {k: v for k, v in (("CPU", num_cpus), ("GPU", num_gpus)) if v > 0}
-        if memory_gb > 0:
-            bundle["memory"] = memory_gb * 2**30
-        self.pg = placement_group([dict(bundle) for _ in range(num_ranks)], strategy=placement)
+        self.pg = learner_placement_group(
+            num_ranks, num_cpus, num_gpus, placement, memory_gb=memory_gb, custom=role_resource
+        )
         ray.get(self.pg.ready(), timeout=600)
         env = {"TOKENIZERS_PARALLELISM": "false"}
         if num_gpus == 0:
@@ -182,16 +214,22 @@ class RayLearnerGroup:
         remote_cls = ray.remote(LearnerWorker)
         self.actors = [
             remote_cls.options(
-                num_cpus=num_cpus, num_gpus=num_gpus, memory=bundle.get("memory"),
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
                 runtime_env={"env_vars": env},
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                **in_placement_group(self.pg, i),
             ).remote(model_path=model_path, rank=i, world_size=num_ranks, settings=self.settings)
             for i in range(num_ranks)
         ]
-        addrs = ray.get([a.address.remote() for a in self.actors])
-        one_node = len({ip for ip, _ in addrs}) == 1
-        master = "127.0.0.1" if one_node else addrs[0][0]
-        ray.get([a.setup.remote(master_addr=master, master_port=addrs[0][1]) for a in self.actors])
+        try:
+            addrs = ray.get([a.address.remote() for a in self.actors])
+            one_node = len({ip for ip, _ in addrs}) == 1
+            master = "127.0.0.1" if one_node else addrs[0][0]
+            port = addrs[0][1]
+            ray.get([a.setup.remote(master_addr=master, master_port=port) for a in self.actors])
+        except BaseException:
+            self.shutdown()  # a failed start must not leave actors and bundles behind
+            raise
 
     def train_step(self, *, batch: Batch, objective: str) -> dict[str, float]:
         import ray
@@ -199,24 +237,38 @@ class RayLearnerGroup:
         check_batch(batch, objective)
         totals = step_totals(batch, objective=objective, loss_agg=self.settings.loss_agg)
         plan = assign_rows(batch, world_size=self.world_size, micro_batch=self.settings.micro_batch)
-        refs = [a.train.remote(micro_batches=[materialize(batch, r) for r in plan[k]],
-                               objective=objective, totals=totals)
-                for k, a in enumerate(self.actors)]
+        refs = [
+            a.train.remote(
+                micro_batches=[materialize(batch, r) for r in plan[k]],
+                objective=objective,
+                totals=totals,
+            )
+            for k, a in enumerate(self.actors)
+        ]
         return reduce_stats(ray.get(refs), objective=objective, totals=totals)
 
     def logprobs(self, *, batch: Batch, reference: bool = False) -> torch.Tensor:
         import ray
 
         plan = assign_rows(batch, world_size=self.world_size, micro_batch=self.settings.micro_batch)
-        refs = [a.logprobs.remote(micro_batches=[materialize(batch, r) for r in plan[k]], reference=reference)
-                for k, a in enumerate(self.actors)]
+        refs = [
+            a.logprobs.remote(
+                micro_batches=[materialize(batch, r) for r in plan[k]], reference=reference
+            )
+            for k, a in enumerate(self.actors)
+        ]
         return _scatter_logprobs(batch, plan, ray.get(refs))
 
     def save_checkpoint(self, *, path: str, client_state: dict | None = None) -> None:
         import ray
 
         tmp = _tmp_sibling(path)  # ranks write into one shared folder (same node or shared FS)
-        ray.get([a.save.remote(path=str(tmp), client_state=dict(client_state or {})) for a in self.actors])
+        ray.get(
+            [
+                a.save.remote(path=str(tmp), client_state=dict(client_state or {}))
+                for a in self.actors
+            ]
+        )
         _publish(tmp, path)
 
     def load_checkpoint(self, *, path: str) -> dict:
@@ -236,9 +288,76 @@ class RayLearnerGroup:
         import ray
         from ray.util.placement_group import remove_placement_group
 
-        try:
-            ray.get([a.shutdown.remote() for a in self.actors], timeout=60)
+        try:  # a rank stuck in a collective after a peer failed must not block shutdown
+            ray.get([a.shutdown.remote() for a in self.actors], timeout=30)
+        except Exception:  # noqa: BLE001  (the actors are killed below either way)
+            pass
         finally:
             for a in self.actors:
                 ray.kill(a)
-            remove_placement_group(self.pg)
+            self.actors = []  # idempotent: a second shutdown finds nothing to release
+            if self.pg is not None:
+                remove_placement_group(self.pg)
+                self.pg = None
+
+
+def make_learner_group(cfg: Config, model_path: str, *, objective: str) -> LearnerGroupAPI:
+    """The learner group of a config, with the lr, schedule and loss of the objective."""
+    lc = cfg.learner
+    if objective == "sft":
+        stage = dict(lr=cfg.sft.lr, warmup_steps=cfg.sft.warmup_steps, with_reference=False)
+    elif objective == "grpo":
+        stage = dict(lr=cfg.grpo.lr, warmup_steps=0, with_reference=cfg.grpo.kl_coef != 0.0)
+    else:
+        raise ValueError(f"unknown objective {objective!r} (one of {', '.join(OBJECTIVES)})")
+    settings = dict(
+        zero_stage=lc.zero_stage,
+        precision=lc.precision,
+        micro_batch=lc.micro_batch,
+        weight_decay=lc.weight_decay,
+        grad_clip=lc.grad_clip,
+        seed=cfg.run.seed,
+        sft_loss=cfg.sft.loss,
+        beta=cfg.sft.beta,
+        lambda_text=cfg.sft.lambda_text,
+        focal_gamma=cfg.sft.focal_gamma,
+        clip_low=cfg.grpo.clip_low,
+        clip_high=cfg.grpo.clip_high,
+        kl_coef=cfg.grpo.kl_coef,
+        kl_estimator=cfg.grpo.kl_estimator,
+        loss_agg=cfg.grpo.loss_agg,
+        **stage,
+    )
+    check_settings(**settings)
+    if lc.in_process:
+        if lc.num_ranks != 1:
+            raise UserError(
+                f"learner.in_process=true needs learner.num_ranks=1, got {lc.num_ranks}"
+            )
+        return LocalLearnerGroup(model_path=model_path, **settings)
+    return RayLearnerGroup(
+        model_path=model_path,
+        num_ranks=lc.num_ranks,
+        num_cpus=lc.num_cpus,
+        num_gpus=lc.num_gpus,
+        memory_gb=lc.memory_gb,
+        placement=lc.placement,
+        role_resource=cfg.cluster.role_resources,
+        **settings,
+    )
+
+
+def check_settings(**s) -> None:
+    """Config values a rank would only reject minutes later, as one-line UserErrors now."""
+    from streampro.learners.losses import SFT_LOSSES
+
+    if s["zero_stage"] not in (0, 1, 2, 3):
+        raise UserError(f"learner.zero_stage must be 0-3, got {s['zero_stage']}")
+    if s["precision"] not in ("fp32", "bf16"):
+        raise UserError(f"learner.precision must be fp32 or bf16, got {s['precision']!r}")
+    if s["micro_batch"] < 1:
+        raise UserError(f"learner.micro_batch must be >= 1, got {s['micro_batch']}")
+    if s["sft_loss"] not in SFT_LOSSES:
+        raise UserError(f"sft.loss must be one of {', '.join(SFT_LOSSES)}, got {s['sft_loss']!r}")
+    if not 0.0 <= s["beta"] < 1.0:
+        raise UserError(f"sft.beta must be in [0, 1), got {s['beta']}")

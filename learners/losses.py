@@ -31,8 +31,8 @@ def cb_stream_weights(n_silence: int, n_response: int, beta: float = 0.9999) -> 
         raise ValueError(f"beta must be in [0, 1), got {beta}")
     inv = []
     for n in (n_silence, n_response):
-        # -expm1(n*log1p(-beta)) = 1 - beta^n without cancellation for beta near 1
-        eff = -math.expm1(n * math.log1p(-beta)) / (1.0 - beta) if n > 0 else 0.0
+        # 1 - beta^n = -expm1(n * log(beta)): no cancellation when beta is near 1
+        eff = -math.expm1(n * math.log(beta)) / (1.0 - beta) if n > 0 and beta > 0 else float(n > 0)
         inv.append(1.0 / eff if eff > 0 else 0.0)
     total = sum(inv)
     if total == 0.0:
@@ -44,17 +44,19 @@ def shifted_logprobs(
     logits: torch.Tensor,  # [B, T, V] logits[:, t] predicts token t+1
     input_ids: torch.Tensor,  # [B, T]
     *,
+    position_ids: torch.Tensor | None = None,  # [B, T] packed rows: 0 starts a sequence
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per-token logprobs, entropies and argmax predictions, aligned to the predicted token.
 
-    Returns (logprobs [B, T], entropy [B, T] or None, predicted ids [B, T]); position 0 holds 0
-    (entropy 0, prediction -1) because nothing predicts the first token.
+    Returns (logprobs [B, T], entropy [B, T] or None, predicted ids [B, T]); the first token
+    of every sequence (column 0, and position_ids == 0 in packed rows) holds 0 (entropy 0,
+    prediction -1): nothing of its own sequence predicts it.
     """
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [B, T-1, V]
     target = input_ids[:, 1:].unsqueeze(-1)  # [B, T-1, 1]
     lp = logp.gather(-1, target).squeeze(-1)  # [B, T-1]
-    zero = torch.zeros_like(lp[:, :1])  # [B, 1]
+    zero = lp.new_zeros(lp.shape[0], 1)  # [B, 1] (not lp[:, :1]: empty when T == 1)
     logprobs = torch.cat([zero, lp], dim=1)  # [B, T]
     with torch.no_grad():  # statistics only: keep them out of the autograd graph
         entropy = None
@@ -62,7 +64,12 @@ def shifted_logprobs(
             ent = -(logp.exp() * logp).sum(-1)  # [B, T-1]
             entropy = torch.cat([zero.detach(), ent], dim=1)
         pred = logits[:, :-1].argmax(-1)  # [B, T-1]
-        pred = torch.cat([torch.full_like(pred[:, :1], -1), pred], dim=1)  # [B, T]
+        pred = torch.cat([pred.new_full((pred.shape[0], 1), -1), pred], dim=1)  # [B, T]
+    if position_ids is not None:
+        start = position_ids == 0  # [B, T]
+        logprobs = logprobs.masked_fill(start, 0.0)
+        pred = pred.masked_fill(start, -1)
+        entropy = entropy.masked_fill(start, 0.0) if entropy is not None else None
     return logprobs, entropy, pred
 
 
@@ -111,8 +118,9 @@ def sft_loss(
         per_token = torch.where(is_decision, focal, nll)
     elif kind == "cb_stream":
         w_s, w_r = cb_stream_weights(n_silence, n_response, beta)
-        w = token_weights(decision_class, w_silence=w_s, w_response=w_r, w_text=lambda_text,
-                          dtype=logprobs.dtype)
+        w = token_weights(
+            decision_class, w_silence=w_s, w_response=w_r, w_text=lambda_text, dtype=logprobs.dtype
+        )
         per_token = w * nll
     else:
         raise ValueError(f"unknown SFT loss {kind!r} (one of {', '.join(SFT_LOSSES)})")
@@ -128,7 +136,7 @@ def decision_counts(
     decision_class: torch.Tensor,  # [B, T]
     loss_mask: torch.Tensor,  # [B, T]
 ) -> dict[str, float]:
-    """Sums (not means) so ranks and micro-batches reduce by addition: hits and targets per class."""
+    """Hits and targets per class, as sums so ranks and micro-batches reduce by addition."""
     sup = loss_mask > 0
     hit = pred == input_ids
     out: dict[str, float] = {}
@@ -140,7 +148,7 @@ def decision_counts(
 
 
 def finish_decision_metrics(sums: dict[str, float]) -> dict[str, float]:
-    """Turn summed counts into accuracy and per-class recall (NaN-free: 0 when a class is absent)."""
+    """Summed counts -> accuracy and per-class recall (0, not NaN, for an absent class)."""
     n_s, n_r = sums.get("n_silence", 0.0), sums.get("n_response", 0.0)
     h_s, h_r = sums.get("hit_silence", 0.0), sums.get("hit_response", 0.0)
     return {

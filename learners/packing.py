@@ -15,8 +15,16 @@ import torch
 from streampro.learners.api import Batch
 
 # Keys sliced along the row axis; everything in a Batch is [B, T].
-ROW_KEYS = ("input_ids", "position_ids", "seq_ids", "loss_mask", "decision_class",
-            "advantages", "old_logprobs", "ref_logprobs")
+ROW_KEYS = (
+    "input_ids",
+    "position_ids",
+    "seq_ids",
+    "loss_mask",
+    "decision_class",
+    "advantages",
+    "old_logprobs",
+    "ref_logprobs",
+)
 
 
 @dataclass
@@ -64,8 +72,12 @@ def collate(seqs: Sequence[PackItem], rows: list[list[int]], *, pad_id: int) -> 
         "seq_ids": torch.full((b, width), -1, dtype=torch.long),
         "loss_mask": torch.zeros((b, width), dtype=torch.float32),
     }
-    optional = {"decision_class": (torch.long, -1), "advantages": (torch.float32, 0.0),
-                "old_logprobs": (torch.float32, 0.0), "ref_logprobs": (torch.float32, 0.0)}
+    optional = {
+        "decision_class": (torch.long, -1),
+        "advantages": (torch.float32, 0.0),
+        "old_logprobs": (torch.float32, 0.0),
+        "ref_logprobs": (torch.float32, 0.0),
+    }
     for key, (dtype, fill) in optional.items():
         if getattr(seqs[rows[0][0]], key) is not None:
             out[key] = torch.full((b, width), fill, dtype=dtype)
@@ -135,7 +147,7 @@ def assign_rows(batch: Batch, *, world_size: int, micro_batch: int) -> list[list
     plan: list[list[list[int]]] = []
     for rows in per_rank:
         rows = sorted(rows)
-        mbs = [rows[i:i + micro_batch] for i in range(0, len(rows), micro_batch)]
+        mbs = [rows[i : i + micro_batch] for i in range(0, len(rows), micro_batch)]
         plan.append(mbs + [[] for _ in range(n_micro - len(mbs))])
     return plan
 

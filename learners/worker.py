@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import socket
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,28 +85,51 @@ class LearnerWorker:
         import deepspeed
         from transformers import AutoModelForCausalLM
 
+        # torch's c10d warns on every ZeRO collective that DeepSpeed still calls by its old name
+        warnings.filterwarnings(
+            "ignore", message=r".*is deprecated\. Please use.*", category=FutureWarning
+        )
         on_gpu = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "") != "cpu"
-        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
-                          WORLD_SIZE=str(self.world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        os.environ.update(
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size),
+            LOCAL_RANK="0",
+            LOCAL_WORLD_SIZE="1",
+        )
         if on_gpu:
             torch.cuda.set_device(0)  # Ray gives each rank its own CUDA_VISIBLE_DEVICES
         self.device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+        deepspeed.init_distributed(
+            dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False
+        )
         self._seed_all(self.s.seed + self.rank)
         self.dtype = torch.bfloat16 if self.s.precision == "bf16" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32,
-                                                     attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_path, dtype=torch.float32, attn_implementation="sdpa"
+        )
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.s.lr, weight_decay=self.s.weight_decay,
-                                      betas=(0.9, 0.999), eps=1e-8, foreach=False)
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=self.s.lr,
+            weight_decay=self.s.weight_decay,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            foreach=False,
+        )
         warm = max(self.s.warmup_steps, 0)
         # linear warm-up to the peak lr, then constant (SFTConfig: lr + warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warm + 1)))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / (warm + 1))
+        )
         self.engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=sched, config=self._ds_config())
+            model=model, optimizer=optimizer, lr_scheduler=sched, config=self._ds_config()
+        )
         if self.s.with_reference:
-            ref = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype,
-                                                       attn_implementation="sdpa")
+            ref = AutoModelForCausalLM.from_pretrained(
+                self.model_path, dtype=self.dtype, attn_implementation="sdpa"
+            )
             self.ref_model = ref.to(self.device).eval().requires_grad_(False)
 
     def _ds_config(self) -> dict:
@@ -131,25 +155,42 @@ class LearnerWorker:
 
     def _logits(self, model, mb: Batch) -> torch.Tensor:  # [B, T, V]
         bias = attention_bias(mb["seq_ids"].to(self.device), self.dtype)  # [B, 1, T, T]
-        out = model(input_ids=mb["input_ids"].to(self.device), position_ids=mb["position_ids"].to(self.device),
-                    attention_mask=bias, use_cache=False)
+        out = model(
+            input_ids=mb["input_ids"].to(self.device),
+            position_ids=mb["position_ids"].to(self.device),
+            attention_mask=bias,
+            use_cache=False,
+        )
         return out.logits
 
-    def train(self, *, micro_batches: list[Batch], objective: str, totals: dict[str, float]) -> dict[str, float]:
+    def train(
+        self, *, micro_batches: list[Batch], objective: str, totals: dict[str, float]
+    ) -> dict[str, float]:
         """Forward/backward every micro-batch, then one optimiser step. Returns summed stats."""
         self.engine.train()
         sums: dict[str, float] = defaultdict(float)
         for mb in micro_batches:
             mb = {k: v.to(self.device) for k, v in mb.items()}
             logits = self._logits(self.engine, mb)
-            lp, ent, pred = shifted_logprobs(logits, mb["input_ids"], with_entropy=True)
+            lp, ent, pred = shifted_logprobs(
+                logits, mb["input_ids"], position_ids=mb["position_ids"], with_entropy=True
+            )
             if objective == "sft":
                 loss, st = sft_loss(
-                    lp, mb["loss_mask"], mb["decision_class"], kind=self.s.sft_loss,
-                    n_silence=int(totals["n_silence"]), n_response=int(totals["n_response"]),
-                    normalizer=totals["normalizer"], beta=self.s.beta, lambda_text=self.s.lambda_text,
-                    focal_gamma=self.s.focal_gamma)
-                for k, v in decision_counts(pred, mb["input_ids"], mb["decision_class"], mb["loss_mask"]).items():
+                    lp,
+                    mb["loss_mask"],
+                    mb["decision_class"],
+                    kind=self.s.sft_loss,
+                    n_silence=int(totals["n_silence"]),
+                    n_response=int(totals["n_response"]),
+                    normalizer=totals["normalizer"],
+                    beta=self.s.beta,
+                    lambda_text=self.s.lambda_text,
+                    focal_gamma=self.s.focal_gamma,
+                )
+                for k, v in decision_counts(
+                    pred, mb["input_ids"], mb["decision_class"], mb["loss_mask"]
+                ).items():
                     sums[f"sum/{k}"] += v
                 sums["sum/nll"] += st["nll_sum"]
             else:
@@ -167,23 +208,38 @@ class LearnerWorker:
             # ZeRO averages gradients over ranks; the loss is already a share of the global
             # mean, so scale by world size to make the reduced gradient the global one.
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+        sums["last/lr"] = float(
+            self.engine.get_lr()[0]
+        )  # the lr this step uses (step() advances it)
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         sums["last/grad_norm"] = float(norm) if norm is not None else 0.0
-        sums["last/lr"] = float(self.engine.get_lr()[0])
         return dict(sums)
 
-    def _grpo_loss(self, lp: torch.Tensor, mb: Batch, totals: dict[str, float]) -> tuple[torch.Tensor, dict]:
+    def _grpo_loss(
+        self, lp: torch.Tensor, mb: Batch, totals: dict[str, float]
+    ) -> tuple[torch.Tensor, dict]:
         from streampro.learners.grpo_loss import policy_loss
 
         ref = mb.get("ref_logprobs") if self.s.kl_coef != 0.0 else None
-        return policy_loss(lp, mb["old_logprobs"], mb["advantages"], mb["loss_mask"],
-                           clip_low=self.s.clip_low, clip_high=self.s.clip_high, ref_logprobs=ref,
-                           kl_coef=self.s.kl_coef, kl_estimator=self.s.kl_estimator,
-                           loss_agg=self.s.loss_agg, normalizer=totals["normalizer"])
+        return policy_loss(
+            lp,
+            mb["old_logprobs"],
+            mb["advantages"],
+            mb["loss_mask"],
+            clip_low=self.s.clip_low,
+            clip_high=self.s.clip_high,
+            ref_logprobs=ref,
+            kl_coef=self.s.kl_coef,
+            kl_estimator=self.s.kl_estimator,
+            loss_agg=self.s.loss_agg,
+            normalizer=totals["normalizer"],
+        )
 
     @torch.no_grad()
-    def logprobs(self, *, micro_batches: list[Batch], reference: bool = False) -> list[torch.Tensor]:
+    def logprobs(
+        self, *, micro_batches: list[Batch], reference: bool = False
+    ) -> list[torch.Tensor]:
         """Per-token logprobs `[b, t]` of each micro-batch, on CPU in fp32."""
         if reference and self.ref_model is None:
             raise ValueError("reference logprobs need a group built with with_reference=True")
@@ -193,14 +249,25 @@ class LearnerWorker:
         out = []
         for mb in micro_batches:
             logits = self._logits(model, mb)
-            lp, _, _ = shifted_logprobs(logits, mb["input_ids"].to(self.device))
+            lp, _, _ = shifted_logprobs(
+                logits,
+                mb["input_ids"].to(self.device),
+                position_ids=mb["position_ids"].to(self.device),
+            )
             out.append(lp.float().cpu())
         return out
 
     def save(self, *, path: str, client_state: dict) -> None:
         """DeepSpeed checkpoint (weights, optimizer, scheduler) + this rank's RNG into path."""
-        self.engine.save_checkpoint(path, tag=_CKPT_TAG, client_state=client_state, save_latest=False)
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        # under one key: DeepSpeed hands back everything it did not write itself
+        self.engine.save_checkpoint(
+            path, tag=_CKPT_TAG, client_state={"streampro": client_state}, save_latest=False
+        )
+        rng = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+        }
         torch.save(rng, Path(path) / f"rng_rank{self.rank}.pt")
 
     def load(self, *, path: str) -> dict:
@@ -213,7 +280,7 @@ class LearnerWorker:
             random.setstate(rng["python"])
             np.random.set_state(rng["numpy"])
             torch.set_rng_state(rng["torch"])
-        return dict(client_state or {})
+        return dict((client_state or {}).get("streampro", {}))
 
     def export_hf(self, *, path: str) -> None:
         """Rank 0 writes safetensors + config + the source folder's tokenizer files into path."""
@@ -230,8 +297,12 @@ class LearnerWorker:
         module.config.dtype = "bfloat16" if self.dtype == torch.bfloat16 else "float32"
         module.save_pretrained(out, state_dict=state, safe_serialization=True)
         for f in Path(self.model_path).iterdir():
-            if f.is_file() and f.name != "config.json" and not f.name.endswith(_WEIGHT_FILES) \
-                    and not (out / f.name).exists():
+            if (
+                f.is_file()
+                and f.name != "config.json"
+                and not f.name.endswith(_WEIGHT_FILES)
+                and not (out / f.name).exists()
+            ):
                 shutil.copy2(f, out / f.name)
 
     def shutdown(self) -> None:
@@ -241,4 +312,7 @@ class LearnerWorker:
         self.engine = None
         self.ref_model = None
         if dist.is_initialized():
-            dist.destroy_process_group()
+            import deepspeed.comm as ds_comm
+
+            # through DeepSpeed, so it also drops its cached groups (else a new engine breaks)
+            ds_comm.destroy_process_group()

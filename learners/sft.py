@@ -1,0 +1,263 @@
+"""`streampro sft`: CB-Stream SFT warm-up of the policy on the DeepSpeed learner group.
+
+Reads top to bottom in `run_sft`: encode the train split -> SFT dialogues (the data layer's
+builder) -> packed batches in a seeded order -> `train_step(objective='sft')` -> metrics,
+checkpoints, `resume=auto` -> HF export -> greedy streaming eval on val with StreamPro-F1,
+next to the always-silent baseline -> RUN_DIR/sft_summary.json. (SPEC.md section 2)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from streampro.config import Config, atomic_write_text, make_run_dir
+from streampro.errors import UserError
+from streampro.learners.packing import PackItem, collate, plan_rows
+
+
+@dataclass
+class SFTData:
+    """The train split as token sequences, with what was cut so nothing is dropped silently."""
+
+    items: list[PackItem]
+    truncated: int
+    """Dialogues longer than sft.max_seq_len, cut to it (their tail is not trained on)."""
+    unplaced: int
+    """Answers whose window held no chunk end (not supervised), summed over samples."""
+    tokens: int
+    supervised: int
+
+
+def build_sft_data(encoded: list, tokenizer, *, window_turns: int, max_seq_len: int) -> SFTData:
+    """One PackItem per EncodedSample, via the data layer's `build_sft_example` (contract A)."""
+    from streampro.data.dialogue import build_sft_example
+
+    items, truncated, unplaced = [], 0, 0
+    for enc in encoded:
+        ex = build_sft_example(enc, tokenizer, window_turns=window_turns)
+        unplaced += ex.unplaced
+        n = len(ex.input_ids)
+        if n > max_seq_len:
+            truncated += 1
+            n = max_seq_len
+        items.append(
+            PackItem(list(ex.input_ids[:n]), list(ex.loss_mask[:n]), list(ex.decision_class[:n]))
+        )
+    return SFTData(
+        items,
+        truncated,
+        unplaced,
+        tokens=sum(len(i.input_ids) for i in items),
+        supervised=sum(sum(i.loss_mask) for i in items),
+    )
+
+
+def make_batch(data: SFTData, idx: list[int], *, max_seq_len: int, pack: bool, pad_id: int) -> dict:
+    """Pack only into what would be padding: rows are at most as long as the longest dialogue.
+
+    The block-diagonal mask is dense, so a row of width W costs ~W^2 attention whether it
+    holds padding or other dialogues; wider rows would cost more than they save (measured:
+    8 dialogues of ~1500 tokens, rows of 4096 are 1.7x slower than rows of 1930).
+    """
+    seqs = [data.items[i] for i in idx]
+    lengths = [len(s.input_ids) for s in seqs]
+    rows = plan_rows(lengths, max_len=min(max_seq_len, max(lengths)), pack=pack)
+    return collate(seqs, rows, pad_id=pad_id)
+
+
+def total_steps(n_examples: int, *, epochs: int, global_batch: int, max_steps: int) -> int:
+    """Optimiser steps of the run: whole epochs of global batches, capped by max_steps."""
+    steps = math.ceil(epochs * n_examples / global_batch)
+    return min(steps, max_steps) if max_steps > 0 else steps
+
+
+def _check(cfg: Config) -> None:
+    """Config values that would otherwise fail minutes in, as one-line errors up front."""
+    from streampro.learners.losses import SFT_LOSSES
+
+    s = cfg.sft
+    if s.loss not in SFT_LOSSES:
+        raise UserError(f"sft.loss must be one of {', '.join(SFT_LOSSES)}, got {s.loss!r}")
+    if cfg.run.resume not in ("auto", "never"):
+        raise UserError(f"run.resume must be 'auto' or 'never', got {cfg.run.resume!r}")
+    if s.global_batch < 1 or s.epochs < 1 or s.max_seq_len < 2:
+        raise UserError(
+            "sft.global_batch and sft.epochs must be >= 1 and sft.max_seq_len >= 2, got "
+            f"{s.global_batch}, {s.epochs}, {s.max_seq_len}"
+        )
+    if s.save_every < 1 or s.keep_checkpoints < 1:
+        raise UserError(
+            f"sft.save_every and sft.keep_checkpoints must be >= 1, got {s.save_every}, "
+            f"{s.keep_checkpoints}"
+        )
+
+
+def run_sft(
+    cfg: Config, run_dir: str | Path, *, init_model: str | None = None, evaluate: bool = True
+) -> dict:
+    """The SFT stage. Returns the summary: {"hf", "steps", "val", "always_silent", "data", ...}."""
+    from transformers import AutoTokenizer
+
+    from streampro.learners.group import make_learner_group
+    from streampro.pipeline import load_split
+    from streampro.tiny import policy_path
+
+    _check(cfg)
+    t_start = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model_path = init_model or policy_path(cfg.policy, cfg.data.codebook_size)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    pad_id = tokenizer.pad_token_id
+    pad_id = int(pad_id if pad_id is not None else tokenizer.eos_token_id)
+    s = cfg.sft
+    train = load_split(cfg, "train")
+    data = build_sft_data(train, tokenizer, window_turns=cfg.data.window_turns,
+                          max_seq_len=s.max_seq_len)
+    if not data.items:
+        raise UserError("the train split has no usable samples")
+    if data.truncated:
+        n, limit = data.truncated, s.max_seq_len
+        print(f"sft: {n} dialogue(s) longer than sft.max_seq_len={limit} were truncated")
+
+    group = make_learner_group(cfg, model_path, objective="sft")
+    rollout = None
+    try:
+        step, last, rollout = _train(cfg, group, data, run_dir, pad_id=pad_id, evaluate=evaluate)
+        hf = group.export_hf(path=str(run_dir / "hf"))
+    finally:
+        group.shutdown()
+    summary = {"hf": hf, "steps": step, "model": model_path, "final": last,
+               "data": {"examples": len(data.items), "truncated": data.truncated,
+                        "unplaced_answers": data.unplaced, "tokens": data.tokens,
+                        "supervised_tokens": data.supervised}}
+    if evaluate:
+        summary.update(_final_eval(cfg, rollout, hf, run_dir))
+    elif rollout is not None:
+        rollout.shutdown()
+    summary["time_s"] = time.perf_counter() - t_start
+    text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    atomic_write_text(run_dir / "sft_summary.json", text)
+    return summary
+
+
+def _train(cfg: Config, group, data: SFTData, run_dir: Path, *, pad_id: int, evaluate: bool):
+    """The step loop (resuming from the last checkpoint with run.resume=auto).
+
+    Returns (steps done, last metrics, the mid-run rollout group or None).
+    """
+    from tqdm import tqdm
+
+    from streampro.learners.grpo_loop import Checkpoints, DataCursor
+    from streampro.metrics import MetricsLogger
+
+    s = cfg.sft
+    steps = total_steps(len(data.items), epochs=s.epochs, global_batch=s.global_batch,
+                        max_steps=s.max_steps)
+    ckpts = Checkpoints(run_dir, s.keep_checkpoints)
+    cursor, step, rollout, last = DataCursor(len(data.items), cfg.run.seed), 0, None, {}
+    logger = MetricsLogger(run_dir)
+    if cfg.run.resume == "auto" and (found := ckpts.latest()) is not None:
+        group.load_checkpoint(path=str(found))
+        state = json.loads((found / "client_state.json").read_text())
+        step = state["step"]
+        cursor.epoch, cursor.pos = state["cursor"]["epoch"], state["cursor"]["pos"]
+        logger.truncate_after(step)
+        print(f"sft: resumed from {found} at step {step}")
+    bar = tqdm(total=steps, initial=step, desc="sft", dynamic_ncols=True)
+    try:
+        while step < steps:
+            t0 = time.perf_counter()
+            idx = cursor.take(s.global_batch)
+            batch = make_batch(data, idx, max_seq_len=s.max_seq_len, pack=s.pack, pad_id=pad_id)
+            stats = group.train_step(batch=batch, objective="sft")
+            step += 1
+            last = {f"train/{k}": v for k, v in stats.items()}
+            last["train/rows"] = float(batch["input_ids"].shape[0])
+            last["time/step"] = time.perf_counter() - t0
+            if evaluate and s.eval_every and step % s.eval_every == 0 and step < steps:
+                rollout, scores = _eval_now(cfg, group, rollout, run_dir, step)
+                last["val/w_avg"], last["val/avg"] = scores["w_avg"], scores["avg"]
+            if step % cfg.run.log_every == 0 or step == steps:
+                logger.log(step, last)
+            if step % s.save_every == 0 or step == steps:
+                ckpts.save(group, step, {"step": step, "cursor": cursor.state()})
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['decision_acc']:.2f}",
+                            resp=f"{stats['response_recall']:.2f}")
+            bar.update(1)
+    finally:
+        bar.close()
+        logger.close()
+    return step, last, rollout
+
+
+def _eval_now(cfg: Config, group, rollout, run_dir: Path, step: int):
+    """Mid-run val score: export, then (re)load the weights into one long-lived rollout group."""
+    from streampro.actors.rollout import make_rollout_group
+    from streampro.bench.policy_eval import evaluate
+    from streampro.pipeline import load_split
+
+    path = group.export_hf(path=str(run_dir / "weights" / "latest"))
+    if rollout is None:
+        rollout = make_rollout_group(cfg, path)
+    else:
+        rollout.sync_weights(version=step, source=path)
+    val = load_split(cfg, "val", limit=cfg.eval.max_samples)
+    return rollout, evaluate(
+        rollout, val, max_answer_tokens=cfg.rollout.max_answer_tokens, seed=cfg.run.seed
+    )
+
+
+def _final_eval(cfg: Config, rollout, hf: str, run_dir: Path) -> dict:
+    """Greedy streaming decoding of the exported policy on val, and the always-silent baseline."""
+    from streampro.actors.rollout import make_rollout_group
+    from streampro.bench.evaluate import acc_judge_from_config
+    from streampro.bench.f1 import write_scores
+    from streampro.bench.policy_eval import always_silent, evaluate
+    from streampro.pipeline import load_split
+
+    val = load_split(cfg, "val", limit=cfg.eval.max_samples)
+    if rollout is None:
+        rollout = make_rollout_group(cfg, hf)
+    else:
+        rollout.sync_weights(version=1 << 30, source=hf)
+    try:
+        scores = evaluate(
+            rollout,
+            val,
+            max_answer_tokens=cfg.rollout.max_answer_tokens,
+            seed=cfg.run.seed,
+            acc_judge=acc_judge_from_config(cfg),
+            predictions_out=run_dir / "val_predictions.jsonl",
+        )
+    finally:
+        rollout.shutdown()
+    write_scores(scores, run_dir / "eval")
+    return {"val": scores, "always_silent": always_silent(val)}
+
+
+def main(cfg: Config, args: argparse.Namespace) -> int:
+    from streampro.cluster.local import init_from_config
+
+    _check(cfg)
+    run_dir = make_run_dir(cfg, "sft")
+    print(f"run folder: {run_dir}")
+    init_from_config(cfg.cluster)  # the val evaluation runs vLLM in Ray actors
+    summary = run_sft(cfg, run_dir)
+    print(
+        json.dumps(
+            {
+                "run_dir": str(run_dir),
+                "hf": summary["hf"],
+                "steps": summary["steps"],
+                "val_w_avg": summary["val"]["w_avg"],
+                "always_silent_w_avg": summary["always_silent"]["w_avg"],
+            }
+        )
+    )
+    return 0

@@ -1,0 +1,165 @@
+"""The DeepSpeed learner group: local vs Ray, 1 vs 2 ZeRO-2 ranks, exact resume, HF export.
+
+Real parts: DeepSpeed engines over gloo (DS_ACCELERATOR=cpu), Ray actors in a placement
+group, the tiny Qwen2 policy. One sequence of steps (SFT, SFT, GRPO) is run by an in-process
+rank and by 2 Ray ranks; everything else compares against that reference run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streampro.learners.group import LocalLearnerGroup, RayLearnerGroup
+from streampro.learners.losses import cb_stream_weights
+from streampro.learners.packing import PackItem, collate, plan_rows
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = dict(zero_stage=2, micro_batch=1, lr=1e-3, warmup_steps=2, seed=0, sft_loss="cb_stream")
+STEPS = ("sft", "sft", "grpo")
+ATOL = 1e-6  # fp32: 2 ranks reduce the same gradients in another order
+
+
+def make_batch(seed: int, objective: str) -> dict[str, torch.Tensor]:
+    """6 dialogues packed into rows of <= 96 tokens: mostly silence, some responses and text."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for _ in range(6):
+        n = int(torch.randint(16, 48, (1,), generator=g))
+        mask = (torch.rand(n, generator=g) < 0.35).long()
+        mask[0] = 0
+        dc = torch.where(mask > 0, (torch.rand(n, generator=g) < 0.15).long(), torch.full((n,), -1))
+        kw = (
+            {"decision_class": dc.tolist()}
+            if objective == "sft"
+            else {"advantages": [float(torch.randn(1, generator=g))] * n, "old_logprobs": [0.0] * n}
+        )
+        items.append(
+            PackItem(torch.randint(0, 1000, (n,), generator=g).tolist(), mask.tolist(), **kw)
+        )
+    return collate(
+        items, plan_rows([len(i.input_ids) for i in items], max_len=96, pack=True), pad_id=0
+    )
+
+
+def run_steps(group, steps=STEPS, start: int = 0) -> list[dict[str, float]]:
+    out = []
+    for k, objective in enumerate(steps, start=start):
+        batch = make_batch(k, objective)
+        if objective == "grpo":
+            batch["old_logprobs"] = group.logprobs(batch=batch)  # on-policy: ratio starts at 1
+        out.append(group.train_step(batch=batch, objective=objective))
+    return out
+
+
+def weights(folder: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(f"{folder}/model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def local_run(tiny_path, tmp_path_factory):
+    """The reference: one in-process rank runs the steps, exports, checkpoints at step 2."""
+    root = tmp_path_factory.mktemp("local")
+    group = LocalLearnerGroup(model_path=tiny_path, **SETTINGS)
+    try:
+        stats = run_steps(group, STEPS[:2])
+        group.save_checkpoint(path=str(root / "ckpt"), client_state={"step": 2, "cursor": [0, 12]})
+        stats += run_steps(group, STEPS[2:], start=2)
+        hf = group.export_hf(path=str(root / "hf"))
+        probe = make_batch(99, "sft")
+        lp = group.logprobs(batch=probe)
+    finally:
+        group.shutdown()
+    return {"stats": stats, "hf": hf, "ckpt": str(root / "ckpt"), "probe": probe, "logprobs": lp}
+
+
+def test_first_grpo_step_is_the_advantage_mean(local_run) -> None:
+    # ratio = 1 at the first on-policy step, so the token-mean loss is -sum(A * mask) / N
+    batch = make_batch(2, "grpo")
+    expect = -float((batch["advantages"] * batch["loss_mask"]).sum() / batch["loss_mask"].sum())
+    got = local_run["stats"][2]
+    assert got["loss"] == pytest.approx(expect, abs=1e-5)
+    assert got["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and got["clip_frac"] == 0.0
+
+
+def test_sft_metrics_use_global_counts(local_run) -> None:
+    batch = make_batch(0, "sft")
+    sup = batch["loss_mask"] > 0
+    n_s, n_r = (
+        int((sup & (batch["decision_class"] == 0)).sum()),
+        int((sup & (batch["decision_class"] == 1)).sum()),
+    )
+    st = local_run["stats"][0]
+    assert (st["n_silence"], st["n_response"]) == (n_s, n_r)
+    assert (st["w_silence"], st["w_response"]) == cb_stream_weights(n_s, n_r)
+    assert st["tokens"] == float(sup.sum()) and 0.0 <= st["decision_acc"] <= 1.0
+    assert [s["lr"] for s in local_run["stats"]] == pytest.approx(
+        [1e-3 / 3, 2e-3 / 3, 1e-3]
+    )  # warm-up
+
+
+def test_ray_two_ranks_zero2_match_one_rank(local_run, ray_local, tiny_path, tmp_path) -> None:
+    group = RayLearnerGroup(model_path=tiny_path, num_ranks=2, num_cpus=1, **SETTINGS)
+    try:
+        stats = run_steps(group)
+        hf = group.export_hf(path=str(tmp_path / "hf"))
+    finally:
+        group.shutdown()
+    for ray_st, loc_st in zip(stats, local_run["stats"]):
+        assert ray_st["loss"] == pytest.approx(loc_st["loss"], abs=ATOL)
+        assert ray_st["tokens"] == loc_st["tokens"]
+        if "w_silence" in loc_st:  # class weights from the global batch, not a rank's share
+            assert (ray_st["w_silence"], ray_st["w_response"]) == (
+                loc_st["w_silence"],
+                loc_st["w_response"],
+            )
+    ray_w, loc_w = weights(hf), weights(local_run["hf"])
+    assert ray_w.keys() == loc_w.keys()
+    for k in loc_w:
+        torch.testing.assert_close(ray_w[k], loc_w[k], atol=ATOL, rtol=0)
+
+
+def test_resume_gives_the_uninterrupted_loss_exactly(local_run, tiny_path) -> None:
+    group = LocalLearnerGroup(model_path=tiny_path, **SETTINGS)
+    try:
+        state = group.load_checkpoint(path=local_run["ckpt"])
+        resumed = run_steps(group, STEPS[2:], start=2)
+    finally:
+        group.shutdown()
+    assert state == {"step": 2, "cursor": [0, 12]}
+    assert resumed[0]["loss"] == local_run["stats"][2]["loss"]  # bit-exact, not approx
+    assert resumed[0]["lr"] == local_run["stats"][2]["lr"]  # the scheduler resumed too
+
+
+def test_export_loads_in_transformers(local_run) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from streampro.learners.losses import shifted_logprobs
+    from streampro.learners.packing import attention_bias
+
+    model = AutoModelForCausalLM.from_pretrained(local_run["hf"], attn_implementation="sdpa").eval()
+    tok = AutoTokenizer.from_pretrained(local_run["hf"])
+    assert tok.convert_tokens_to_ids("</Silence>") != tok.unk_token_id
+    b = local_run["probe"]
+    with torch.no_grad():
+        logits = model(
+            input_ids=b["input_ids"],
+            position_ids=b["position_ids"],
+            attention_mask=attention_bias(b["seq_ids"], torch.float32),
+        ).logits
+    lp, _, _ = shifted_logprobs(logits, b["input_ids"], position_ids=b["position_ids"])
+    real = b["seq_ids"] >= 0
+    torch.testing.assert_close(lp[real], local_run["logprobs"][real], atol=1e-5, rtol=0)
+
+
+def test_bad_batch_is_rejected_before_work(local_run, tiny_path) -> None:
+    from streampro.learners.group import check_batch
+
+    batch = make_batch(0, "sft")
+    with pytest.raises(ValueError, match="lacks key 'advantages'"):
+        check_batch(batch, "grpo")
+    with pytest.raises(ValueError, match="unknown objective"):
+        check_batch(batch, "dpo")
