@@ -56,8 +56,8 @@ def plot_timelines(manifest: Path, predictions: dict[str, dict[str, list[dict]]]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from streampro.data.schema import load_manifest
+
     from streampro.tasks import resolve_answer
 
     samples, _ = load_manifest(manifest, skip_bad=True)

@@ -102,10 +102,16 @@ def scene_params(s: SynthConfig) -> SceneParams:
                        object_size=s.object_size)
 
 
+def split_per_task(s: SynthConfig, split: str) -> int:
+    """Samples per task of a split: val and test may be smaller (synth.eval_per_task)."""
+    return s.eval_per_task if split != "train" and s.eval_per_task > 0 else s.per_task
+
+
 def split_dir(s: SynthConfig, split: str) -> Path:
     """Default folder of a split: synth.out/<split>-<hash of the knobs>, so a cached split is
     reused only by the settings that made it (changing a knob renders a new one)."""
-    knobs = {k: v for k, v in asdict(s).items() if k != "out"}
+    knobs = {k: v for k, v in asdict(s).items() if k not in ("out", "eval_per_task")}
+    knobs["per_task"] = split_per_task(s, split)
     digest = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:10]
     return Path(s.out) / f"{split}-{digest}"
 
@@ -117,7 +123,7 @@ def synth_split(s: SynthConfig, *, split: str = "train", out: str | Path | None 
     if split not in SPLIT_SEEDS:
         raise UserError(f"unknown split {split!r} (train, val or test)")
     folder = Path(out) if out else split_dir(s, split)
-    synthesize(folder, per_task=s.per_task if per_task is None else per_task,
+    synthesize(folder, per_task=split_per_task(s, split) if per_task is None else per_task,
                seed=SPLIT_SEEDS[split] if seed is None else seed, params=scene_params(s),
                min_duration=s.min_duration, max_duration=s.max_duration, progress=progress)
     return folder / "manifest.jsonl"

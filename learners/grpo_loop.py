@@ -8,42 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-
-from streampro.config import Config, atomic_write_text, make_run_dir, to_dict
 from streampro.learners.grpo_loss import group_advantages
 from streampro.learners.packing import PackItem, collate, plan_rows
+from streampro.learners.state import Checkpoints, DataCursor
+
+from streampro.config import Config, atomic_write_text, make_run_dir
 from streampro.types import RewardResult, Trajectory
-
-
-@dataclass
-class DataCursor:
-    """Seeded epoch permutations over the train split; (epoch, pos) is the whole state."""
-
-    n: int
-    seed: int
-    epoch: int = 0
-    pos: int = 0
-
-    def take(self, k: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < k:
-            perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-            take = min(k - len(out), self.n - self.pos)
-            out += perm[self.pos : self.pos + take].tolist()
-            self.pos += take
-            if self.pos >= self.n:
-                self.epoch, self.pos = self.epoch + 1, 0
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
 
 
 def rewards_matrix(results: list[RewardResult], b: int, g: int) -> torch.Tensor:  # [B, G]
@@ -90,49 +67,21 @@ def write_step_trajectories(path: Path, trajs: list[Trajectory], results: list[R
     write_trajectories(path, trajs, extra)
 
 
-class Checkpoints:
-    """RUN_DIR/checkpoints/step_XXXXXX folders (atomic via the learner), pruned to the last K."""
-
-    def __init__(self, run_dir: Path, keep: int) -> None:
-        self.root = run_dir / "checkpoints"
-        self.keep = keep
-
-    def latest(self) -> Path | None:
-        done = sorted(p for p in self.root.glob("step_*") if (p / "client_state.json").is_file())
-        return done[-1] if done else None
-
-    def save(self, learner, step: int, state: dict) -> Path:
-        path = self.root / f"step_{step:06d}"
-        learner.save_checkpoint(path=str(path), client_state=state)
-        # client_state.json is written last: its presence marks a complete checkpoint.
-        atomic_write_text(path / "client_state.json", json.dumps(state, sort_keys=True))
-        done = sorted(p for p in self.root.glob("step_*") if (p / "client_state.json").is_file())
-        for old in done[: max(len(done) - self.keep, 0)]:
-            _rmtree(old)
-        return path
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> dict:
     """The GRPO stage. Returns {"hf": final policy folder, "val": scores, "steps": n, ...}.
 
     `rollout`: a running rollout group already holding init_model's weights (the caller keeps
     ownership and shuts it down); None starts one here.
     """
-    from tqdm import tqdm
-
     from streampro.actors.api import Sampling
     from streampro.actors.rollout import make_rollout_group
     from streampro.bench.policy_eval import evaluate
     from streampro.learners.group import make_learner_group
+    from streampro.rewards.pool import make_reward_pool
+    from tqdm import tqdm
+
     from streampro.metrics import MetricsLogger
     from streampro.pipeline import load_split
-    from streampro.rewards.pool import make_reward_pool
 
     g, b = cfg.grpo.group_size, cfg.grpo.batch_samples
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
@@ -261,7 +210,7 @@ def _sync(learner, rollout, run_dir: Path, version: int) -> None:
     learner.export_hf(path=str(path))
     rollout.sync_weights(version=version, source=str(path))
     for old in sorted((run_dir / "weights").glob("v*"))[:-1]:
-        _rmtree(old)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _pad_id(model_path: str) -> int:
@@ -273,6 +222,7 @@ def _pad_id(model_path: str) -> int:
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
     from streampro.cluster.local import init_from_config
+
     from streampro.tiny import policy_path
 
     run_dir = make_run_dir(cfg, "grpo")

@@ -153,7 +153,7 @@ def _train(cfg: Config, group, data: SFTData, run_dir: Path, *, pad_id: int, eva
     """
     from tqdm import tqdm
 
-    from streampro.learners.grpo_loop import Checkpoints, DataCursor
+    from streampro.learners.state import Checkpoints, DataCursor
     from streampro.metrics import MetricsLogger
 
     s = cfg.sft

@@ -60,7 +60,9 @@ class SynthConfig:
     out: str = ".cache/streampro/synth"
     """Folder of the generated benchmark (one sub-folder per split)."""
     per_task: int = 8
-    """Samples per task and split."""
+    """Samples per task of each split."""
+    eval_per_task: int = 0
+    """Samples per task of the val and test splits (0 = per_task)."""
     width: int = 128
     """Frame width in pixels."""
     height: int = 128

@@ -35,7 +35,7 @@ _WORDS = (
 
 def _corpus() -> list[str]:
     lines = [T.SYSTEM_PROMPT, _WORDS, _WORDS.upper(), _WORDS.title()]
-    lines += [T.chunk_stamp(t, t + 1) for t in range(0, 600)]
+    lines += [T.chunk_stamp(t, t + 1) for t in range(600)]
     lines += [f"{a}-{b} {a}.5 {a} to {b} seconds" for a in range(0, 200, 3) for b in (a + 4, a + 9)]
     lines += [f"step {i}: {w}" for i, w in enumerate(_WORDS.split())]
     return lines
@@ -70,8 +70,7 @@ def tiny_spec(
 
 def build_tokenizer(bpe_vocab_size: int, codebook_size: int):
     """Train the byte-level BPE tokenizer and add decision, chat and frame tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from streampro.config import Config, atomic_write_text, make_run_dir
 from streampro.pipeline import SPLITS, ensure_split, load_split

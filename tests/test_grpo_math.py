@@ -95,7 +95,7 @@ def test_aggregation_token_mean_and_seq_mean_and_global_normaliser():
 
 
 def test_data_cursor_is_seeded_and_resumable():
-    from streampro.learners.grpo_loop import DataCursor
+    from streampro.learners.state import DataCursor
 
     a = DataCursor(n=5, seed=3)
     first = a.take(3) + a.take(4)  # crosses an epoch boundary
