@@ -12,7 +12,6 @@ from streampro.bench.f1 import load_predictions, score_predictions, write_scores
 from streampro.rewards.judges import AccJudge, make_acc_judge
 
 from streampro.config import Config
-from streampro.errors import UserError
 
 
 def acc_judge_from_config(cfg: Config) -> AccJudge:
@@ -71,7 +70,7 @@ def evaluate_policy(cfg: Config, manifest: str | os.PathLike, out_dir: str | os.
     DIR/predictions.jsonl in the `--predictions` format and writes scores.json + report.md.
     """
     from streampro.actors.rollout import make_rollout_group
-    from streampro.bench.policy_eval import evaluate
+    from streampro.bench.policy_eval import eval_kwargs, evaluate
     from streampro.data.encode import encode_manifest
 
     from streampro.tiny import policy_path
@@ -83,8 +82,7 @@ def evaluate_policy(cfg: Config, manifest: str | os.PathLike, out_dir: str | os.
         encoded = encoded[: cfg.eval.max_samples]
     rollout = make_rollout_group(cfg, model_path or policy_path(cfg.policy))
     try:
-        scores = evaluate(rollout, encoded, max_answer_tokens=cfg.rollout.max_answer_tokens,
-                          seed=cfg.run.seed, acc_judge=acc_judge_from_config(cfg),
+        scores = evaluate(rollout, encoded, **eval_kwargs(cfg), acc_judge=acc_judge_from_config(cfg),
                           predictions_out=Path(out_dir) / "predictions.jsonl")
     finally:
         rollout.shutdown()

@@ -50,7 +50,7 @@ def plot_curves(rows: list[dict], keys: list[str], out: Path, title: str) -> Pat
 
 
 def plot_timelines(manifest: Path, predictions: dict[str, dict[str, list[dict]]], out: Path,
-                   max_samples: int = 4) -> Path | None:
+                   max_samples: int = 7) -> Path | None:
     """Ground-truth windows (bars) against each policy's responses (ticks), a few samples."""
     import matplotlib
 
@@ -61,7 +61,10 @@ def plot_timelines(manifest: Path, predictions: dict[str, dict[str, list[dict]]]
     from streampro.tasks import resolve_answer
 
     samples, _ = load_manifest(manifest, skip_bad=True)
-    samples = samples[:max_samples]
+    by_task: dict[str, object] = {}
+    for s in samples:  # one sample per task first, so the plot shows different tasks
+        by_task.setdefault(s.task, s)
+    samples = list(by_task.values())[:max_samples]
     if not samples or not predictions:
         return None
     fig, axes = plt.subplots(len(samples), 1, figsize=(10, 1.3 + 0.9 * len(samples)), squeeze=False)
@@ -72,7 +75,7 @@ def plot_timelines(manifest: Path, predictions: dict[str, dict[str, list[dict]]]
             ax.axvline(r.best, color="tab:green", lw=1)
         for i, (name, preds) in enumerate(sorted(predictions.items())):
             times = [p["time"] for p in preds.get(s.id, [])]
-            ax.scatter(times, [i + 1] * len(times), marker="|", s=120, label=name)
+            ax.scatter(times, [i + 1] * len(times), marker="|", s=120, color=f"C{i}", label=name)
         ax.set_yticks(range(1, len(predictions) + 1), sorted(predictions), fontsize=8)
         ax.set_ylim(0.3, len(predictions) + 0.7)
         ax.set_xlim(0, s.duration or max([1.0] + [r for r in ax.get_xlim()]))

@@ -75,7 +75,7 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> di
     """
     from streampro.actors.api import Sampling
     from streampro.actors.rollout import make_rollout_group
-    from streampro.bench.policy_eval import evaluate
+    from streampro.bench.policy_eval import eval_kwargs, evaluate
     from streampro.learners.group import make_learner_group
     from streampro.rewards.pool import make_reward_pool
     from tqdm import tqdm
@@ -158,7 +158,7 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> di
                    "time/rollout": t_rollout, "time/reward": t_reward, "time/learn": t_learn,
                    "time/sync": t_sync, "time/step": time.perf_counter() - t0}
         if cfg.grpo.eval_every and step % cfg.grpo.eval_every == 0:
-            scores = evaluate(rollout, val, max_answer_tokens=cfg.rollout.max_answer_tokens, seed=cfg.run.seed)
+            scores = evaluate(rollout, val, **eval_kwargs(cfg))
             metrics["val/w_avg"], metrics["val/avg"] = scores["w_avg"], scores["avg"]
         logger.log(step, metrics)
         write_step_trajectories(run_dir / "trajectories" / f"step_{step:06d}.parquet", trajs, results, step)
@@ -171,7 +171,7 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> di
     executor.shutdown()
 
     hf = learner.export_hf(path=str(run_dir / "hf"))
-    val_scores = evaluate(rollout, val, max_answer_tokens=cfg.rollout.max_answer_tokens, seed=cfg.run.seed)
+    val_scores = evaluate(rollout, val, **eval_kwargs(cfg))
     summary = {"hf": hf, "steps": step, "val": val_scores}
     atomic_write_text(run_dir / "grpo_summary.json", json.dumps(summary, indent=2, sort_keys=True))
     logger.close()

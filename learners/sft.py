@@ -199,7 +199,7 @@ def _train(cfg: Config, group, data: SFTData, run_dir: Path, *, pad_id: int, eva
 def _eval_now(cfg: Config, group, rollout, run_dir: Path, step: int):
     """Mid-run val score: export, then (re)load the weights into one long-lived rollout group."""
     from streampro.actors.rollout import make_rollout_group
-    from streampro.bench.policy_eval import evaluate
+    from streampro.bench.policy_eval import eval_kwargs, evaluate
     from streampro.pipeline import load_split
 
     path = group.export_hf(path=str(run_dir / "weights" / "latest"))
@@ -208,9 +208,7 @@ def _eval_now(cfg: Config, group, rollout, run_dir: Path, step: int):
     else:
         rollout.sync_weights(version=step, source=path)
     val = load_split(cfg, "val", limit=cfg.eval.max_samples)
-    return rollout, evaluate(
-        rollout, val, max_answer_tokens=cfg.rollout.max_answer_tokens, seed=cfg.run.seed
-    )
+    return rollout, evaluate(rollout, val, **eval_kwargs(cfg))
 
 
 def _final_eval(cfg: Config, rollout, hf: str, run_dir: Path) -> dict:
@@ -218,7 +216,7 @@ def _final_eval(cfg: Config, rollout, hf: str, run_dir: Path) -> dict:
     from streampro.actors.rollout import make_rollout_group
     from streampro.bench.evaluate import acc_judge_from_config
     from streampro.bench.f1 import write_scores
-    from streampro.bench.policy_eval import always_silent, evaluate
+    from streampro.bench.policy_eval import always_silent, eval_kwargs, evaluate
     from streampro.pipeline import load_split
 
     val = load_split(cfg, "val", limit=cfg.eval.max_samples)
@@ -230,8 +228,7 @@ def _final_eval(cfg: Config, rollout, hf: str, run_dir: Path) -> dict:
         scores = evaluate(
             rollout,
             val,
-            max_answer_tokens=cfg.rollout.max_answer_tokens,
-            seed=cfg.run.seed,
+            **eval_kwargs(cfg),
             acc_judge=acc_judge_from_config(cfg),
             predictions_out=run_dir / "val_predictions.jsonl",
         )

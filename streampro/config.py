@@ -312,7 +312,7 @@ class EvalConfig:
     max_samples: int = 0
     """Evaluate at most N samples per split (0 = all)."""
     greedy: bool = True
-    """Greedy streaming decoding for evaluation."""
+    """Greedy streaming decoding for evaluation (false: sample at rollout.temperature, seeded)."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ from streampro.pipeline import SPLITS, ensure_split, load_split
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
     from streampro.actors.rollout import make_rollout_group
-    from streampro.bench.policy_eval import always_silent, evaluate
+    from streampro.bench.policy_eval import always_silent, eval_kwargs, evaluate
     from streampro.bench.report import write_report
     from streampro.cluster.local import init_from_config
     from streampro.learners.grpo_loop import run_grpo
@@ -43,8 +43,8 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     rollout = make_rollout_group(cfg, sft["hf"])
 
     def scores_of(stage: str) -> dict:
-        kw = dict(max_answer_tokens=cfg.rollout.max_answer_tokens, seed=cfg.run.seed)
-        return {split: evaluate(rollout, enc, predictions_out=pred_dir / f"{stage}-{split}.jsonl", **kw)
+        return {split: evaluate(rollout, enc, predictions_out=pred_dir / f"{stage}-{split}.jsonl",
+                                **eval_kwargs(cfg))
                 for split, enc in (("val", val), ("test", test))}
 
     t = time.perf_counter()
