@@ -10,6 +10,7 @@ import argparse
 import json
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> di
         _sync(learner, rollout, run_dir, version)
         print(f"resumed from {last} at step {step}")
 
-    def sample_batch(k: int) -> tuple[list, Future | list[Trajectory]]:
+    def sample_batch(k: int) -> tuple[list, Callable[[], list[Trajectory]]]:
         batch = [train[i] for i in cursor.take(b)]
         sampling = Sampling(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                             max_answer_tokens=cfg.rollout.max_answer_tokens, seed=cfg.run.seed * 100003 + k)
