@@ -38,7 +38,7 @@ def run(cfg: Config, out_path: str) -> dict:
             "wall_s": time.perf_counter() - t,
             "step_s_mean": sum(steady) / len(steady),
             "phase_s_mean": {k: sum(r[k] for r in rows) / len(rows)
-                             for k in ("time/rollout", "time/reward", "time/learn", "time/sync")},
+                             for k in ("time/rollout", "time/reward", "time/wait", "time/learn", "time/sync")},
             "reward_mean": sum(r["reward/total"] for r in rows) / len(rows),
         }
     result["speedup_step"] = result["sync"]["step_s_mean"] / result["async"]["step_s_mean"]

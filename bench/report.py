@@ -116,9 +116,10 @@ def write_report(run_dir: str | Path) -> Path:
             parts += [f"## StreamPro-F1 (x100), {split} split", "", score_table(rows), ""]
         parts += ["## Time per phase (s)", "", "| phase | seconds |", "|---|---|"]
         parts += [f"| {k} | {v:.1f} |" for k, v in summary.get("timings", {}).items()] + [""]
-    for stage in ("sft", "grpo"):
-        rows = read_metrics(run_dir / stage)
-        if rows and plot_curves(rows, CURVES[stage], run_dir / f"{stage}_curves.png", f"{stage} curves"):
+    for stage, rows in _stage_metrics(run_dir):
+        if stage == "grpo":
+            parts += phase_table(rows)
+        if plot_curves(rows, CURVES[stage], run_dir / f"{stage}_curves.png", f"{stage} curves"):
             parts += [f"## {stage.upper()} curves", "", f"![{stage}]({stage}_curves.png)", ""]
     pred_dir = run_dir / "predictions"
     manifest = run_dir / "predictions" / "val_manifest.txt"
@@ -129,6 +130,27 @@ def write_report(run_dir: str | Path) -> Path:
     out = run_dir / "report.md"
     atomic_write_text(out, "\n".join(parts))
     return out
+
+
+PHASES = ("rollout", "reward", "wait", "learn", "sync", "step")
+
+
+def phase_table(rows: list[dict]) -> list[str]:
+    """Markdown lines: mean seconds per GRPO step of each phase (async: rollout and reward
+    overlap learning, `wait` is what the loop waited for them)."""
+    cols = [p for p in PHASES if any(f"time/{p}" in r for r in rows)]
+    means = [sum(r.get(f"time/{p}", 0.0) for r in rows) / len(rows) for p in cols]
+    return ["## GRPO time per step (s, mean over steps)", "", "| " + " | ".join(cols) + " |",
+            "|" + "---|" * len(cols), "| " + " | ".join(f"{m:.2f}" for m in means) + " |", ""]
+
+
+def _stage_metrics(run_dir: Path) -> list[tuple[str, list[dict]]]:
+    """(stage, metric rows) of a `train` run (sft/, grpo/) or of a single-stage run folder."""
+    out = [(stage, read_metrics(run_dir / stage)) for stage in ("sft", "grpo")]
+    own = read_metrics(run_dir)
+    if own:
+        out.append(("grpo" if any("reward/total" in r for r in own) else "sft", own))
+    return [(stage, rows) for stage, rows in out if rows]
 
 
 def _read_preds(path: Path) -> dict[str, list[dict]]:

@@ -1,7 +1,8 @@
 """`streampro grpo`: B samples x G streaming episodes -> rewards -> group advantages ->
 clipped updates on the DeepSpeed group -> weight sync to the vLLM engines. (SPEC.md section 3)
 
-The loop reads top to bottom in `run_grpo`; every piece it calls lives in a package.
+`run_grpo` reads top to bottom; one step is `GRPOStep.collect` (rollout + reward, with
+dynamic sampling), `learn` (old/ref logprobs + clipped updates) and `publish` (weight sync).
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import argparse
 import json
 import shutil
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,15 @@ from streampro.types import RewardResult, Trajectory
 
 def rewards_matrix(results: list[RewardResult], b: int, g: int) -> torch.Tensor:  # [B, G]
     return torch.tensor([r.total for r in results], dtype=torch.float32).view(b, g)
+
+
+def select_groups(rewards: torch.Tensor, *, need: int, dynamic: bool) -> torch.Tensor:  # [N] bool
+    """Groups to train on. Dynamic sampling (DAPO) keeps the first `need` groups whose rewards
+    differ; all-equal groups have zero advantage and carry no gradient signal."""
+    if not dynamic:
+        return torch.ones(rewards.shape[0], dtype=torch.bool)
+    informative = (rewards.max(dim=1).values - rewards.min(dim=1).values) > 1e-12  # [N]
+    return informative & (informative.cumsum(0) <= need)
 
 
 def build_batch(trajs: list[Trajectory], adv: torch.Tensor, *, pad_id: int) -> dict[str, torch.Tensor]:
@@ -58,23 +68,119 @@ def trajectory_stats(trajs: list[Trajectory], results: list[RewardResult]) -> di
     }
 
 
-def write_step_trajectories(path: Path, trajs: list[Trajectory], results: list[RewardResult], step: int) -> None:
-    """The step's trajectories with their rewards, as Parquet (actors/records.py schema)."""
-    from streampro.actors.records import write_trajectories
+@dataclass
+class Groups:
+    """The scored rollouts of one step: every generated group, and which ones train."""
 
-    extra = {"step": [step] * len(trajs), "reward": [r.total for r in results],
-             "reward_fmt": [r.fmt for r in results], "reward_turn": [r.turn for r in results],
-             "reward_traj": [r.traj for r in results]}
-    write_trajectories(path, trajs, extra)
+    g: int
+    trajs: list[Trajectory] = field(default_factory=list)  # [N*G], N >= kept groups
+    results: list[RewardResult] = field(default_factory=list)  # [N*G]
+    rounds: list[int] = field(default_factory=list)  # [N*G] sampling round of each trajectory
+    keep: list[bool] = field(default_factory=list)  # [N] group trains
+    cursor: dict = field(default_factory=dict)  # data cursor after this step's draws
+    seconds: dict[str, float] = field(default_factory=lambda: {"rollout": 0.0, "reward": 0.0})
+
+    def rewards(self) -> torch.Tensor:  # [N, G]
+        return rewards_matrix(self.results, len(self.results) // self.g, self.g)
+
+    def kept(self) -> tuple[list[Trajectory], torch.Tensor]:
+        """Trajectories of the kept groups and their rewards [K, G]."""
+        flat = [k for k in self.keep for _ in range(self.g)]
+        trajs = [t for t, k in zip(self.trajs, flat) if k]
+        return trajs, self.rewards()[torch.tensor(self.keep, dtype=torch.bool)]
+
+
+class GRPOStep:
+    """The parts of one GRPO step over running groups (rollout, reward pool, learner)."""
+
+    def __init__(self, *, cfg: Config, train: list, rollout, pool, learner, cursor: DataCursor,
+                 run_dir: Path, pad_id: int) -> None:
+        self.cfg, self.train, self.rollout, self.pool, self.learner = cfg, train, rollout, pool, learner
+        self.cursor, self.run_dir, self.pad_id = cursor, run_dir, pad_id
+
+    def collect(self, step: int) -> Groups:
+        """B groups of G episodes, scored. With dynamic sampling, groups whose rewards are all
+        equal are dropped and replaced by fresh samples, for up to `max_resample_rounds` rounds."""
+        from streampro.actors.api import Sampling
+
+        c = self.cfg.grpo
+        out, need = Groups(g=c.group_size), c.batch_samples
+        for rnd in range(1 + (c.max_resample_rounds if c.dynamic_sampling else 0)):
+            batch = [self.train[i] for i in self.cursor.take(need)]
+            sampling = Sampling(temperature=self.cfg.rollout.temperature, top_p=self.cfg.rollout.top_p,
+                                max_answer_tokens=self.cfg.rollout.max_answer_tokens,
+                                seed=self.cfg.run.seed * 100003 + step + 1_000_003 * rnd)
+            t = time.perf_counter()
+            trajs = self.rollout.generate(samples=batch, n=c.group_size, sampling=sampling)
+            out.seconds["rollout"] += time.perf_counter() - t
+            t = time.perf_counter()
+            samples = [s.sample.to_dict() for s in batch for _ in range(c.group_size)]
+            results = self.pool.score(samples=samples, trajectories=trajs)
+            out.seconds["reward"] += time.perf_counter() - t
+            keep = select_groups(rewards_matrix(results, len(batch), c.group_size), need=need,
+                                 dynamic=c.dynamic_sampling)
+            out.trajs += trajs
+            out.results += results
+            out.rounds += [rnd] * len(trajs)
+            out.keep += keep.tolist()
+            need -= int(keep.sum())
+            if need <= 0:
+                break
+        out.cursor = self.cursor.state()
+        return out
+
+    def learn(self, groups: Groups) -> dict[str, float]:
+        """Group advantages, old (and reference) logprobs, then mini-batch clipped updates."""
+        c = self.cfg.grpo
+        trajs, rewards = groups.kept()  # [K*G], [K, G]
+        if not trajs:
+            return {}  # every group had equal rewards: nothing to learn from this step
+        adv, stats = group_advantages(rewards, mode=c.advantage, eps=c.adv_eps)  # [K, G]
+        batch = build_batch(trajs, adv.view(-1), pad_id=self.pad_id)
+        if not c.async_mode:
+            # On-policy: recompute old logprobs with the learner (as verl does), so the ratio
+            # starts at exactly 1; in async mode the behaviour logprobs of vLLM are the baseline.
+            batch["old_logprobs"] = self.learner.logprobs(batch=batch)
+        if c.kl_coef != 0.0:
+            batch["ref_logprobs"] = self.learner.logprobs(batch=batch, reference=True)
+        n = batch["input_ids"].shape[0]
+        per_update: dict[str, list[float]] = {}
+        for idx in np.array_split(np.arange(n), max(1, min(c.mini_batches, n))):
+            mb = {k: v[torch.as_tensor(idx)] for k, v in batch.items()}
+            for k, v in self.learner.train_step(batch=mb, objective="grpo").items():
+                per_update.setdefault(k, []).append(v)
+        return {**stats, **{f"learn/{k}": float(np.mean(v)) for k, v in per_update.items()}}
+
+    def publish(self, version: int) -> None:
+        """Weights v as an HF folder, loaded into every engine in place; older folders pruned."""
+        path = self.run_dir / "weights" / f"v{version:06d}"
+        self.learner.export_hf(path=str(path))
+        self.rollout.sync_weights(version=version, source=str(path))
+        for old in sorted((self.run_dir / "weights").glob("v*"))[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def record(self, step: int, groups: Groups) -> dict[str, float]:
+        """Every generated trajectory of the step, with rewards, round and kept flag, as Parquet."""
+        from streampro.actors.records import write_trajectories
+
+        res, g = groups.results, groups.g
+        extra = {"step": [step] * len(res), "reward": [r.total for r in res],
+                 "reward_fmt": [r.fmt for r in res], "reward_turn": [r.turn for r in res],
+                 "reward_traj": [r.traj for r in res], "round": groups.rounds,
+                 "kept": [k for k in groups.keep for _ in range(g)]}
+        write_trajectories(self.run_dir / "trajectories" / f"step_{step:06d}.parquet", groups.trajs, extra)
+        equal = ~select_groups(groups.rewards(), need=len(groups.keep), dynamic=True)
+        return {**trajectory_stats(groups.trajs, res), "adv/kept_groups": float(sum(groups.keep)),
+                "adv/equal_reward_groups": float(equal.sum()), "rollout/rounds": float(max(groups.rounds) + 1),
+                "time/rollout": groups.seconds["rollout"], "time/reward": groups.seconds["reward"]}
 
 
 def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> dict:
-    """The GRPO stage. Returns {"hf": final policy folder, "val": scores, "steps": n, ...}.
+    """The GRPO stage. Returns {"hf": final policy folder, "val": scores, "steps": n}.
 
     `rollout`: a running rollout group already holding init_model's weights (the caller keeps
     ownership and shuts it down); None starts one here.
     """
-    from streampro.actors.api import Sampling
     from streampro.actors.rollout import make_rollout_group
     from streampro.bench.policy_eval import eval_kwargs, evaluate
     from streampro.learners.group import make_learner_group
@@ -84,96 +190,53 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> di
     from streampro.metrics import MetricsLogger
     from streampro.pipeline import load_split
 
-    g, b = cfg.grpo.group_size, cfg.grpo.batch_samples
+    c = cfg.grpo
     train, val = load_split(cfg, "train"), load_split(cfg, "val")
-    steps_total = cfg.grpo.max_steps or cfg.grpo.epochs * max(len(train) // b, 1)
-
+    steps_total = c.max_steps or c.epochs * max(len(train) // c.batch_samples, 1)
     learner = make_learner_group(cfg, init_model, objective="grpo")
     own_rollout = rollout is None
     rollout = make_rollout_group(cfg, init_model) if own_rollout else rollout
     pool = make_reward_pool(cfg)
-    logger = MetricsLogger(run_dir)
-    ckpts = Checkpoints(run_dir, cfg.grpo.keep_checkpoints)
-    cursor, step, version = DataCursor(len(train), cfg.run.seed), 0, 0
-    pad_id = _pad_id(init_model)
+    logger, ckpts = MetricsLogger(run_dir), Checkpoints(run_dir, c.keep_checkpoints)
+    parts = GRPOStep(cfg=cfg, train=train, rollout=rollout, pool=pool, learner=learner,
+                     cursor=DataCursor(len(train), cfg.run.seed), run_dir=run_dir, pad_id=_pad_id(init_model))
+    step = _resume(cfg, parts, ckpts, logger) if cfg.run.resume == "auto" else 0
 
-    if cfg.run.resume == "auto" and (last := ckpts.latest()) is not None:
-        learner.load_checkpoint(path=str(last))
-        state = json.loads((last / "client_state.json").read_text())
-        step, version = state["step"], state["version"]
-        logger.truncate_after(step)
-        cursor.epoch, cursor.pos = state["cursor"]["epoch"], state["cursor"]["pos"]
-        _sync(learner, rollout, run_dir, version)
-        print(f"resumed from {last} at step {step}")
-
-    def sample_batch(k: int) -> tuple[list, Callable[[], list[Trajectory]]]:
-        batch = [train[i] for i in cursor.take(b)]
-        sampling = Sampling(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                            max_answer_tokens=cfg.rollout.max_answer_tokens, seed=cfg.run.seed * 100003 + k)
-        return batch, lambda: rollout.generate(samples=batch, n=g, sampling=sampling)
-
-    executor = ThreadPoolExecutor(max_workers=1)  # async mode: the next rollout runs here
-    pending: tuple[list, Future] | None = None
+    # Async mode: step k+1's rollouts run in this thread while the learner trains step k.
+    executor, pending = ThreadPoolExecutor(max_workers=1), None
     bar = tqdm(total=steps_total, initial=step, desc="grpo", dynamic_ncols=True)
     while step < steps_total:
         t0 = time.perf_counter()
-        if pending is None:
-            batch, gen = sample_batch(step)
-            trajs = gen()
-        else:
-            batch, fut = pending
-            trajs = fut.result()
-        t_rollout = time.perf_counter() - t0
-        if cfg.grpo.async_mode and step + 1 < steps_total:
-            nb, ngen = sample_batch(step + 1)
-            pending = (nb, executor.submit(ngen))  # rolls out with the current weights
-        else:
-            pending = None
+        groups = pending.result() if pending is not None else parts.collect(step)
+        t_wait = time.perf_counter() - t0
+        pending = executor.submit(parts.collect, step + 1) if c.async_mode and step + 1 < steps_total else None
 
         t1 = time.perf_counter()
-        samples = [s.sample.to_dict() for s in batch for _ in range(g)]
-        results = pool.score(samples=samples, trajectories=trajs)
-        rewards = rewards_matrix(results, b, g)  # [B, G]
-        adv, adv_stats = group_advantages(rewards, mode=cfg.grpo.advantage, eps=cfg.grpo.adv_eps)
-        t_reward = time.perf_counter() - t1
+        learn_stats = parts.learn(groups)
+        t_learn = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        keep = _informative(rewards) if cfg.grpo.dynamic_sampling else torch.ones(b, dtype=torch.bool)
-        flat_keep = keep.repeat_interleave(g)
-        kept = [t for t, k in zip(trajs, flat_keep.tolist()) if k]
-        learn_stats: dict[str, float] = {}
-        if kept:
-            learn_stats = _learn(cfg, learner, kept, adv.view(-1)[flat_keep], pad_id=pad_id)
-        t_learn = time.perf_counter() - t2
-
-        t3 = time.perf_counter()
-        version += 1
         if pending is not None:
-            pending[1].result()  # one step off-policy: finish the rollout before swapping weights
-        _sync(learner, rollout, run_dir, version)
-        t_sync = time.perf_counter() - t3
-
+            _wait(pending)  # one step off-policy: the next rollout ends before weights swap
         step += 1
-        metrics = {**trajectory_stats(trajs, results), **adv_stats, **learn_stats,
-                   "adv/kept_groups": float(keep.sum()),
-                   "time/rollout": t_rollout, "time/reward": t_reward, "time/learn": t_learn,
+        parts.publish(step)  # policy version = steps done
+        t_sync = time.perf_counter() - t2
+
+        metrics = {**parts.record(step, groups), **learn_stats, "time/wait": t_wait, "time/learn": t_learn,
                    "time/sync": t_sync, "time/step": time.perf_counter() - t0}
-        if cfg.grpo.eval_every and step % cfg.grpo.eval_every == 0:
+        if c.eval_every and step % c.eval_every == 0:
             scores = evaluate(rollout, val, **eval_kwargs(cfg))
             metrics["val/w_avg"], metrics["val/avg"] = scores["w_avg"], scores["avg"]
         logger.log(step, metrics)
-        write_step_trajectories(run_dir / "trajectories" / f"step_{step:06d}.parquet", trajs, results, step)
-        if step % cfg.grpo.save_every == 0 or step == steps_total:
-            state = {"step": step, "version": version, "cursor": cursor.state()}
-            ckpts.save(learner, step, state)
+        if step % c.save_every == 0 or step == steps_total:
+            ckpts.save(learner, step, {"step": step, "version": step, "cursor": groups.cursor})
         bar.set_postfix(reward=f"{metrics['reward/total']:.3f}", resp=f"{metrics['rollout/response_rate']:.2f}")
         bar.update(1)
     bar.close()
     executor.shutdown()
 
     hf = learner.export_hf(path=str(run_dir / "hf"))
-    val_scores = evaluate(rollout, val, **eval_kwargs(cfg))
-    summary = {"hf": hf, "steps": step, "val": val_scores}
+    summary = {"hf": hf, "steps": step, "val": evaluate(rollout, val, **eval_kwargs(cfg))}
     atomic_write_text(run_dir / "grpo_summary.json", json.dumps(summary, indent=2, sort_keys=True))
     logger.close()
     for part in (learner, pool) + ((rollout,) if own_rollout else ()):
@@ -181,37 +244,24 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> di
     return summary
 
 
-def _informative(rewards: torch.Tensor) -> torch.Tensor:  # [B] bool
-    """Groups whose rewards differ: the only ones with a gradient signal."""
-    return (rewards.max(dim=1).values - rewards.min(dim=1).values) > 1e-12
+def _resume(cfg: Config, parts: GRPOStep, ckpts: Checkpoints, logger) -> int:
+    """Restore learner, data cursor and engine weights from the last checkpoint; its step."""
+    last = ckpts.latest()
+    if last is None:
+        return 0
+    parts.learner.load_checkpoint(path=str(last))
+    state = json.loads((last / "client_state.json").read_text())
+    logger.truncate_after(state["step"])
+    # The cursor was saved before the next step's draws, so an async run redraws the batch
+    # that was in flight (now sampled from the checkpoint's weights).
+    parts.cursor.epoch, parts.cursor.pos = state["cursor"]["epoch"], state["cursor"]["pos"]
+    parts.publish(state["version"])
+    print(f"resumed from {last} at step {state['step']}")
+    return int(state["step"])
 
 
-def _learn(cfg: Config, learner, trajs: list[Trajectory], adv: torch.Tensor, *, pad_id: int) -> dict[str, float]:
-    """Old (and reference) logprobs from the learner, then mini-batch clipped updates."""
-    batch = build_batch(trajs, adv, pad_id=pad_id)
-    if not cfg.grpo.async_mode:
-        # On-policy: recompute old logprobs with the learner (as verl does), so the ratio
-        # starts at exactly 1; in async mode the behaviour logprobs of vLLM are the baseline.
-        batch["old_logprobs"] = learner.logprobs(batch=batch)
-    if cfg.grpo.kl_coef != 0.0:
-        batch["ref_logprobs"] = learner.logprobs(batch=batch, reference=True)
-    n = batch["input_ids"].shape[0]
-    splits = np.array_split(np.arange(n), max(1, min(cfg.grpo.mini_batches, n)))
-    stats: dict[str, list[float]] = {}
-    for idx in splits:
-        mb = {k: v[torch.as_tensor(idx)] for k, v in batch.items()}
-        for k, v in learner.train_step(batch=mb, objective="grpo").items():
-            stats.setdefault(k, []).append(v)
-    return {f"learn/{k}": float(np.mean(v)) for k, v in stats.items()}
-
-
-def _sync(learner, rollout, run_dir: Path, version: int) -> None:
-    """Publish weights v as an HF folder and load them into every engine in place."""
-    path = run_dir / "weights" / f"v{version:06d}"
-    learner.export_hf(path=str(path))
-    rollout.sync_weights(version=version, source=str(path))
-    for old in sorted((run_dir / "weights").glob("v*"))[:-1]:
-        shutil.rmtree(old, ignore_errors=True)
+def _wait(fut: Future) -> None:
+    fut.exception()  # block until done; a failure is raised where the result is taken
 
 
 def _pad_id(model_path: str) -> int:

@@ -296,7 +296,10 @@ class GRPOConfig:
     loss_agg: str = "token_mean"
     """'token_mean' (over the global batch) or 'seq_mean'."""
     dynamic_sampling: bool = False
-    """Resample groups whose rewards are all equal (counted either way)."""
+    """Drop groups whose rewards are all equal and draw fresh samples in their place (DAPO);
+    such groups are counted either way (metric adv/equal_reward_groups)."""
+    max_resample_rounds: int = 3
+    """Dynamic sampling: extra rounds of drawing replacements before training on fewer groups."""
     async_mode: bool = False
     """Roll out step k+1 while the learner trains step k (one step off-policy)."""
     eval_every: int = 0

@@ -1,7 +1,8 @@
 """GRPO end to end on configs/smoke.yaml: real Ray, vLLM, DeepSpeed and the reward pool.
 
 Two steps with a weight sync between them, a SIGKILL of the whole job after the first
-checkpoint, then `resume=auto` finishing the run from that checkpoint (issue 7).
+checkpoint, then `resume=auto` finishing the run from that checkpoint (issue 7); the same in
+async mode with dynamic sampling, where the data order must survive the kill.
 """
 
 from __future__ import annotations
@@ -28,12 +29,11 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
 
 
-def test_grpo_two_steps_kill_and_resume(tmp_path, synth_smoke):
-    run_dir = tmp_path / "run"
+def _run_killed_after_step_1(tmp_path: Path, run_dir: Path, cmd: list[str]) -> None:
+    """Start the job, SIGKILL it (and the local Ray it started) once checkpoint 1 is complete."""
     env = {**os.environ, "RAY_ADDRESS": ""}
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(_grpo_cmd(run_dir, synth_smoke), cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 480
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -47,10 +47,18 @@ def test_grpo_two_steps_kill_and_resume(tmp_path, synth_smoke):
         proc.wait()
     assert [r["step"] for r in _metrics(run_dir)][:1] == [1]
 
-    out = subprocess.run(_grpo_cmd(run_dir, synth_smoke, "run.resume=auto"), cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)
+
+def _resume(cmd: list[str]) -> None:
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    out = subprocess.run([*cmd, "run.resume=auto"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert "resumed from" in out.stdout
+
+
+def test_grpo_two_steps_kill_and_resume(tmp_path, synth_smoke):
+    run_dir = tmp_path / "run"
+    _run_killed_after_step_1(tmp_path, run_dir, _grpo_cmd(run_dir, synth_smoke))
+    _resume(_grpo_cmd(run_dir, synth_smoke))
     rows = _metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
@@ -64,3 +72,36 @@ def test_grpo_two_steps_kill_and_resume(tmp_path, synth_smoke):
     assert (run_dir / "hf" / "config.json").is_file()
     summary = json.loads((run_dir / "grpo_summary.json").read_text())
     assert summary["steps"] == 2 and 0.0 <= summary["val"]["w_avg"] <= 1.0
+
+
+def test_grpo_async_dynamic_sampling_resume_keeps_the_data_order(tmp_path, synth_smoke):
+    """Async mode + dynamic sampling, killed after step 1 while step 2's rollout is in flight:
+    the resumed run redraws that batch, so the samples drawn over all three steps (kept and
+    replaced groups alike) follow the seeded data order without a gap."""
+    import pyarrow.parquet as pq
+
+    from streampro.learners.state import DataCursor
+
+    run_dir = tmp_path / "run"
+    cmd = _grpo_cmd(run_dir, synth_smoke, "grpo.max_steps=3", "grpo.async_mode=true",
+                    "grpo.dynamic_sampling=true", "grpo.max_resample_rounds=2")
+    _run_killed_after_step_1(tmp_path, run_dir, cmd)
+    _resume(cmd)
+    rows = _metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+    ids = [json.loads(x)["id"] for x in (synth_smoke / "train" / "manifest.jsonl").read_text().splitlines()]
+    drawn, b, g = [], 2, 2
+    for step, r in enumerate(rows, start=1):
+        table = pq.read_table(run_dir / "trajectories" / f"step_{step:06d}.parquet").to_pylist()
+        groups = table[::g]  # episodes of a group are adjacent
+        drawn += [t["sample_id"] for t in groups]
+        kept = [t for t in groups if t["kept"]]
+        assert len(kept) == r["adv/kept_groups"] <= b
+        assert r["adv/equal_reward_groups"] == len(groups) - len(kept)
+        assert max(t["round"] for t in table) + 1 == r["rollout/rounds"] <= 3
+        # resumed at version 1: step 2 rolled out on it, step 3 one step off-policy, also on it
+        if step >= 2:
+            assert {t["version"] for t in table} == {1}
+    order = [ids[i] for i in DataCursor(len(ids), seed=0).take(len(drawn))]
+    assert drawn == order
