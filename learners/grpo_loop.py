@@ -203,7 +203,7 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> di
     step = _resume(cfg, parts, ckpts, logger) if cfg.run.resume == "auto" else 0
 
     # Async mode: step k+1's rollouts run in this thread while the learner trains step k.
-    executor, pending = ThreadPoolExecutor(max_workers=1), None
+    executor, pending, val_scores = ThreadPoolExecutor(max_workers=1), None, None
     bar = tqdm(total=steps_total, initial=step, desc="grpo", dynamic_ncols=True)
     while step < steps_total:
         t0 = time.perf_counter()
@@ -225,8 +225,8 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> di
         metrics = {**parts.record(step, groups), **learn_stats, "time/wait": t_wait, "time/learn": t_learn,
                    "time/sync": t_sync, "time/step": time.perf_counter() - t0}
         if c.eval_every and step % c.eval_every == 0:
-            scores = evaluate(rollout, val, **eval_kwargs(cfg))
-            metrics["val/w_avg"], metrics["val/avg"] = scores["w_avg"], scores["avg"]
+            val_scores = evaluate(rollout, val, **eval_kwargs(cfg))
+            metrics["val/w_avg"], metrics["val/avg"] = val_scores["w_avg"], val_scores["avg"]
         logger.log(step, metrics)
         if step % c.save_every == 0 or step == steps_total:
             ckpts.save(learner, step, {"step": step, "version": step, "cursor": groups.cursor})
@@ -236,7 +236,9 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> di
     executor.shutdown()
 
     hf = learner.export_hf(path=str(run_dir / "hf"))
-    summary = {"hf": hf, "steps": step, "val": evaluate(rollout, val, **eval_kwargs(cfg))}
+    if val_scores is None or not (c.eval_every and step % c.eval_every == 0):
+        val_scores = evaluate(rollout, val, **eval_kwargs(cfg))  # the last step was not scored
+    summary = {"hf": hf, "steps": step, "val": val_scores}
     atomic_write_text(run_dir / "grpo_summary.json", json.dumps(summary, indent=2, sort_keys=True))
     logger.close()
     for part in (learner, pool) + ((rollout,) if own_rollout else ()):

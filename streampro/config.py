@@ -316,6 +316,8 @@ class EvalConfig:
     """Evaluate at most N samples per split (0 = all)."""
     greedy: bool = True
     """Greedy streaming decoding for evaluation (false: sample at rollout.temperature, seeded)."""
+    samples_per_stream: int = 4
+    """Sampled decoding (greedy false): episodes per stream; the scores are their mean."""
 
 
 @dataclass

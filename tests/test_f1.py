@@ -225,3 +225,40 @@ def test_eval_cli_errors(tmp_path, manifest, capsys):
     assert "none.jsonl" in capsys.readouterr().err
     with pytest.raises(UserError, match="predictions file not found"):
         load_predictions(tmp_path / "missing.jsonl", {"eu1"})
+
+
+def test_sampled_evaluation_averages_the_samples_of_each_stream():
+    """evaluate(n=2): episode k of every stream forms replicate k; scores are the mean."""
+    from dataclasses import dataclass
+
+    from streampro.bench.policy_eval import evaluate
+    from streampro.types import Step, Trajectory
+
+    @dataclass
+    class Enc:
+        sample: object
+
+    @dataclass
+    class Row:
+        row: dict
+        id: str
+
+        def to_dict(self) -> dict:
+            return self.row
+
+    ou = sample("ou", "OU", [{"time": 20.0, "text": "green"}])  # respond at 21 s: S = 1
+    enc = [Enc(Row(ou, "ou"))]
+
+    class Rollout:
+        def generate(self, *, samples, n, sampling):
+            hit = [Step(time=21.0, decision="response", text="green", raw="")]
+            return [Trajectory(sample_id="ou", episode=e, token_ids=[], gen_mask=[], logprobs=[],
+                               steps=hit if e == 0 else []) for e in range(n)]
+
+    scores = evaluate(Rollout(), enc, max_answer_tokens=8, temperature=1.0, n=2)
+    # replicate 0: P = R = F1 = 1; replicate 1: no response, all 0 -> means 0.5
+    assert scores["tasks"]["OU"]["f1"] == pytest.approx(0.5)
+    assert scores["tasks"]["OU"]["n_pred"] == pytest.approx(0.5) and scores["tasks"]["OU"]["n_gt"] == 1
+    assert scores["samples_per_stream"] == 2 and scores["n_samples"] == 1
+    one = evaluate(Rollout(), enc, max_answer_tokens=8, n=1)
+    assert one["tasks"]["OU"]["f1"] == 1.0 and one["samples_per_stream"] == 1
