@@ -36,7 +36,11 @@ def plot_curves(rows: list[dict], keys: list[str], out: Path, title: str) -> Pat
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.8 * nrows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         pts = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 30 else None)
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        ax.plot(xs, ys, marker="." if len(pts) < 30 else None, alpha=0.45 if len(pts) >= 10 else 1.0)
+        if len(pts) >= 10:  # noisy per-step values: draw a moving average over them
+            ax.plot(xs, moving_average(ys, 5), color="C1", label="mean of 5")
+            ax.legend(fontsize=7)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
@@ -47,6 +51,11 @@ def plot_curves(rows: list[dict], keys: list[str], out: Path, title: str) -> Pat
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def moving_average(ys: list[float], k: int) -> list[float]:
+    """Mean of the last k values at each point (fewer at the start)."""
+    return [sum(ys[max(0, i - k + 1): i + 1]) / (i + 1 - max(0, i - k + 1)) for i in range(len(ys))]
 
 
 def plot_timelines(manifest: Path, predictions: dict[str, dict[str, list[dict]]], out: Path,
@@ -138,6 +147,9 @@ PHASES = ("rollout", "reward", "wait", "learn", "sync", "step")
 def phase_table(rows: list[dict]) -> list[str]:
     """Markdown lines: mean seconds per GRPO step of each phase (async: rollout and reward
     overlap learning, `wait` is what the loop waited for them)."""
+    rows = [r for r in rows if "time/step" in r]  # training steps (not the step-0 val row)
+    if not rows:
+        return []
     cols = [p for p in PHASES if any(f"time/{p}" in r for r in rows)]
     means = [sum(r.get(f"time/{p}", 0.0) for r in rows) / len(rows) for p in cols]
     return ["## GRPO time per step (s, mean over steps)", "", "| " + " | ".join(cols) + " |",

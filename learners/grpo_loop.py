@@ -201,6 +201,9 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> di
     parts = GRPOStep(cfg=cfg, train=train, rollout=rollout, pool=pool, learner=learner,
                      cursor=DataCursor(len(train), cfg.run.seed), run_dir=run_dir, pad_id=_pad_id(init_model))
     step = _resume(cfg, parts, ckpts, logger) if cfg.run.resume == "auto" else 0
+    if c.eval_every and step == 0:  # the starting point of the val curve
+        start = evaluate(rollout, val, **eval_kwargs(cfg))
+        logger.log(0, {"val/w_avg": start["w_avg"], "val/avg": start["avg"]})
 
     # Async mode: step k+1's rollouts run in this thread while the learner trains step k.
     executor, pending, val_scores = ThreadPoolExecutor(max_workers=1), None, None

@@ -121,7 +121,8 @@ def test_report_of_a_grpo_run_folder_has_curves_and_phase_means(tmp_path):
     import subprocess
     import sys
 
-    rows = [{"step": 1, "reward/total": 0.2, "time/rollout": 3.0, "time/learn": 9.0, "time/sync": 0.1, "time/step": 12.5},
+    rows = [{"step": 0, "val/w_avg": 0.1},
+            {"step": 1, "reward/total": 0.2, "time/rollout": 3.0, "time/learn": 9.0, "time/sync": 0.1, "time/step": 12.5},
             {"step": 2, "reward/total": 0.4, "time/rollout": 5.0, "time/learn": 7.0, "time/sync": 0.3, "time/step": 12.5}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = subprocess.run([sys.executable, "-m", "streampro.cli", "report", str(tmp_path)],
