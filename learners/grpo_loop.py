@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from streampro.learners.grpo_loss import group_advantages
+from streampro.learners.grpo_loss import equal_reward_groups, group_advantages
 from streampro.learners.packing import PackItem, collate, plan_rows
 from streampro.learners.state import Checkpoints, DataCursor
 
@@ -34,7 +34,7 @@ def select_groups(rewards: torch.Tensor, *, need: int, dynamic: bool) -> torch.T
     differ; all-equal groups have zero advantage and carry no gradient signal."""
     if not dynamic:
         return torch.ones(rewards.shape[0], dtype=torch.bool)
-    informative = (rewards.max(dim=1).values - rewards.min(dim=1).values) > 1e-12  # [N]
+    informative = ~equal_reward_groups(rewards)  # [N]
     return informative & (informative.cumsum(0) <= need)
 
 
@@ -169,17 +169,19 @@ class GRPOStep:
                  "reward_traj": [r.traj for r in res], "round": groups.rounds,
                  "kept": [k for k in groups.keep for _ in range(g)]}
         write_trajectories(self.run_dir / "trajectories" / f"step_{step:06d}.parquet", groups.trajs, extra)
-        equal = ~select_groups(groups.rewards(), need=len(groups.keep), dynamic=True)
+        equal = equal_reward_groups(groups.rewards())  # [N]
         return {**trajectory_stats(groups.trajs, res), "adv/kept_groups": float(sum(groups.keep)),
                 "adv/equal_reward_groups": float(equal.sum()), "rollout/rounds": float(max(groups.rounds) + 1),
                 "time/rollout": groups.seconds["rollout"], "time/reward": groups.seconds["reward"]}
 
 
-def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> dict:
+def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None,
+             start_val: dict | None = None) -> dict:
     """The GRPO stage. Returns {"hf": final policy folder, "val": scores, "steps": n}.
 
     `rollout`: a running rollout group already holding init_model's weights (the caller keeps
-    ownership and shuts it down); None starts one here.
+    ownership and shuts it down); None starts one here. `start_val`: init_model's val scores
+    when the caller has them (the step-0 point of the val curve), else evaluated here.
     """
     from streampro.actors.rollout import make_rollout_group
     from streampro.bench.policy_eval import eval_kwargs, evaluate
@@ -191,7 +193,7 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> di
     from streampro.pipeline import load_split
 
     c = cfg.grpo
-    train, val = load_split(cfg, "train"), load_split(cfg, "val")
+    train, val = load_split(cfg, "train"), load_split(cfg, "val", limit=cfg.eval.max_samples)
     steps_total = c.max_steps or c.epochs * max(len(train) // c.batch_samples, 1)
     learner = make_learner_group(cfg, init_model, objective="grpo")
     own_rollout = rollout is None
@@ -202,7 +204,7 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None) -> di
                      cursor=DataCursor(len(train), cfg.run.seed), run_dir=run_dir, pad_id=_pad_id(init_model))
     step = _resume(cfg, parts, ckpts, logger) if cfg.run.resume == "auto" else 0
     if c.eval_every and step == 0:  # the starting point of the val curve
-        start = evaluate(rollout, val, **eval_kwargs(cfg))
+        start = start_val or evaluate(rollout, val, **eval_kwargs(cfg))
         logger.log(0, {"val/w_avg": start["w_avg"], "val/avg": start["avg"]})
 
     # Async mode: step k+1's rollouts run in this thread while the learner trains step k.

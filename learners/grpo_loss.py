@@ -9,6 +9,11 @@ from __future__ import annotations
 import torch
 
 
+def equal_reward_groups(rewards: torch.Tensor) -> torch.Tensor:  # [B, G] -> [B] bool
+    """Groups whose rewards are all equal: zero advantage, no gradient signal."""
+    return (rewards.max(dim=1).values - rewards.min(dim=1).values) <= 1e-12
+
+
 def group_advantages(
     rewards: torch.Tensor,  # [B, G]
     *,
@@ -36,7 +41,7 @@ def group_advantages(
         adv = (rewards - mean) * g / (g - 1)  # r - (sum - r)/(G-1), rearranged
     else:
         raise ValueError(f"unknown advantage mode {mode!r} (grpo, drgrpo, loo)")
-    degenerate = (rewards.max(dim=1).values - rewards.min(dim=1).values) <= 1e-12  # [B]
+    degenerate = equal_reward_groups(rewards)  # [B]
     stats = {"adv/degenerate_groups": float(degenerate.sum()), "adv/abs_mean": float(adv.abs().mean())}
     return adv, stats
 

@@ -52,7 +52,8 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     timings["eval_sft"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    grpo = run_grpo(cfg, run_dir / "grpo", init_model=sft["hf"], rollout=rollout)
+    grpo = run_grpo(cfg, run_dir / "grpo", init_model=sft["hf"], rollout=rollout,
+                    start_val=sft_scores["val"])  # the SFT policy's val scores: GRPO's step 0
     timings["grpo"] = time.perf_counter() - t
 
     t = time.perf_counter()
