@@ -29,7 +29,9 @@ class PrefixCacheCounter(StatLoggerBase):
         self.queries = 0
         self.hits = 0
 
-    def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0) -> None:
+    def record(
+        self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0
+    ) -> None:
         if scheduler_stats is not None:
             self.queries += int(scheduler_stats.prefix_cache_stats.queries)
             self.hits += int(scheduler_stats.prefix_cache_stats.hits)
@@ -50,11 +52,22 @@ class Decision:
 class DecisionEngine:
     """An `AsyncLLM` with the settings a streaming decision needs; flat constructor args."""
 
-    def __init__(self, model_path: str, *, dtype: str = "float32", enable_prefix_caching: bool = True,
-                 block_size: int = 32, kv_cache_gb: float = 1.0, max_model_len: int = 0,
-                 max_num_seqs: int = 256, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.5, enforce_eager: bool = True, seed: int = 0,
-                 weight_transfer_backend: str = "") -> None:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        enable_prefix_caching: bool = True,
+        block_size: int = 32,
+        kv_cache_gb: float = 1.0,
+        max_model_len: int = 0,
+        max_num_seqs: int = 256,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool = True,
+        seed: int = 0,
+        weight_transfer_backend: str = "",
+    ) -> None:
         from vllm.platforms import current_platform
 
         kw: dict = {}
@@ -74,16 +87,22 @@ class DecisionEngine:
 
             kw["weight_transfer_config"] = WeightTransferConfig(backend=weight_transfer_backend)
         args = AsyncEngineArgs(
-            model=model_path, dtype=dtype, enforce_eager=enforce_eager,
+            model=model_path,
+            dtype=dtype,
+            enforce_eager=enforce_eager,
             enable_prefix_caching=enable_prefix_caching,
             block_size=block_size or None,  # CPU default is 128: too coarse for ~25-token steps
-            max_model_len=max_model_len or None, max_num_seqs=max_num_seqs,
-            tensor_parallel_size=tensor_parallel_size, seed=seed,
+            max_model_len=max_model_len or None,
+            max_num_seqs=max_num_seqs,
+            tensor_parallel_size=tensor_parallel_size,
+            seed=seed,
             disable_log_stats=True,  # only our counter, not the periodic log lines
             **kw,
         )
         self.cache_counter = PrefixCacheCounter()
-        self.llm = AsyncLLM.from_engine_args(args, stat_loggers=[lambda cfg, idx: self.cache_counter])
+        self.llm = AsyncLLM.from_engine_args(
+            args, stat_loggers=[lambda cfg, idx: self.cache_counter]
+        )
         self.model_path = model_path
         self._ids = itertools.count()
         self._tag = f"{os.getpid()}-{id(self):x}"
@@ -91,8 +110,11 @@ class DecisionEngine:
     async def decide(self, prompt_ids: list[int], params: SamplingParams) -> Decision:
         """One request: the decision after `prompt_ids` (ids/logprobs as sampled)."""
         final = None
-        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params,
-                                           request_id=f"d{self._tag}-{next(self._ids)}"):
+        async for out in self.llm.generate(
+            TokensPrompt(prompt_token_ids=prompt_ids),
+            params,
+            request_id=f"d{self._tag}-{next(self._ids)}",
+        ):
             final = out
         if final is None or not final.outputs:
             raise RuntimeError("vLLM returned no output for a decision request")
@@ -126,11 +148,17 @@ def _model_max_len(model_path: str) -> int:
     return int(cfg.max_position_embeddings)
 
 
-def decision_params(*, stop_ids: list[int], max_tokens: int, temperature: float, top_p: float,
-                    seed: int | None) -> SamplingParams:
+def decision_params(
+    *, stop_ids: list[int], max_tokens: int, temperature: float, top_p: float, seed: int | None
+) -> SamplingParams:
     """Sampling of one decision: stop at `</Silence>`/`<|im_end|>`, sampled-token logprob."""
     return SamplingParams(
-        temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop_token_ids=stop_ids,
-        logprobs=0, seed=None if temperature == 0.0 else seed, detokenize=False,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        stop_token_ids=stop_ids,
+        logprobs=0,
+        seed=None if temperature == 0.0 else seed,
+        detokenize=False,
         skip_special_tokens=False,
     )

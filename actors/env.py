@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-
 from streampro.actors.episode import StreamEpisode, sample_chunks
+
 from streampro.types import Trajectory
 
 MAX_SECONDS = 1e7  # upper bound of the time observation (about 4 months of stream)
@@ -31,7 +31,9 @@ def default_reward_fn() -> RewardFn:
     from streampro.rewards import RewardScorer
 
     scorer = RewardScorer()
-    return lambda sample, traj: scorer.score_item(sample, traj.responses(), traj.step_outputs()).total
+    return lambda sample, traj: (
+        scorer.score_item(sample, traj.responses(), traj.step_outputs()).total
+    )
 
 
 def candidate_answers(encoded) -> list[str]:
@@ -44,9 +46,16 @@ class StreamEnv(gym.Env):
 
     metadata: ClassVar[dict] = {"render_modes": []}
 
-    def __init__(self, samples: list, tokenizer, *, max_candidates: int = 8,
-                 codebook_size: int = 64, window_turns: int = 200,
-                 reward_fn: RewardFn | None = None) -> None:
+    def __init__(
+        self,
+        samples: list,
+        tokenizer,
+        *,
+        max_candidates: int = 8,
+        codebook_size: int = 64,
+        window_turns: int = 200,
+        reward_fn: RewardFn | None = None,
+    ) -> None:
         if not samples:
             raise ValueError("StreamEnv needs at least one sample")
         tpf = {len(c) for s in samples for c in s.codes}
@@ -54,16 +63,20 @@ class StreamEnv(gym.Env):
             raise ValueError(f"samples mix frame sizes {sorted(tpf)} (tokens per frame)")
         for s in samples:
             if len(candidate_answers(s)) > max_candidates:
-                raise ValueError(f"sample {s.sample.id!r}: {len(candidate_answers(s))} candidate "
-                                 f"answers > max_candidates={max_candidates}")
+                raise ValueError(
+                    f"sample {s.sample.id!r}: {len(candidate_answers(s))} candidate "
+                    f"answers > max_candidates={max_candidates}"
+                )
         self.samples = samples
         self.tokenizer = tokenizer
         self.window_turns = window_turns
         self.reward_fn = reward_fn or default_reward_fn()
-        self.observation_space = spaces.Dict({
-            "frame": spaces.MultiDiscrete(np.full(tpf.pop(), codebook_size, dtype=np.int64)),
-            "time": spaces.Box(0.0, MAX_SECONDS, shape=(2,), dtype=np.float32),
-        })
+        self.observation_space = spaces.Dict(
+            {
+                "frame": spaces.MultiDiscrete(np.full(tpf.pop(), codebook_size, dtype=np.int64)),
+                "time": spaces.Box(0.0, MAX_SECONDS, shape=(2,), dtype=np.float32),
+            }
+        )
         self.action_space = spaces.Discrete(1 + max_candidates)
         self._episode: StreamEpisode | None = None
         self._sample = None
@@ -73,8 +86,10 @@ class StreamEnv(gym.Env):
 
     def _obs(self) -> dict[str, np.ndarray]:
         c = self._chunks[self._t]
-        return {"frame": np.asarray(c.codes, dtype=np.int64),
-                "time": np.asarray([c.start, c.end], dtype=np.float32)}
+        return {
+            "frame": np.asarray(c.codes, dtype=np.int64),
+            "time": np.asarray([c.start, c.end], dtype=np.float32),
+        }
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -86,12 +101,16 @@ class StreamEnv(gym.Env):
         self._chunks = sample_chunks(self._sample)
         if not self._chunks:
             raise ValueError(f"sample {self._sample.sample.id!r} has no chunks")
-        self._episode = StreamEpisode.for_sample(self.tokenizer, self._sample, episode=self._count,
-                                                 window_turns=self.window_turns)
+        self._episode = StreamEpisode.for_sample(
+            self.tokenizer, self._sample, episode=self._count, window_turns=self.window_turns
+        )
         self._count += 1
         self._t = 0
         self._episode.add_chunk(self._chunks[0])
-        return self._obs(), {"sample_id": self._sample.sample.id, "candidates": candidate_answers(self._sample)}
+        return self._obs(), {
+            "sample_id": self._sample.sample.id,
+            "candidates": candidate_answers(self._sample),
+        }
 
     def step(self, action: int):
         from streampro.data.dialogue import decision_ids, vocab
@@ -118,7 +137,9 @@ class StreamEnv(gym.Env):
         traj = self._episode.trajectory()
         reward = float(self.reward_fn(self._sample.sample.to_dict(), traj))
         info["trajectory"] = traj
-        last = {"frame": np.zeros(self.observation_space["frame"].shape, dtype=np.int64),
-                "time": np.asarray([self._chunks[-1].end] * 2, dtype=np.float32)}
+        last = {
+            "frame": np.zeros(self.observation_space["frame"].shape, dtype=np.int64),
+            "time": np.asarray([self._chunks[-1].end] * 2, dtype=np.float32),
+        }
         self._episode = None
         return last, reward, True, False, info

@@ -23,7 +23,10 @@ AsyncDecide = Callable[[list[int], int], Awaitable[tuple[list[int], list[float]]
 
 def stop_token_ids(tokenizer) -> list[int]:
     """Generation stops AT `</Silence>` (the loop appends the turn end) or at `<|im_end|>`."""
-    return [int(tokenizer.convert_tokens_to_ids(T.SILENCE)), int(tokenizer.convert_tokens_to_ids(T.IM_END))]
+    return [
+        int(tokenizer.convert_tokens_to_ids(T.SILENCE)),
+        int(tokenizer.convert_tokens_to_ids(T.IM_END)),
+    ]
 
 
 def max_decision_tokens(max_answer_tokens: int) -> int:
@@ -50,24 +53,36 @@ class Chunk:
 def sample_chunks(encoded) -> list[Chunk]:
     """The chunks of an `EncodedSample` (streampro.data.encode), in stream order."""
     if len(encoded.times) != len(encoded.codes):
-        raise ValueError(f"sample {encoded.sample.id!r}: {len(encoded.times)} chunk times "
-                         f"but {len(encoded.codes)} frame code lists")
+        raise ValueError(
+            f"sample {encoded.sample.id!r}: {len(encoded.times)} chunk times "
+            f"but {len(encoded.codes)} frame code lists"
+        )
     return [Chunk(float(s), float(e), c) for (s, e), c in zip(encoded.times, encoded.codes)]
 
 
 class StreamEpisode:
     """One episode's dialogue plus the policy's record (generated mask, logprobs, steps)."""
 
-    def __init__(self, tokenizer, *, sample_id: str, question: str, query_time: float,
-                 episode: int = 0, window_turns: int = 200, version: int = 0) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        sample_id: str,
+        question: str,
+        query_time: float,
+        episode: int = 0,
+        window_turns: int = 200,
+        version: int = 0,
+    ) -> None:
         from streampro.data.dialogue import StreamDialogue  # the one dialogue layout
 
         self.tokenizer = tokenizer
         self.sample_id = sample_id
         self.episode = episode
         self.version = version
-        self.dialogue = StreamDialogue(tokenizer, question=question, query_time=query_time,
-                                       window_turns=window_turns)
+        self.dialogue = StreamDialogue(
+            tokenizer, question=question, query_time=query_time, window_turns=window_turns
+        )
         self.steps: list[Step] = []
         self._gen_mask: list[int] = []
         self._logprobs: list[float] = []
@@ -75,11 +90,19 @@ class StreamEpisode:
         self._pending: Chunk | None = None
 
     @classmethod
-    def for_sample(cls, tokenizer, encoded, *, episode: int = 0, window_turns: int = 200,
-                   version: int = 0) -> StreamEpisode:
+    def for_sample(
+        cls, tokenizer, encoded, *, episode: int = 0, window_turns: int = 200, version: int = 0
+    ) -> StreamEpisode:
         s = encoded.sample
-        return cls(tokenizer, sample_id=s.id, question=s.question, query_time=float(s.query_time),
-                   episode=episode, window_turns=window_turns, version=version)
+        return cls(
+            tokenizer,
+            sample_id=s.id,
+            question=s.question,
+            query_time=float(s.query_time),
+            episode=episode,
+            window_turns=window_turns,
+            version=version,
+        )
 
     def add_chunk(self, chunk: Chunk) -> list[int]:
         """Append one chunk turn; returns the prompt (token ids) for the decision after it."""
@@ -89,8 +112,9 @@ class StreamEpisode:
         self._pending = chunk
         return list(self.dialogue.context())
 
-    def add_decision(self, gen_ids: Sequence[int], logprobs: Sequence[float], *,
-                     version: int | None = None) -> Step:
+    def add_decision(
+        self, gen_ids: Sequence[int], logprobs: Sequence[float], *, version: int | None = None
+    ) -> Step:
         """Append the policy's decision (as generated) and record it as a Step."""
         from streampro.data.dialogue import parse_decision
 
@@ -105,14 +129,19 @@ class StreamEpisode:
         self._pad_to(start)
         self.dialogue.add_decision(gen_ids, generated=True)
         full = self.dialogue.token_ids
-        if list(full[start:start + len(gen_ids)]) != gen_ids:
+        if list(full[start : start + len(gen_ids)]) != gen_ids:
             raise RuntimeError("dialogue did not append the generated ids verbatim")
         self._gen_mask += [1] * len(gen_ids)
         self._logprobs += [float(x) for x in logprobs]
         self._pad_to(len(full))  # the turn end the policy did not write: unmasked
         decision, text, raw = parse_decision(self.tokenizer, gen_ids)
-        step = Step(time=self._pending.end, decision=decision, text=text, raw=raw,
-                    version=self.version if version is None else int(version))
+        step = Step(
+            time=self._pending.end,
+            decision=decision,
+            text=text,
+            raw=raw,
+            version=self.version if version is None else int(version),
+        )
         self.steps.append(step)
         self._pending = None
         return step
@@ -125,14 +154,25 @@ class StreamEpisode:
     def trajectory(self) -> Trajectory:
         ids = [int(t) for t in self.dialogue.token_ids]
         self._pad_to(len(ids))
-        return Trajectory(sample_id=self.sample_id, episode=self.episode, token_ids=ids,
-                          gen_mask=list(self._gen_mask), logprobs=list(self._logprobs),
-                          steps=list(self.steps), version=self.version,
-                          prompt_len=self._prompt_len if self._prompt_len is not None else len(ids))
+        return Trajectory(
+            sample_id=self.sample_id,
+            episode=self.episode,
+            token_ids=ids,
+            gen_mask=list(self._gen_mask),
+            logprobs=list(self._logprobs),
+            steps=list(self.steps),
+            version=self.version,
+            prompt_len=self._prompt_len if self._prompt_len is not None else len(ids),
+        )
 
 
-async def run_episode(episode: StreamEpisode, chunks: Sequence[Chunk], decide: AsyncDecide,
-                      *, version: Callable[[], int] | None = None) -> Trajectory:
+async def run_episode(
+    episode: StreamEpisode,
+    chunks: Sequence[Chunk],
+    decide: AsyncDecide,
+    *,
+    version: Callable[[], int] | None = None,
+) -> Trajectory:
     """Walk the stream: per chunk, one decision from `decide`; returns the whole trajectory."""
     for i, chunk in enumerate(chunks):
         prompt = episode.add_chunk(chunk)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 
 import torch
-
 from streampro.actors.api import Sampling
 from streampro.actors.episode import (
     StreamEpisode,
@@ -21,11 +20,13 @@ from streampro.actors.episode import (
     sample_chunks,
     stop_token_ids,
 )
+
 from streampro.types import Trajectory
 
 
-def sample_token(logits: torch.Tensor, *, temperature: float, top_p: float,
-                 generator: torch.Generator | None) -> int:  # logits [V]
+def sample_token(
+    logits: torch.Tensor, *, temperature: float, top_p: float, generator: torch.Generator | None
+) -> int:  # logits [V]
     """Greedy at temperature 0, else temperature + nucleus sampling."""
     if temperature == 0.0:
         return int(torch.argmax(logits))
@@ -40,13 +41,23 @@ def sample_token(logits: torch.Tensor, *, temperature: float, top_p: float,
 class HFStreamPolicy:
     """One transformers causal LM running streams sequentially with a persistent KV cache."""
 
-    def __init__(self, model_path: str, *, dtype: str = "float32", window_turns: int = 200,
-                 max_answer_tokens: int = 24, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        window_turns: int = 200,
+        max_answer_tokens: int = 24,
+        device: str = "cpu",
+    ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, dtype)).to(device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+            .to(device)
+            .eval()
+        )
         self.device = device
         self.window_turns = window_turns
         self.max_answer_tokens = max_answer_tokens
@@ -55,8 +66,11 @@ class HFStreamPolicy:
 
     def generate(self, *, samples: list, n: int, sampling: Sampling) -> list[Trajectory]:
         """n episodes per sample, one after another; order as RolloutGroupAPI."""
-        return [self.run_episode(s, sample_index=i, episode=e, sampling=sampling)
-                for i, s in enumerate(samples) for e in range(n)]
+        return [
+            self.run_episode(s, sample_index=i, episode=e, sampling=sampling)
+            for i, s in enumerate(samples)
+            for e in range(n)
+        ]
 
     def take_latencies(self) -> list[tuple[int, float]]:
         """(step index, seconds) of every decision since the last call."""
@@ -64,29 +78,34 @@ class HFStreamPolicy:
         return out
 
     @torch.inference_mode()
-    def run_episode(self, encoded, *, sample_index: int = 0, episode: int = 0,
-                    sampling: Sampling | None = None) -> Trajectory:
+    def run_episode(
+        self, encoded, *, sample_index: int = 0, episode: int = 0, sampling: Sampling | None = None
+    ) -> Trajectory:
         """One episode; greedy unless `sampling` says otherwise."""
         from transformers import DynamicCache
 
         sampling = sampling or Sampling(temperature=0.0)
-        ep = StreamEpisode.for_sample(self.tokenizer, encoded, episode=episode,
-                                      window_turns=self.window_turns)
+        ep = StreamEpisode.for_sample(
+            self.tokenizer, encoded, episode=episode, window_turns=self.window_turns
+        )
         max_tokens = max_decision_tokens(min(sampling.max_answer_tokens, self.max_answer_tokens))
         cache, fed = DynamicCache(), []  # fed: the token ids whose keys/values are cached
         for step, chunk in enumerate(sample_chunks(encoded)):
             t0 = time.perf_counter()
             prompt = ep.add_chunk(chunk)
-            if prompt[:len(fed)] != fed:  # the window slid: the cache no longer is a prefix
+            if prompt[: len(fed)] != fed:  # the window slid: the cache no longer is a prefix
                 cache, fed = DynamicCache(), []
-            gen = torch.Generator().manual_seed(request_seed(sampling.seed, sample_index, episode, step))
-            logits, cache = self._forward(prompt[len(fed):], cache, len(fed))
+            gen = torch.Generator().manual_seed(
+                request_seed(sampling.seed, sample_index, episode, step)
+            )
+            logits, cache = self._forward(prompt[len(fed) :], cache, len(fed))
             fed = list(prompt)
             ids, lps = [], []
             while True:
                 logp = torch.log_softmax(logits.float(), dim=-1)  # [V] raw, as vLLM reports
-                tok = sample_token(logits, temperature=sampling.temperature, top_p=sampling.top_p,
-                                   generator=gen)
+                tok = sample_token(
+                    logits, temperature=sampling.temperature, top_p=sampling.top_p, generator=gen
+                )
                 ids.append(tok)
                 lps.append(float(logp[tok]))
                 if tok in self.stop_ids or len(ids) >= max_tokens:

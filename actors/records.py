@@ -14,22 +14,38 @@ import pyarrow.parquet as pq
 
 from streampro.types import Step, Trajectory
 
-STEP_TYPE = pa.struct([("time", pa.float64()), ("decision", pa.string()), ("text", pa.string()),
-                       ("raw", pa.string()), ("version", pa.int64())])
-SCHEMA = pa.schema([
-    ("sample_id", pa.string()), ("episode", pa.int64()), ("version", pa.int64()),
-    ("prompt_len", pa.int64()), ("token_ids", pa.list_(pa.int32())),
-    ("gen_mask", pa.list_(pa.int8())), ("logprobs", pa.list_(pa.float64())),
-    ("steps", pa.list_(STEP_TYPE)),
-])
+STEP_TYPE = pa.struct(
+    [
+        ("time", pa.float64()),
+        ("decision", pa.string()),
+        ("text", pa.string()),
+        ("raw", pa.string()),
+        ("version", pa.int64()),
+    ]
+)
+SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("episode", pa.int64()),
+        ("version", pa.int64()),
+        ("prompt_len", pa.int64()),
+        ("token_ids", pa.list_(pa.int32())),
+        ("gen_mask", pa.list_(pa.int8())),
+        ("logprobs", pa.list_(pa.float64())),
+        ("steps", pa.list_(STEP_TYPE)),
+    ]
+)
 
 
 def trajectories_table(trajs: list[Trajectory], extra: dict[str, list] | None = None) -> pa.Table:
     """Arrow table of trajectories; `extra` adds columns (e.g. rewards), one value per row."""
     cols = {
-        "sample_id": [t.sample_id for t in trajs], "episode": [t.episode for t in trajs],
-        "version": [t.version for t in trajs], "prompt_len": [t.prompt_len for t in trajs],
-        "token_ids": [t.token_ids for t in trajs], "gen_mask": [t.gen_mask for t in trajs],
+        "sample_id": [t.sample_id for t in trajs],
+        "episode": [t.episode for t in trajs],
+        "version": [t.version for t in trajs],
+        "prompt_len": [t.prompt_len for t in trajs],
+        "token_ids": [t.token_ids for t in trajs],
+        "gen_mask": [t.gen_mask for t in trajs],
         "logprobs": [t.logprobs for t in trajs],
         "steps": [[vars(s) for s in t.steps] for t in trajs],
     }
@@ -41,8 +57,9 @@ def trajectories_table(trajs: list[Trajectory], extra: dict[str, list] | None = 
     return table
 
 
-def write_trajectories(path: str | os.PathLike, trajs: list[Trajectory],
-                       extra: dict[str, list] | None = None) -> Path:
+def write_trajectories(
+    path: str | os.PathLike, trajs: list[Trajectory], extra: dict[str, list] | None = None
+) -> Path:
     """Write via a temp file + rename, so a reader never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,7 +72,16 @@ def write_trajectories(path: str | os.PathLike, trajs: list[Trajectory],
 def read_trajectories(path: str | os.PathLike) -> list[Trajectory]:
     """The trajectories of a file written by `write_trajectories`."""
     rows = pq.read_table(path, columns=SCHEMA.names).to_pylist()
-    return [Trajectory(sample_id=r["sample_id"], episode=r["episode"], token_ids=r["token_ids"],
-                       gen_mask=r["gen_mask"], logprobs=r["logprobs"], version=r["version"],
-                       prompt_len=r["prompt_len"], steps=[Step(**s) for s in r["steps"]])
-            for r in rows]
+    return [
+        Trajectory(
+            sample_id=r["sample_id"],
+            episode=r["episode"],
+            token_ids=r["token_ids"],
+            gen_mask=r["gen_mask"],
+            logprobs=r["logprobs"],
+            version=r["version"],
+            prompt_len=r["prompt_len"],
+            steps=[Step(**s) for s in r["steps"]],
+        )
+        for r in rows
+    ]

@@ -19,7 +19,6 @@ from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
-
 from streampro.actors.api import Sampling
 from streampro.actors.engine import DecisionEngine, decision_params
 from streampro.actors.episode import (
@@ -30,8 +29,8 @@ from streampro.actors.episode import (
     sample_chunks,
     stop_token_ids,
 )
-from streampro.types import Trajectory
 
+from streampro.types import Trajectory
 
 MAX_LATENCIES = 1 << 20
 
@@ -39,19 +38,40 @@ MAX_LATENCIES = 1 << 20
 class RolloutWorker:
     """One vLLM engine plus the episode loop; async methods (a Ray async actor runs them)."""
 
-    def __init__(self, model_path: str, *, window_turns: int = 200, max_answer_tokens: int = 24,
-                 dtype: str = "float32", enable_prefix_caching: bool = True, block_size: int = 32,
-                 kv_cache_gb: float = 1.0, max_model_len: int = 0, max_num_seqs: int = 256,
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
-                 enforce_eager: bool = True, seed: int = 0, weight_transfer_backend: str = "") -> None:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        window_turns: int = 200,
+        max_answer_tokens: int = 24,
+        dtype: str = "float32",
+        enable_prefix_caching: bool = True,
+        block_size: int = 32,
+        kv_cache_gb: float = 1.0,
+        max_model_len: int = 0,
+        max_num_seqs: int = 256,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool = True,
+        seed: int = 0,
+        weight_transfer_backend: str = "",
+    ) -> None:
         from transformers import AutoTokenizer
 
         self.engine = DecisionEngine(
-            model_path, dtype=dtype, enable_prefix_caching=enable_prefix_caching,
-            block_size=block_size, kv_cache_gb=kv_cache_gb, max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager, seed=seed,
-            weight_transfer_backend=weight_transfer_backend)
+            model_path,
+            dtype=dtype,
+            enable_prefix_caching=enable_prefix_caching,
+            block_size=block_size,
+            kv_cache_gb=kv_cache_gb,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            seed=seed,
+            weight_transfer_backend=weight_transfer_backend,
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.window_turns = window_turns
@@ -83,27 +103,47 @@ class RolloutWorker:
         self.version, self.source = int(version), source
         return time.perf_counter() - t0
 
-    async def generate(self, *, samples: list, first_index: int, n: int, sampling: Sampling,
-                       version: int | None = None, source: str | None = None) -> list[Trajectory]:
+    async def generate(
+        self,
+        *,
+        samples: list,
+        first_index: int,
+        n: int,
+        sampling: Sampling,
+        version: int | None = None,
+        source: str | None = None,
+    ) -> list[Trajectory]:
         """n episodes of each sample, concurrently; sample i has global index first_index + i.
 
         `version`/`source` name the weights the caller expects: a restarted actor (which
         came back with the initial weights) reloads them before it starts."""
         if version is not None and version != self.version and source:
             await self.sync_weights(version=version, source=source)
-        jobs = [self._episode(s, first_index + i, e, sampling)
-                for i, s in enumerate(samples) for e in range(n)]
+        jobs = [
+            self._episode(s, first_index + i, e, sampling)
+            for i, s in enumerate(samples)
+            for e in range(n)
+        ]
         return list(await asyncio.gather(*jobs))
 
     async def _episode(self, encoded, index: int, episode: int, sampling: Sampling) -> Trajectory:
-        ep = StreamEpisode.for_sample(self.tokenizer, encoded, episode=episode,
-                                      window_turns=self.window_turns, version=self.version)
+        ep = StreamEpisode.for_sample(
+            self.tokenizer,
+            encoded,
+            episode=episode,
+            window_turns=self.window_turns,
+            version=self.version,
+        )
         max_tokens = max_decision_tokens(min(sampling.max_answer_tokens, self.max_answer_tokens))
 
         async def decide(prompt: list[int], step: int) -> tuple[list[int], list[float]]:
-            params = decision_params(stop_ids=self.stop_ids, max_tokens=max_tokens,
-                                     temperature=sampling.temperature, top_p=sampling.top_p,
-                                     seed=request_seed(sampling.seed, index, episode, step))
+            params = decision_params(
+                stop_ids=self.stop_ids,
+                max_tokens=max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                seed=request_seed(sampling.seed, index, episode, step),
+            )
             t0 = time.perf_counter()
             self.inflight += 1
             try:
@@ -142,7 +182,9 @@ class LocalRolloutGroup:
 
     def __init__(self, model_path: str, **worker_kwargs: Any) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="rollout-loop", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="rollout-loop", daemon=True
+        )
         self._thread.start()
 
         async def build() -> RolloutWorker:  # created on the loop that will drive it
@@ -154,7 +196,9 @@ class LocalRolloutGroup:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def generate(self, *, samples: list, n: int, sampling: Sampling) -> list[Trajectory]:
-        return self._run(self.worker.generate(samples=list(samples), first_index=0, n=n, sampling=sampling))
+        return self._run(
+            self.worker.generate(samples=list(samples), first_index=0, n=n, sampling=sampling)
+        )
 
     def sync_weights(self, *, version: int, source: str) -> float:
         t0 = time.perf_counter()
@@ -188,31 +232,56 @@ RolloutActor = ray.remote(RolloutWorker)
 class RayRolloutGroup:
     """N `RolloutActor`s; samples go round-robin, one call per sample (the unit of re-run)."""
 
-    def __init__(self, model_path: str, *, num_actors: int = 1, num_cpus: float = 1.0,
-                 num_gpus: float = 0.0, memory_gb: float = 0.0, max_restarts: int = 2,
-                 max_retries_per_sample: int = -1, restart_timeout_s: float = 600.0,
-                 env_vars: dict[str, str] | None = None, **worker_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        num_actors: int = 1,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        memory_gb: float = 0.0,
+        max_restarts: int = 2,
+        max_retries_per_sample: int = -1,
+        restart_timeout_s: float = 600.0,
+        env_vars: dict[str, str] | None = None,
+        **worker_kwargs: Any,
+    ) -> None:
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
-        opts: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_restarts": max_restarts}
+        opts: dict[str, Any] = {
+            "num_cpus": num_cpus,
+            "num_gpus": num_gpus,
+            "max_restarts": max_restarts,
+        }
         if memory_gb > 0:
             opts["memory"] = int(memory_gb * (1 << 30))
         if env_vars:
             opts["runtime_env"] = {"env_vars": dict(env_vars)}
-        self.actors = [RolloutActor.options(**opts).remote(model_path, **worker_kwargs)
-                       for _ in range(num_actors)]
+        self.actors = [
+            RolloutActor.options(**opts).remote(model_path, **worker_kwargs)
+            for _ in range(num_actors)
+        ]
         # A sample is re-run at most this often (default: once per allowed restart + 1).
-        self.max_attempts = (max_retries_per_sample if max_retries_per_sample >= 0
-                             else max_restarts * num_actors) + 1
+        self.max_attempts = (
+            max_retries_per_sample if max_retries_per_sample >= 0 else max_restarts * num_actors
+        ) + 1
         self.restart_timeout_s = restart_timeout_s
         self.version, self.source = 0, model_path
         self.reruns = 0  # samples re-run after an actor died (cumulative)
         ray.get([a.ready.remote() for a in self.actors])
 
-    def _submit(self, actor_idx: int, sample, index: int, n: int, sampling: Sampling) -> ray.ObjectRef:
+    def _submit(
+        self, actor_idx: int, sample, index: int, n: int, sampling: Sampling
+    ) -> ray.ObjectRef:
         actor = self.actors[actor_idx % len(self.actors)]
-        return actor.generate.remote(samples=[sample], first_index=index, n=n, sampling=sampling,
-                                     version=self.version, source=self.source)
+        return actor.generate.remote(
+            samples=[sample],
+            first_index=index,
+            n=n,
+            sampling=sampling,
+            version=self.version,
+            source=self.source,
+        )
 
     def generate(self, *, samples: list, n: int, sampling: Sampling) -> list[Trajectory]:
         pending = {self._submit(i, s, i, n, sampling): (i, 0) for i, s in enumerate(samples)}
@@ -281,13 +350,23 @@ def make_rollout_group(cfg, model_path: str):
     """The rollout group a config asks for (a RayRolloutGroup; Ray must be initialised)."""
     r, d = cfg.rollout, cfg.data
     return RayRolloutGroup(
-        model_path, num_actors=r.num_actors, num_cpus=r.num_cpus, num_gpus=r.num_gpus,
-        memory_gb=r.memory_gb, max_restarts=r.max_restarts,
-        window_turns=d.window_turns, max_answer_tokens=r.max_answer_tokens,
-        dtype=cfg.policy.dtype, enable_prefix_caching=r.enable_prefix_caching,
-        block_size=r.block_size, kv_cache_gb=r.kv_cache_gb,
+        model_path,
+        num_actors=r.num_actors,
+        num_cpus=r.num_cpus,
+        num_gpus=r.num_gpus,
+        memory_gb=r.memory_gb,
+        max_restarts=r.max_restarts,
+        window_turns=d.window_turns,
+        max_answer_tokens=r.max_answer_tokens,
+        dtype=cfg.policy.dtype,
+        enable_prefix_caching=r.enable_prefix_caching,
+        block_size=r.block_size,
+        kv_cache_gb=r.kv_cache_gb,
         max_model_len=r.max_model_len,
-        max_num_seqs=r.max_num_seqs, tensor_parallel_size=r.tensor_parallel_size,
-        gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
-        seed=cfg.run.seed, weight_transfer_backend=r.weight_transfer_backend,
+        max_num_seqs=r.max_num_seqs,
+        tensor_parallel_size=r.tensor_parallel_size,
+        gpu_memory_utilization=r.gpu_memory_utilization,
+        enforce_eager=r.enforce_eager,
+        seed=cfg.run.seed,
+        weight_transfer_backend=r.weight_transfer_backend,
     )

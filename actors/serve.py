@@ -47,10 +47,26 @@ EPS = 1e-6
 
 # Arguments of `build_app` (the RayService's serveConfigV2 `args`) and their defaults.
 APP_ARGS: dict[str, Any] = dict(
-    checkpoint="", engine="vllm", dtype="float32", window_turns=200, max_answer_tokens=24,
-    patch_grid=4, codebook_size=64, temperature=0.0, seed=0, min_replicas=1, max_replicas=1,
-    num_cpus=1.0, num_gpus=0.0, role_resources=True, kv_cache_gb=1.0, gpu_memory_utilization=0.5,
-    enforce_eager=True, max_num_seqs=256, max_sessions=1024, session_ttl_s=3600.0,
+    checkpoint="",
+    engine="vllm",
+    dtype="float32",
+    window_turns=200,
+    max_answer_tokens=24,
+    patch_grid=4,
+    codebook_size=64,
+    temperature=0.0,
+    seed=0,
+    min_replicas=1,
+    max_replicas=1,
+    num_cpus=1.0,
+    num_gpus=0.0,
+    role_resources=True,
+    kv_cache_gb=1.0,
+    gpu_memory_utilization=0.5,
+    enforce_eager=True,
+    max_num_seqs=256,
+    max_sessions=1024,
+    session_ttl_s=3600.0,
 )
 
 
@@ -61,12 +77,15 @@ class _HFDecider:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, dtype)
+        ).eval()
         self.stop_ids = set(stop_token_ids(AutoTokenizer.from_pretrained(model_path)))
         self.lock = threading.Lock()  # one forward at a time: the cores are shared anyway
 
-    def decide(self, prompt: list[int], *, max_tokens: int, temperature: float, seed: int
-               ) -> tuple[list[int], list[float]]:
+    def decide(
+        self, prompt: list[int], *, max_tokens: int, temperature: float, seed: int
+    ) -> tuple[list[int], list[float]]:
         import torch
         from streampro.actors.hf_loop import sample_token
         from transformers import DynamicCache
@@ -79,7 +98,9 @@ class _HFDecider:
             while True:
                 inp = torch.tensor([x])  # [1, T]
                 pos = torch.arange(past, past + len(x))[None]  # [1, T]
-                out = self.model(input_ids=inp, position_ids=pos, past_key_values=cache, use_cache=True)
+                out = self.model(
+                    input_ids=inp, position_ids=pos, past_key_values=cache, use_cache=True
+                )
                 logits, cache, past = out.logits[0, -1], out.past_key_values, past + len(x)  # [V]
                 tok = sample_token(logits, temperature=temperature, top_p=1.0, generator=gen)
                 ids.append(tok)
@@ -93,34 +114,55 @@ class _HFDecider:
 class PolicyEngine:
     """Stateless: a prompt in, one decision (generated ids + logprobs) out."""
 
-    def __init__(self, model_path: str, *, engine: str = "vllm", dtype: str = "float32",
-                 kv_cache_gb: float = 1.0, gpu_memory_utilization: float = 0.5,
-                 enforce_eager: bool = True, max_num_seqs: int = 256, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        engine: str = "vllm",
+        dtype: str = "float32",
+        kv_cache_gb: float = 1.0,
+        gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool = True,
+        max_num_seqs: int = 256,
+        seed: int = 0,
+    ) -> None:
         self.engine = engine
         if engine == "vllm":
             from streampro.actors.engine import DecisionEngine
 
-            self._vllm = DecisionEngine(model_path, dtype=dtype, kv_cache_gb=kv_cache_gb,
-                                        gpu_memory_utilization=gpu_memory_utilization,
-                                        enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
-                                        seed=seed)
+            self._vllm = DecisionEngine(
+                model_path,
+                dtype=dtype,
+                kv_cache_gb=kv_cache_gb,
+                gpu_memory_utilization=gpu_memory_utilization,
+                enforce_eager=enforce_eager,
+                max_num_seqs=max_num_seqs,
+                seed=seed,
+            )
             from transformers import AutoTokenizer
 
             self._stop = stop_token_ids(AutoTokenizer.from_pretrained(model_path))
         else:
             self._hf = _HFDecider(model_path, dtype=dtype)
 
-    async def decide(self, prompt: list[int], *, max_tokens: int, temperature: float, seed: int
-                     ) -> tuple[list[int], list[float]]:
+    async def decide(
+        self, prompt: list[int], *, max_tokens: int, temperature: float, seed: int
+    ) -> tuple[list[int], list[float]]:
         if self.engine == "vllm":
             from streampro.actors.engine import decision_params
 
-            params = decision_params(stop_ids=self._stop, max_tokens=max_tokens,
-                                     temperature=temperature, top_p=1.0, seed=seed)
+            params = decision_params(
+                stop_ids=self._stop,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=1.0,
+                seed=seed,
+            )
             d = await self._vllm.decide(prompt, params)
             return d.token_ids, d.logprobs
-        return await asyncio.to_thread(self._hf.decide, prompt, max_tokens=max_tokens,
-                                       temperature=temperature, seed=seed)
+        return await asyncio.to_thread(
+            self._hf.decide, prompt, max_tokens=max_tokens, temperature=temperature, seed=seed
+        )
 
 
 class NewSession(BaseModel):
@@ -172,10 +214,20 @@ def _decode_image(b64: str):
 class StreamPolicy:
     """HTTP ingress holding the sessions' stream contexts; decisions come from PolicyEngine."""
 
-    def __init__(self, engine: Any, *, model_path: str, window_turns: int = 200,
-                 max_answer_tokens: int = 24, patch_grid: int = 4, codebook_size: int = 64,
-                 temperature: float = 0.0, seed: int = 0, max_sessions: int = 1024,
-                 session_ttl_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        model_path: str,
+        window_turns: int = 200,
+        max_answer_tokens: int = 24,
+        patch_grid: int = 4,
+        codebook_size: int = 64,
+        temperature: float = 0.0,
+        seed: int = 0,
+        max_sessions: int = 1024,
+        session_ttl_s: float = 3600.0,
+    ) -> None:
         from streampro.data.codec import PatchTokenCodec
         from transformers import AutoTokenizer
 
@@ -203,8 +255,13 @@ class StreamPolicy:
         if len(self.sessions) >= self.max_sessions:
             raise HTTPException(503, f"{self.max_sessions} sessions open: close one first")
         sid = uuid.uuid4().hex
-        ep = StreamEpisode(self.tokenizer, sample_id=sid, question=body.question,
-                           query_time=body.query_time, window_turns=self.window_turns)
+        ep = StreamEpisode(
+            self.tokenizer,
+            sample_id=sid,
+            question=body.question,
+            query_time=body.query_time,
+            window_turns=self.window_turns,
+        )
         self.sessions[sid] = _Session(ep, next(self._count))
         return {"id": sid}
 
@@ -222,7 +279,10 @@ class StreamPolicy:
             return self.codec.encode(_decode_image(body.frame))
         n, k = self.codec.tokens_per_frame, self.codec.codebook_size
         if len(body.codes) != n:
-            raise _bad("chunk.codes", f"expected {n} codes (grid {self.codec.grid}^2), got {len(body.codes)}")
+            raise _bad(
+                "chunk.codes",
+                f"expected {n} codes (grid {self.codec.grid}^2), got {len(body.codes)}",
+            )
         bad = [c for c in body.codes if not 0 <= c < k]
         if bad:
             raise _bad("chunk.codes", f"code {bad[0]} outside the codebook [0, {k})")
@@ -236,13 +296,19 @@ class StreamPolicy:
         codes = self._codes(body)
         async with s.lock:  # one chunk at a time per stream, in order
             if body.start < s.last_end - EPS:
-                raise _bad("chunk.start", f"{body.start:g} is before the previous chunk's end {s.last_end:g}")
+                raise _bad(
+                    "chunk.start",
+                    f"{body.start:g} is before the previous chunk's end {s.last_end:g}",
+                )
             step_i = len(s.episode.steps)
             prompt = s.episode.add_chunk(Chunk(body.start, body.end, codes))
             try:
                 ids, lps = await self.engine.decide.remote(
-                    prompt, max_tokens=self.max_tokens, temperature=self.temperature,
-                    seed=request_seed(self.seed, s.index, 0, step_i))
+                    prompt,
+                    max_tokens=self.max_tokens,
+                    temperature=self.temperature,
+                    seed=request_seed(self.seed, s.index, 0, step_i),
+                )
             except Exception as e:  # the stream cannot continue without this decision
                 self.sessions.pop(sid, None)
                 raise HTTPException(503, f"session {sid} closed: the engine failed: {e}") from None
@@ -255,8 +321,13 @@ class StreamPolicy:
         s = self._session(sid)
         del self.sessions[sid]
         steps = s.episode.steps
-        return {"id": sid, "steps": len(steps),
-                "responses": [{"time": x.time, "text": x.text} for x in steps if x.decision == "response"]}
+        return {
+            "id": sid,
+            "steps": len(steps),
+            "responses": [
+                {"time": x.time, "text": x.text} for x in steps if x.decision == "response"
+            ],
+        }
 
 
 def build_app(args: dict[str, Any]) -> Any:
@@ -272,34 +343,72 @@ def build_app(args: dict[str, Any]) -> Any:
     if a["engine"] not in ("vllm", "hf"):
         raise ValueError(f"engine must be 'vllm' or 'hf', got {a['engine']!r}")
     lo, hi = a["min_replicas"], max(a["max_replicas"], a["min_replicas"])
-    scaling: dict[str, Any] = ({"num_replicas": lo} if lo == hi else {"autoscaling_config": {
-        "min_replicas": lo, "max_replicas": hi, "target_ongoing_requests": 16}})
+    scaling: dict[str, Any] = (
+        {"num_replicas": lo}
+        if lo == hi
+        else {
+            "autoscaling_config": {
+                "min_replicas": lo,
+                "max_replicas": hi,
+                "target_ongoing_requests": 16,
+            }
+        }
+    )
     engine = PolicyEngine.options(
-        ray_actor_options=actor_options("serve", num_cpus=a["num_cpus"], num_gpus=a["num_gpus"],
-                                        custom=a["role_resources"]),
-        max_ongoing_requests=a["max_num_seqs"], **scaling,
-    ).bind(a["checkpoint"], engine=a["engine"], dtype=a["dtype"], kv_cache_gb=a["kv_cache_gb"],
-           gpu_memory_utilization=a["gpu_memory_utilization"], enforce_eager=a["enforce_eager"],
-           max_num_seqs=a["max_num_seqs"], seed=a["seed"])
+        ray_actor_options=actor_options(
+            "serve", num_cpus=a["num_cpus"], num_gpus=a["num_gpus"], custom=a["role_resources"]
+        ),
+        max_ongoing_requests=a["max_num_seqs"],
+        **scaling,
+    ).bind(
+        a["checkpoint"],
+        engine=a["engine"],
+        dtype=a["dtype"],
+        kv_cache_gb=a["kv_cache_gb"],
+        gpu_memory_utilization=a["gpu_memory_utilization"],
+        enforce_eager=a["enforce_eager"],
+        max_num_seqs=a["max_num_seqs"],
+        seed=a["seed"],
+    )
     return StreamPolicy.options(num_replicas=1, ray_actor_options={"num_cpus": 0.1}).bind(
-        engine, model_path=a["checkpoint"], window_turns=a["window_turns"],
-        max_answer_tokens=a["max_answer_tokens"], patch_grid=a["patch_grid"],
-        codebook_size=a["codebook_size"], temperature=a["temperature"], seed=a["seed"],
-        max_sessions=a["max_sessions"], session_ttl_s=a["session_ttl_s"])
+        engine,
+        model_path=a["checkpoint"],
+        window_turns=a["window_turns"],
+        max_answer_tokens=a["max_answer_tokens"],
+        patch_grid=a["patch_grid"],
+        codebook_size=a["codebook_size"],
+        temperature=a["temperature"],
+        seed=a["seed"],
+        max_sessions=a["max_sessions"],
+        session_ttl_s=a["session_ttl_s"],
+    )
 
 
 def app_args(cfg: Any, checkpoint: str) -> dict[str, Any]:
     """build_app arguments from a Config (the one place that unpacks it)."""
     s, r = cfg.serve, cfg.rollout
-    return dict(checkpoint=checkpoint, engine=s.engine, dtype=cfg.policy.dtype,
-                window_turns=cfg.data.window_turns, max_answer_tokens=r.max_answer_tokens,
-                patch_grid=cfg.data.patch_grid, codebook_size=cfg.data.codebook_size,
-                temperature=s.temperature, seed=cfg.run.seed, min_replicas=s.min_replicas,
-                max_replicas=s.max_replicas, num_cpus=s.num_cpus, num_gpus=s.num_gpus,
-                role_resources=cfg.cluster.role_resources, kv_cache_gb=r.kv_cache_gb,
-                gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
-                max_num_seqs=r.max_num_seqs, max_sessions=s.max_sessions,
-                session_ttl_s=s.session_ttl_s)
+    return dict(
+        checkpoint=checkpoint,
+        engine=s.engine,
+        dtype=cfg.policy.dtype,
+        window_turns=cfg.data.window_turns,
+        max_answer_tokens=r.max_answer_tokens,
+        patch_grid=cfg.data.patch_grid,
+        codebook_size=cfg.data.codebook_size,
+        temperature=s.temperature,
+        seed=cfg.run.seed,
+        min_replicas=s.min_replicas,
+        max_replicas=s.max_replicas,
+        num_cpus=s.num_cpus,
+        num_gpus=s.num_gpus,
+        role_resources=cfg.cluster.role_resources,
+        kv_cache_gb=r.kv_cache_gb,
+        gpu_memory_utilization=r.gpu_memory_utilization,
+        enforce_eager=r.enforce_eager,
+        max_num_seqs=r.max_num_seqs,
+        max_sessions=s.max_sessions,
+        session_ttl_s=s.session_ttl_s,
+    )
 
 
 def main(cfg: Any, args: argparse.Namespace) -> int:
@@ -310,10 +419,15 @@ def main(cfg: Any, args: argparse.Namespace) -> int:
 
     if cfg.data.codec != "patch":
         raise UserError(f"data.codec={cfg.data.codec!r}: serving supports the 'patch' codec only")
-    checkpoint = args.checkpoint or cfg.serve.checkpoint or policy_path(
-        cfg.policy, codebook_size=cfg.data.codebook_size)
+    checkpoint = (
+        args.checkpoint
+        or cfg.serve.checkpoint
+        or policy_path(cfg.policy, codebook_size=cfg.data.codebook_size)
+    )
     if not (Path(checkpoint) / "config.json").is_file():
-        raise UserError(f"--checkpoint {checkpoint}: not a Hugging Face model folder (no config.json)")
+        raise UserError(
+            f"--checkpoint {checkpoint}: not a Hugging Face model folder (no config.json)"
+        )
     try:
         app = build_app(app_args(cfg, str(Path(checkpoint).resolve())))
     except ValueError as e:
@@ -325,8 +439,10 @@ def main(cfg: Any, args: argparse.Namespace) -> int:
     if args.detach and is_attach(cfg.cluster.address):
         return 0  # the application lives on in the cluster
     if args.detach:
-        print("streampro serve: a local Ray ends with this process; serving until Ctrl-C",
-              file=sys.stderr)
+        print(
+            "streampro serve: a local Ray ends with this process; serving until Ctrl-C",
+            file=sys.stderr,
+        )
     try:
         while True:
             time.sleep(3600)

@@ -16,11 +16,18 @@ from streampro.config import Config
 
 def acc_judge_from_config(cfg: Config) -> AccJudge:
     r = cfg.reward
-    return make_acc_judge(r.acc_judge, llm_url=r.llm_url, llm_model=r.llm_model,
-                          api_key_env=r.llm_api_key_env, timeout_s=r.timeout_s)
+    return make_acc_judge(
+        r.acc_judge,
+        llm_url=r.llm_url,
+        llm_model=r.llm_model,
+        api_key_env=r.llm_api_key_env,
+        timeout_s=r.timeout_s,
+    )
 
 
-def load_manifest_rows(path: str | os.PathLike, *, skip_bad: bool = False) -> tuple[list[dict], int]:
+def load_manifest_rows(
+    path: str | os.PathLike, *, skip_bad: bool = False
+) -> tuple[list[dict], int]:
     """(manifest rows as dicts, skipped bad rows), validated by the data layer's schema."""
     from streampro.data.schema import load_manifest
 
@@ -35,18 +42,26 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     rows, skipped = load_manifest_rows(args.manifest, skip_bad=cfg.data.skip_bad)
     if skipped:
         print(f"{args.manifest}: skipped {skipped} bad sample(s) (data.skip_bad=true)")
-    preds, ignored = load_predictions(args.predictions, {r["id"] for r in rows},
-                                      ignore_unknown=skipped > 0)
+    preds, ignored = load_predictions(
+        args.predictions, {r["id"] for r in rows}, ignore_unknown=skipped > 0
+    )
     if ignored:
         print(f"{args.predictions}: ignored {ignored} prediction(s) of samples not scored")
-    scores = score_predictions(rows, preds, acc_judge=acc_judge_from_config(cfg),
-                               fallback_score=cfg.reward.fallback_score,
-                               timeout_s=cfg.reward.timeout_s, progress=True)
+    scores = score_predictions(
+        rows,
+        preds,
+        acc_judge=acc_judge_from_config(cfg),
+        fallback_score=cfg.reward.fallback_score,
+        timeout_s=cfg.reward.timeout_s,
+        progress=True,
+    )
     out = write_scores(scores, args.out)
     dims = "  ".join(f"{d} {100 * v:.1f}" for d, v in scores["dimensions"].items())
-    print(f"StreamPro-F1 x100: {dims}  avg {100 * scores['avg']:.1f}  "
-          f"W-Avg {100 * scores['w_avg']:.1f}  ({scores['n_samples']} samples, "
-          f"{scores['fallbacks']} judge fallbacks)")
+    print(
+        f"StreamPro-F1 x100: {dims}  avg {100 * scores['avg']:.1f}  "
+        f"W-Avg {100 * scores['w_avg']:.1f}  ({scores['n_samples']} samples, "
+        f"{scores['fallbacks']} judge fallbacks)"
+    )
     print(f"wrote {out / 'scores.json'} and {out / 'report.md'}")
     return 0
 
@@ -62,8 +77,13 @@ def _eval_policy(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_policy(cfg: Config, manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
-                    model_path: str | None = None) -> dict:
+def evaluate_policy(
+    cfg: Config,
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    model_path: str | None = None,
+) -> dict:
     """StreamPro-F1 of a policy run greedily over a manifest (Ray must be initialised).
 
     Encodes the manifest, runs greedy streaming decoding on the rollout group, keeps
@@ -75,15 +95,25 @@ def evaluate_policy(cfg: Config, manifest: str | os.PathLike, out_dir: str | os.
 
     from streampro.tiny import policy_path
 
-    encoded = encode_manifest(manifest, fps=cfg.data.fps, grid=cfg.data.patch_grid,
-                              codebook_size=cfg.data.codebook_size, cache_dir=cfg.data.cache_dir,
-                              skip_bad=cfg.data.skip_bad)
+    encoded = encode_manifest(
+        manifest,
+        fps=cfg.data.fps,
+        grid=cfg.data.patch_grid,
+        codebook_size=cfg.data.codebook_size,
+        cache_dir=cfg.data.cache_dir,
+        skip_bad=cfg.data.skip_bad,
+    )
     if cfg.eval.max_samples:
         encoded = encoded[: cfg.eval.max_samples]
     rollout = make_rollout_group(cfg, model_path or policy_path(cfg.policy))
     try:
-        scores = evaluate(rollout, encoded, **eval_kwargs(cfg), acc_judge=acc_judge_from_config(cfg),
-                          predictions_out=Path(out_dir) / "predictions.jsonl")
+        scores = evaluate(
+            rollout,
+            encoded,
+            **eval_kwargs(cfg),
+            acc_judge=acc_judge_from_config(cfg),
+            predictions_out=Path(out_dir) / "predictions.jsonl",
+        )
     finally:
         rollout.shutdown()
     write_scores(scores, out_dir)

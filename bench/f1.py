@@ -68,9 +68,15 @@ def _task_order(tasks: Iterable[str]) -> list[str]:
     return table + sorted(set(tasks) - set(table))
 
 
-def score_predictions(samples: list[dict], predictions: dict[str, list[dict]], *,
-                      acc_judge: AccJudge | None = None, fallback_score: float = 0.0,
-                      timeout_s: float = 30.0, progress: bool = False) -> dict:
+def score_predictions(
+    samples: list[dict],
+    predictions: dict[str, list[dict]],
+    *,
+    acc_judge: AccJudge | None = None,
+    fallback_score: float = 0.0,
+    timeout_s: float = 30.0,
+    progress: bool = False,
+) -> dict:
     """scores.json content: {"tasks": {T: {precision, recall, f1, n, n_pred, n_gt}},
     "dimensions": {D: f1}, "avg", "w_avg", "n_samples", "fallbacks"}.
 
@@ -83,7 +89,9 @@ def score_predictions(samples: list[dict], predictions: dict[str, list[dict]], *
     ids = {s["id"] for s in samples}
     unknown = sorted(set(predictions) - ids)
     if unknown:
-        raise UserError(f"predictions: {len(unknown)} id(s) not in the manifest, e.g. {unknown[0]!r}")
+        raise UserError(
+            f"predictions: {len(unknown)} id(s) not in the manifest, e.g. {unknown[0]!r}"
+        )
     judge = acc_judge or ExactJudge()
     acc: dict[str, list[float]] = {}  # task -> [sum S, N_pred, N_gt, n samples]
     dims: dict[str, str] = {}
@@ -99,15 +107,25 @@ def score_predictions(samples: list[dict], predictions: dict[str, list[dict]], *
         row[3] += 1
         dim = _dimension(s)
         if dims.setdefault(s["task"], dim) != dim:
-            raise UserError(f"manifest: task {s['task']!r} has samples in two dimensions "
-                            f"({dims[s['task']]!r} and {dim!r}; sample {s['id']!r})")
+            raise UserError(
+                f"manifest: task {s['task']!r} has samples in two dimensions "
+                f"({dims[s['task']]!r} and {dim!r}; sample {s['id']!r})"
+            )
     tasks: dict[str, dict] = {}
     for task in _task_order(acc):
         sum_s, n_pred, n_gt, n = acc[task]
         p, r, f1 = prf(sum_s, int(n_pred), int(n_gt))
-        tasks[task] = {"precision": p, "recall": r, "f1": f1, "n": int(n),
-                       "n_pred": int(n_pred), "n_gt": int(n_gt)}
-    dim_order = [d for d in DIMENSIONS if d in dims.values()] + sorted(set(dims.values()) - set(DIMENSIONS))
+        tasks[task] = {
+            "precision": p,
+            "recall": r,
+            "f1": f1,
+            "n": int(n),
+            "n_pred": int(n_pred),
+            "n_gt": int(n_gt),
+        }
+    dim_order = [d for d in DIMENSIONS if d in dims.values()] + sorted(
+        set(dims.values()) - set(DIMENSIONS)
+    )
     dimensions = {d: _weighted([tasks[t] for t in tasks if dims[t] == d]) for d in dim_order}
     return {
         "tasks": tasks,
@@ -125,8 +143,9 @@ def _weighted(rows: list[dict]) -> float:
     return sum(r["f1"] * r["n"] for r in rows) / n if n else 0.0
 
 
-def load_predictions(path: str | os.PathLike, known_ids: set[str], *,
-                     ignore_unknown: bool = False) -> tuple[dict[str, list[dict]], int]:
+def load_predictions(
+    path: str | os.PathLike, known_ids: set[str], *, ignore_unknown: bool = False
+) -> tuple[dict[str, list[dict]], int]:
     """Read predictions JSONL ({"id", "responses": [{"time", "text"}]} per line).
 
     Returns (predictions, ignored): ids not in `known_ids` are an error unless ignore_unknown
@@ -163,7 +182,9 @@ def load_predictions(path: str | os.PathLike, known_ids: set[str], *,
                 preds[sid] = responses
     if problems:
         more = f"; ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise UserError(f"{len(problems)} problem(s) in predictions: {'; '.join(problems[:10])}{more}")
+        raise UserError(
+            f"{len(problems)} problem(s) in predictions: {'; '.join(problems[:10])}{more}"
+        )
     return preds, ignored
 
 
@@ -191,16 +212,26 @@ def _check_row(row: object) -> tuple[str, list[dict], list[str]]:
 
 def report_markdown(scores: dict) -> str:
     """The scores as Markdown tables (values x100)."""
-    lines = ["# StreamPro-F1", "", "| task | samples | responses | answers | precision | recall | F1 |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# StreamPro-F1",
+        "",
+        "| task | samples | responses | answers | precision | recall | F1 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for task, s in scores["tasks"].items():
-        lines.append(f"| {task} | {s['n']} | {s['n_pred']} | {s['n_gt']} | {100 * s['precision']:.1f} "
-                     f"| {100 * s['recall']:.1f} | {100 * s['f1']:.1f} |")
+        lines.append(
+            f"| {task} | {s['n']} | {s['n_pred']} | {s['n_gt']} | {100 * s['precision']:.1f} "
+            f"| {100 * s['recall']:.1f} | {100 * s['f1']:.1f} |"
+        )
     lines += ["", "| dimension | F1 |", "|---|---:|"]
     lines += [f"| {d} | {100 * f1:.1f} |" for d, f1 in scores["dimensions"].items()]
-    lines += ["", f"**avg** (mean of dimensions): {100 * scores['avg']:.1f}  ",
-              f"**W-Avg** (tasks weighted by samples): {100 * scores['w_avg']:.1f}  ",
-              f"samples: {scores.get('n_samples', 0)}, judge fallbacks: {scores.get('fallbacks', 0)}", ""]
+    lines += [
+        "",
+        f"**avg** (mean of dimensions): {100 * scores['avg']:.1f}  ",
+        f"**W-Avg** (tasks weighted by samples): {100 * scores['w_avg']:.1f}  ",
+        f"samples: {scores.get('n_samples', 0)}, judge fallbacks: {scores.get('fallbacks', 0)}",
+        "",
+    ]
     return "\n".join(lines)
 
 

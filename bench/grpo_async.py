@@ -19,8 +19,13 @@ def run(cfg: Config, out_path: str) -> dict:
     init_from_config(cfg.cluster)
     model = policy_path(cfg.policy, cfg.data.codebook_size)
     root = Path(out_path).with_suffix("")
-    result: dict = {"config": {"group_size": cfg.grpo.group_size, "batch_samples": cfg.grpo.batch_samples,
-                               "max_steps": cfg.grpo.max_steps}}
+    result: dict = {
+        "config": {
+            "group_size": cfg.grpo.group_size,
+            "batch_samples": cfg.grpo.batch_samples,
+            "max_steps": cfg.grpo.max_steps,
+        }
+    }
     for mode in ("sync", "async"):
         c = copy.deepcopy(cfg)
         c.grpo.async_mode = mode == "async"
@@ -37,8 +42,10 @@ def run(cfg: Config, out_path: str) -> dict:
         result[mode] = {
             "wall_s": time.perf_counter() - t,
             "step_s_mean": sum(steady) / len(steady),
-            "phase_s_mean": {k: sum(r[k] for r in rows) / len(rows)
-                             for k in ("time/rollout", "time/reward", "time/wait", "time/learn", "time/sync")},
+            "phase_s_mean": {
+                k: sum(r[k] for r in rows) / len(rows)
+                for k in ("time/rollout", "time/reward", "time/wait", "time/learn", "time/sync")
+            },
             "reward_mean": sum(r["reward/total"] for r in rows) / len(rows),
         }
     result["speedup_step"] = result["sync"]["step_s_mean"] / result["async"]["step_s_mean"]

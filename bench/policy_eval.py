@@ -19,15 +19,27 @@ def eval_kwargs(cfg) -> dict:
     """Decoding settings of every evaluation: greedy (eval.greedy) or the rollout temperature
     with eval.samples_per_stream samples per stream."""
     greedy = cfg.eval.greedy
-    return {"max_answer_tokens": cfg.rollout.max_answer_tokens, "seed": cfg.run.seed,
-            "temperature": 0.0 if greedy else cfg.rollout.temperature,
-            "n": 1 if greedy else cfg.eval.samples_per_stream}
+    return {
+        "max_answer_tokens": cfg.rollout.max_answer_tokens,
+        "seed": cfg.run.seed,
+        "temperature": 0.0 if greedy else cfg.rollout.temperature,
+        "n": 1 if greedy else cfg.eval.samples_per_stream,
+    }
 
 
-def predict(rollout: RolloutGroupAPI, encoded: list, *, max_answer_tokens: int, seed: int = 0,
-            temperature: float = 0.0, n: int = 1) -> list[dict[str, list[dict]]]:
+def predict(
+    rollout: RolloutGroupAPI,
+    encoded: list,
+    *,
+    max_answer_tokens: int,
+    seed: int = 0,
+    temperature: float = 0.0,
+    n: int = 1,
+) -> list[dict[str, list[dict]]]:
     """Decisions over whole streams, n per stream: [{id: [{"time", "text"}, ...]}] * n."""
-    sampling = Sampling(temperature=temperature, top_p=1.0, max_answer_tokens=max_answer_tokens, seed=seed)
+    sampling = Sampling(
+        temperature=temperature, top_p=1.0, max_answer_tokens=max_answer_tokens, seed=seed
+    )
     trajs = rollout.generate(samples=encoded, n=n, sampling=sampling)  # [s0e0..s0e(n-1), s1e0, ...]
     return [{t.sample_id: t.responses() for t in trajs[k::n]} for k in range(n)]
 
@@ -44,18 +56,35 @@ def mean_scores(runs: list[dict]) -> dict:
     return first
 
 
-def evaluate(rollout: RolloutGroupAPI, encoded: list, *, max_answer_tokens: int, seed: int = 0,
-             temperature: float = 0.0, n: int = 1, acc_judge=None,
-             predictions_out: str | Path | None = None) -> dict:
+def evaluate(
+    rollout: RolloutGroupAPI,
+    encoded: list,
+    *,
+    max_answer_tokens: int,
+    seed: int = 0,
+    temperature: float = 0.0,
+    n: int = 1,
+    acc_judge=None,
+    predictions_out: str | Path | None = None,
+) -> dict:
     """scores.json of the policy on `encoded` (EncodedSample list), averaged over n samples per
     stream (`"samples_per_stream": n`); optionally keeps the first sample's predictions as
     JSONL ({"id", "responses"} per line, the `streampro eval` input format)."""
     from streampro.bench.f1 import score_predictions
 
-    runs = predict(rollout, encoded, max_answer_tokens=max_answer_tokens, seed=seed,
-                   temperature=temperature, n=n)
+    runs = predict(
+        rollout,
+        encoded,
+        max_answer_tokens=max_answer_tokens,
+        seed=seed,
+        temperature=temperature,
+        n=n,
+    )
     if predictions_out is not None:
-        lines = [json.dumps({"id": e.sample.id, "responses": runs[0].get(e.sample.id, [])}) for e in encoded]
+        lines = [
+            json.dumps({"id": e.sample.id, "responses": runs[0].get(e.sample.id, [])})
+            for e in encoded
+        ]
         Path(predictions_out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(predictions_out, "\n".join(lines) + "\n")
     rows = [e.sample.to_dict() for e in encoded]

@@ -15,10 +15,25 @@ from streampro.errors import UserError
 from streampro.metrics import read_metrics
 
 CURVES = {
-    "grpo": ["reward/total", "reward/fmt", "reward/turn", "reward/traj", "rollout/response_rate",
-             "learn/kl", "learn/entropy", "learn/clip_frac", "val/w_avg"],
-    "sft": ["train/loss", "train/decision_acc", "train/silence_recall", "train/response_recall",
-            "train/w_response", "val/w_avg"],
+    "grpo": [
+        "reward/total",
+        "reward/fmt",
+        "reward/turn",
+        "reward/traj",
+        "rollout/response_rate",
+        "learn/kl",
+        "learn/entropy",
+        "learn/clip_frac",
+        "val/w_avg",
+    ],
+    "sft": [
+        "train/loss",
+        "train/decision_acc",
+        "train/silence_recall",
+        "train/response_recall",
+        "train/w_response",
+        "val/w_avg",
+    ],
 }
 
 
@@ -37,14 +52,16 @@ def plot_curves(rows: list[dict], keys: list[str], out: Path, title: str) -> Pat
     for ax, key in zip(axes.flat, keys):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        ax.plot(xs, ys, marker="." if len(pts) < 30 else None, alpha=0.45 if len(pts) >= 10 else 1.0)
+        ax.plot(
+            xs, ys, marker="." if len(pts) < 30 else None, alpha=0.45 if len(pts) >= 10 else 1.0
+        )
         if len(pts) >= 10:  # noisy per-step values: draw a moving average over them
             ax.plot(xs, moving_average(ys, 5), color="C1", label="mean of 5")
             ax.legend(fontsize=7)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
@@ -55,11 +72,14 @@ def plot_curves(rows: list[dict], keys: list[str], out: Path, title: str) -> Pat
 
 def moving_average(ys: list[float], k: int) -> list[float]:
     """Mean of the last k values at each point (fewer at the start)."""
-    return [sum(ys[max(0, i - k + 1): i + 1]) / (i + 1 - max(0, i - k + 1)) for i in range(len(ys))]
+    return [
+        sum(ys[max(0, i - k + 1) : i + 1]) / (i + 1 - max(0, i - k + 1)) for i in range(len(ys))
+    ]
 
 
-def plot_timelines(manifest: Path, predictions: dict[str, dict[str, list[dict]]], out: Path,
-                   max_samples: int = 7) -> Path | None:
+def plot_timelines(
+    manifest: Path, predictions: dict[str, dict[str, list[dict]]], out: Path, max_samples: int = 7
+) -> Path | None:
     """Ground-truth windows (bars) against each policy's responses (ticks), a few samples."""
     import matplotlib
 
@@ -99,13 +119,21 @@ def plot_timelines(manifest: Path, predictions: dict[str, dict[str, list[dict]]]
 def score_table(rows: dict[str, dict]) -> str:
     """Markdown table: one row per policy, StreamPro-F1 x100 per task and dimension."""
     tasks = sorted({t for s in rows.values() for t in s.get("tasks", {})})
-    dims = [d for d in ("PU", "TR", "PA") if any(d in s.get("dimensions", {}) for s in rows.values())]
+    dims = [
+        d for d in ("PU", "TR", "PA") if any(d in s.get("dimensions", {}) for s in rows.values())
+    ]
     head = ["policy", *tasks, *dims, "avg", "w_avg"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, s in rows.items():
-        vals = [s["tasks"].get(t, {}).get("f1") for t in tasks] + [s["dimensions"].get(d) for d in dims]
+        vals = [s["tasks"].get(t, {}).get("f1") for t in tasks] + [
+            s["dimensions"].get(d) for d in dims
+        ]
         vals += [s.get("avg"), s.get("w_avg")]
-        lines.append("| " + " | ".join([name] + ["-" if v is None else f"{100 * v:.1f}" for v in vals]) + " |")
+        lines.append(
+            "| "
+            + " | ".join([name] + ["-" if v is None else f"{100 * v:.1f}" for v in vals])
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -152,8 +180,14 @@ def phase_table(rows: list[dict]) -> list[str]:
         return []
     cols = [p for p in PHASES if any(f"time/{p}" in r for r in rows)]
     means = [sum(r.get(f"time/{p}", 0.0) for r in rows) / len(rows) for p in cols]
-    return ["## GRPO time per step (s, mean over steps)", "", "| " + " | ".join(cols) + " |",
-            "|" + "---|" * len(cols), "| " + " | ".join(f"{m:.2f}" for m in means) + " |", ""]
+    return [
+        "## GRPO time per step (s, mean over steps)",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+        "| " + " | ".join(f"{m:.2f}" for m in means) + " |",
+        "",
+    ]
 
 
 def _stage_metrics(run_dir: Path) -> list[tuple[str, list[dict]]]:

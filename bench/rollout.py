@@ -32,8 +32,9 @@ POSITIONS = (1, 5, 10, 20, 30, 40, 50, 60)  # stream positions (1-based steps) r
 HF_STREAMS = 2  # the transformers loop runs streams one after another: 2 give its rate
 
 
-def synthetic_streams(n: int, steps: int, *, seed: int = 0, tokens_per_frame: int = 16,
-                      codebook_size: int = 64) -> list:
+def synthetic_streams(
+    n: int, steps: int, *, seed: int = 0, tokens_per_frame: int = 16, codebook_size: int = 64
+) -> list:
     """n EncodedSamples of `steps` 1-s chunks with seeded random frame codes (same token
     counts as real patch-codec frames; content does not change the cost)."""
     from streampro.data.encode import EncodedSample
@@ -42,11 +43,19 @@ def synthetic_streams(n: int, steps: int, *, seed: int = 0, tokens_per_frame: in
     out = []
     for i in range(n):
         rng = random.Random(seed * 1_000_003 + i)
-        s = Sample(id=f"bench-{i}", video="bench.mp4", task="AA",
-                   question="alert me if anything unusual happens", query_time=0.0,
-                   answers=[Answer(time=float(steps // 2), text="teleport")], duration=float(steps))
+        s = Sample(
+            id=f"bench-{i}",
+            video="bench.mp4",
+            task="AA",
+            question="alert me if anything unusual happens",
+            query_time=0.0,
+            answers=[Answer(time=float(steps // 2), text="teleport")],
+            duration=float(steps),
+        )
         times = [(float(t), float(t + 1)) for t in range(steps)]
-        codes = [[rng.randrange(codebook_size) for _ in range(tokens_per_frame)] for _ in range(steps)]
+        codes = [
+            [rng.randrange(codebook_size) for _ in range(tokens_per_frame)] for _ in range(steps)
+        ]
         out.append(EncodedSample(s, times, codes))
     return out
 
@@ -54,7 +63,6 @@ def synthetic_streams(n: int, steps: int, *, seed: int = 0, tokens_per_frame: in
 def _decision_hidden(model, tokenizer, probes: list) -> torch.Tensor:  # [P, D]
     """Final (post-norm) hidden state at each probe stream's decision positions."""
     import torch
-
     from streampro.actors.episode import StreamEpisode, sample_chunks
     from streampro.data.dialogue import decision_ids
 
@@ -65,13 +73,17 @@ def _decision_hidden(model, tokenizer, probes: list) -> torch.Tensor:  # [P, D]
             ep.add_chunk(chunk)
             ep.add_decision(decision_ids(tokenizer, "silence"), [0.0])
         with torch.inference_mode():
-            h = model.model(input_ids=torch.tensor([ep.trajectory().token_ids])).last_hidden_state[0]
+            h = model.model(input_ids=torch.tensor([ep.trajectory().token_ids])).last_hidden_state[
+                0
+            ]
         pos = [i - 1 for i, m in enumerate(ep.trajectory().gen_mask) if m]  # predicts a decision
         hs.append(h[pos])
     return torch.cat(hs)
 
 
-def silence_biased_policy(src: str, dst: str | Path, *, p_silence: float = P_SILENCE, seed: int = 0) -> str:
+def silence_biased_policy(
+    src: str, dst: str | Path, *, p_silence: float = P_SILENCE, seed: int = 0
+) -> str:
     """Copy the policy at `src` to `dst` with an untied `</Silence>` output row, scaled so
     that the mean P(`</Silence>`) at decision positions of random streams is `p_silence`."""
     import torch
@@ -122,7 +134,6 @@ def perturbed_copy(src: str, dst: str | Path, *, scale: float = 0.05, seed: int 
 def logprob_max_abs_diff(model_path: str, trajs: list) -> float:
     """Max |vLLM sampling logprob - transformers logprob| over the generated tokens."""
     import torch
-
     from streampro.actors.hf_loop import score_logprobs
     from transformers import AutoModelForCausalLM
 
@@ -149,22 +160,35 @@ def _measure(group, streams: list, sampling: Sampling) -> dict:
     trajs = group.generate(samples=streams, n=1, sampling=sampling)
     wall = time.perf_counter() - t0
     n_dec = sum(len(t.steps) for t in trajs)
-    return {"decisions_per_s": n_dec / wall, "latencies": group.take_latencies(),
-            "silence_rate": sum(s.decision == "silence" for t in trajs for s in t.steps) / n_dec,
-            "gen_tokens_per_step": sum(sum(t.gen_mask) for t in trajs) / n_dec, "trajs": trajs}
+    return {
+        "decisions_per_s": n_dec / wall,
+        "latencies": group.take_latencies(),
+        "silence_rate": sum(s.decision == "silence" for t in trajs for s in t.steps) / n_dec,
+        "gen_tokens_per_step": sum(sum(t.gen_mask) for t in trajs) / n_dec,
+        "trajs": trajs,
+    }
 
 
 def _local_group(model: str, cfg, counts: list[int], *, prefix: bool):
     from streampro.actors.rollout import LocalRolloutGroup
 
     r = cfg.rollout
-    return LocalRolloutGroup(model, window_turns=cfg.data.window_turns, max_answer_tokens=r.max_answer_tokens,
-                             enable_prefix_caching=prefix, block_size=r.block_size,
-                             kv_cache_gb=r.kv_cache_gb, max_num_seqs=max(r.max_num_seqs, max(counts)),
-                             max_model_len=r.max_model_len, seed=cfg.run.seed)
+    return LocalRolloutGroup(
+        model,
+        window_turns=cfg.data.window_turns,
+        max_answer_tokens=r.max_answer_tokens,
+        enable_prefix_caching=prefix,
+        block_size=r.block_size,
+        kv_cache_gb=r.kv_cache_gb,
+        max_num_seqs=max(r.max_num_seqs, max(counts)),
+        max_model_len=r.max_model_len,
+        seed=cfg.run.seed,
+    )
 
 
-def _vllm_runs(group, cfg, counts: list[int], steps: int, sampling: Sampling, *, prefix: bool) -> dict:
+def _vllm_runs(
+    group, cfg, counts: list[int], steps: int, sampling: Sampling, *, prefix: bool
+) -> dict:
     from tqdm import tqdm
 
     res: dict = {}
@@ -182,15 +206,22 @@ def _vllm_runs(group, cfg, counts: list[int], steps: int, sampling: Sampling, *,
 def run(cfg, out_path: str) -> dict:
     """The whole benchmark; returns the JSON-able result (the dispatcher writes it)."""
     from streampro.actors.hf_loop import HFStreamPolicy
+
     from streampro.tiny import policy_path
 
     steps, counts = int(cfg.bench.steps), sorted(int(s) for s in cfg.bench.streams)
-    sampling = Sampling(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                        max_answer_tokens=cfg.rollout.max_answer_tokens, seed=cfg.run.seed)
+    sampling = Sampling(
+        temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
+        max_answer_tokens=cfg.rollout.max_answer_tokens,
+        seed=cfg.run.seed,
+    )
     work = Path(tempfile.mkdtemp(prefix="bench-rollout-", dir=Path(out_path).parent))
     model = silence_biased_policy(policy_path(cfg.policy, cfg.data.codebook_size), work / "policy")
 
-    hf = HFStreamPolicy(model, window_turns=cfg.data.window_turns, max_answer_tokens=cfg.rollout.max_answer_tokens)
+    hf = HFStreamPolicy(
+        model, window_turns=cfg.data.window_turns, max_answer_tokens=cfg.rollout.max_answer_tokens
+    )
     hf_m = _measure(hf, synthetic_streams(HF_STREAMS, steps, seed=cfg.run.seed), sampling)
     del hf
 
@@ -205,7 +236,9 @@ def run(cfg, out_path: str) -> dict:
             on = _vllm_runs(group, cfg, counts, steps, sampling, prefix=True)
             new = perturbed_copy(model, work / "v1")
             sync_s = group.sync_weights(version=1, source=new)
-            after = _measure(group, synthetic_streams(4, min(steps, 20), seed=cfg.run.seed + 1), sampling)
+            after = _measure(
+                group, synthetic_streams(4, min(steps, 20), seed=cfg.run.seed + 1), sampling
+            )
             diff = logprob_max_abs_diff(new, after["trajs"])
         finally:
             group.shutdown()
@@ -217,30 +250,44 @@ def run(cfg, out_path: str) -> dict:
 
     top = counts[-1]
     result = {
-        "config": {"streams": counts, "steps": steps, "policy": f"tiny, P(silence)~{P_SILENCE}",
-                   "block_size": cfg.rollout.block_size, "max_answer_tokens": cfg.rollout.max_answer_tokens},
+        "config": {
+            "streams": counts,
+            "steps": steps,
+            "policy": f"tiny, P(silence)~{P_SILENCE}",
+            "block_size": cfg.rollout.block_size,
+            "max_answer_tokens": cfg.rollout.max_answer_tokens,
+        },
         "decisions_per_s": rate(on),
         "latency_by_position": {str(s): _by_position(v["latencies"], steps) for s, v in on.items()},
         "prefix_cache_hit_rate": round(on[top]["prefix_cache_hit_rate"], 4),
-        "prefix_cache_hit_rate_by_streams": {str(s): round(v["prefix_cache_hit_rate"], 4) for s, v in on.items()},
+        "prefix_cache_hit_rate_by_streams": {
+            str(s): round(v["prefix_cache_hit_rate"], 4) for s, v in on.items()
+        },
         "silence_rate": round(on[top]["silence_rate"], 3),
         "gen_tokens_per_step": round(on[top]["gen_tokens_per_step"], 3),
         "sync_seconds": round(sync_s, 4),
         "logprob_max_abs_diff": diff,
         "baselines": {
-            "transformers_kv_loop": {"decisions_per_s": round(hf_m["decisions_per_s"], 2),
-                                     "streams_run_sequentially": HF_STREAMS,
-                                     "latency_by_position": _by_position(hf_m["latencies"], steps)},
-            "vllm_no_prefix_cache": {"decisions_per_s": rate(off),
-                                     "latency_by_position": {str(s): _by_position(v["latencies"], steps)
-                                                             for s, v in off.items()}},
+            "transformers_kv_loop": {
+                "decisions_per_s": round(hf_m["decisions_per_s"], 2),
+                "streams_run_sequentially": HF_STREAMS,
+                "latency_by_position": _by_position(hf_m["latencies"], steps),
+            },
+            "vllm_no_prefix_cache": {
+                "decisions_per_s": rate(off),
+                "latency_by_position": {
+                    str(s): _by_position(v["latencies"], steps) for s, v in off.items()
+                },
+            },
         },
     }
     lat = result["latency_by_position"][str(top)]
     result["targets"] = {
         f"latency_step{steps}_over_step5": _ratio(lat.get(str(steps)), lat.get("5")),
         "speedup_vs_transformers": _ratio(on[top]["decisions_per_s"], hf_m["decisions_per_s"]),
-        "speedup_vs_no_prefix_cache": _ratio(on[top]["decisions_per_s"], off[top]["decisions_per_s"]),
+        "speedup_vs_no_prefix_cache": _ratio(
+            on[top]["decisions_per_s"], off[top]["decisions_per_s"]
+        ),
     }
     return result
 

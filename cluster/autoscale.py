@@ -40,39 +40,72 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def fake_cluster_config(*, head_cpus: int, node_types: dict[str, dict[str, float]], max_workers: int,
-                        idle_timeout_s: float, gcs_address: str) -> dict[str, Any]:
+def fake_cluster_config(
+    *,
+    head_cpus: int,
+    node_types: dict[str, dict[str, float]],
+    max_workers: int,
+    idle_timeout_s: float,
+    gcs_address: str,
+) -> dict[str, Any]:
     """Cluster-launcher config for the fake provider: node type name -> its resources."""
     types: dict[str, Any] = {
-        "ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0}}
+        "ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0}
+    }
     for name, res in node_types.items():
-        types[name] = {"resources": {"object_store_memory": 100 * (1 << 20), **res},
-                       "node_config": {}, "min_workers": 0, "max_workers": max_workers}
+        types[name] = {
+            "resources": {"object_store_memory": 100 * (1 << 20), **res},
+            "node_config": {},
+            "min_workers": 0,
+            "max_workers": max_workers,
+        }
     return {
         "cluster_name": "streampro-fake",
         "max_workers": max_workers * len(node_types),
         # "external" + the fake provider's class: Ray 2.60's wheel lacks the example.yaml that
         # type "fake_multinode" loads its defaults from; the provider itself is the same.
-        "provider": {"type": "external", "module": FAKE_PROVIDER, "use_node_id_as_ip": True,
-                     "disable_node_updaters": True, "disable_launch_config_check": True,
-                     "launch_multiple": True, "head_node_id": FAKE_HEAD_NODE_ID,
-                     "gcs_address": gcs_address},
+        "provider": {
+            "type": "external",
+            "module": FAKE_PROVIDER,
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "launch_multiple": True,
+            "head_node_id": FAKE_HEAD_NODE_ID,
+            "gcs_address": gcs_address,
+        },
         "available_node_types": types,
         "head_node_type": "ray.head.default",
         "upscaling_speed": 1.0,
         "idle_timeout_minutes": idle_timeout_s / 60.0,
-        "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
-        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
-        "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
-        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+        "auth": {},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
     }
 
 
 class FakeAutoscalingCluster:
     """A head with autoscaler v2 and the fake provider; worker types = one per role."""
 
-    def __init__(self, *, head_cpus: int = 1, node_cpus: float = 1.0, max_nodes_per_role: int = 3,
-                 idle_timeout_s: float = 3.0, roles: tuple[str, ...] = ("rollout", "reward")) -> None:
+    def __init__(
+        self,
+        *,
+        head_cpus: int = 1,
+        node_cpus: float = 1.0,
+        max_nodes_per_role: int = 3,
+        idle_timeout_s: float = 3.0,
+        roles: tuple[str, ...] = ("rollout", "reward"),
+    ) -> None:
         from ray._private import services
 
         self.ip = services.get_node_ip_address()
@@ -80,30 +113,55 @@ class FakeAutoscalingCluster:
         self.address = f"{self.ip}:{self.gcs_port}"
         self.temp_dir = tempfile.mkdtemp(prefix="spr-as-", dir="/tmp")  # short: unix sockets
         node_types = {f"{r}-node": {"CPU": node_cpus, r: 1.0} for r in roles}
-        self.config = fake_cluster_config(head_cpus=head_cpus, node_types=node_types,
-                                          max_workers=max_nodes_per_role,
-                                          idle_timeout_s=idle_timeout_s, gcs_address=self.address)
+        self.config = fake_cluster_config(
+            head_cpus=head_cpus,
+            node_types=node_types,
+            max_workers=max_nodes_per_role,
+            idle_timeout_s=idle_timeout_s,
+            gcs_address=self.address,
+        )
         self._pgid: int | None = None
 
     def start(self) -> FakeAutoscalingCluster:
         cfg_path = Path(self.temp_dir) / "autoscaler.json"
         cfg_path.write_text(json.dumps(self.config))
         client, agent, agent_grpc, renv, metrics, nm = self._ports
-        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head",
-               f"--autoscaling-config={cfg_path}", f"--port={self.gcs_port}",
-               f"--num-cpus={self.config['available_node_types']['ray.head.default']['resources']['CPU']}",
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dash_port}",
-               f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-               f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={renv}",
-               f"--metrics-export-port={metrics}", f"--node-manager-port={nm}",
-               f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
+        cmd = [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            f"--autoscaling-config={cfg_path}",
+            f"--port={self.gcs_port}",
+            f"--num-cpus={self.config['available_node_types']['ray.head.default']['resources']['CPU']}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dash_port}",
+            f"--ray-client-server-port={client}",
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={renv}",
+            f"--metrics-export-port={metrics}",
+            f"--node-manager-port={nm}",
+            f"--temp-dir={self.temp_dir}",
+            "--disable-usage-stats",
+        ]
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         # a throwaway cluster of this machine: no token auth, so its fake nodes need none
-        env.update(RAY_AUTH_MODE="disabled", RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1",
-                   RAY_enable_autoscaler_v2="1", RAY_CLOUD_INSTANCE_ID=FAKE_HEAD_NODE_ID,
-                   RAY_OVERRIDE_NODE_ID_FOR_TESTING=FAKE_HEAD_NODE_ID)
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        env.update(
+            RAY_AUTH_MODE="disabled",
+            RAY_FAKE_CLUSTER="1",
+            AUTOSCALER_UPDATE_INTERVAL_S="1",
+            RAY_enable_autoscaler_v2="1",
+            RAY_CLOUD_INSTANCE_ID=FAKE_HEAD_NODE_ID,
+            RAY_OVERRIDE_NODE_ID_FOR_TESTING=FAKE_HEAD_NODE_ID,
+        )
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self._pgid = proc.pid  # session leader: the head's daemons and the fake nodes stay in it
         out, _ = proc.communicate(timeout=180)
         if proc.returncode != 0:
@@ -156,8 +214,14 @@ def node_counts() -> dict[str, int]:
     return counts
 
 
-def autoscale_demo(address: str, *, num_actors: int = 2, actor_cpus: float = 1.0,
-                   timeout_s: float = 180.0, poll_s: float = 0.5) -> dict[str, Any]:
+def autoscale_demo(
+    address: str,
+    *,
+    num_actors: int = 2,
+    actor_cpus: float = 1.0,
+    timeout_s: float = 180.0,
+    poll_s: float = 0.5,
+) -> dict[str, Any]:
     """Connect to `address`, scale the rollout group up with pending actors and back down.
 
     Returns the node-count timeline ({"t", "phase", role: count}) and a summary.
@@ -216,8 +280,9 @@ def autoscale_demo(address: str, *, num_actors: int = 2, actor_cpus: float = 1.0
 
 def run(cfg: Any, out: str) -> dict[str, Any]:
     """`streampro bench autoscale`: the demo on a fresh fake cluster (the CLI writes `out`)."""
-    with FakeAutoscalingCluster(head_cpus=1, node_cpus=1.0, max_nodes_per_role=3,
-                                idle_timeout_s=3.0) as cluster:
+    with FakeAutoscalingCluster(
+        head_cpus=1, node_cpus=1.0, max_nodes_per_role=3, idle_timeout_s=3.0
+    ) as cluster:
         result = autoscale_demo(cluster.address, num_actors=2, actor_cpus=1.0)
     result["cluster"] = {"head_cpus": 1, "node_types": cluster.config["available_node_types"]}
     return result

@@ -19,7 +19,11 @@ from streampro.errors import UserError
 log = logging.getLogger(__name__)
 
 # Environment every local worker gets (actors start in fresh processes).
-WORKER_ENV = {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+WORKER_ENV = {
+    "DS_ACCELERATOR": "cpu",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 def is_attach(address: str) -> bool:
@@ -78,21 +82,30 @@ def enable_token_auth_if_available() -> bool:
     return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
-def _attach(ray: Any, address: str, namespace: str, runtime_env: dict[str, Any] | None,
-            log_to_driver: bool) -> None:
+def _attach(
+    ray: Any, address: str, namespace: str, runtime_env: dict[str, Any] | None, log_to_driver: bool
+) -> None:
     enable_token_auth_if_available()
     try:
-        ray.init(address=address or None, namespace=namespace, runtime_env=runtime_env,
-                 log_to_driver=log_to_driver)
+        ray.init(
+            address=address or None,
+            namespace=namespace,
+            runtime_env=runtime_env,
+            log_to_driver=log_to_driver,
+        )
     except (ConnectionError, RuntimeError) as e:
         where = address or os.environ.get("RAY_ADDRESS", "")
-        raise UserError(f"cluster.address={where!r}: cannot connect to Ray: {str(e).splitlines()[0]}"
-                        ) from None
+        raise UserError(
+            f"cluster.address={where!r}: cannot connect to Ray: {str(e).splitlines()[0]}"
+        ) from None
     missing = [r for r in ROLES if r not in ray.cluster_resources()]
     if missing:
         # Fine under an autoscaler (nodes with them start on demand); otherwise actors wait.
-        log.warning("the Ray cluster offers no %s custom resource(s): unless an autoscaler adds "
-                    "nodes with them, set cluster.role_resources=false", ", ".join(missing))
+        log.warning(
+            "the Ray cluster offers no %s custom resource(s): unless an autoscaler adds "
+            "nodes with them, set cluster.role_resources=false",
+            ", ".join(missing),
+        )
 
 
 def init_from_config(cluster_cfg: Any, *, runtime_env: dict[str, Any] | None = None) -> None:

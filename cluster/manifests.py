@@ -83,8 +83,10 @@ def validate(doc: dict, schemas: dict[tuple[str, str], dict]) -> list[str]:
             return [f"{key[0]} {key[1]}: no such KubeRay CRD version/kind"]
         return []  # core Kubernetes kinds: no CRD to check against
     schema = schemas[key]
-    errors = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-              for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+    errors = [
+        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(doc)
+    ]
     errors += [f"{p.lstrip('.')}: unknown field" for p in unknown_fields(doc, schema)]
     return errors
 

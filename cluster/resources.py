@@ -37,7 +37,12 @@ def role_resources(role: str, *, custom: bool) -> dict[str, float]:
 
 
 def actor_options(
-    role: str, *, num_cpus: float, num_gpus: float = 0.0, memory_gb: float = 0.0, custom: bool = False
+    role: str,
+    *,
+    num_cpus: float,
+    num_gpus: float = 0.0,
+    memory_gb: float = 0.0,
+    custom: bool = False,
 ) -> dict[str, Any]:
     """kwargs for `ActorClass.options(**...)` of one actor of `role`.
 
@@ -54,8 +59,14 @@ def actor_options(
     return opts
 
 
-def bundle(role: str, *, num_cpus: float, num_gpus: float = 0.0, memory_gb: float = 0.0,
-           custom: bool = False) -> dict[str, float]:
+def bundle(
+    role: str,
+    *,
+    num_cpus: float,
+    num_gpus: float = 0.0,
+    memory_gb: float = 0.0,
+    custom: bool = False,
+) -> dict[str, float]:
     """One placement-group bundle in Ray's resource-name form ({"CPU": .., "GPU": .., role: ..})."""
     b: dict[str, float] = {"CPU": float(num_cpus)}
     if num_gpus > 0:
@@ -98,8 +109,15 @@ def learner_placement_group(
 ) -> PlacementGroup:
     """One bundle per DeepSpeed rank; PACK keeps ranks on as few nodes as possible (fast
     all-reduce), STRICT_PACK forces one node, SPREAD the opposite."""
-    return role_placement_group("learner", num_ranks, num_cpus=num_cpus, num_gpus=num_gpus,
-                                memory_gb=memory_gb, strategy=strategy, custom=custom)
+    return role_placement_group(
+        "learner",
+        num_ranks,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        memory_gb=memory_gb,
+        strategy=strategy,
+        custom=custom,
+    )
 
 
 def engine_placement_group(
@@ -108,18 +126,27 @@ def engine_placement_group(
     """Bundles of one tensor-parallel vLLM engine (one GPU each, STRICT_PACK: TP needs one
     node). Create the RolloutActor in bundle 0 with `in_placement_group(pg, 0)`; vLLM's Ray
     executor then places its TP workers in the same group."""
-    return role_placement_group("rollout", tensor_parallel_size, num_cpus=num_cpus,
-                                num_gpus=num_gpus, strategy="STRICT_PACK", custom=custom)
+    return role_placement_group(
+        "rollout",
+        tensor_parallel_size,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        strategy="STRICT_PACK",
+        custom=custom,
+    )
 
 
-def in_placement_group(pg: PlacementGroup, bundle_index: int, *, capture_child_tasks: bool = True
-                       ) -> dict[str, Any]:
+def in_placement_group(
+    pg: PlacementGroup, bundle_index: int, *, capture_child_tasks: bool = True
+) -> dict[str, Any]:
     """`.options(**...)` kwargs that schedule an actor into bundle `bundle_index` of `pg`;
     the actor's own num_cpus/num_gpus are taken from that bundle."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
-        placement_group=pg,
-        placement_group_bundle_index=bundle_index,
-        placement_group_capture_child_tasks=capture_child_tasks,
-    )}
+    return {
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(
+            placement_group=pg,
+            placement_group_bundle_index=bundle_index,
+            placement_group_capture_child_tasks=capture_child_tasks,
+        )
+    }

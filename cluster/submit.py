@@ -86,8 +86,9 @@ def make_client(address: str | None) -> Any:
             return JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as e:
         where = address or "the default Ray address"
-        raise UserError(f"--address {where}: cannot reach the Ray jobs API: "
-                        f"{str(e).strip().splitlines()[0]}") from None
+        raise UserError(
+            f"--address {where}: cannot reach the Ray jobs API: {str(e).strip().splitlines()[0]}"
+        ) from None
 
 
 def wait_job(client: Any, job_id: str, *, out: TextIO = sys.stdout, poll_s: float = 0.5) -> str:
@@ -101,8 +102,10 @@ def wait_job(client: Any, job_id: str, *, out: TextIO = sys.stdout, poll_s: floa
     try:
         asyncio.run(tail())
     except Exception as e:  # a dropped log stream must not lose the job's status
-        print(f"streampro submit: log stream ended early ({type(e).__name__}: {e}); polling",
-              file=sys.stderr)
+        print(
+            f"streampro submit: log stream ended early ({type(e).__name__}: {e}); polling",
+            file=sys.stderr,
+        )
     while (status := str(client.get_job_status(job_id).value)) not in TERMINAL:
         time.sleep(poll_s)
     return status
@@ -134,7 +137,9 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     """Handler of `streampro submit` (flags in streampro/cli.py)."""
     if args.status and args.stop:
         raise UserError("give one of --status and --stop")
-    address = args.address or (cfg.cluster.address if cfg.cluster.address.startswith("http") else None)
+    address = args.address or (
+        cfg.cluster.address if cfg.cluster.address.startswith("http") else None
+    )
     if args.status or args.stop:
         client = make_client(address)
         job_id = args.status or args.stop
@@ -146,17 +151,23 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     runtime_env = load_runtime_env(args.runtime_env or cfg.cluster.runtime_env or None)
     client = make_client(address)
     command = list(args.entrypoint)[1:] if args.entrypoint[:1] == ["--"] else list(args.entrypoint)
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
-                               metadata={"streampro_command": command[0]})
+    job_id = client.submit_job(
+        entrypoint=entrypoint, runtime_env=runtime_env, metadata={"streampro_command": command[0]}
+    )
     print(job_id, flush=True)
     if not args.wait:
-        print(f"streampro submit: follow with `streampro submit --status {job_id}`", file=sys.stderr)
+        print(
+            f"streampro submit: follow with `streampro submit --status {job_id}`", file=sys.stderr
+        )
         return 0
     try:
         status = wait_job(client, job_id)
     except KeyboardInterrupt:
-        print(f"streampro submit: stopped waiting; the job runs on "
-              f"(`streampro submit --stop {job_id}`)", file=sys.stderr)
+        print(
+            f"streampro submit: stopped waiting; the job runs on "
+            f"(`streampro submit --stop {job_id}`)",
+            file=sys.stderr,
+        )
         return 130
     if status == "SUCCEEDED":
         print(f"streampro submit: job {job_id} SUCCEEDED", file=sys.stderr)

@@ -107,7 +107,9 @@ class ImageCodec:
         return img.resize(self.size, Image.BILINEAR) if self.size else img
 
 
-def make_codec(name: str, *, grid: int = 4, codebook_size: int = 64) -> PatchTokenCodec | ImageCodec:
+def make_codec(
+    name: str, *, grid: int = 4, codebook_size: int = 64
+) -> PatchTokenCodec | ImageCodec:
     if name == "patch":
         return PatchTokenCodec(grid=grid, codebook_size=codebook_size)
     if name == "image":

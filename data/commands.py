@@ -13,8 +13,9 @@ from streampro.config import Config
 def synth_main(cfg: Config, args: argparse.Namespace) -> int:
     from streampro.data.synth import synth_split
 
-    manifest = synth_split(cfg.synth, split=args.split, out=args.out, seed=args.seed,
-                           per_task=args.per_task)
+    manifest = synth_split(
+        cfg.synth, split=args.split, out=args.out, seed=args.seed, per_task=args.per_task
+    )
     from streampro.data.schema import load_manifest
 
     samples, _ = load_manifest(manifest)
@@ -35,10 +36,14 @@ def _print_summary(samples, manifest: Path, chunks: dict[str, int] | None = None
             line += f", {chunks.get(task, 0)} chunks"
         print(line)
     if durs:
-        print(f"  duration: min {min(durs):g}s, mean {sum(durs) / len(durs):.1f}s, max {max(durs):g}s")
+        print(
+            f"  duration: min {min(durs):g}s, mean {sum(durs) / len(durs):.1f}s, max {max(durs):g}s"
+        )
 
 
-def _check_videos(samples, manifest: Path, fps: float) -> tuple[list[str], set[str], dict[str, int]]:
+def _check_videos(
+    samples, manifest: Path, fps: float
+) -> tuple[list[str], set[str], dict[str, int]]:
     """Decode every video once: (problems, ids of bad samples, chunks per task)."""
     from streampro.data.video import VideoError, chunk_count_for, count_chunks
     from tqdm import tqdm
@@ -61,8 +66,10 @@ def _check_videos(samples, manifest: Path, fps: float) -> tuple[list[str], set[s
         length = min(end, s.duration) if s.duration else end
         late = [a for a in s.answers if (a.time if a.time is not None else a.start) > length]
         if late:
-            problems.append(f"{manifest}: sample {s.id!r}: answers: {len(late)} answer(s) after "
-                            f"the stream's end ({length:g}s)")
+            problems.append(
+                f"{manifest}: sample {s.id!r}: answers: {len(late)} answer(s) after "
+                f"the stream's end ({length:g}s)"
+            )
             bad.add(s.id)
         chunks[s.task] += min(n, chunk_count_for(s.duration, fps)) if s.duration else n
     return problems, bad, dict(chunks)
@@ -92,8 +99,10 @@ def data_main(cfg: Config, args: argparse.Namespace) -> int:
     for p in problems:
         print(p, file=sys.stderr)
     if args.skip_bad:
-        print(f"{manifest}: {n_bad} bad sample(s) skipped (--skip-bad), {len(problems)} problem(s)",
-              file=sys.stderr)
+        print(
+            f"{manifest}: {n_bad} bad sample(s) skipped (--skip-bad), {len(problems)} problem(s)",
+            file=sys.stderr,
+        )
         return 0 if n_good > 0 else 1
     print(f"{manifest}: {n_bad} bad sample(s), {len(problems)} problem(s)", file=sys.stderr)
     return 1

@@ -40,18 +40,34 @@ class _Vocab:
         self.silence, self.response = ids(T.SILENCE), ids(T.RESPONSE)
         self.im_start, self.im_end = ids(T.IM_START), ids(T.IM_END)
         self.frame_start, self.frame_end = ids(T.FRAME_START), ids(T.FRAME_END)
-        missing = [t for t, i in [(T.SILENCE, self.silence), (T.RESPONSE, self.response),
-                                  (T.IM_START, self.im_start), (T.IM_END, self.im_end),
-                                  (T.FRAME_START, self.frame_start), (T.FRAME_END, self.frame_end)]
-                   if i is None or i == tokenizer.unk_token_id]
+        missing = [
+            t
+            for t, i in [
+                (T.SILENCE, self.silence),
+                (T.RESPONSE, self.response),
+                (T.IM_START, self.im_start),
+                (T.IM_END, self.im_end),
+                (T.FRAME_START, self.frame_start),
+                (T.FRAME_END, self.frame_end),
+            ]
+            if i is None or i == tokenizer.unk_token_id
+        ]
         if missing:
-            raise UserError(f"tokenizer lacks the stream tokens {missing}: use the tiny policy "
-                            "or add streampro.tokens.SPECIAL_TOKENS to it")
+            raise UserError(
+                f"tokenizer lacks the stream tokens {missing}: use the tiny policy "
+                "or add streampro.tokens.SPECIAL_TOKENS to it"
+            )
         self.nl = self.enc("\n")
         self.user_open = [self.im_start] + self.enc("user\n")
         self.assistant_open = [self.im_start] + self.enc("assistant\n")
         self.turn_close = [self.im_end] + self.nl
-        self.specials = {self.silence, self.response, self.im_start, self.frame_start, self.frame_end}
+        self.specials = {
+            self.silence,
+            self.response,
+            self.im_start,
+            self.frame_start,
+            self.frame_end,
+        }
         self._frame: dict[int, int] = {}
 
     def enc(self, text: str) -> list[int]:
@@ -66,8 +82,10 @@ class _Vocab:
         if tid is None:
             tid = self.tok.convert_tokens_to_ids(T.frame_token(code))
             if tid is None or tid == self.tok.unk_token_id:
-                raise UserError(f"tokenizer lacks frame token {T.frame_token(code)} "
-                                "(codebook larger than the tokenizer's?)")
+                raise UserError(
+                    f"tokenizer lacks frame token {T.frame_token(code)} "
+                    "(codebook larger than the tokenizer's?)"
+                )
             self._frame[code] = tid
         return tid
 
@@ -102,7 +120,11 @@ def parse_decision(tokenizer, ids: Sequence[int]) -> tuple[str, str, str]:
     body = ids[:-1] if ids and ids[-1] == v.im_end else ids
     if body == [v.silence]:
         return "silence", "", raw
-    if body and body[0] == v.response and not any(i in v.specials or i == v.im_end for i in body[1:]):
+    if (
+        body
+        and body[0] == v.response
+        and not any(i in v.specials or i == v.im_end for i in body[1:])
+    ):
         text = tokenizer.decode(body[1:], skip_special_tokens=True).strip()
         if text:
             return "response", text, raw
@@ -116,8 +138,15 @@ class StreamDialogue:
     the full-sequence views are kept as flat lists: reading them costs nothing per step.
     """
 
-    def __init__(self, tokenizer, *, question: str, query_time: float, window_turns: int = 200,
-                 system_prompt: str = T.SYSTEM_PROMPT) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        question: str,
+        query_time: float,
+        window_turns: int = 200,
+        system_prompt: str = T.SYSTEM_PROMPT,
+    ) -> None:
         if window_turns < 2:
             raise ValueError(f"window_turns must be >= 2, got {window_turns}")
         self.v = vocab(tokenizer)
@@ -134,7 +163,9 @@ class StreamDialogue:
         self._cls: list[int] = [T.CLASS_NONE] * len(self._system)
         self._open = False  # an assistant turn awaits its decision
 
-    def _append(self, ids: list[int], mask: int | list[int] = 0, cls: list[int] | None = None) -> None:
+    def _append(
+        self, ids: list[int], mask: int | list[int] = 0, cls: list[int] | None = None
+    ) -> None:
         self._ids += ids
         self._mask += [mask] * len(ids) if isinstance(mask, int) else mask
         self._cls += cls if cls is not None else [T.CLASS_NONE] * len(ids)
@@ -148,14 +179,21 @@ class StreamDialogue:
             self._asked, self._q_offset = True, len(self._ids)
             self._append(self._question_ids)
         self._starts.append(len(self._ids))
-        self._append(v.user_open + list(v.stamp(start, end)) + [v.frame_start]
-                     + [v.frame(c) for c in frame_codes] + [v.frame_end] + v.turn_close)
+        self._append(
+            v.user_open
+            + list(v.stamp(start, end))
+            + [v.frame_start]
+            + [v.frame(c) for c in frame_codes]
+            + [v.frame_end]
+            + v.turn_close
+        )
         self._starts.append(len(self._ids))
         self._append(v.assistant_open)
         self._open = True
 
-    def add_decision(self, token_ids: Sequence[int], *, generated: bool = True,
-                     decision_class: int | None = None) -> None:
+    def add_decision(
+        self, token_ids: Sequence[int], *, generated: bool = True, decision_class: int | None = None
+    ) -> None:
         """Append the decision tokens (masked in when generated) and close the turn (unmasked)."""
         if not self._open:
             raise RuntimeError("add_decision() without an open assistant turn")
@@ -163,7 +201,8 @@ class StreamDialogue:
         if decision_class is None:
             first = ids[0] if ids else None
             decision_class = {v.silence: T.CLASS_SILENCE, v.response: T.CLASS_RESPONSE}.get(
-                first, T.CLASS_NONE)
+                first, T.CLASS_NONE
+            )
         cls = [T.CLASS_NONE] * len(ids)
         if ids and generated:
             cls[0] = decision_class
@@ -215,7 +254,9 @@ class SFTExample:
     """Answers with no chunk end inside their window (video too short): not supervised."""
 
 
-def plan_responses(task: str, answers: list[dict], ends: Sequence[float]) -> tuple[dict[int, str], int]:
+def plan_responses(
+    task: str, answers: list[dict], ends: Sequence[float]
+) -> tuple[dict[int, str], int]:
     """Chunk index -> answer text for the SFT targets, and the count of unplaceable answers.
 
     Each answer (in order of best time) takes the first free chunk end at or after its best
@@ -242,10 +283,12 @@ def build_sft_example(encoded: EncodedSample, tokenizer, *, window_turns: int = 
     differs from it only for streams longer than window_turns / 2 chunks.
     """
     s = encoded.sample
-    plan, unplaced = plan_responses(s.task, [a.to_dict() for a in s.answers],
-                                    [end for _, end in encoded.times])
-    dlg = StreamDialogue(tokenizer, question=s.question, query_time=s.query_time,
-                         window_turns=window_turns)
+    plan, unplaced = plan_responses(
+        s.task, [a.to_dict() for a in s.answers], [end for _, end in encoded.times]
+    )
+    dlg = StreamDialogue(
+        tokenizer, question=s.question, query_time=s.query_time, window_turns=window_turns
+    )
     times, texts = [], []
     for j, ((start, end), codes) in enumerate(zip(encoded.times, encoded.codes)):
         dlg.add_chunk(start, end, codes)
@@ -255,5 +298,6 @@ def build_sft_example(encoded: EncodedSample, tokenizer, *, window_turns: int = 
             texts.append(plan[j])
         else:
             dlg.add_decision(decision_ids(tokenizer, "silence"))
-    return SFTExample(list(dlg.token_ids), list(dlg.loss_mask), list(dlg.decision_class), times,
-                      texts, unplaced)
+    return SFTExample(
+        list(dlg.token_ids), list(dlg.loss_mask), list(dlg.decision_class), times, texts, unplaced
+    )

@@ -42,8 +42,16 @@ def file_digest(path: str | os.PathLike) -> str:
 
 
 def cache_key(video_digest: str, *, fps: float, grid: int, codebook_size: int) -> str:
-    params = json.dumps({"v": CACHE_VERSION, "fps": fps, "grid": grid, "codebook": codebook_size,
-                         "size": DECODE_SIZE}, sort_keys=True)
+    params = json.dumps(
+        {
+            "v": CACHE_VERSION,
+            "fps": fps,
+            "grid": grid,
+            "codebook": codebook_size,
+            "size": DECODE_SIZE,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(f"{video_digest}:{params}".encode()).hexdigest()[:32]
 
 
@@ -60,8 +68,9 @@ def _decode_size(path: Path, grid: int) -> tuple[int, int] | None:
     return w, h
 
 
-def encode_video(path: str | os.PathLike, codec: PatchTokenCodec, *, fps: float
-                 ) -> tuple[list[tuple[float, float]], np.ndarray]:
+def encode_video(
+    path: str | os.PathLike, codec: PatchTokenCodec, *, fps: float
+) -> tuple[list[tuple[float, float]], np.ndarray]:
     """(chunk times, [n_chunks, tokens_per_frame] codes) of one video."""
     path = Path(path)
     times, frames = [], []
@@ -88,11 +97,13 @@ def _write_cache(path: Path, times: list[tuple[float, float]], codes: np.ndarray
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table({
-        "start": pa.array([s for s, _ in times], pa.float64()),
-        "end": pa.array([e for _, e in times], pa.float64()),
-        "codes": pa.array(codes.tolist(), pa.list_(pa.uint16())),
-    })
+    table = pa.table(
+        {
+            "start": pa.array([s for s, _ in times], pa.float64()),
+            "end": pa.array([e for _, e in times], pa.float64()),
+            "codes": pa.array(codes.tolist(), pa.list_(pa.uint16())),
+        }
+    )
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
@@ -106,9 +117,16 @@ def _clip(times: list[tuple[float, float]], codes: list[list[int]], duration: fl
     return times[:n], codes[:n]
 
 
-def encode_manifest(manifest_path: str | os.PathLike, *, fps: float, grid: int, codebook_size: int,
-                    cache_dir: str | os.PathLike, skip_bad: bool = False,
-                    progress: bool = True) -> list[EncodedSample]:
+def encode_manifest(
+    manifest_path: str | os.PathLike,
+    *,
+    fps: float,
+    grid: int,
+    codebook_size: int,
+    cache_dir: str | os.PathLike,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> list[EncodedSample]:
     """Every sample of a manifest with its chunks' frame codes (decoded once, then cached).
 
     With skip_bad, invalid rows and undecodable videos are skipped, counted and logged;
@@ -140,9 +158,13 @@ def encode_manifest(manifest_path: str | os.PathLike, *, fps: float, grid: int, 
         out.append(EncodedSample(sample=s, times=times, codes=codes))
     skipped = len(samples) - len(out)
     if problems or skipped:
-        log.warning("%s: skipped %d invalid row(s) and %d sample(s) with bad videos: %s",
-                    manifest_path, len({p.split(': ', 1)[0] for p in problems}), skipped,
-                    "; ".join(bad_videos[:5]))
+        log.warning(
+            "%s: skipped %d invalid row(s) and %d sample(s) with bad videos: %s",
+            manifest_path,
+            len({p.split(": ", 1)[0] for p in problems}),
+            skipped,
+            "; ".join(bad_videos[:5]),
+        )
     return out
 
 

@@ -28,8 +28,9 @@ TEMPLATES: dict[str, str] = {
     "increasing": r"must report increasing numbers",
 }
 PATTERNS: dict[str, re.Pattern[str]] = {
-    kind: re.compile("^" + re.sub(r"\{(\w+)\}", lambda m: _WORD if m.group(1) == "word" else _NUM,
-                                  t) + "$")
+    kind: re.compile(
+        "^" + re.sub(r"\{(\w+)\}", lambda m: _WORD if m.group(1) == "word" else _NUM, t) + "$"
+    )
     for kind, t in TEMPLATES.items()
 }
 
@@ -39,8 +40,9 @@ def parse_checkpoint(text: str) -> tuple[str, tuple] | None:
     for kind, pat in PATTERNS.items():
         m = pat.match(text.strip())
         if m:
-            return kind, tuple(g if "mention" in kind and i == 0 else float(g)
-                               for i, g in enumerate(m.groups()))
+            return kind, tuple(
+                g if "mention" in kind and i == 0 else float(g) for i, g in enumerate(m.groups())
+            )
     return None
 
 
@@ -83,9 +85,17 @@ def min_gap(d: float) -> str:
 INCREASING = "must report increasing numbers"
 
 
-def build_rubric(*, windows: Sequence[tuple[float, float]], keywords: Sequence[str],
-                 forbidden: Sequence[str], duration: float, gap: float = 2.0,
-                 increasing: bool = False, max_items: int = 10, min_items: int = 6) -> list[str]:
+def build_rubric(
+    *,
+    windows: Sequence[tuple[float, float]],
+    keywords: Sequence[str],
+    forbidden: Sequence[str],
+    duration: float,
+    gap: float = 2.0,
+    increasing: bool = False,
+    max_items: int = 10,
+    min_items: int = 6,
+) -> list[str]:
     """6-10 checkpoints that a perfect response trajectory satisfies.
 
     windows: each answer's acceptance window [lo, hi] (absolute seconds); keywords: one word of

@@ -20,8 +20,18 @@ from streampro.tasks import TASKS, ResolvedAnswer, resolve_answer
 
 log = logging.getLogger(__name__)
 
-SAMPLE_FIELDS = ("id", "video", "task", "question", "query_time", "answers", "rubric", "meta",
-                 "dimension", "duration")
+SAMPLE_FIELDS = (
+    "id",
+    "video",
+    "task",
+    "question",
+    "query_time",
+    "answers",
+    "rubric",
+    "meta",
+    "dimension",
+    "duration",
+)
 ANSWER_FIELDS = ("time", "start", "end", "text", "span", "window", "tau")
 MAX_LISTED = 20  # problems spelled out in a ManifestError message (all are in .problems)
 
@@ -96,9 +106,14 @@ class Sample:
     def to_dict(self) -> dict[str, Any]:
         """The manifest row (None-valued optional fields are left out)."""
         d: dict[str, Any] = {
-            "id": self.id, "video": self.video, "task": self.task, "question": self.question,
-            "query_time": self.query_time, "answers": [a.to_dict() for a in self.answers],
-            "rubric": list(self.rubric), "meta": self.meta,
+            "id": self.id,
+            "video": self.video,
+            "task": self.task,
+            "question": self.question,
+            "query_time": self.query_time,
+            "answers": [a.to_dict() for a in self.answers],
+            "rubric": list(self.rubric),
+            "meta": self.meta,
         }
         if self.dimension is not None:
             d["dimension"] = self.dimension
@@ -113,7 +128,10 @@ class Sample:
         if problems:
             raise ManifestError(f"sample {d.get('id', '?')!r}", problems)
         return cls(
-            id=d["id"], video=d["video"], task=d["task"], question=d["question"],
+            id=d["id"],
+            video=d["video"],
+            task=d["task"],
+            question=d["question"],
             query_time=float(d.get("query_time", 0.0)),
             answers=[Answer.from_dict(a) for a in d.get("answers") or []],
             rubric=list(d.get("rubric") or []),
@@ -135,6 +153,7 @@ class Sample:
 
 
 # ----------------------------------------------------------------------------- validation
+
 
 def _opt_float(v: Any) -> float | None:
     return None if v is None else float(v)
@@ -182,11 +201,17 @@ def _validate_answer(a: Any, i: int, query_time: float, out: list[str]) -> None:
         out.append(f"{name}.end: {nums['end']:g} is before start {nums['start']:g}")
     if not isinstance(a.get("text"), str) or not a["text"].strip():
         out.append(f"{name}.text: must be a non-empty string (the answer a response says)")
-    if (a.get("window") is not None and _check_pair(a["window"], f"{name}.window", out)
-            and a["window"][0] > a["window"][1]):
+    if (
+        a.get("window") is not None
+        and _check_pair(a["window"], f"{name}.window", out)
+        and a["window"][0] > a["window"][1]
+    ):
         out.append(f"{name}.window: lo {a['window'][0]:g} > hi {a['window'][1]:g}")
-    if (a.get("span") is not None and _check_pair(a["span"], f"{name}.span", out)
-            and a["span"][0] > a["span"][1]):
+    if (
+        a.get("span") is not None
+        and _check_pair(a["span"], f"{name}.span", out)
+        and a["span"][0] > a["span"][1]
+    ):
         out.append(f"{name}.span: start {a['span'][0]:g} > end {a['span'][1]:g}")
     tau = a.get("tau")
     if tau is not None:
@@ -235,18 +260,36 @@ def validate_row(d: Any) -> list[str]:
 
 # ----------------------------------------------------------------------------- I/O
 
+
 def _parquet_schema():
     import pyarrow as pa
 
     f64, pair = pa.float64(), pa.list_(pa.float64())
-    answer = pa.struct([("time", f64), ("start", f64), ("end", f64), ("text", pa.string()),
-                        ("span", pair), ("window", pair), ("tau", pair)])
-    return pa.schema([
-        ("id", pa.string()), ("video", pa.string()), ("task", pa.string()),
-        ("question", pa.string()), ("query_time", f64), ("answers", pa.list_(answer)),
-        ("rubric", pa.list_(pa.string())), ("meta", pa.string()),  # meta: JSON text
-        ("dimension", pa.string()), ("duration", f64),
-    ])
+    answer = pa.struct(
+        [
+            ("time", f64),
+            ("start", f64),
+            ("end", f64),
+            ("text", pa.string()),
+            ("span", pair),
+            ("window", pair),
+            ("tau", pair),
+        ]
+    )
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("video", pa.string()),
+            ("task", pa.string()),
+            ("question", pa.string()),
+            ("query_time", f64),
+            ("answers", pa.list_(answer)),
+            ("rubric", pa.list_(pa.string())),
+            ("meta", pa.string()),  # meta: JSON text
+            ("dimension", pa.string()),
+            ("duration", f64),
+        ]
+    )
 
 
 def _to_parquet_row(s: Sample) -> dict[str, Any]:
@@ -303,7 +346,9 @@ def read_rows(path: str | os.PathLike) -> list[tuple[int, Any, str | None]]:
     return out
 
 
-def load_manifest(path: str | os.PathLike, *, skip_bad: bool = False) -> tuple[list[Sample], list[str]]:
+def load_manifest(
+    path: str | os.PathLike, *, skip_bad: bool = False
+) -> tuple[list[Sample], list[str]]:
     """Read and validate a manifest (.jsonl or .parquet).
 
     Returns (samples, problems). Unless skip_bad, any problem raises ManifestError listing all
@@ -342,7 +387,9 @@ def write_manifest(samples: list[Sample], path: str | os.PathLike) -> Path:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pylist([_to_parquet_row(s) for s in samples], schema=_parquet_schema())
+        table = pa.Table.from_pylist(
+            [_to_parquet_row(s) for s in samples], schema=_parquet_schema()
+        )
         pq.write_table(table, tmp, compression="zstd")
     elif p.suffix == ".jsonl":
         with tmp.open("w", encoding="utf-8") as f:

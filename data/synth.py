@@ -7,9 +7,9 @@ does not depend on how many others are generated, and the same arguments give th
 
 from __future__ import annotations
 
-from dataclasses import asdict
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,11 +37,15 @@ def check_params(p: SceneParams, min_duration: float, max_duration: float) -> No
     if p.width < 16 or p.height < 16 or p.width % 2 or p.height % 2:
         problems.append(f"synth.width/height must be even and >= 16, got {p.width}x{p.height}")
     if p.video_fps < 2:
-        problems.append(f"synth.video_fps must be >= 2 (events start one frame into a second), "
-                        f"got {p.video_fps}")
+        problems.append(
+            f"synth.video_fps must be >= 2 (events start one frame into a second), "
+            f"got {p.video_fps}"
+        )
     if not MIN_DURATION <= min_duration <= max_duration:
-        problems.append(f"synth.min_duration/max_duration must satisfy {MIN_DURATION} <= min <= max, "
-                        f"got {min_duration:g}, {max_duration:g}")
+        problems.append(
+            f"synth.min_duration/max_duration must satisfy {MIN_DURATION} <= min <= max, "
+            f"got {min_duration:g}, {max_duration:g}"
+        )
     if not p.speed > 0:
         problems.append(f"synth.speed must be > 0, got {p.speed}")
     if not 0 <= p.distractors <= 5:
@@ -54,27 +58,47 @@ def check_params(p: SceneParams, min_duration: float, max_duration: float) -> No
         raise UserError("; ".join(problems))
 
 
-def make_sample(task: str, index: int, seed: int, p: SceneParams, min_duration: float,
-                max_duration: float) -> tuple[Sample, Scene]:
+def make_sample(
+    task: str, index: int, seed: int, p: SceneParams, min_duration: float, max_duration: float
+) -> tuple[Sample, Scene]:
     """One sample's manifest row and scene (no rendering)."""
     rng = np.random.default_rng([seed, TASK_ORDER.index(task), index])
     duration = int(rng.integers(int(min_duration), int(max_duration) + 1))
     q = 0 if rng.random() >= LATE_QUESTION_P else int(rng.integers(1, 4))
     scene = GENERATORS[task](rng, p, duration, q)
     sid = f"{task.lower()}-{seed}-{index:04d}"
-    sample = Sample(id=sid, video=f"videos/{sid}.mp4", task=task, question=scene.question,
-                    query_time=float(q), answers=scene.answers, duration=float(duration),
-                    meta={**scene.meta, "synth": {"seed": seed, "index": index, **asdict(p)}})
+    sample = Sample(
+        id=sid,
+        video=f"videos/{sid}.mp4",
+        task=task,
+        question=scene.question,
+        query_time=float(q),
+        answers=scene.answers,
+        duration=float(duration),
+        meta={**scene.meta, "synth": {"seed": seed, "index": index, **asdict(p)}},
+    )
     windows = [(r.lo, r.hi) for r in sample.resolved()]
-    sample.rubric = build_rubric(windows=windows, keywords=scene.keywords,
-                                 forbidden=scene.forbidden, duration=float(duration),
-                                 increasing=scene.increasing)
+    sample.rubric = build_rubric(
+        windows=windows,
+        keywords=scene.keywords,
+        forbidden=scene.forbidden,
+        duration=float(duration),
+        increasing=scene.increasing,
+    )
     return sample, scene
 
 
-def synthesize(out: str | Path, *, per_task: int, seed: int, params: SceneParams,
-               min_duration: float, max_duration: float, tasks: tuple[str, ...] = TASK_ORDER,
-               progress: bool = True) -> list[Sample]:
+def synthesize(
+    out: str | Path,
+    *,
+    per_task: int,
+    seed: int,
+    params: SceneParams,
+    min_duration: float,
+    max_duration: float,
+    tasks: tuple[str, ...] = TASK_ORDER,
+    progress: bool = True,
+) -> list[Sample]:
     """Render per_task samples of each task into out/videos and write both manifests."""
     from tqdm import tqdm
 
@@ -87,8 +111,11 @@ def synthesize(out: str | Path, *, per_task: int, seed: int, params: SceneParams
     for task, i in tqdm(jobs, desc=f"synth {out.name}", disable=not progress):
         sample, scene = make_sample(task, i, seed, params, min_duration, max_duration)
         n_frames = int(sample.duration) * params.video_fps
-        write_video(out / sample.video, render(scene, n_frames, params.width, params.height),
-                    fps=params.video_fps)
+        write_video(
+            out / sample.video,
+            render(scene, n_frames, params.width, params.height),
+            fps=params.video_fps,
+        )
         samples.append(sample)
     write_manifest(samples, out / "manifest.jsonl")
     write_manifest(samples, out / "manifest.parquet")
@@ -97,9 +124,15 @@ def synthesize(out: str | Path, *, per_task: int, seed: int, params: SceneParams
 
 def scene_params(s: SynthConfig) -> SceneParams:
     """SynthConfig -> the flat rendering knobs (the one place that unpacks it)."""
-    return SceneParams(width=s.width, height=s.height, video_fps=s.video_fps, speed=s.speed,
-                       distractors=s.distractors, max_events=s.max_events,
-                       object_size=s.object_size)
+    return SceneParams(
+        width=s.width,
+        height=s.height,
+        video_fps=s.video_fps,
+        speed=s.speed,
+        distractors=s.distractors,
+        max_events=s.max_events,
+        object_size=s.object_size,
+    )
 
 
 def split_per_task(s: SynthConfig, split: str) -> int:
@@ -116,14 +149,27 @@ def split_dir(s: SynthConfig, split: str) -> Path:
     return Path(s.out) / f"{split}-{digest}"
 
 
-def synth_split(s: SynthConfig, *, split: str = "train", out: str | Path | None = None,
-                seed: int | None = None, per_task: int | None = None, progress: bool = True) -> Path:
+def synth_split(
+    s: SynthConfig,
+    *,
+    split: str = "train",
+    out: str | Path | None = None,
+    seed: int | None = None,
+    per_task: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Render one split (default folder `split_dir`, seed from the split's range);
     returns the manifest.jsonl path."""
     if split not in SPLIT_SEEDS:
         raise UserError(f"unknown split {split!r} (train, val or test)")
     folder = Path(out) if out else split_dir(s, split)
-    synthesize(folder, per_task=split_per_task(s, split) if per_task is None else per_task,
-               seed=SPLIT_SEEDS[split] if seed is None else seed, params=scene_params(s),
-               min_duration=s.min_duration, max_duration=s.max_duration, progress=progress)
+    synthesize(
+        folder,
+        per_task=split_per_task(s, split) if per_task is None else per_task,
+        seed=SPLIT_SEEDS[split] if seed is None else seed,
+        params=scene_params(s),
+        min_duration=s.min_duration,
+        max_duration=s.max_duration,
+        progress=progress,
+    )
     return folder / "manifest.jsonl"

@@ -18,8 +18,12 @@ import numpy as np
 BACKGROUND = (12, 12, 12)
 # Strong colours, each in its own cell of the 4-level RGB codebook (and apart in YUV).
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (230, 25, 25), "green": (25, 200, 25), "blue": (30, 40, 235),
-    "yellow": (235, 220, 25), "cyan": (25, 215, 225), "magenta": (225, 25, 225),
+    "red": (230, 25, 25),
+    "green": (25, 200, 25),
+    "blue": (30, 40, 235),
+    "yellow": (235, 220, 25),
+    "cyan": (25, 215, 225),
+    "magenta": (225, 25, 225),
     "orange": (245, 135, 15),
 }
 WHITE, GREY = (240, 240, 240), (140, 140, 140)
@@ -93,7 +97,9 @@ def bounce(p0: float, vel: float, t: np.ndarray, lo: float, hi: float) -> np.nda
 def along(side: str, p: np.ndarray | float, lane: np.ndarray | float):
     """(x, y) for distance p from the side opposite `side` toward `side` (p=1: at `side`)."""
     p, lane = np.broadcast_arrays(np.asarray(p, float), np.asarray(lane, float))
-    return {"right": (p, lane), "left": (1 - p, lane), "bottom": (lane, p), "top": (lane, 1 - p)}[side]
+    return {"right": (p, lane), "left": (1 - p, lane), "bottom": (lane, p), "top": (lane, 1 - p)}[
+        side
+    ]
 
 
 def inward(side: str, p: np.ndarray | float, lane: np.ndarray | float):
@@ -105,20 +111,33 @@ def const(value: float, n: int) -> np.ndarray:
     return np.full(n, float(value))
 
 
-def wander(rng: np.random.Generator, t: np.ndarray, size: float, speed: float,
-           box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+def wander(
+    rng: np.random.Generator,
+    t: np.ndarray,
+    size: float,
+    speed: float,
+    box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
+) -> tuple[np.ndarray, np.ndarray]:
     """Bouncing 2-D motion inside box (x0, y0, x1, y1), random start and direction."""
     h = size / 2
     x0, y0, x1, y1 = box[0] + h, box[1] + h, box[2] - h, box[3] - h
     ang = rng.uniform(0.2, 1.37) + rng.integers(0, 4) * np.pi / 2  # never axis-aligned
     v = BASE_SPEED * speed * rng.uniform(0.7, 1.3)
-    return (bounce(rng.uniform(x0, x1), v * np.cos(ang), t, x0, x1),
-            bounce(rng.uniform(y0, y1), v * np.sin(ang), t, y0, y1))
+    return (
+        bounce(rng.uniform(x0, x1), v * np.cos(ang), t, x0, x1),
+        bounce(rng.uniform(y0, y1), v * np.sin(ang), t, y0, y1),
+    )
 
 
-def distractors(rng: np.random.Generator, n: int, colours: list[str], t: np.ndarray, size: float,
-                speed: float, box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
-                ) -> list[Sprite]:
+def distractors(
+    rng: np.random.Generator,
+    n: int,
+    colours: list[str],
+    t: np.ndarray,
+    size: float,
+    speed: float,
+    box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
+) -> list[Sprite]:
     """n wandering objects, one colour each from `colours` (never the target's)."""
     out = []
     for c in colours[:n]:
@@ -156,7 +175,7 @@ def _draw(frame: np.ndarray, mask: np.ndarray, rgb: np.ndarray, cx: float, cy: f
     y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + sy, H), min(left + sx, W)
     if y0 >= y1 or x0 >= x1:
         return
-    m = mask[y0 - top:y1 - top, x0 - left:x1 - left]
+    m = mask[y0 - top : y1 - top, x0 - left : x1 - left]
     frame[y0:y1, x0:x1][m] = rgb
 
 
@@ -165,10 +184,13 @@ def render(scene: Scene, n_frames: int, width: int, height: int) -> Iterator[np.
     base = np.empty((height, width, 3), np.uint8)
     base[:] = BACKGROUND
     for x0, y0, x1, y1, name in scene.rects:
-        base[round(y0 * height):round(y1 * height),
-             round(x0 * width):round(x1 * width)] = RGB[COLOUR_INDEX[name]]
-    masks = [shape_mask(s.shape, max(2, round(s.size * width)), max(2, round(s.size * height)))
-             for s in scene.sprites]
+        base[round(y0 * height) : round(y1 * height), round(x0 * width) : round(x1 * width)] = RGB[
+            COLOUR_INDEX[name]
+        ]
+    masks = [
+        shape_mask(s.shape, max(2, round(s.size * width)), max(2, round(s.size * height)))
+        for s in scene.sprites
+    ]
     for i in range(n_frames):
         frame = base.copy()
         for sp, mask in zip(scene.sprites, masks):

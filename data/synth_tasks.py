@@ -95,9 +95,12 @@ def make_eu(rng, p: SceneParams, duration: int, q: int) -> Scene:
             t_out = o + 1 + dwell + 2
             side, lane = _pick(rng, SIDES), rng.uniform(h, 1 - h)
             exit_side, exit_lane = _pick(rng, SIDES), rng.uniform(h, 1 - h)
-            pts = [inward(side, 0.0, lane), inward(side, h, lane),
-                   (rng.uniform(h + 0.05, 1 - h - 0.05), rng.uniform(h + 0.05, 1 - h - 0.05)),
-                   inward(exit_side, -h - 0.02, exit_lane)]
+            pts = [
+                inward(side, 0.0, lane),
+                inward(side, h, lane),
+                (rng.uniform(h + 0.05, 1 - h - 0.05), rng.uniform(h + 0.05, 1 - h - 0.05)),
+                inward(exit_side, -h - 0.02, exit_lane),
+            ]
             for tk, (x, y) in zip((o, o + 1, o + 1 + dwell, t_out), pts):
                 keys_t.append(tk)
                 keys_x.append(float(x))
@@ -112,15 +115,23 @@ def make_eu(rng, p: SceneParams, duration: int, q: int) -> Scene:
     # 13 s: one episode's span; min_gap keeps apart the answers of consecutive entries.
     gap = max(13, min_gap("EU", lambda k: {"start": onset(k, v), "end": onset(k, v) + 1}))
     target, entries = episodes(colour, _spread(rng, q + 2, duration - 13, n, gap))
-    sprites = [episodes(c, _spread(rng, q, duration - 13, 2, 13))[0] for c in others[:p.distractors]]
-    answers = [Answer(start=o, end=o + 1, text=f"{colour} {shape} from {side}") for o, side in entries]
+    sprites = [
+        episodes(c, _spread(rng, q, duration - 13, 2, 13))[0] for c in others[: p.distractors]
+    ]
+    answers = [
+        Answer(start=o, end=o + 1, text=f"{colour} {shape} from {side}") for o, side in entries
+    ]
     return Scene(
         question=f"Tell me when a {colour} {shape} enters and from which side.",
-        answers=answers, sprites=sprites + [target],
-        meta={"target": {"colour": colour, "shape": shape},
-              "entries": [{"onset": o, "side": s} for o, s in entries],
-              "distractors": others[:p.distractors]},
-        keywords=[s for _, s in entries], forbidden=others[:p.distractors],
+        answers=answers,
+        sprites=sprites + [target],
+        meta={
+            "target": {"colour": colour, "shape": shape},
+            "entries": [{"onset": o, "side": s} for o, s in entries],
+            "distractors": others[: p.distractors],
+        },
+        keywords=[s for _, s in entries],
+        forbidden=others[: p.distractors],
     )
 
 
@@ -145,10 +156,14 @@ def make_ou(rng, p: SceneParams, duration: int, q: int) -> Scene:
     answers = [Answer(time=onset(k, v), text=f"now {c}") for k, c in zip(seconds, colours[1:])]
     return Scene(
         question=f"Tell me when the {shape} changes colour, and the new colour.",
-        answers=answers, sprites=sprites,
-        meta={"target": {"shape": shape, "position": [x, y], "colours": colours},
-              "distractors": others},
-        keywords=colours[1:], forbidden=others,
+        answers=answers,
+        sprites=sprites,
+        meta={
+            "target": {"shape": shape, "position": [x, y], "colours": colours},
+            "distractors": others,
+        },
+        keywords=colours[1:],
+        forbidden=others,
     )
 
 
@@ -180,7 +195,8 @@ def make_aa(rng, p: SceneParams, duration: int, q: int) -> Scene:
     kinds = {e["kind"] for e in events}
     return Scene(
         question="Alert me if anything unusual happens.",
-        answers=[Answer(time=e["onset"], text=e["kind"]) for e in events], sprites=sprites,
+        answers=[Answer(time=e["onset"], text=e["kind"]) for e in events],
+        sprites=sprites,
         meta={"anomalies": events, "objects": colours},
         keywords=[e["kind"] for e in events],
         forbidden=[k for k in ("teleport", "flicker") if k not in kinds],
@@ -207,17 +223,27 @@ def make_tp(rng, p: SceneParams, duration: int, q: int) -> Scene:
     pos = h + (1 - 2 * h) * tri(u + (1.0 if first_high else 0.0))  # 1 = the high wall
     axis, lane = _pick(rng, ("x", "y")), rng.uniform(h, 1 - h)
     x, y = (pos, const(lane, len(t))) if axis == "x" else (const(lane, len(t)), pos)
-    walls = [("right" if axis == "x" else "bottom") if (i % 2 == 0) == first_high else
-             ("left" if axis == "x" else "top") for i in range(n)]
+    walls = [
+        ("right" if axis == "x" else "bottom")
+        if (i % 2 == 0) == first_high
+        else ("left" if axis == "x" else "top")
+        for i in range(n)
+    ]
     sprites = distractors(rng, p.distractors, others, t, size, p.speed)
     sprites.append(Sprite("circle", size, x, y, np.full(len(t), COLOUR_INDEX[colour])))
     return Scene(
         question=f"Each time the {colour} ball bounces off a wall, tell me the count so far.",
         answers=[Answer(start=b, end=b, text=f"bounce {i + 1}") for i, b in enumerate(bounces)],
         sprites=sprites,
-        meta={"ball": colour, "axis": axis, "bounces": bounces, "walls": walls,
-              "distractors": others},
-        keywords=[str(i + 1) for i in range(n)], forbidden=[str(n + 1)] + others[:1],
+        meta={
+            "ball": colour,
+            "axis": axis,
+            "bounces": bounces,
+            "walls": walls,
+            "distractors": others,
+        },
+        keywords=[str(i + 1) for i in range(n)],
+        forbidden=[str(n + 1)] + others[:1],
         increasing=True,
     )
 
@@ -241,9 +267,15 @@ def make_tg(rng, p: SceneParams, duration: int, q: int) -> Scene:
         question=f"When the {colour} {shape} stops, tell me when it started and stopped moving.",
         answers=[Answer(time=float(stop), text=text, span=(float(start), float(stop)))],
         sprites=sprites,
-        meta={"target": {"colour": colour, "shape": shape}, "side": side, "start": start,
-              "stop": stop, "distractors": others},
-        keywords=[text], forbidden=others,
+        meta={
+            "target": {"colour": colour, "shape": shape},
+            "side": side,
+            "start": start,
+            "stop": stop,
+            "distractors": others,
+        },
+        keywords=[text],
+        forbidden=others,
     )
 
 
@@ -253,10 +285,12 @@ def make_gp(rng, p: SceneParams, duration: int, q: int) -> Scene:
     n_steps = int(rng.integers(2, min(4, p.max_events + 1) + 1))
     colours = pick_colours(rng, n_steps + min(max(p.distractors, 1), 7 - n_steps))
     plan, extra = colours[:n_steps], colours[n_steps:]
-    cells = rng.permutation(16)[:len(colours) + 1]
+    cells = rng.permutation(16)[: len(colours) + 1]
     centre = [((c % 4 + 0.5) / 4, (c // 4 + 0.5) / 4) for c in cells]
-    pads = [Sprite("square", size, const(x, len(t)), const(y, len(t)),
-                   np.full(len(t), COLOUR_INDEX[c])) for c, (x, y) in zip(colours, centre)]
+    pads = [
+        Sprite("square", size, const(x, len(t)), const(y, len(t)), np.full(len(t), COLOUR_INDEX[c]))
+        for c, (x, y) in zip(colours, centre)
+    ]
     travel, pos = [], centre[-1]  # whole seconds per leg at the agent's speed
     for xy in centre[:n_steps]:
         travel.append(min(10, max(2, math.ceil(math.dist(pos, xy) / (BASE_SPEED * 1.5 * p.speed)))))
@@ -267,7 +301,7 @@ def make_gp(rng, p: SceneParams, duration: int, q: int) -> Scene:
     hold = [max(d, gap - nxt) for d, nxt in zip(dwell, travel[1:])]
 
     def needed(k: int) -> int:  # seconds of k steps: travels, holds between, the last dwell
-        return sum(travel[:k]) + sum(hold[:k - 1]) + dwell[k - 1]
+        return sum(travel[:k]) + sum(hold[: k - 1]) + dwell[k - 1]
 
     while n_steps > 1 and q + 2 + needed(n_steps) > duration - 2:
         n_steps -= 1
@@ -285,14 +319,19 @@ def make_gp(rng, p: SceneParams, duration: int, q: int) -> Scene:
     ay = np.interp(t, keys_t, [xy[1] for xy in keys_xy])
     agent = Sprite("circle", size, ax, ay, np.full(len(t), COLOUR_INDEX["white"]))
     nexts = [plan[i + 1] if i + 1 < len(arrivals) else "done" for i in range(len(arrivals))]
-    steps = ", then ".join(f"the {c} pad" for c in plan[:len(arrivals)])
+    steps = ", then ".join(f"the {c} pad" for c in plan[: len(arrivals)])
     return Scene(
         question=f"Plan: go to {steps}. As each step completes, tell me the next step.",
         answers=[Answer(time=a, text=f"next: {c}") for a, c in zip(arrivals, nexts)],
         sprites=pads + [agent],
-        meta={"plan": plan[:len(arrivals)], "extra_pads": extra, "arrivals": arrivals,
-              "pads": {c: list(xy) for c, xy in zip(colours, centre)}},
-        keywords=nexts, forbidden=extra[:2],
+        meta={
+            "plan": plan[: len(arrivals)],
+            "extra_pads": extra,
+            "arrivals": arrivals,
+            "pads": {c: list(xy) for c, xy in zip(colours, centre)},
+        },
+        keywords=nexts,
+        forbidden=extra[:2],
     )
 
 
@@ -312,7 +351,7 @@ def make_rf(rng, p: SceneParams, duration: int, q: int) -> Scene:
     pause = [1] + [max(1, gap - back[i - 1] - approach[i]) for i in range(1, n)]
 
     def needed(k: int) -> int:  # seconds of k runs: rests + approaches, retreats between
-        return sum(pause[:k]) + sum(approach[:k]) + sum(back[:k - 1])
+        return sum(pause[:k]) + sum(approach[:k]) + sum(back[: k - 1])
 
     while n > 1 and first + needed(n) > duration - 2:
         n -= 1
@@ -330,22 +369,43 @@ def make_rf(rng, p: SceneParams, duration: int, q: int) -> Scene:
         keys_t.append(clock)
         keys_p.append(rng.uniform(h, 0.35))
     x, y = along(side, np.interp(t, keys_t, keys_p), lane)
-    rects = {"right": (1 - bar, 0, 1, 1), "left": (0, 0, bar, 1),
-             "bottom": (0, 1 - bar, 1, 1), "top": (0, 0, 1, bar)}
-    box = {"right": (0, 0, 1 - bar, 1), "left": (bar, 0, 1, 1),
-           "bottom": (0, 0, 1, 1 - bar), "top": (0, bar, 1, 1)}[side]
+    rects = {
+        "right": (1 - bar, 0, 1, 1),
+        "left": (0, 0, bar, 1),
+        "bottom": (0, 1 - bar, 1, 1),
+        "top": (0, 0, 1, bar),
+    }
+    box = {
+        "right": (0, 0, 1 - bar, 1),
+        "left": (bar, 0, 1, 1),
+        "bottom": (0, 0, 1, 1 - bar),
+        "top": (0, bar, 1, 1),
+    }[side]
     sprites = distractors(rng, p.distractors, others, t, size, p.speed, box=box)
     sprites.append(Sprite(shape, size, x, y, np.full(len(t), COLOUR_INDEX[colour])))
     return Scene(
         question=f"Warn me 3 seconds before the {colour} {shape} hits the grey wall.",
         answers=[Answer(time=float(i - 3), text="impact warning") for i in impacts],
         sprites=sprites,
-        meta={"target": {"colour": colour, "shape": shape}, "wall": side, "wall_width": bar,
-              "impacts": impacts, "distractors": others},
-        keywords=["impact"] * len(impacts), forbidden=others,
+        meta={
+            "target": {"colour": colour, "shape": shape},
+            "wall": side,
+            "wall_width": bar,
+            "impacts": impacts,
+            "distractors": others,
+        },
+        keywords=["impact"] * len(impacts),
+        forbidden=others,
         rects=[(*rects[side], "grey")],
     )
 
 
-GENERATORS = {"EU": make_eu, "OU": make_ou, "AA": make_aa, "TP": make_tp, "TG": make_tg,
-              "GP": make_gp, "RF": make_rf}
+GENERATORS = {
+    "EU": make_eu,
+    "OU": make_ou,
+    "AA": make_aa,
+    "TP": make_tp,
+    "TG": make_tg,
+    "GP": make_gp,
+    "RF": make_rf,
+}

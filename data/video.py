@@ -78,15 +78,20 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     try:
         s = container.streams.video[0]
         rate = s.average_rate or s.guessed_rate or 0
-        return VideoInfo(duration=_declared_duration(container, s) or 0.0, fps=float(rate),
-                         width=s.codec_context.width, height=s.codec_context.height,
-                         codec=s.codec_context.name)
+        return VideoInfo(
+            duration=_declared_duration(container, s) or 0.0,
+            fps=float(rate),
+            width=s.codec_context.width,
+            height=s.codec_context.height,
+            codec=s.codec_context.name,
+        )
     finally:
         container.close()
 
 
-def read_chunks(path: str | os.PathLike, fps: float = 1.0, *,
-                size: tuple[int, int] | None = None) -> Iterator[Chunk]:
+def read_chunks(
+    path: str | os.PathLike, fps: float = 1.0, *, size: tuple[int, int] | None = None
+) -> Iterator[Chunk]:
     """Yield the video's chunks in order, decoding lazily (one frame held at a time).
 
     size=(width, height) resizes frames in the decoder's scaler (cheap for big videos).
@@ -149,9 +154,15 @@ def count_chunks(path: str | os.PathLike, fps: float = 1.0) -> tuple[int, float]
     return n, end
 
 
-def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], *, fps: float,
-                codec: str = "libx264", options: dict[str, str] | None = None,
-                pix_fmt: str = "yuv420p") -> Path:
+def write_video(
+    path: str | os.PathLike,
+    frames: Iterable[np.ndarray],
+    *,
+    fps: float,
+    codec: str = "libx264",
+    options: dict[str, str] | None = None,
+    pix_fmt: str = "yuv420p",
+) -> Path:
     """Encode RGB uint8 frames to a video file atomically (temp file + rename).
 
     The default (H.264 in MP4, X264_OPTIONS, bitexact muxing) gives identical bytes for

@@ -13,12 +13,12 @@ import shutil
 from pathlib import Path
 
 import torch
-
-from streampro.config import Config
-from streampro.errors import UserError
 from streampro.learners.api import Batch, LearnerGroupAPI
 from streampro.learners.packing import assign_rows, materialize
 from streampro.learners.worker import LearnerSettings, LearnerWorker
+
+from streampro.config import Config
+from streampro.errors import UserError
 from streampro.tokens import CLASS_RESPONSE, CLASS_SILENCE
 
 OBJECTIVES = ("sft", "grpo")
@@ -199,7 +199,6 @@ class RayLearnerGroup:
         """settings: the flat fields of LearnerSettings; role_resource asks for the 'learner'
         custom resource so an autoscaler starts nodes of the learner worker group."""
         import ray
-
         from streampro.cluster.resources import in_placement_group, learner_placement_group
 
         self.settings = LearnerSettings(**settings)

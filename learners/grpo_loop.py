@@ -38,7 +38,9 @@ def select_groups(rewards: torch.Tensor, *, need: int, dynamic: bool) -> torch.T
     return informative & (informative.cumsum(0) <= need)
 
 
-def build_batch(trajs: list[Trajectory], adv: torch.Tensor, *, pad_id: int) -> dict[str, torch.Tensor]:
+def build_batch(
+    trajs: list[Trajectory], adv: torch.Tensor, *, pad_id: int
+) -> dict[str, torch.Tensor]:
     """One row per trajectory; the sequence advantage is broadcast over its generated tokens."""
     items = [
         PackItem(
@@ -93,9 +95,25 @@ class Groups:
 class GRPOStep:
     """The parts of one GRPO step over running groups (rollout, reward pool, learner)."""
 
-    def __init__(self, *, cfg: Config, train: list, rollout, pool, learner, cursor: DataCursor,
-                 run_dir: Path, pad_id: int) -> None:
-        self.cfg, self.train, self.rollout, self.pool, self.learner = cfg, train, rollout, pool, learner
+    def __init__(
+        self,
+        *,
+        cfg: Config,
+        train: list,
+        rollout,
+        pool,
+        learner,
+        cursor: DataCursor,
+        run_dir: Path,
+        pad_id: int,
+    ) -> None:
+        self.cfg, self.train, self.rollout, self.pool, self.learner = (
+            cfg,
+            train,
+            rollout,
+            pool,
+            learner,
+        )
         self.cursor, self.run_dir, self.pad_id = cursor, run_dir, pad_id
 
     def collect(self, step: int) -> Groups:
@@ -107,9 +125,12 @@ class GRPOStep:
         out, need = Groups(g=c.group_size), c.batch_samples
         for rnd in range(1 + (c.max_resample_rounds if c.dynamic_sampling else 0)):
             batch = [self.train[i] for i in self.cursor.take(need)]
-            sampling = Sampling(temperature=self.cfg.rollout.temperature, top_p=self.cfg.rollout.top_p,
-                                max_answer_tokens=self.cfg.rollout.max_answer_tokens,
-                                seed=self.cfg.run.seed * 100003 + step + 1_000_003 * rnd)
+            sampling = Sampling(
+                temperature=self.cfg.rollout.temperature,
+                top_p=self.cfg.rollout.top_p,
+                max_answer_tokens=self.cfg.rollout.max_answer_tokens,
+                seed=self.cfg.run.seed * 100003 + step + 1_000_003 * rnd,
+            )
             t = time.perf_counter()
             trajs = self.rollout.generate(samples=batch, n=c.group_size, sampling=sampling)
             out.seconds["rollout"] += time.perf_counter() - t
@@ -117,8 +138,11 @@ class GRPOStep:
             samples = [s.sample.to_dict() for s in batch for _ in range(c.group_size)]
             results = self.pool.score(samples=samples, trajectories=trajs)
             out.seconds["reward"] += time.perf_counter() - t
-            keep = select_groups(rewards_matrix(results, len(batch), c.group_size), need=need,
-                                 dynamic=c.dynamic_sampling)
+            keep = select_groups(
+                rewards_matrix(results, len(batch), c.group_size),
+                need=need,
+                dynamic=c.dynamic_sampling,
+            )
             out.trajs += trajs
             out.results += results
             out.rounds += [rnd] * len(trajs)
@@ -164,19 +188,32 @@ class GRPOStep:
         from streampro.actors.records import write_trajectories
 
         res, g = groups.results, groups.g
-        extra = {"step": [step] * len(res), "reward": [r.total for r in res],
-                 "reward_fmt": [r.fmt for r in res], "reward_turn": [r.turn for r in res],
-                 "reward_traj": [r.traj for r in res], "round": groups.rounds,
-                 "kept": [k for k in groups.keep for _ in range(g)]}
-        write_trajectories(self.run_dir / "trajectories" / f"step_{step:06d}.parquet", groups.trajs, extra)
+        extra = {
+            "step": [step] * len(res),
+            "reward": [r.total for r in res],
+            "reward_fmt": [r.fmt for r in res],
+            "reward_turn": [r.turn for r in res],
+            "reward_traj": [r.traj for r in res],
+            "round": groups.rounds,
+            "kept": [k for k in groups.keep for _ in range(g)],
+        }
+        write_trajectories(
+            self.run_dir / "trajectories" / f"step_{step:06d}.parquet", groups.trajs, extra
+        )
         equal = equal_reward_groups(groups.rewards())  # [N]
-        return {**trajectory_stats(groups.trajs, res), "adv/kept_groups": float(sum(groups.keep)),
-                "adv/equal_reward_groups": float(equal.sum()), "rollout/rounds": float(max(groups.rounds) + 1),
-                "time/rollout": groups.seconds["rollout"], "time/reward": groups.seconds["reward"]}
+        return {
+            **trajectory_stats(groups.trajs, res),
+            "adv/kept_groups": float(sum(groups.keep)),
+            "adv/equal_reward_groups": float(equal.sum()),
+            "rollout/rounds": float(max(groups.rounds) + 1),
+            "time/rollout": groups.seconds["rollout"],
+            "time/reward": groups.seconds["reward"],
+        }
 
 
-def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None,
-             start_val: dict | None = None) -> dict:
+def run_grpo(
+    cfg: Config, run_dir: Path, *, init_model: str, rollout=None, start_val: dict | None = None
+) -> dict:
     """The GRPO stage. Returns {"hf": final policy folder, "val": scores, "steps": n}.
 
     `rollout`: a running rollout group already holding init_model's weights (the caller keeps
@@ -200,8 +237,16 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None,
     rollout = make_rollout_group(cfg, init_model) if own_rollout else rollout
     pool = make_reward_pool(cfg)
     logger, ckpts = MetricsLogger(run_dir), Checkpoints(run_dir, c.keep_checkpoints)
-    parts = GRPOStep(cfg=cfg, train=train, rollout=rollout, pool=pool, learner=learner,
-                     cursor=DataCursor(len(train), cfg.run.seed), run_dir=run_dir, pad_id=_pad_id(init_model))
+    parts = GRPOStep(
+        cfg=cfg,
+        train=train,
+        rollout=rollout,
+        pool=pool,
+        learner=learner,
+        cursor=DataCursor(len(train), cfg.run.seed),
+        run_dir=run_dir,
+        pad_id=_pad_id(init_model),
+    )
     step = _resume(cfg, parts, ckpts, logger) if cfg.run.resume == "auto" else 0
     if c.eval_every and step == 0:  # the starting point of the val curve
         start = start_val or evaluate(rollout, val, **eval_kwargs(cfg))
@@ -214,7 +259,11 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None,
         t0 = time.perf_counter()
         groups = pending.result() if pending is not None else parts.collect(step)
         t_wait = time.perf_counter() - t0
-        pending = executor.submit(parts.collect, step + 1) if c.async_mode and step + 1 < steps_total else None
+        pending = (
+            executor.submit(parts.collect, step + 1)
+            if c.async_mode and step + 1 < steps_total
+            else None
+        )
 
         t1 = time.perf_counter()
         learn_stats = parts.learn(groups)
@@ -227,15 +276,23 @@ def run_grpo(cfg: Config, run_dir: Path, *, init_model: str, rollout=None,
         parts.publish(step)  # policy version = steps done
         t_sync = time.perf_counter() - t2
 
-        metrics = {**parts.record(step, groups), **learn_stats, "time/wait": t_wait, "time/learn": t_learn,
-                   "time/sync": t_sync, "time/step": time.perf_counter() - t0}
+        metrics = {
+            **parts.record(step, groups),
+            **learn_stats,
+            "time/wait": t_wait,
+            "time/learn": t_learn,
+            "time/sync": t_sync,
+            "time/step": time.perf_counter() - t0,
+        }
         if c.eval_every and step % c.eval_every == 0:
             val_scores = evaluate(rollout, val, **eval_kwargs(cfg))
             metrics["val/w_avg"], metrics["val/avg"] = val_scores["w_avg"], val_scores["avg"]
         logger.log(step, metrics)
         if step % c.save_every == 0 or step == steps_total:
             ckpts.save(learner, step, {"step": step, "version": step, "cursor": groups.cursor})
-        bar.set_postfix(reward=f"{metrics['reward/total']:.3f}", resp=f"{metrics['rollout/response_rate']:.2f}")
+        bar.set_postfix(
+            reward=f"{metrics['reward/total']:.3f}", resp=f"{metrics['rollout/response_rate']:.2f}"
+        )
         bar.update(1)
     bar.close()
     executor.shutdown()

@@ -42,7 +42,10 @@ def group_advantages(
     else:
         raise ValueError(f"unknown advantage mode {mode!r} (grpo, drgrpo, loo)")
     degenerate = equal_reward_groups(rewards)  # [B]
-    stats = {"adv/degenerate_groups": float(degenerate.sum()), "adv/abs_mean": float(adv.abs().mean())}
+    stats = {
+        "adv/degenerate_groups": float(degenerate.sum()),
+        "adv/abs_mean": float(adv.abs().mean()),
+    }
     return adv, stats
 
 

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-
 from streampro.learners.api import Batch
 
 # Keys sliced along the row axis; everything in a Batch is [B, T].

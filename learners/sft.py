@@ -15,9 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from streampro.learners.packing import PackItem, collate, plan_rows
+
 from streampro.config import Config, atomic_write_text, make_run_dir
 from streampro.errors import UserError
-from streampro.learners.packing import PackItem, collate, plan_rows
 
 
 @dataclass
@@ -101,9 +102,9 @@ def run_sft(
     cfg: Config, run_dir: str | Path, *, init_model: str | None = None, evaluate: bool = True
 ) -> dict:
     """The SFT stage. Returns the summary: {"hf", "steps", "val", "always_silent", "data", ...}."""
+    from streampro.learners.group import make_learner_group
     from transformers import AutoTokenizer
 
-    from streampro.learners.group import make_learner_group
     from streampro.pipeline import load_split
     from streampro.tiny import policy_path
 
@@ -117,8 +118,9 @@ def run_sft(
     pad_id = int(pad_id if pad_id is not None else tokenizer.eos_token_id)
     s = cfg.sft
     train = load_split(cfg, "train")
-    data = build_sft_data(train, tokenizer, window_turns=cfg.data.window_turns,
-                          max_seq_len=s.max_seq_len)
+    data = build_sft_data(
+        train, tokenizer, window_turns=cfg.data.window_turns, max_seq_len=s.max_seq_len
+    )
     if not data.items:
         raise UserError("the train split has no usable samples")
     if data.truncated:
@@ -132,10 +134,19 @@ def run_sft(
         hf = group.export_hf(path=str(run_dir / "hf"))
     finally:
         group.shutdown()
-    summary = {"hf": hf, "steps": step, "model": model_path, "final": last,
-               "data": {"examples": len(data.items), "truncated": data.truncated,
-                        "unplaced_answers": data.unplaced, "tokens": data.tokens,
-                        "supervised_tokens": data.supervised}}
+    summary = {
+        "hf": hf,
+        "steps": step,
+        "model": model_path,
+        "final": last,
+        "data": {
+            "examples": len(data.items),
+            "truncated": data.truncated,
+            "unplaced_answers": data.unplaced,
+            "tokens": data.tokens,
+            "supervised_tokens": data.supervised,
+        },
+    }
     if evaluate:
         summary.update(_final_eval(cfg, rollout, hf, run_dir))
     elif rollout is not None:
@@ -151,14 +162,15 @@ def _train(cfg: Config, group, data: SFTData, run_dir: Path, *, pad_id: int, eva
 
     Returns (steps done, last metrics, the mid-run rollout group or None).
     """
+    from streampro.learners.state import Checkpoints, DataCursor
     from tqdm import tqdm
 
-    from streampro.learners.state import Checkpoints, DataCursor
     from streampro.metrics import MetricsLogger
 
     s = cfg.sft
-    steps = total_steps(len(data.items), epochs=s.epochs, global_batch=s.global_batch,
-                        max_steps=s.max_steps)
+    steps = total_steps(
+        len(data.items), epochs=s.epochs, global_batch=s.global_batch, max_steps=s.max_steps
+    )
     ckpts = Checkpoints(run_dir, s.keep_checkpoints)
     cursor, step, rollout, last = DataCursor(len(data.items), cfg.run.seed), 0, None, {}
     logger = MetricsLogger(run_dir)
@@ -187,8 +199,11 @@ def _train(cfg: Config, group, data: SFTData, run_dir: Path, *, pad_id: int, eva
                 logger.log(step, last)
             if step % s.save_every == 0 or step == steps:
                 ckpts.save(group, step, {"step": step, "cursor": cursor.state()})
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['decision_acc']:.2f}",
-                            resp=f"{stats['response_recall']:.2f}")
+            bar.set_postfix(
+                loss=f"{stats['loss']:.3f}",
+                acc=f"{stats['decision_acc']:.2f}",
+                resp=f"{stats['response_recall']:.2f}",
+            )
             bar.update(1)
     finally:
         bar.close()
@@ -200,6 +215,7 @@ def _eval_now(cfg: Config, group, rollout, run_dir: Path, step: int):
     """Mid-run val score: export, then (re)load the weights into one long-lived rollout group."""
     from streampro.actors.rollout import make_rollout_group
     from streampro.bench.policy_eval import eval_kwargs, evaluate
+
     from streampro.pipeline import load_split
 
     path = group.export_hf(path=str(run_dir / "weights" / "latest"))
@@ -217,6 +233,7 @@ def _final_eval(cfg: Config, rollout, hf: str, run_dir: Path) -> dict:
     from streampro.bench.evaluate import acc_judge_from_config
     from streampro.bench.f1 import write_scores
     from streampro.bench.policy_eval import always_silent, eval_kwargs, evaluate
+
     from streampro.pipeline import load_split
 
     val = load_split(cfg, "val", limit=cfg.eval.max_samples)

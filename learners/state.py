@@ -56,4 +56,3 @@ class Checkpoints:
         for old in done[: max(len(done) - self.keep, 0)]:
             shutil.rmtree(old, ignore_errors=True)
         return path
-

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from streampro.learners.api import Batch
 from streampro.learners.losses import decision_counts, sft_loss, shifted_logprobs
 from streampro.learners.packing import attention_bias

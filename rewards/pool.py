@@ -53,27 +53,50 @@ class RewardScorer:
     scored concurrently when a judge waits on the network.
     """
 
-    def __init__(self, *, w_fmt: float = 0.1, w_turn: float = 0.45, w_traj: float = 0.45,
-                 tau: float = 8.0, acc_judge: str | AccJudge = "exact",
-                 traj_judge: str | RubricJudge = "rule", llm_url: str = "", llm_model: str = "",
-                 llm_api_key_env: str = "", timeout_s: float = 30.0, fallback_score: float = 0.0,
-                 threads: int = 8) -> None:
+    def __init__(
+        self,
+        *,
+        w_fmt: float = 0.1,
+        w_turn: float = 0.45,
+        w_traj: float = 0.45,
+        tau: float = 8.0,
+        acc_judge: str | AccJudge = "exact",
+        traj_judge: str | RubricJudge = "rule",
+        llm_url: str = "",
+        llm_model: str = "",
+        llm_api_key_env: str = "",
+        timeout_s: float = 30.0,
+        fallback_score: float = 0.0,
+        threads: int = 8,
+    ) -> None:
         self.weights = {"w_fmt": w_fmt, "w_turn": w_turn, "w_traj": w_traj}
         self.tau, self.timeout_s, self.fallback_score = tau, timeout_s, fallback_score
-        self.acc: AccJudge = (make_acc_judge(acc_judge, llm_url=llm_url, llm_model=llm_model,
-                                             api_key_env=llm_api_key_env, timeout_s=timeout_s)
-                              if isinstance(acc_judge, str) else acc_judge)
+        self.acc: AccJudge = (
+            make_acc_judge(
+                acc_judge,
+                llm_url=llm_url,
+                llm_model=llm_model,
+                api_key_env=llm_api_key_env,
+                timeout_s=timeout_s,
+            )
+            if isinstance(acc_judge, str)
+            else acc_judge
+        )
         self.rubric_judges: list[RubricJudge] = _rubric_judges(
-            traj_judge, llm_url, llm_model, llm_api_key_env, timeout_s)
+            traj_judge, llm_url, llm_model, llm_api_key_env, timeout_s
+        )
         waits = not getattr(self.acc, "inline", False) or not all(
-            getattr(j, "inline", False) for j in self.rubric_judges)
+            getattr(j, "inline", False) for j in self.rubric_judges
+        )
         self.threads = max(1, threads) if waits else 1  # threads only help network-bound judges
 
     def pid(self) -> int:
         """The process id (tells a restarted actor from the original)."""
         return os.getpid()
 
-    def score_item(self, sample: dict, responses: list[dict], step_outputs: list[str]) -> RewardResult:
+    def score_item(
+        self, sample: dict, responses: list[dict], step_outputs: list[str]
+    ) -> RewardResult:
         guard = Guard(self.timeout_s)
         acc = GuardedAcc(self.acc, guard, self.fallback_score)
         judges = [GuardedRubric(j, guard) for j in self.rubric_judges]
@@ -81,8 +104,9 @@ class RewardScorer:
         turn = turn_reward(sample, responses, self.tau, acc=acc)
         traj, no_verdict = traj_score(rubric_marks(sample, responses, judges), self.fallback_score)
         total = total_reward(fmt, turn, traj, **self.weights)
-        return RewardResult(total=total, fmt=fmt, turn=turn, traj=traj,
-                            fallback=acc.fallbacks + no_verdict)
+        return RewardResult(
+            total=total, fmt=fmt, turn=turn, traj=traj, fallback=acc.fallbacks + no_verdict
+        )
 
     def score_batch(self, items: Sequence[Item]) -> list[RewardResult]:
         if self.threads == 1 or len(items) <= 1:
@@ -91,27 +115,31 @@ class RewardScorer:
             return list(ex.map(lambda it: self.score_item(*it), items))  # map keeps input order
 
 
-def check_judge_settings(acc_judge: str | AccJudge, traj_judge: str | RubricJudge,
-                         llm_url: str) -> None:
+def check_judge_settings(
+    acc_judge: str | AccJudge, traj_judge: str | RubricJudge, llm_url: str
+) -> None:
     """The UserErrors RewardScorer would raise, checked before any actor starts (a failing
     actor constructor would surface as a Ray traceback instead of a one-line error)."""
     if isinstance(acc_judge, str) and acc_judge not in ACC_JUDGES:
-        raise UserError(f"reward.acc_judge: unknown judge {acc_judge!r}; choose one of "
-                        f"{', '.join(ACC_JUDGES)}")
+        raise UserError(
+            f"reward.acc_judge: unknown judge {acc_judge!r}; choose one of {', '.join(ACC_JUDGES)}"
+        )
     if isinstance(traj_judge, str) and traj_judge not in RUBRIC_JUDGES:
         raise UserError(f"reward.traj_judge: unknown judge {traj_judge!r}; choose 'rule' or 'llm'")
     if "llm" in (acc_judge, traj_judge) and not llm_url:
         raise UserError("reward.llm_url: the llm judge needs an OpenAI-compatible base URL")
 
 
-def _rubric_judges(traj_judge: str | RubricJudge, llm_url: str, llm_model: str,
-                   api_key_env: str, timeout_s: float) -> list[RubricJudge]:
+def _rubric_judges(
+    traj_judge: str | RubricJudge, llm_url: str, llm_model: str, api_key_env: str, timeout_s: float
+) -> list[RubricJudge]:
     if not isinstance(traj_judge, str):
         return [traj_judge]
 
     def llm() -> RubricJudge:
-        return LLMRubricJudge(OpenAIChat(llm_url, llm_model, api_key_env=api_key_env,
-                                         timeout_s=timeout_s))
+        return LLMRubricJudge(
+            OpenAIChat(llm_url, llm_model, api_key_env=api_key_env, timeout_s=timeout_s)
+        )
 
     if traj_judge == "rule":
         return [RuleJudge()] + ([llm()] if llm_url else [])
@@ -142,22 +170,37 @@ class RayRewardPool:
     "reward") requested per actor, for clusters whose reward worker group offers it.
     """
 
-    def __init__(self, *, num_actors: int = 1, num_cpus: float = 0.5, memory_gb: float = 0.0,
-                 resource: str | None = None, max_restarts: int = 2, max_task_retries: int = 2,
-                 chunk_size: int = 0, **scorer_kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        num_actors: int = 1,
+        num_cpus: float = 0.5,
+        memory_gb: float = 0.0,
+        resource: str | None = None,
+        max_restarts: int = 2,
+        max_task_retries: int = 2,
+        chunk_size: int = 0,
+        **scorer_kwargs: Any,
+    ) -> None:
         """scorer_kwargs: the keyword arguments of RewardScorer. chunk_size 0 = one chunk per actor."""
         import ray
         from streampro.cluster.resources import ROLE_UNIT, actor_options
 
         if num_actors < 1:
-            raise UserError(f"reward.num_actors: a Ray pool needs at least 1 actor, got {num_actors}")
-        check_judge_settings(scorer_kwargs.get("acc_judge", "exact"),
-                             scorer_kwargs.get("traj_judge", "rule"), scorer_kwargs.get("llm_url", ""))
+            raise UserError(
+                f"reward.num_actors: a Ray pool needs at least 1 actor, got {num_actors}"
+            )
+        check_judge_settings(
+            scorer_kwargs.get("acc_judge", "exact"),
+            scorer_kwargs.get("traj_judge", "rule"),
+            scorer_kwargs.get("llm_url", ""),
+        )
         opts = actor_options("reward", num_cpus=num_cpus, memory_gb=memory_gb)
         if resource:
             opts["resources"] = {resource: ROLE_UNIT}
         actor_cls = ray.remote(RewardScorer).options(
-            **opts, max_restarts=max_restarts, max_task_retries=max_task_retries)
+            **opts, max_restarts=max_restarts, max_task_retries=max_task_retries
+        )
         self.actors = [actor_cls.remote(**scorer_kwargs) for _ in range(num_actors)]
         self.chunk_size = chunk_size
         ray.get([a.pid.remote() for a in self.actors])  # fail fast on a bad judge setting
@@ -169,9 +212,11 @@ class RayRewardPool:
         if not items:
             return []
         size = self.chunk_size or math.ceil(len(items) / len(self.actors))
-        chunks = [items[i:i + size] for i in range(0, len(items), size)]
-        refs = [self.actors[k % len(self.actors)].score_batch.remote(chunk)
-                for k, chunk in enumerate(chunks)]
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        refs = [
+            self.actors[k % len(self.actors)].score_batch.remote(chunk)
+            for k, chunk in enumerate(chunks)
+        ]
         results = [r for part in ray.get(refs) for r in part]
         assert len(results) == len(items), (len(results), len(items))
         return results
@@ -188,12 +233,27 @@ def make_reward_pool(cfg: Config) -> RewardPoolAPI:
     """The pool the config asks for: in-process when reward.num_actors is 0, else on Ray."""
     r = cfg.reward
     scorer: dict[str, Any] = {
-        "w_fmt": r.w_fmt, "w_turn": r.w_turn, "w_traj": r.w_traj, "tau": r.tau,
-        "acc_judge": r.acc_judge, "traj_judge": r.traj_judge, "llm_url": r.llm_url,
-        "llm_model": r.llm_model, "llm_api_key_env": r.llm_api_key_env,
-        "timeout_s": r.timeout_s, "fallback_score": r.fallback_score, "threads": r.threads}
+        "w_fmt": r.w_fmt,
+        "w_turn": r.w_turn,
+        "w_traj": r.w_traj,
+        "tau": r.tau,
+        "acc_judge": r.acc_judge,
+        "traj_judge": r.traj_judge,
+        "llm_url": r.llm_url,
+        "llm_model": r.llm_model,
+        "llm_api_key_env": r.llm_api_key_env,
+        "timeout_s": r.timeout_s,
+        "fallback_score": r.fallback_score,
+        "threads": r.threads,
+    }
     if r.num_actors == 0:
         return InProcessRewardPool(**scorer)
-    return RayRewardPool(num_actors=r.num_actors, num_cpus=r.num_cpus, memory_gb=r.memory_gb,
-                         resource="reward" if cfg.cluster.role_resources else None,
-                         max_restarts=r.max_restarts, max_task_retries=r.max_restarts, **scorer)
+    return RayRewardPool(
+        num_actors=r.num_actors,
+        num_cpus=r.num_cpus,
+        memory_gb=r.memory_gb,
+        resource="reward" if cfg.cluster.role_resources else None,
+        max_restarts=r.max_restarts,
+        max_task_retries=r.max_restarts,
+        **scorer,
+    )

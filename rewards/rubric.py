@@ -54,7 +54,9 @@ def _no_two_within(rs: list[dict], d: float) -> bool:
 
 def _increasing_numbers(rs: list[dict]) -> bool:
     # Numbers of all responses in time order; at least one must be reported.
-    nums = [n for r in sorted(rs, key=lambda r: float(r["time"])) for n in unsigned_numbers(r["text"])]
+    nums = [
+        n for r in sorted(rs, key=lambda r: float(r["time"])) for n in unsigned_numbers(r["text"])
+    ]
     return bool(nums) and all(b > a for a, b in pairwise(nums))
 
 
@@ -62,19 +64,34 @@ def _increasing_numbers(rs: list[dict]) -> bool:
 RULES: list[tuple[re.Pattern[str], Check]] = [
     (re.compile(rf"must respond at least {_NUM} times"), lambda rs, g: len(rs) >= float(g[0])),
     (re.compile(rf"must respond at most {_NUM} times"), lambda rs, g: len(rs) <= float(g[0])),
-    (re.compile(rf"shall not respond before {_NUM}s"),
-     lambda rs, g: all(float(r["time"]) >= float(g[0]) for r in rs)),
-    (re.compile(rf"must respond between {_NUM}s and {_NUM}s"),
-     lambda rs, g: any(_in(r, g[0], g[1]) for r in rs)),
-    (re.compile(rf"shall not respond between {_NUM}s and {_NUM}s"),
-     lambda rs, g: not any(_in(r, g[0], g[1]) for r in rs)),
-    (re.compile(rf"must mention {_WORD} between {_NUM}s and {_NUM}s"),
-     lambda rs, g: any(_in(r, g[1], g[2]) and _mentions(r["text"], g[0]) for r in rs)),
-    (re.compile(rf"must mention {_WORD}"), lambda rs, g: any(_mentions(r["text"], g[0]) for r in rs)),
-    (re.compile(rf"shall not mention {_WORD}"),
-     lambda rs, g: not any(_mentions(r["text"], g[0]) for r in rs)),
-    (re.compile(rf"shall not respond twice within {_NUM}s"),
-     lambda rs, g: _no_two_within(rs, float(g[0]))),
+    (
+        re.compile(rf"shall not respond before {_NUM}s"),
+        lambda rs, g: all(float(r["time"]) >= float(g[0]) for r in rs),
+    ),
+    (
+        re.compile(rf"must respond between {_NUM}s and {_NUM}s"),
+        lambda rs, g: any(_in(r, g[0], g[1]) for r in rs),
+    ),
+    (
+        re.compile(rf"shall not respond between {_NUM}s and {_NUM}s"),
+        lambda rs, g: not any(_in(r, g[0], g[1]) for r in rs),
+    ),
+    (
+        re.compile(rf"must mention {_WORD} between {_NUM}s and {_NUM}s"),
+        lambda rs, g: any(_in(r, g[1], g[2]) and _mentions(r["text"], g[0]) for r in rs),
+    ),
+    (
+        re.compile(rf"must mention {_WORD}"),
+        lambda rs, g: any(_mentions(r["text"], g[0]) for r in rs),
+    ),
+    (
+        re.compile(rf"shall not mention {_WORD}"),
+        lambda rs, g: not any(_mentions(r["text"], g[0]) for r in rs),
+    ),
+    (
+        re.compile(rf"shall not respond twice within {_NUM}s"),
+        lambda rs, g: _no_two_within(rs, float(g[0])),
+    ),
     (re.compile(r"must report increasing numbers"), lambda rs, g: _increasing_numbers(rs)),
 ]
 
@@ -111,8 +128,13 @@ class LLMRubricJudge:
 
     def check(self, checkpoint: str, *, question: str = "", responses: list[dict]) -> bool | None:
         answers = "\n".join(f"{float(r['time']):g}: {r['text']}" for r in responses) or "(none)"
-        reply = self.client.complete(RUBRIC_PROMPT.format(
-            question=question, answers=answers, checkpoint=checkpoint)).strip().lower()
+        reply = (
+            self.client.complete(
+                RUBRIC_PROMPT.format(question=question, answers=answers, checkpoint=checkpoint)
+            )
+            .strip()
+            .lower()
+        )
         word = re.match(r"[a-z01]+", reply)
         verdict = word.group() if word else ""
         if verdict in ("yes", "1", "true"):

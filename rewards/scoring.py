@@ -22,6 +22,7 @@ _FRAME_TOKEN = re.compile(r"<\|v\d+\|>")
 
 # ---- timing -----------------------------------------------------------------------------
 
+
 def s_time(t: float, ans: ResolvedAnswer, tau_early: float, tau_late: float) -> float:
     """max(0, 1 - dt / tau): dt = 0 inside [lo, hi], lo - t before it (tau_early), t - hi after."""
     if t < ans.lo:
@@ -46,14 +47,17 @@ def sorted_answers(sample: dict) -> list[ResolvedAnswer]:
 
 def sorted_responses(responses: Sequence[dict]) -> list[tuple[float, str]]:
     """(time, text) pairs in time order (stable: equal times keep their input order)."""
-    return sorted(((float(r["time"]), str(r.get("text", ""))) for r in responses),
-                  key=lambda r: r[0])
+    return sorted(
+        ((float(r["time"]), str(r.get("text", ""))) for r in responses), key=lambda r: r[0]
+    )
 
 
 # ---- content ----------------------------------------------------------------------------
 
-def content_score(text: str, ans: ResolvedAnswer, task: str, judge: AccJudge,
-                  question: str = "") -> float:
+
+def content_score(
+    text: str, ans: ResolvedAnswer, task: str, judge: AccJudge, question: str = ""
+) -> float:
     """S_acc in [0, 1]. Interval tasks (TG) score the IoU of the first two numbers of the
     response against `span` (or against the reference text's first two numbers); every other
     task asks the judge."""
@@ -67,6 +71,7 @@ def content_score(text: str, ans: ResolvedAnswer, task: str, judge: AccJudge,
 
 # ---- R_fmt ------------------------------------------------------------------------------
 
+
 def step_format_ok(output: str) -> bool:
     """`</Silence>` alone, or `</Response>` + non-empty text (surrounding whitespace and the
     turn's closing `<|im_end|>` ignored; the text may hold no special or frame token)."""
@@ -77,9 +82,12 @@ def step_format_ok(output: str) -> bool:
         return True
     if not s.startswith(RESPONSE):
         return False
-    text = s[len(RESPONSE):].strip()
-    return bool(text) and not any(tok in text for tok in SPECIAL_TOKENS) \
+    text = s[len(RESPONSE) :].strip()
+    return (
+        bool(text)
+        and not any(tok in text for tok in SPECIAL_TOKENS)
         and not _FRAME_TOKEN.search(text)
+    )
 
 
 def format_reward(step_outputs: list[str]) -> float:
@@ -91,8 +99,10 @@ def format_reward(step_outputs: list[str]) -> float:
 
 # ---- R_turn -----------------------------------------------------------------------------
 
-def turn_reward(sample: dict, responses: list[dict], tau: float = 8.0, *,
-                acc: AccJudge | None = None) -> float:
+
+def turn_reward(
+    sample: dict, responses: list[dict], tau: float = 8.0, *, acc: AccJudge | None = None
+) -> float:
     """R_turn in [0, 2]: GT-first matching with S' = S_time + S_acc, one tau on both sides.
 
     Answers in window order each take, among the unmatched responses that reach them, the one
@@ -124,8 +134,10 @@ def turn_reward(sample: dict, responses: list[dict], tau: float = 8.0, *,
 
 # ---- R_traj -----------------------------------------------------------------------------
 
-def rubric_marks(sample: dict, responses: list[dict],
-                 judges: Sequence[RubricJudge]) -> list[bool | None]:
+
+def rubric_marks(
+    sample: dict, responses: list[dict], judges: Sequence[RubricJudge]
+) -> list[bool | None]:
     """One verdict per rubric checkpoint: the first judge that can tell decides; None when
     none can (the caller gives it the fallback score and counts it)."""
     question = str(sample.get("question", ""))
@@ -149,13 +161,25 @@ def traj_score(marks: list[bool | None], fallback_score: float = 0.0) -> tuple[f
     return sum(values) / len(values), sum(m is None for m in marks)
 
 
-def traj_reward(sample: dict, responses: list[dict], judge: RubricJudge | None = None, *,
-                fallback_score: float = 0.0) -> float:
+def traj_reward(
+    sample: dict,
+    responses: list[dict],
+    judge: RubricJudge | None = None,
+    *,
+    fallback_score: float = 0.0,
+) -> float:
     """R_traj: the mean of the rubric checkpoints the judge marks passed (default: rule judge)."""
     return traj_score(rubric_marks(sample, responses, [judge or _RULE]), fallback_score)[0]
 
 
-def total_reward(fmt: float, turn: float, traj: float, *, w_fmt: float = 0.1,
-                 w_turn: float = 0.45, w_traj: float = 0.45) -> float:
+def total_reward(
+    fmt: float,
+    turn: float,
+    traj: float,
+    *,
+    w_fmt: float = 0.1,
+    w_turn: float = 0.45,
+    w_traj: float = 0.45,
+) -> float:
     """R = w_fmt R_fmt + w_turn R_turn + w_traj R_traj (SPEC.md: 0.1 / 0.45 / 0.45)."""
     return w_fmt * fmt + w_turn * turn + w_traj * traj

@@ -62,22 +62,34 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="manifest with the ground truth")
-    p.add_argument("--predictions", default=None, help="JSONL of {id, responses}; omit to run the policy")
+    p.add_argument(
+        "--predictions", default=None, help="JSONL of {id, responses}; omit to run the policy"
+    )
     p.add_argument("--out", required=True, help="folder for scores.json and report.md")
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", default=None, help="HF folder to serve (default: serve.checkpoint)")
+    p.add_argument(
+        "--checkpoint", default=None, help="HF folder to serve (default: serve.checkpoint)"
+    )
     p.add_argument("--detach", action="store_true", help="return after deploying")
 
 
 def _submit_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", default=None, help="Ray dashboard URL (default: RAY_ADDRESS or local)")
-    p.add_argument("--wait", action="store_true", help="stream the job's logs and exit with its status")
-    p.add_argument("--runtime-env", default=None, help="runtime-env YAML (default: cluster/runtime_env.yaml)")
+    p.add_argument(
+        "--address", default=None, help="Ray dashboard URL (default: RAY_ADDRESS or local)"
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="stream the job's logs and exit with its status"
+    )
+    p.add_argument(
+        "--runtime-env", default=None, help="runtime-env YAML (default: cluster/runtime_env.yaml)"
+    )
     p.add_argument("--status", metavar="ID", default=None, help="print a job's status")
     p.add_argument("--stop", metavar="ID", default=None, help="stop a job")
-    p.add_argument("entrypoint", nargs=argparse.REMAINDER, help="-- <streampro subcommand and args>")
+    p.add_argument(
+        "entrypoint", nargs=argparse.REMAINDER, help="-- <streampro subcommand and args>"
+    )
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:

@@ -373,7 +373,9 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None
+) -> Config:
     """Schema <- YAML file <- dotlist overrides; any unknown key or bad value is a ConfigError."""
     cfg = OmegaConf.structured(Config)
     try:

@@ -30,7 +30,11 @@ class MetricsLogger:
         tmp.replace(self.path)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        row = {"step": step, "time": round(time.time(), 3), **{self.prefix + k: v for k, v in metrics.items()}}
+        row = {
+            "step": step,
+            "time": round(time.time(), 3),
+            **{self.prefix + k: v for k, v in metrics.items()},
+        }
         with self.path.open("a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
         if self._tb is not None:

@@ -146,7 +146,11 @@ def ensure_tiny(spec: dict, cache_dir: str | os.PathLike) -> Path:
 
 
 def resolve_policy(
-    name_or_path: str, *, cache_dir: str, codebook_size: int = T.DEFAULT_CODEBOOK_SIZE, **tiny_fields: int
+    name_or_path: str,
+    *,
+    cache_dir: str,
+    codebook_size: int = T.DEFAULT_CODEBOOK_SIZE,
+    **tiny_fields: int,
 ) -> str:
     """'tiny' -> the built folder; anything else is returned unchanged (HF folder or hub id)."""
     if name_or_path != "tiny":

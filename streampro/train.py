@@ -28,7 +28,10 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     t = time.perf_counter()
     for split in SPLITS:
         ensure_split(cfg, split)
-    val, test = load_split(cfg, "val", limit=cfg.eval.max_samples), load_split(cfg, "test", limit=cfg.eval.max_samples)
+    val, test = (
+        load_split(cfg, "val", limit=cfg.eval.max_samples),
+        load_split(cfg, "test", limit=cfg.eval.max_samples),
+    )
     timings["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -43,17 +46,24 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     rollout = make_rollout_group(cfg, sft["hf"])
 
     def scores_of(stage: str) -> dict:
-        return {split: evaluate(rollout, enc, predictions_out=pred_dir / f"{stage}-{split}.jsonl",
-                                **eval_kwargs(cfg))
-                for split, enc in (("val", val), ("test", test))}
+        return {
+            split: evaluate(
+                rollout,
+                enc,
+                predictions_out=pred_dir / f"{stage}-{split}.jsonl",
+                **eval_kwargs(cfg),
+            )
+            for split, enc in (("val", val), ("test", test))
+        }
 
     t = time.perf_counter()
     sft_scores = scores_of("sft")
     timings["eval_sft"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    grpo = run_grpo(cfg, run_dir / "grpo", init_model=sft["hf"], rollout=rollout,
-                    start_val=sft_scores["val"])  # the SFT policy's val scores: GRPO's step 0
+    grpo = run_grpo(
+        cfg, run_dir / "grpo", init_model=sft["hf"], rollout=rollout, start_val=sft_scores["val"]
+    )  # the SFT policy's val scores: GRPO's step 0
     timings["grpo"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -68,9 +78,20 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         "timings": timings,
         "checkpoints": {"sft": sft["hf"], "grpo": grpo["hf"]},
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(
+        run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    )
     write_report(run_dir)
-    print(json.dumps({"run_dir": str(run_dir), "test_w_avg": {
-        "always_silent": summary["baselines"]["always_silent"]["test"]["w_avg"],
-        "sft": sft_scores["test"]["w_avg"], "grpo": grpo_scores["test"]["w_avg"]}}))
+    print(
+        json.dumps(
+            {
+                "run_dir": str(run_dir),
+                "test_w_avg": {
+                    "always_silent": summary["baselines"]["always_silent"]["test"]["w_avg"],
+                    "sft": sft_scores["test"]["w_avg"],
+                    "grpo": grpo_scores["test"]["w_avg"],
+                },
+            }
+        )
+    )
     return 0

@@ -38,8 +38,13 @@ def ray_local():
             include_dashboard=False,
             namespace="streampro-tests",
             log_to_driver=False,
-            runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1",
-                                      "TOKENIZERS_PARALLELISM": "false"}},
+            runtime_env={
+                "env_vars": {
+                    "DS_ACCELERATOR": "cpu",
+                    "VLLM_CPU_KVCACHE_SPACE": "1",
+                    "TOKENIZERS_PARALLELISM": "false",
+                }
+            },
         )
     yield ray
     ray.shutdown()
@@ -68,4 +73,6 @@ def synth_smoke(tmp_path_factory) -> Path:
 def synth_smoke_settings() -> dict:
     """The SynthConfig fields synth_smoke was built with (to rebuild or extend it)."""
     return dict(SMOKE_SYNTH)
+
+
 # ---- end of data layer fixtures ------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from streampro.actors.api import Sampling
 from streampro.actors.episode import (
     StreamEpisode,
@@ -29,8 +28,12 @@ def tok(tiny_path):
 def test_request_seed_is_a_pure_function_of_position():
     a = request_seed(7, 3, 1, 12)
     assert a == request_seed(7, 3, 1, 12)
-    others = {request_seed(7, 3, 1, 13), request_seed(7, 3, 2, 12), request_seed(7, 4, 1, 12),
-              request_seed(8, 3, 1, 12)}
+    others = {
+        request_seed(7, 3, 1, 13),
+        request_seed(7, 3, 2, 12),
+        request_seed(7, 4, 1, 12),
+        request_seed(8, 3, 1, 12),
+    }
     assert a not in others and len(others) == 4
     assert 0 <= a < 2**63
     assert max_decision_tokens(24) == 26
@@ -61,12 +64,22 @@ def test_episode_records_mask_and_logprobs_against_the_dialogue(tok):
     traj = ep.trajectory()
     assert traj.token_ids == dlg.token_ids
     assert traj.gen_mask == dlg.loss_mask
-    assert [lp for lp, m in zip(traj.logprobs, traj.gen_mask) if m] == [x for lps in expected_lps for x in lps]
+    assert [lp for lp, m in zip(traj.logprobs, traj.gen_mask) if m] == [
+        x for lps in expected_lps for x in lps
+    ]
     assert all(lp == 0.0 for lp, m in zip(traj.logprobs, traj.gen_mask) if not m)
     assert traj.prompt_len == traj.gen_mask.index(1)
-    assert [s.decision for s in traj.steps] == ["silence", "response", "silence", "invalid", "silence"]
+    assert [s.decision for s in traj.steps] == [
+        "silence",
+        "response",
+        "silence",
+        "invalid",
+        "silence",
+    ]
     assert [s.time for s in traj.steps] == [1.0, 2.0, 3.0, 4.0, 5.0]
-    assert traj.steps[1].text == "red square" and traj.responses() == [{"time": 2.0, "text": "red square"}]
+    assert traj.steps[1].text == "red square" and traj.responses() == [
+        {"time": 2.0, "text": "red square"}
+    ]
     assert traj.version == 2 and {s.version for s in traj.steps} == {3}
     assert (traj.sample_id, traj.episode) == (enc.sample.id, 4)
 
@@ -90,7 +103,11 @@ def test_parquet_round_trip(tmp_path, tok):
         ep = StreamEpisode.for_sample(tok, enc, episode=i)
         for j, chunk in enumerate(sample_chunks(enc)):
             ep.add_chunk(chunk)
-            ids = decision_ids(tok, "response", f"step {j}") if j == i else decision_ids(tok, "silence")
+            ids = (
+                decision_ids(tok, "response", f"step {j}")
+                if j == i
+                else decision_ids(tok, "silence")
+            )
             ep.add_decision(ids, [-0.1234567890123 * (k + 1) for k in range(len(ids))])
         trajs.append(ep.trajectory())
     path = write_trajectories(tmp_path / "t.parquet", trajs, extra={"reward": [0.5, 1.0, 0.0]})

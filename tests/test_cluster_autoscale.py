@@ -16,8 +16,13 @@ REPO = Path(__file__).resolve().parents[1]
 def test_fake_cluster_config_has_one_node_type_per_role():
     from streampro.cluster.autoscale import fake_cluster_config
 
-    cfg = fake_cluster_config(head_cpus=1, node_types={"rollout-node": {"CPU": 1, "rollout": 1}},
-                              max_workers=3, idle_timeout_s=3.0, gcs_address="1.2.3.4:5")
+    cfg = fake_cluster_config(
+        head_cpus=1,
+        node_types={"rollout-node": {"CPU": 1, "rollout": 1}},
+        max_workers=3,
+        idle_timeout_s=3.0,
+        gcs_address="1.2.3.4:5",
+    )
     node = cfg["available_node_types"]["rollout-node"]
     assert node["resources"]["rollout"] == 1 and node["max_workers"] == 3
     assert cfg["idle_timeout_minutes"] == pytest.approx(0.05)
@@ -27,8 +32,13 @@ def test_fake_cluster_config_has_one_node_type_per_role():
 @pytest.mark.slow
 def test_rollout_actors_scale_the_rollout_group_up_and_down(tmp_path):
     out = tmp_path / "autoscale.json"
-    r = subprocess.run([sys.executable, "-m", "streampro.cli", "bench", "autoscale", "--out", str(out)],
-                       cwd=REPO, capture_output=True, text=True, timeout=420)
+    r = subprocess.run(
+        [sys.executable, "-m", "streampro.cli", "bench", "autoscale", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     res = json.loads(out.read_text())
     # two actors of 1 CPU + {"rollout": 0.001}: the head (no rollout resource) cannot host
@@ -38,6 +48,6 @@ def test_rollout_actors_scale_the_rollout_group_up_and_down(tmp_path):
     assert res["final"]["rollout"] == 0  # idle nodes removed after the actors died
     counts = [p["rollout"] for p in res["timeline"]]
     top = counts.index(2)
-    assert counts[0] == 0 and counts[:top + 1] == sorted(counts[:top + 1])  # up, then ...
+    assert counts[0] == 0 and counts[: top + 1] == sorted(counts[: top + 1])  # up, then ...
     assert counts[top:] == sorted(counts[top:], reverse=True)  # ... down
     assert all(p["reward"] == 0 for p in res["timeline"])  # no demand, no reward nodes

@@ -30,8 +30,10 @@ BY_KIND = {doc["kind"]: doc for doc in DOCS.values()}
 def schemas():
     crds = find_crds_dir()
     if crds is None:
-        pytest.skip("KubeRay CRDs not found: expected ../shared/kuberay-crds beside the checkout "
-                    "or $STREAMPRO_KUBERAY_CRDS")
+        pytest.skip(
+            "KubeRay CRDs not found: expected ../shared/kuberay-crds beside the checkout "
+            "or $STREAMPRO_KUBERAY_CRDS"
+        )
     return load_crd_schemas(crds)
 
 
@@ -54,8 +56,18 @@ def test_validator_catches_typos_and_bad_types(schemas):
     problems = validate(doc, schemas)
     assert "spec.enableInTreeAutoscalling: unknown field" in problems
     assert any(p.startswith("spec.workerGroupSpecs.0.maxReplicas:") for p in problems)
-    assert unknown_fields({"a": {"b": 1}}, {"type": "object", "properties": {"a": {
-        "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}) == []
+    assert (
+        unknown_fields(
+            {"a": {"b": 1}},
+            {
+                "type": "object",
+                "properties": {
+                    "a": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+            },
+        )
+        == []
+    )
 
 
 def _cluster_specs():
@@ -64,7 +76,9 @@ def _cluster_specs():
     yield "RayService", BY_KIND["RayService"]["spec"]["rayClusterConfig"]
 
 
-@pytest.mark.parametrize("kind,spec", list(_cluster_specs()), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    "kind,spec", list(_cluster_specs()), ids=lambda x: x if isinstance(x, str) else ""
+)
 def test_autoscaling_storage_and_private_dashboard(kind, spec):
     assert spec["enableInTreeAutoscaling"] is True
     assert spec["autoscalerOptions"]["version"] == "v2"
@@ -77,8 +91,10 @@ def test_autoscaling_storage_and_private_dashboard(kind, spec):
         mounts = {m["mountPath"]: m["name"] for c in pod["containers"] for m in c["volumeMounts"]}
         assert vols[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
         if "/checkpoints" in mounts:
-            assert vols[mounts["/checkpoints"]]["persistentVolumeClaim"]["claimName"] == \
-                BY_KIND["PersistentVolumeClaim"]["metadata"]["name"]
+            assert (
+                vols[mounts["/checkpoints"]]["persistentVolumeClaim"]["claimName"]
+                == BY_KIND["PersistentVolumeClaim"]["metadata"]["name"]
+            )
     for g in spec["workerGroupSpecs"]:
         assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
         res = json.loads(json.loads(g["rayStartParams"]["resources"]))  # KubeRay's quoted JSON
@@ -89,12 +105,16 @@ def test_autoscaling_storage_and_private_dashboard(kind, spec):
 def test_raycluster_worker_groups_per_role():
     groups = {g["groupName"]: g for g in BY_KIND["RayCluster"]["spec"]["workerGroupSpecs"]}
     assert set(groups) == {"rollout-gpu", "learner-gpu", "reward-cpu"}
-    gpus = {n: g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
-            for n, g in groups.items()}
+    gpus = {
+        n: g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
+        for n, g in groups.items()
+    }
     assert gpus["rollout-gpu"] and gpus["learner-gpu"] and gpus["reward-cpu"] is None
     # the RayJob's own cluster has the same worker groups
-    assert BY_KIND["RayJob"]["spec"]["rayClusterSpec"]["workerGroupSpecs"] == \
-        BY_KIND["RayCluster"]["spec"]["workerGroupSpecs"]
+    assert (
+        BY_KIND["RayJob"]["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+        == BY_KIND["RayCluster"]["spec"]["workerGroupSpecs"]
+    )
 
 
 def test_rayjob_entrypoint_is_a_real_command_and_config():

@@ -64,16 +64,36 @@ def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="spr-", dir="/tmp")  # short: unix socket paths
     gcs, dash, client, agent, agent_grpc, renv, metrics, nm, om = _free_ports(9)
     lo = 30000 + (os.getpid() % 200) * 100
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
-           f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-           f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={renv}",
-           f"--metrics-export-port={metrics}", f"--node-manager-port={nm}",
-           f"--object-manager-port={om}", f"--min-worker-port={lo}", f"--max-worker-port={lo + 99}",
-           "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats",
-           f"--temp-dir={temp_dir}"]
-    proc = subprocess.Popen(cmd, env=_env(), start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        str(VENV_BIN / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={renv}",
+        f"--metrics-export-port={metrics}",
+        f"--node-manager-port={nm}",
+        f"--object-manager-port={om}",
+        f"--min-worker-port={lo}",
+        f"--max-worker-port={lo + 99}",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     out, _ = proc.communicate(timeout=120)
     try:
         assert proc.returncode == 0, out[-3000:]
@@ -84,14 +104,34 @@ def ray_head():
 
 
 def _streampro(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streampro.cli", *args], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "streampro.cli", *args],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_submit_wait_synth_succeeds(ray_head, tmp_path):
     out = tmp_path / "synth"
-    r = _streampro("submit", "--address", ray_head, "--wait", "--", "synth", "--config",
-                   "configs/smoke.yaml", "--out", str(out), "--per-task", "1", "--split", "val")
+    r = _streampro(
+        "submit",
+        "--address",
+        ray_head,
+        "--wait",
+        "--",
+        "synth",
+        "--config",
+        "configs/smoke.yaml",
+        "--out",
+        str(out),
+        "--per-task",
+        "1",
+        "--split",
+        "val",
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     job_id = r.stdout.splitlines()[0].strip()
     assert job_id.startswith("raysubmit_")
@@ -135,8 +175,10 @@ def test_runtime_env_yaml(tmp_path):
     env = load_runtime_env(None)
     assert env["working_dir"] == str(REPO)
     assert ".venv/" in env["excludes"] and env["env_vars"]["DS_ACCELERATOR"] == "cpu"
-    assert build_entrypoint(["--", "synth", "--out", "a b"]) == \
-        "python -m streampro.cli synth --out 'a b'"
+    assert (
+        build_entrypoint(["--", "synth", "--out", "a b"])
+        == "python -m streampro.cli synth --out 'a b'"
+    )
     bad = tmp_path / "env.yaml"
     bad.write_text("env_vars: [1, 2]\n")
     with pytest.raises(UserError, match="env.yaml: env_vars: expected a mapping"):

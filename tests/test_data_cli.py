@@ -54,12 +54,30 @@ def test_broken_manifest_lists_every_problem(synth_smoke, tmp_path, capsys):
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path):
-    bad = subprocess.run([sys.executable, "-m", "streampro.cli", "synth", "--out", str(tmp_path),
-                          "synth.video_fps=1"], capture_output=True, text=True, timeout=120, check=False)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streampro.cli",
+            "synth",
+            "--out",
+            str(tmp_path),
+            "synth.video_fps=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0 and "synth.video_fps must be >= 2" in bad.stderr
     (tmp_path / "m.jsonl").write_text('{"id": 1}\n')
-    missing = subprocess.run([sys.executable, "-m", "streampro.cli", "data", "check",
-                              str(tmp_path / "nope.jsonl")], capture_output=True, text=True, timeout=120, check=False)
+    missing = subprocess.run(
+        [sys.executable, "-m", "streampro.cli", "data", "check", str(tmp_path / "nope.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert missing.returncode == 1 and "nope.jsonl: manifest not found" in missing.stderr
     assert "Traceback" not in missing.stderr

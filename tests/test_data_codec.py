@@ -31,14 +31,16 @@ def _reference(frame: np.ndarray, grid: int, levels: int) -> list[int]:
     out = []
     for i in range(grid):
         for j in range(grid):
-            mean = frame[rows[i]:rows[i + 1], cols[j]:cols[j + 1]].reshape(-1, 3).mean(0)
+            mean = frame[rows[i] : rows[i + 1], cols[j] : cols[j + 1]].reshape(-1, 3).mean(0)
             q = [min(int(m * levels // 256), levels - 1) for m in mean]
             out.append(q[0] * levels * levels + q[1] * levels + q[2])
     return out
 
 
-@pytest.mark.parametrize("shape,grid,codebook", [((64, 64), 4, 64), ((37, 53), 4, 64),
-                                                 ((480, 640), 3, 27), ((7, 9), 2, 8)])
+@pytest.mark.parametrize(
+    "shape,grid,codebook",
+    [((64, 64), 4, 64), ((37, 53), 4, 64), ((480, 640), 3, 27), ((7, 9), 2, 8)],
+)
 def test_vectorised_matches_reference_at_any_resolution(shape, grid, codebook):
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(3, *shape, 3), dtype=np.uint8)

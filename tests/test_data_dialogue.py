@@ -34,10 +34,14 @@ def test_layout_masks_and_classes(tok):
     d.add_chunk(1.0, 2.0, [63, 0])
     d.add_decision(decision_ids(tok, "response", "now blue"))
     chunk = "<|im_start|>user\n<{}s-{}s><|frame|>{}<|/frame|><|im_end|>\n<|im_start|>assistant\n"
-    expected = (f"<|im_start|>system\n{T.SYSTEM_PROMPT}<|im_end|>\n"
-                "<|im_start|>user\nTell me when it changes.<|im_end|>\n"
-                + chunk.format(0, 1, "<|v1|><|v2|>") + "</Silence><|im_end|>\n"
-                + chunk.format(1, 2, "<|v63|><|v0|>") + "</Response> now blue<|im_end|>\n")
+    expected = (
+        f"<|im_start|>system\n{T.SYSTEM_PROMPT}<|im_end|>\n"
+        "<|im_start|>user\nTell me when it changes.<|im_end|>\n"
+        + chunk.format(0, 1, "<|v1|><|v2|>")
+        + "</Silence><|im_end|>\n"
+        + chunk.format(1, 2, "<|v63|><|v0|>")
+        + "</Response> now blue<|im_end|>\n"
+    )
     ids, mask, cls = d.token_ids, d.loss_mask, d.decision_class
     assert _dec(tok, ids) == expected
     assert len(ids) == len(mask) == len(cls)
@@ -93,7 +97,10 @@ def test_parse_decision(tok):
 def test_plan_responses_known_answers():
     ends = [float(k + 1) for k in range(20)]  # chunks [k, k+1)
     # EU interval: first chunk end at/after start 10.25 -> 11 (index 10).
-    assert plan_responses("EU", [{"start": 10.25, "end": 11.25, "text": "a"}], ends) == ({10: "a"}, 0)
+    assert plan_responses("EU", [{"start": 10.25, "end": 11.25, "text": "a"}], ends) == (
+        {10: "a"},
+        0,
+    )
     # GP window [-3, 0]: exactly at 12; at 12.5 nothing at/after fits, so the latest before: 12.
     assert plan_responses("GP", [{"time": 12.0, "text": "a"}], ends) == ({11: "a"}, 0)
     assert plan_responses("GP", [{"time": 12.5, "text": "a"}], ends) == ({11: "a"}, 0)
@@ -105,15 +112,25 @@ def test_plan_responses_known_answers():
 
 
 def test_build_sft_example(tok):
-    s = Sample(id="s", video="v.mp4", task="OU", question="Q", query_time=1.0,
-               answers=[Answer(time=3.25, text="now red"), Answer(time=8.25, text="now blue")])
-    enc = EncodedSample(s, [(float(k), k + 1.0) for k in range(10)], [[k % 64] * 16 for k in range(10)])
+    s = Sample(
+        id="s",
+        video="v.mp4",
+        task="OU",
+        question="Q",
+        query_time=1.0,
+        answers=[Answer(time=3.25, text="now red"), Answer(time=8.25, text="now blue")],
+    )
+    enc = EncodedSample(
+        s, [(float(k), k + 1.0) for k in range(10)], [[k % 64] * 16 for k in range(10)]
+    )
     ex = build_sft_example(enc, tok)
     assert ex.response_times == [4.0, 9.0] and ex.response_texts == ["now red", "now blue"]
     assert ex.unplaced == 0
     assert ex.decision_class.count(T.CLASS_SILENCE) == 8
     assert ex.decision_class.count(T.CLASS_RESPONSE) == 2
-    text_tokens = len(decision_ids(tok, "response", "now red")) + len(decision_ids(tok, "response", "now blue"))
+    text_tokens = len(decision_ids(tok, "response", "now red")) + len(
+        decision_ids(tok, "response", "now blue")
+    )
     assert sum(ex.loss_mask) == 8 + text_tokens
     assert len(ex.input_ids) == len(ex.loss_mask) == len(ex.decision_class)
     full = _dec(tok, ex.input_ids)

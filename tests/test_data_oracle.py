@@ -24,8 +24,14 @@ from streampro.tasks import resolve_answer
 
 CODEBOOK = 64
 # More events than the smoke set: up to 4 per video and up to 60 s (still 64x64: fast).
-DENSE = {"per_task": 3, "width": 64, "height": 64, "min_duration": 20, "max_duration": 60,
-         "max_events": 4}
+DENSE = {
+    "per_task": 3,
+    "width": 64,
+    "height": 64,
+    "min_duration": 20,
+    "max_duration": 60,
+    "max_events": 4,
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,21 +48,24 @@ def synth_dense(tmp_path_factory) -> Path:
     from streampro.config import SynthConfig
 
     root = tmp_path_factory.mktemp("synth_dense")
-    return synth_split(SynthConfig(out=str(root), **DENSE), split="test", out=root / "test",
-                       progress=False)
+    return synth_split(
+        SynthConfig(out=str(root), **DENSE), split="test", out=root / "test", progress=False
+    )
 
 
 def oracle(manifest: Path, tok, cache: Path) -> tuple[list[dict], dict[str, list[dict]]]:
     """(manifest rows, sample id -> the SFT targets' responses [{"time", "text"}])."""
     rows, preds = [], {}
-    for e in encode_manifest(manifest, fps=1.0, grid=4, codebook_size=CODEBOOK, cache_dir=cache,
-                             progress=False):
+    for e in encode_manifest(
+        manifest, fps=1.0, grid=4, codebook_size=CODEBOOK, cache_dir=cache, progress=False
+    ):
         ex = build_sft_example(e, tok)
         assert ex.unplaced == 0, e.sample.id
         assert len(ex.response_times) == len(e.sample.answers), e.sample.id
         rows.append(e.sample.to_dict())
-        preds[e.sample.id] = [{"time": t, "text": x}
-                              for t, x in zip(ex.response_times, ex.response_texts)]
+        preds[e.sample.id] = [
+            {"time": t, "text": x} for t, x in zip(ex.response_times, ex.response_texts)
+        ]
     return rows, preds
 
 
@@ -100,12 +109,15 @@ def test_oracle_scores_full_marks_with_many_events(synth_dense, tok, tmp_path):
     assert_full_marks(rows, preds)
 
 
-@pytest.mark.parametrize("knobs,durations", [
-    ({}, (20, 20)),
-    ({}, (20, 90)),
-    ({"speed": 2.0, "max_events": 8}, (20, 90)),
-    ({"speed": 0.5, "max_events": 8, "video_fps": 2}, (20, 40)),
-])
+@pytest.mark.parametrize(
+    "knobs,durations",
+    [
+        ({}, (20, 20)),
+        ({}, (20, 90)),
+        ({"speed": 2.0, "max_events": 8}, (20, 90)),
+        ({"speed": 0.5, "max_events": 8, "video_fps": 2}, (20, 40)),
+    ],
+)
 def test_oracle_scores_full_marks_over_many_scenes(knobs, durations):
     """The same property on 20 scenes per task without rendering: whole-second chunk ends are
     what encoding yields at 1 fps (the rendered tests above check that path)."""

@@ -19,14 +19,30 @@ from streampro.tasks import resolve_answer
 
 def _samples() -> list[Sample]:
     return [
-        Sample(id="eu-1", video="videos/eu-1.mp4", task="EU", question="q1", query_time=0.0,
-               answers=[Answer(start=10.0, end=14.0, text="red square from left"),
-                        Answer(time=31.0, text="4-9", span=(4.0, 9.0), window=(-3.0, 3.0), tau=4.0),
-                        Answer(time=52.0, text="x", tau=(2.0, 4.0))],
-               rubric=["must respond at least 3 times"], meta={"k": [1, 2], "s": "v"},
-               duration=60.0),
-        Sample(id="my-1", video="/abs/v.webm", task="MY", question="q2", query_time=2.5,
-               answers=[], dimension="PU"),
+        Sample(
+            id="eu-1",
+            video="videos/eu-1.mp4",
+            task="EU",
+            question="q1",
+            query_time=0.0,
+            answers=[
+                Answer(start=10.0, end=14.0, text="red square from left"),
+                Answer(time=31.0, text="4-9", span=(4.0, 9.0), window=(-3.0, 3.0), tau=4.0),
+                Answer(time=52.0, text="x", tau=(2.0, 4.0)),
+            ],
+            rubric=["must respond at least 3 times"],
+            meta={"k": [1, 2], "s": "v"},
+            duration=60.0,
+        ),
+        Sample(
+            id="my-1",
+            video="/abs/v.webm",
+            task="MY",
+            question="q2",
+            query_time=2.5,
+            answers=[],
+            dimension="PU",
+        ),
     ]
 
 
@@ -40,8 +56,13 @@ def test_jsonl_and_parquet_round_trip_identically(tmp_path):
     assert from_jsonl == samples == from_parquet
     assert [s.to_dict() for s in from_parquet] == [s.to_dict() for s in samples]
     row = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[0])
-    assert row["answers"][1] == {"time": 31.0, "text": "4-9", "span": [4.0, 9.0],
-                                 "window": [-3.0, 3.0], "tau": 4.0}
+    assert row["answers"][1] == {
+        "time": 31.0,
+        "text": "4-9",
+        "span": [4.0, 9.0],
+        "window": [-3.0, 3.0],
+        "tau": 4.0,
+    }
     assert "dimension" not in row and row["duration"] == 60.0
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temp files
 
@@ -59,19 +80,40 @@ def test_video_path_and_task_defaults(tmp_path):
     assert (r.lo, r.hi, r.tau_early, r.tau_late) == (19.0, 23.0, 2.0, 4.0)
 
 
-BASE = {"id": "a", "video": "v.mp4", "task": "OU", "question": "q", "query_time": 5.0,
-        "answers": [{"time": 6.0, "text": "now red"}]}
+BASE = {
+    "id": "a",
+    "video": "v.mp4",
+    "task": "OU",
+    "question": "q",
+    "query_time": 5.0,
+    "answers": [{"time": 6.0, "text": "now red"}],
+}
 
 INVALID = [  # (change to BASE, expected field and words in the message)
     ({"answers": [{"time": 4.0, "text": "t"}]}, "answers[0].time: 4 is before query_time 5"),
-    ({"answers": [{"start": 3.0, "end": 9.0, "text": "t"}]}, "answers[0].start: 3 is before query_time"),
+    (
+        {"answers": [{"start": 3.0, "end": 9.0, "text": "t"}]},
+        "answers[0].start: 3 is before query_time",
+    ),
     ({"answers": [{"start": 9.0, "end": 7.0, "text": "t"}]}, "answers[0].end: 7 is before start 9"),
-    ({"answers": [{"time": 6.0, "text": "t", "window": [3, -3]}]}, "answers[0].window: lo 3 > hi -3"),
+    (
+        {"answers": [{"time": 6.0, "text": "t", "window": [3, -3]}]},
+        "answers[0].window: lo 3 > hi -3",
+    ),
     ({"task": "XX"}, "task: unknown task 'XX'"),
-    ({"answers": [{"time": float("nan"), "text": "t"}]}, "answers[0].time: must be a finite number"),
-    ({"answers": [{"time": float("inf"), "text": "t"}]}, "answers[0].time: must be a finite number"),
+    (
+        {"answers": [{"time": float("nan"), "text": "t"}]},
+        "answers[0].time: must be a finite number",
+    ),
+    (
+        {"answers": [{"time": float("inf"), "text": "t"}]},
+        "answers[0].time: must be a finite number",
+    ),
     ({"query_time": float("nan")}, "query_time: must be a finite number"),
-    ({"answers": [{"time": 6.0, "start": 6.0, "end": 7.0, "text": "t"}]}, "give either time or start/end"),
+    (
+        {"answers": [{"time": 6.0, "start": 6.0, "end": 7.0, "text": "t"}]},
+        "give either time or start/end",
+    ),
     ({"answers": [{"start": 6.0, "text": "t"}]}, "answers[0]: needs time, or both start and end"),
     ({"answers": [{"time": 6.0, "text": ""}]}, "answers[0].text: must be a non-empty string"),
     ({"answers": [{"time": 6.0, "text": "t", "tau": -1}]}, "answers[0].tau: must be a positive"),

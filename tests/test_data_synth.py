@@ -22,7 +22,11 @@ SPLITS = ("train", "val", "test")
 
 def _all(root):
     """[(sample, folder)] over the three smoke splits."""
-    return [(s, root / split) for split in SPLITS for s in load_manifest(root / split / "manifest.jsonl")[0]]
+    return [
+        (s, root / split)
+        for split in SPLITS
+        for s in load_manifest(root / split / "manifest.jsonl")[0]
+    ]
 
 
 def _frames(sample, folder) -> np.ndarray:
@@ -52,8 +56,12 @@ def _touches(frame, colour, side: str, inset: int = 0, tol: int = 1) -> bool:
     if len(xs) == 0:
         return False
     h, w = frame.shape[:2]
-    return {"left": xs.min() <= inset + tol, "right": xs.max() >= w - 1 - inset - tol,
-            "top": ys.min() <= inset + tol, "bottom": ys.max() >= h - 1 - inset - tol}[side]
+    return {
+        "left": xs.min() <= inset + tol,
+        "right": xs.max() >= w - 1 - inset - tol,
+        "top": ys.min() <= inset + tol,
+        "bottom": ys.max() >= h - 1 - inset - tol,
+    }[side]
 
 
 def _idx(t: float, fps: int) -> int:
@@ -112,7 +120,7 @@ def check_tg(s, f, fps):
     pos = np.array([_centroid(fr, c) for fr in f])
     first, last = pos[0], pos[-1]
     assert np.abs(pos[: _idx(start, fps) + 1] - first).max() <= 1.0  # at rest until start
-    assert np.abs(pos[_idx(stop, fps):] - last).max() <= 1.0  # at rest from stop on
+    assert np.abs(pos[_idx(stop, fps) :] - last).max() <= 1.0  # at rest from stop on
     assert np.linalg.norm(pos[_idx(start + 1, fps)] - first) > 1.5  # moving inside the span
     assert np.linalg.norm(pos[_idx(stop - 1, fps)] - last) > 1.5
     assert _touches(f[_idx(stop, fps)], c, s.meta["side"], tol=2)
@@ -148,8 +156,15 @@ def check_rf(s, f, fps):
         assert gaps[0] > gaps[1] > gaps[2] > gaps[3] == 0  # a steady approach
 
 
-CHECKS = {"EU": check_eu, "OU": check_ou, "AA": check_aa, "TP": check_tp, "TG": check_tg,
-          "GP": check_gp, "RF": check_rf}
+CHECKS = {
+    "EU": check_eu,
+    "OU": check_ou,
+    "AA": check_aa,
+    "TP": check_tp,
+    "TG": check_tg,
+    "GP": check_gp,
+    "RF": check_rf,
+}
 
 
 @pytest.mark.parametrize("task", list(CHECKS))
@@ -206,8 +221,11 @@ def test_rubrics_are_templates_that_the_ideal_trajectory_passes(synth_smoke):
 
 
 def _digest(folder) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_arguments_same_bytes_and_disjoint_splits(synth_smoke, synth_smoke_settings, tmp_path):
@@ -215,8 +233,9 @@ def test_same_arguments_same_bytes_and_disjoint_splits(synth_smoke, synth_smoke_
 
     from streampro.config import SynthConfig
 
-    again = synth_split(SynthConfig(out=str(tmp_path), **synth_smoke_settings), split="val",
-                        progress=False)
+    again = synth_split(
+        SynthConfig(out=str(tmp_path), **synth_smoke_settings), split="val", progress=False
+    )
     assert _digest(again.parent) == _digest(synth_smoke / "val")
     ids = [{s.id for s, d in _all(synth_smoke) if d.name == split} for split in SPLITS]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
@@ -231,7 +250,13 @@ def test_encode_manifest_caches_and_matches_direct_decoding(synth_smoke, tmp_pat
     import streampro.data.encode as enc
 
     manifest = synth_smoke / "train" / "manifest.parquet"
-    kw = {"fps": 1.0, "grid": 4, "codebook_size": 64, "cache_dir": tmp_path / "cache", "progress": False}
+    kw = {
+        "fps": 1.0,
+        "grid": 4,
+        "codebook_size": 64,
+        "cache_dir": tmp_path / "cache",
+        "progress": False,
+    }
     first = enc.encode_manifest(manifest, **kw)
     assert len(list((tmp_path / "cache").glob("*.parquet"))) == 7
 
@@ -240,7 +265,9 @@ def test_encode_manifest_caches_and_matches_direct_decoding(synth_smoke, tmp_pat
 
     monkeypatch.setattr(enc, "encode_video", no_decoding)
     second = enc.encode_manifest(manifest, **kw)
-    assert [(e.sample, e.times, e.codes) for e in first] == [(e.sample, e.times, e.codes) for e in second]
+    assert [(e.sample, e.times, e.codes) for e in first] == [
+        (e.sample, e.times, e.codes) for e in second
+    ]
     codec = PatchTokenCodec(4, 64)
     for e in first:
         chunks = list(read_chunks(e.sample.video_path(manifest.parent)))
@@ -271,7 +298,13 @@ def test_encode_manifest_skips_bad_videos_only_when_asked(synth_smoke, tmp_path)
     samples[0].video = str(tmp_path / "gone.mp4")
     samples[1].duration = 5.0  # a shorter stream than its video: chunks are clipped
     write_manifest(samples, tmp_path / "m.jsonl")
-    kw = {"fps": 1.0, "grid": 4, "codebook_size": 64, "cache_dir": tmp_path / "c", "progress": False}
+    kw = {
+        "fps": 1.0,
+        "grid": 4,
+        "codebook_size": 64,
+        "cache_dir": tmp_path / "c",
+        "progress": False,
+    }
     with pytest.raises(UserError, match=rf"sample '{samples[0].id}'.*gone.mp4: video not found"):
         encode_manifest(tmp_path / "m.jsonl", **kw)
     got = encode_manifest(tmp_path / "m.jsonl", skip_bad=True, **kw)

@@ -23,8 +23,14 @@ def _index_of(frame: np.ndarray) -> int:
 
 CASES = [  # (file name, codec, options, pix_fmt, fps, frames)
     ("h264_2997.mp4", "libx264", None, "yuv420p", Fraction(30000, 1001), 100),
-    ("vp9_30.webm", "libvpx-vp9", {"deadline": "realtime", "cpu-used": "8", "lossless": "1"},
-     "yuv420p", 30, 75),
+    (
+        "vp9_30.webm",
+        "libvpx-vp9",
+        {"deadline": "realtime", "cpu-used": "8", "lossless": "1"},
+        "yuv420p",
+        30,
+        75,
+    ),
     ("mjpeg_7.5.avi", "mjpeg", {"qscale": "2"}, "yuvj420p", 7.5, 29),
     ("mpeg4_25.mkv", "mpeg4", {"qscale": "1"}, "yuv420p", 25, 60),
     ("h264_1.mp4", "libx264", None, "yuv420p", 1, 5),
@@ -33,8 +39,9 @@ CASES = [  # (file name, codec, options, pix_fmt, fps, frames)
 
 @pytest.mark.parametrize("name,codec,options,pix_fmt,fps,n", CASES, ids=[c[0] for c in CASES])
 def test_chunk_count_times_and_frames(tmp_path, name, codec, options, pix_fmt, fps, n):
-    path = write_video(tmp_path / name, _grey_frames(n), fps=fps, codec=codec, options=options,
-                       pix_fmt=pix_fmt)
+    path = write_video(
+        tmp_path / name, _grey_frames(n), fps=fps, codec=codec, options=options, pix_fmt=pix_fmt
+    )
     duration = n / float(fps)  # frames at i / fps, i < n
     chunks = list(read_chunks(path, fps=1.0))
     assert len(chunks) == math.ceil(duration - 1e-9)

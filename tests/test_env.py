@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from streampro.actors.env import StreamEnv, candidate_answers
 from streampro.data.encode import EncodedSample
 from streampro.data.schema import Answer, Sample
@@ -19,10 +18,16 @@ def tok(tiny_path):
 
 def _sample(duration: int = 8) -> EncodedSample:
     rng = np.random.default_rng(0)
-    s = Sample(id="eu-0", video="v.mp4", task="EU", question="tell me when a red square enters",
-               query_time=0.0, answers=[Answer(start=3.0, end=4.0, text="red square from the left")],
-               rubric=["must respond at least 1 times", "shall not respond before 3s"],
-               duration=float(duration))
+    s = Sample(
+        id="eu-0",
+        video="v.mp4",
+        task="EU",
+        question="tell me when a red square enters",
+        query_time=0.0,
+        answers=[Answer(start=3.0, end=4.0, text="red square from the left")],
+        rubric=["must respond at least 1 times", "shall not respond before 3s"],
+        duration=float(duration),
+    )
     times = [(float(t), float(t + 1)) for t in range(duration)]
     return EncodedSample(s, times, rng.integers(0, 64, size=(duration, 16)).tolist())
 

@@ -18,8 +18,17 @@ from streampro.tasks import TASKS
 
 
 def sample(sid: str, task: str, answers: list[dict], **kw) -> dict:
-    return {"id": sid, "video": f"videos/{sid}.mp4", "task": task, "question": "q",
-            "query_time": 0.0, "answers": answers, "rubric": [], "meta": {}, **kw}
+    return {
+        "id": sid,
+        "video": f"videos/{sid}.mp4",
+        "task": task,
+        "question": "q",
+        "query_time": 0.0,
+        "answers": answers,
+        "rubric": [],
+        "meta": {},
+        **kw,
+    }
 
 
 def resp(*pairs: tuple[float, str]) -> list[dict]:
@@ -28,18 +37,38 @@ def resp(*pairs: tuple[float, str]) -> list[dict]:
 
 # One case per task type: (task, answers, responses, expected (sum S, N_pred, N_gt)).
 CASES = [
-    ("EU", [{"start": 10.0, "end": 14.0, "text": "red square from left"}],   # window [10, 17], tau 4
-     [(19.0, "Red square from left"), (30.0, "red")], (0.5, 2, 1)),         # dt 2; 30 reaches none
+    (
+        "EU",
+        [{"start": 10.0, "end": 14.0, "text": "red square from left"}],  # window [10, 17], tau 4
+        [(19.0, "Red square from left"), (30.0, "red")],
+        (0.5, 2, 1),
+    ),  # dt 2; 30 reaches none
     ("OU", [{"time": 20.0, "text": "green"}], [(24.0, "Green!")], (0.75, 1, 1)),  # [17, 23], dt 1
     ("AA", [{"time": 30.0, "text": "teleport"}], [(27.0, "teleport")], (0.5, 1, 1)),  # tau 6, dt 3
-    ("TP", [{"start": 5.0, "end": 5.0, "text": "1"}, {"start": 15.0, "end": 15.0, "text": "2"}],
-     [(6.0, "1"), (12.0, "2")], (1.0, 2, 2)),     # 12 reaches answer 1 first: S_time 0 there
-    ("TG", [{"time": 31.0, "text": "4-9", "span": [4.0, 9.0]}],               # [28, 34], IoU
-     [(36.0, "from 5 to 9")], (0.4, 1, 1)),                                    # 0.5 * 0.8
-    ("GP", [{"time": 40.0, "text": "pick up the key"}],                        # [37, 40]: late
-     [(42.0, "pick up the key")], (0.5, 1, 1)),                                # still counts in F1
-    ("RF", [{"time": 50.0, "text": "watch out"}],                              # [49, 53], tau 2/4
-     [(48.0, "watch out"), (55.0, "watch out")], (0.5, 2, 1)),                # early 0.5, late 0.5
+    (
+        "TP",
+        [{"start": 5.0, "end": 5.0, "text": "1"}, {"start": 15.0, "end": 15.0, "text": "2"}],
+        [(6.0, "1"), (12.0, "2")],
+        (1.0, 2, 2),
+    ),  # 12 reaches answer 1 first: S_time 0 there
+    (
+        "TG",
+        [{"time": 31.0, "text": "4-9", "span": [4.0, 9.0]}],  # [28, 34], IoU
+        [(36.0, "from 5 to 9")],
+        (0.4, 1, 1),
+    ),  # 0.5 * 0.8
+    (
+        "GP",
+        [{"time": 40.0, "text": "pick up the key"}],  # [37, 40]: late
+        [(42.0, "pick up the key")],
+        (0.5, 1, 1),
+    ),  # still counts in F1
+    (
+        "RF",
+        [{"time": 50.0, "text": "watch out"}],  # [49, 53], tau 2/4
+        [(48.0, "watch out"), (55.0, "watch out")],
+        (0.5, 2, 1),
+    ),  # early 0.5, late 0.5
 ]
 
 
@@ -50,7 +79,11 @@ def test_sample_stats_hand_values(task, answers, responses, expected):
 
 
 def test_prediction_first_greedy_and_best_per_answer():
-    tp = sample("x", "TP", [{"start": 5.0, "end": 5.0, "text": "1"}, {"start": 15.0, "end": 15.0, "text": "2"}])
+    tp = sample(
+        "x",
+        "TP",
+        [{"start": 5.0, "end": 5.0, "text": "1"}, {"start": 15.0, "end": 15.0, "text": "2"}],
+    )
     # 12 s reaches answer 1 (reach [1, 12]) first and scores 0 there, though answer 2 would give it 0.25.
     assert sample_stats(tp, resp((12.0, "2")), ExactJudge()) == (0.0, 1, 2)
     # An answer keeps its best S; the worse duplicate still counts as a prediction.
@@ -77,8 +110,13 @@ def test_score_predictions_aggregation():
         sample("tg1", "TG", [{"time": 31.0, "text": "4-9", "span": [4.0, 9.0]}]),
         sample("cu1", "CUSTOM", [{"time": 5.0, "text": "yes"}], dimension="XD"),  # window [5, 5]
     ]
-    preds = {"eu1": resp((12.0, "red")), "eu2": resp((19.0, "red"), (30.0, "x")),
-             "ou1": resp((24.0, "green")), "tg1": resp((33.0, "5 to 9")), "cu1": resp((6.0, "yes"))}
+    preds = {
+        "eu1": resp((12.0, "red")),
+        "eu2": resp((19.0, "red"), (30.0, "x")),
+        "ou1": resp((24.0, "green")),
+        "tg1": resp((33.0, "5 to 9")),
+        "cu1": resp((6.0, "yes")),
+    }
     s = score_predictions(samples, preds)
     eu = s["tasks"]["EU"]  # sum S 1.5, N_pred 3, N_gt 2
     assert (eu["precision"], eu["recall"], eu["f1"], eu["n"]) == pytest.approx((0.5, 0.75, 0.6, 2))
@@ -104,7 +142,9 @@ def test_failing_judge_scores_fallback_and_counts():
             raise RuntimeError("judge down")
 
     samples = [sample("ou1", "OU", [{"time": 20.0, "text": "green"}])]
-    s = score_predictions(samples, {"ou1": resp((20.0, "green"))}, acc_judge=Broken(), fallback_score=0.5)
+    s = score_predictions(
+        samples, {"ou1": resp((20.0, "green"))}, acc_judge=Broken(), fallback_score=0.5
+    )
     assert s["fallbacks"] == 1 and s["tasks"]["OU"]["f1"] == pytest.approx(0.5)
 
 
@@ -126,15 +166,25 @@ def separated_samples(draw, n_samples: int = 4) -> list[dict]:
                 a = draw(st.integers(0, 20))
                 answers.append({"time": t0, "text": f"{a}-{a + 3}", "span": [a, a + 3]})
             elif TASKS[task].interval and draw(st.booleans()):
-                answers.append({"start": t0, "end": t0 + draw(st.integers(0, 4)), "text": draw(st.sampled_from(TEXTS))})
+                answers.append(
+                    {
+                        "start": t0,
+                        "end": t0 + draw(st.integers(0, 4)),
+                        "text": draw(st.sampled_from(TEXTS)),
+                    }
+                )
             else:
                 answers.append({"time": t0, "text": draw(st.sampled_from(TEXTS))})
         out.append(sample(f"s{i}", task, answers))
     return out
 
 
-responses_st = st.lists(st.fixed_dictionaries({
-    "time": st.floats(0, 160, allow_nan=False), "text": st.sampled_from(TEXTS + ["4-7", "x"])}), max_size=6)
+responses_st = st.lists(
+    st.fixed_dictionaries(
+        {"time": st.floats(0, 160, allow_nan=False), "text": st.sampled_from(TEXTS + ["4-7", "x"])}
+    ),
+    max_size=6,
+)
 
 
 @settings(max_examples=80, deadline=None)
@@ -143,13 +193,17 @@ def test_property_f1_in_unit_interval(samples, data):
     preds = {s["id"]: data.draw(responses_st) for s in samples}
     s = score_predictions(samples, preds)
     values = [v for t in s["tasks"].values() for v in (t["precision"], t["recall"], t["f1"])]
-    assert all(0.0 <= v <= 1.0 for v in values + list(s["dimensions"].values()) + [s["avg"], s["w_avg"]])
+    assert all(
+        0.0 <= v <= 1.0 for v in values + list(s["dimensions"].values()) + [s["avg"], s["w_avg"]]
+    )
 
 
 @settings(max_examples=80, deadline=None)
 @given(samples=separated_samples())
 def test_property_best_time_right_text_gives_f1_1(samples):
-    preds = {s["id"]: [{"time": a.best, "text": a.text} for a in sorted_answers(s)] for s in samples}
+    preds = {
+        s["id"]: [{"time": a.best, "text": a.text} for a in sorted_answers(s)] for s in samples
+    }
     s = score_predictions(samples, preds)
     assert all(t["f1"] == pytest.approx(1.0) for t in s["tasks"].values())
     assert s["w_avg"] == pytest.approx(1.0) and s["avg"] == pytest.approx(1.0)
@@ -162,7 +216,9 @@ def test_property_unreaching_response_never_raises_precision(samples, data):
     before = score_predictions(samples, preds)
     victim = data.draw(st.sampled_from(samples))
     extra = dict(preds)
-    extra[victim["id"]] = preds[victim["id"]] + [{"time": data.draw(st.floats(300, 1000)), "text": "red"}]
+    extra[victim["id"]] = preds[victim["id"]] + [
+        {"time": data.draw(st.floats(300, 1000)), "text": "red"}
+    ]
     after = score_predictions(samples, extra)
     for task, t in after["tasks"].items():
         assert t["precision"] <= before["tasks"][task]["precision"] + 1e-12
@@ -171,10 +227,18 @@ def test_property_unreaching_response_never_raises_precision(samples, data):
 
 # ---- files and the CLI --------------------------------------------------------------------------
 
+
 @pytest.fixture()
 def manifest(tmp_path) -> Path:
-    rows = [sample("eu1", "EU", [{"start": 10.0, "end": 14.0, "text": "red"}], rubric=["must respond at least 1 times"]),
-            sample("tg1", "TG", [{"time": 31.0, "text": "4-9", "span": [4.0, 9.0]}])]
+    rows = [
+        sample(
+            "eu1",
+            "EU",
+            [{"start": 10.0, "end": 14.0, "text": "red"}],
+            rubric=["must respond at least 1 times"],
+        ),
+        sample("tg1", "TG", [{"time": 31.0, "text": "4-9", "span": [4.0, 9.0]}]),
+    ]
     path = tmp_path / "manifest.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -184,7 +248,12 @@ def test_eval_cli_writes_scores_and_report(tmp_path, manifest, capsys):
     preds = tmp_path / "preds.jsonl"
     preds.write_text(json.dumps({"id": "eu1", "responses": [{"time": 12, "text": "Red!"}]}) + "\n")
     out = tmp_path / "out"
-    assert cli_main(["eval", "--manifest", str(manifest), "--predictions", str(preds), "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            ["eval", "--manifest", str(manifest), "--predictions", str(preds), "--out", str(out)]
+        )
+        == 0
+    )
     scores = json.loads((out / "scores.json").read_text())
     assert scores["tasks"]["EU"]["f1"] == 1.0 and scores["tasks"]["TG"]["f1"] == 0.0
     assert scores["dimensions"] == {"PU": 1.0, "TR": 0.0}
@@ -193,23 +262,47 @@ def test_eval_cli_writes_scores_and_report(tmp_path, manifest, capsys):
     assert "| EU | 1 | 1 | 1 | 100.0 | 100.0 | 100.0 |" in report and "W-Avg" in report
     # Same inputs, same bytes.
     first = (out / "scores.json").read_bytes()
-    write_scores(score_predictions([json.loads(line) for line in manifest.read_text().splitlines()],
-                                   {"eu1": [{"time": 12.0, "text": "Red!"}]}), out)
+    write_scores(
+        score_predictions(
+            [json.loads(line) for line in manifest.read_text().splitlines()],
+            {"eu1": [{"time": 12.0, "text": "Red!"}]},
+        ),
+        out,
+    )
     assert (out / "scores.json").read_bytes() == first
 
 
-@pytest.mark.parametrize("line,message", [
-    ('{"id": "zz", "responses": []}', "id: 'zz' is not in the manifest"),
-    ('{"id": "eu1"}', "responses: missing or not a list"),
-    ('{"id": "eu1", "responses": [{"time": "soon", "text": "a"}]}', "responses[0].time: expected a finite number"),
-    ('{"id": "eu1", "responses": [{"time": 3, "text": 5}]}', "responses[0].text: expected a string"),
-    ('{"id": "eu1", "responses": [{"time": NaN, "text": "a"}]}', "responses[0].time"),
-    ('{"id": "eu1", "responses": [', "json:"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ('{"id": "zz", "responses": []}', "id: 'zz' is not in the manifest"),
+        ('{"id": "eu1"}', "responses: missing or not a list"),
+        (
+            '{"id": "eu1", "responses": [{"time": "soon", "text": "a"}]}',
+            "responses[0].time: expected a finite number",
+        ),
+        (
+            '{"id": "eu1", "responses": [{"time": 3, "text": 5}]}',
+            "responses[0].text: expected a string",
+        ),
+        ('{"id": "eu1", "responses": [{"time": NaN, "text": "a"}]}', "responses[0].time"),
+        ('{"id": "eu1", "responses": [', "json:"),
+    ],
+)
 def test_bad_predictions_one_line_error(tmp_path, manifest, capsys, line, message):
     preds = tmp_path / "preds.jsonl"
     preds.write_text('{"id": "tg1", "responses": []}\n' + line + "\n")
-    rc = cli_main(["eval", "--manifest", str(manifest), "--predictions", str(preds), "--out", str(tmp_path / "o")])
+    rc = cli_main(
+        [
+            "eval",
+            "--manifest",
+            str(manifest),
+            "--predictions",
+            str(preds),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1 and f"{preds}:2: {message}" in err and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err and not (tmp_path / "o" / "scores.json").exists()
@@ -219,9 +312,25 @@ def test_eval_cli_errors(tmp_path, manifest, capsys):
     out = str(tmp_path / "o")
     dup = tmp_path / "dup.jsonl"
     dup.write_text('{"id": "eu1", "responses": []}\n{"id": "eu1", "responses": []}\n')
-    assert cli_main(["eval", "--manifest", str(manifest), "--predictions", str(dup), "--out", out]) == 1
+    assert (
+        cli_main(["eval", "--manifest", str(manifest), "--predictions", str(dup), "--out", out])
+        == 1
+    )
     assert f"{dup}:2: id: duplicate id 'eu1'" in capsys.readouterr().err
-    assert cli_main(["eval", "--manifest", str(tmp_path / "none.jsonl"), "--predictions", str(dup), "--out", out]) == 1
+    assert (
+        cli_main(
+            [
+                "eval",
+                "--manifest",
+                str(tmp_path / "none.jsonl"),
+                "--predictions",
+                str(dup),
+                "--out",
+                out,
+            ]
+        )
+        == 1
+    )
     assert "none.jsonl" in capsys.readouterr().err
     with pytest.raises(UserError, match="predictions file not found"):
         load_predictions(tmp_path / "missing.jsonl", {"eu1"})
@@ -232,6 +341,7 @@ def test_sampled_evaluation_averages_the_samples_of_each_stream():
     from dataclasses import dataclass
 
     from streampro.bench.policy_eval import evaluate
+
     from streampro.types import Step, Trajectory
 
     @dataclass
@@ -252,13 +362,24 @@ def test_sampled_evaluation_averages_the_samples_of_each_stream():
     class Rollout:
         def generate(self, *, samples, n, sampling):
             hit = [Step(time=21.0, decision="response", text="green", raw="")]
-            return [Trajectory(sample_id="ou", episode=e, token_ids=[], gen_mask=[], logprobs=[],
-                               steps=hit if e == 0 else []) for e in range(n)]
+            return [
+                Trajectory(
+                    sample_id="ou",
+                    episode=e,
+                    token_ids=[],
+                    gen_mask=[],
+                    logprobs=[],
+                    steps=hit if e == 0 else [],
+                )
+                for e in range(n)
+            ]
 
     scores = evaluate(Rollout(), enc, max_answer_tokens=8, temperature=1.0, n=2)
     # replicate 0: P = R = F1 = 1; replicate 1: no response, all 0 -> means 0.5
     assert scores["tasks"]["OU"]["f1"] == pytest.approx(0.5)
-    assert scores["tasks"]["OU"]["n_pred"] == pytest.approx(0.5) and scores["tasks"]["OU"]["n_gt"] == 1
+    assert (
+        scores["tasks"]["OU"]["n_pred"] == pytest.approx(0.5) and scores["tasks"]["OU"]["n_gt"] == 1
+    )
     assert scores["samples_per_stream"] == 2 and scores["n_samples"] == 1
     one = evaluate(Rollout(), enc, max_answer_tokens=8, n=1)
     assert one["tasks"]["OU"]["f1"] == 1.0 and one["samples_per_stream"] == 1

@@ -16,8 +16,16 @@ from streampro.config import Config, ConfigError, load_config
 from streampro.tiny import build_tiny, tiny_spec
 
 REPO = Path(__file__).resolve().parents[1]
-SPEC = tiny_spec(hidden_size=64, num_layers=1, num_heads=1, num_kv_heads=1, intermediate_size=128,
-                 vocab_size=512, max_position_embeddings=2048, init_seed=0)
+SPEC = tiny_spec(
+    hidden_size=64,
+    num_layers=1,
+    num_heads=1,
+    num_kv_heads=1,
+    intermediate_size=128,
+    vocab_size=512,
+    max_position_embeddings=2048,
+    init_seed=0,
+)
 
 
 def _run(args: list[str], cwd: Path | str = REPO) -> subprocess.CompletedProcess:
@@ -25,8 +33,15 @@ def _run(args: list[str], cwd: Path | str = REPO) -> subprocess.CompletedProcess
 
 
 def test_namespaced_imports_from_another_folder(tmp_path):
-    ok = _run([sys.executable, "-c", "import streampro.data, streampro.actors, streampro.learners, "
-               "streampro.rewards, streampro.bench, streampro.cluster"], cwd=tmp_path)
+    ok = _run(
+        [
+            sys.executable,
+            "-c",
+            "import streampro.data, streampro.actors, streampro.learners, "
+            "streampro.rewards, streampro.bench, streampro.cluster",
+        ],
+        cwd=tmp_path,
+    )
     assert ok.returncode == 0, ok.stderr
     for generic in ("data", "actors", "learners", "rewards", "bench", "cluster"):
         bad = _run([sys.executable, "-c", f"import {generic}"], cwd=tmp_path)
@@ -57,9 +72,24 @@ def test_yaml_configs_load_and_dotlist_overrides():
         assert cfg.grpo.group_size == 4 and cfg.rollout.num_actors == 2
     # Defaults are the paper's values (SPEC.md).
     d = Config()
-    assert (d.grpo.group_size, d.grpo.lr, d.grpo.batch_samples, d.grpo.temperature if hasattr(d.grpo, "temperature") else 1.0) == (8, 1e-6, 16, 1.0)
-    assert (d.reward.w_fmt, d.reward.w_turn, d.reward.w_traj, d.reward.tau) == (0.1, 0.45, 0.45, 8.0)
-    assert (d.sft.beta, d.sft.lambda_text, d.data.window_turns, d.data.fps) == (0.9999, 2.0, 200, 1.0)
+    assert (
+        d.grpo.group_size,
+        d.grpo.lr,
+        d.grpo.batch_samples,
+        d.grpo.temperature if hasattr(d.grpo, "temperature") else 1.0,
+    ) == (8, 1e-6, 16, 1.0)
+    assert (d.reward.w_fmt, d.reward.w_turn, d.reward.w_traj, d.reward.tau) == (
+        0.1,
+        0.45,
+        0.45,
+        8.0,
+    )
+    assert (d.sft.beta, d.sft.lambda_text, d.data.window_turns, d.data.fps) == (
+        0.9999,
+        2.0,
+        200,
+        1.0,
+    )
 
 
 def test_every_config_field_has_a_docstring():
@@ -92,7 +122,9 @@ def test_decision_and_special_tokens_are_single_ids(tiny_path):
     for s in T.SPECIAL_TOKENS + T.frame_tokens():
         assert len(tok.encode(s, add_special_tokens=False)) == 1, s
     ids = tok.encode(T.RESPONSE + " red square from left" + T.IM_END, add_special_tokens=False)
-    assert ids[0] == tok.convert_tokens_to_ids(T.RESPONSE) and ids[-1] == tok.convert_tokens_to_ids(T.IM_END)
+    assert ids[0] == tok.convert_tokens_to_ids(T.RESPONSE) and ids[-1] == tok.convert_tokens_to_ids(
+        T.IM_END
+    )
     frame_ids = [tok.convert_tokens_to_ids(t) for t in T.frame_tokens()]
     assert frame_ids == list(range(frame_ids[0], frame_ids[0] + len(frame_ids)))  # contiguous
 
@@ -115,5 +147,7 @@ if __name__ == "__main__":
 """
     out = _run([sys.executable, "-c", code])
     assert out.returncode == 0, out.stderr[-3000:]
-    diff = float(next(ln for ln in out.stdout.splitlines() if ln.startswith("LOGPROB_DIFF")).split()[1])
+    diff = float(
+        next(ln for ln in out.stdout.splitlines() if ln.startswith("LOGPROB_DIFF")).split()[1]
+    )
     assert diff < 1e-3

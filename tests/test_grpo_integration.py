@@ -19,9 +19,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _grpo_cmd(run_dir: Path, synth_root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "streampro.cli", "grpo", "--config", str(REPO / "configs" / "smoke.yaml"),
-            f"run.dir={run_dir}", *(f"data.{s}={synth_root / s / 'manifest.jsonl'}" for s in ("train", "val", "test")), "grpo.save_every=1", "grpo.max_steps=2",
-            "cluster.num_cpus=4", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "streampro.cli",
+        "grpo",
+        "--config",
+        str(REPO / "configs" / "smoke.yaml"),
+        f"run.dir={run_dir}",
+        *(f"data.{s}={synth_root / s / 'manifest.jsonl'}" for s in ("train", "val", "test")),
+        "grpo.save_every=1",
+        "grpo.max_steps=2",
+        "cluster.num_cpus=4",
+        *extra,
+    ]
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -33,7 +44,9 @@ def _run_killed_after_step_1(tmp_path: Path, run_dir: Path, cmd: list[str]) -> N
     """Start the job, SIGKILL it (and the local Ray it started) once checkpoint 1 is complete."""
     env = {**os.environ, "RAY_ADDRESS": ""}
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     deadline = time.time() + 480
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -41,7 +54,9 @@ def _run_killed_after_step_1(tmp_path: Path, run_dir: Path, cmd: list[str]) -> N
                 break
             time.sleep(1)
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
-        assert (run_dir / "checkpoints" / "step_000001" / "client_state.json").is_file(), "no checkpoint in time"
+        assert (run_dir / "checkpoints" / "step_000001" / "client_state.json").is_file(), (
+            "no checkpoint in time"
+        )
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the job and the local Ray it started
         proc.wait()
@@ -50,7 +65,9 @@ def _run_killed_after_step_1(tmp_path: Path, run_dir: Path, cmd: list[str]) -> N
 
 def _resume(cmd: list[str]) -> None:
     env = {**os.environ, "RAY_ADDRESS": ""}
-    out = subprocess.run([*cmd, "run.resume=auto"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [*cmd, "run.resume=auto"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert "resumed from" in out.stdout
 
@@ -79,18 +96,26 @@ def test_grpo_async_dynamic_sampling_resume_keeps_the_data_order(tmp_path, synth
     the resumed run redraws that batch, so the samples drawn over all three steps (kept and
     replaced groups alike) follow the seeded data order without a gap."""
     import pyarrow.parquet as pq
-
     from streampro.learners.state import DataCursor
 
     run_dir = tmp_path / "run"
-    cmd = _grpo_cmd(run_dir, synth_smoke, "grpo.max_steps=3", "grpo.async_mode=true",
-                    "grpo.dynamic_sampling=true", "grpo.max_resample_rounds=2")
+    cmd = _grpo_cmd(
+        run_dir,
+        synth_smoke,
+        "grpo.max_steps=3",
+        "grpo.async_mode=true",
+        "grpo.dynamic_sampling=true",
+        "grpo.max_resample_rounds=2",
+    )
     _run_killed_after_step_1(tmp_path, run_dir, cmd)
     _resume(cmd)
     rows = _metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3]
 
-    ids = [json.loads(x)["id"] for x in (synth_smoke / "train" / "manifest.jsonl").read_text().splitlines()]
+    ids = [
+        json.loads(x)["id"]
+        for x in (synth_smoke / "train" / "manifest.jsonl").read_text().splitlines()
+    ]
     drawn, b, g = [], 2, 2
     for step, r in enumerate(rows, start=1):
         table = pq.read_table(run_dir / "trajectories" / f"step_{step:06d}.parquet").to_pylist()

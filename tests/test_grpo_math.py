@@ -7,7 +7,6 @@ import statistics
 
 import pytest
 import torch
-
 from streampro.learners.grpo_loss import aggregate, group_advantages, kl_penalty, policy_loss
 
 
@@ -15,7 +14,9 @@ def test_group_advantages_hand_values():
     r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
     adv, stats = group_advantages(r)
     # mean 0.5, unbiased std sqrt(1/3): +-0.5 / 0.57735 = +-0.866025
-    assert torch.allclose(adv[0], torch.tensor([0.866025, -0.866025, -0.866025, 0.866025]), atol=1e-5)
+    assert torch.allclose(
+        adv[0], torch.tensor([0.866025, -0.866025, -0.866025, 0.866025]), atol=1e-5
+    )
     assert torch.equal(adv[1], torch.zeros(4))  # equal rewards: no signal, no NaN
     assert stats["adv/degenerate_groups"] == 1.0
     dr, _ = group_advantages(r, mode="drgrpo")
@@ -37,7 +38,7 @@ def test_vectorised_advantages_equal_a_plain_loop(mode):
             elif mode == "drgrpo":
                 want = x - statistics.mean(row)
             else:
-                want = x - statistics.mean(row[:i] + row[i + 1:])
+                want = x - statistics.mean(row[:i] + row[i + 1 :])
             assert adv[b, i].item() == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
@@ -65,7 +66,9 @@ def test_policy_loss_clips_both_sides_hand_values():
 
 def test_clip_higher_raises_only_the_upper_bound():
     lp, old = _lp([1.5, 0.5])
-    loss, _ = policy_loss(lp, old, torch.tensor([[2.0, -1.0]]), torch.ones(1, 2), clip_low=0.2, clip_high=0.28)
+    loss, _ = policy_loss(
+        lp, old, torch.tensor([[2.0, -1.0]]), torch.ones(1, 2), clip_low=0.2, clip_high=0.28
+    )
     assert loss.item() == pytest.approx((-2.56 + 0.8) / 2)
 
 
@@ -77,8 +80,14 @@ def test_kl_estimators_hand_values_and_zero_coef_needs_no_reference():
     lp2, old = _lp([1.0, 1.0])
     loss, stats = policy_loss(lp2, old, torch.ones(1, 2), torch.ones(1, 2), kl_coef=0.0)
     assert "kl" not in stats and loss.item() == pytest.approx(-1.0)
-    loss, stats = policy_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2),
-                              ref_logprobs=torch.full((1, 2), math.log(0.5)), kl_coef=0.1)
+    loss, stats = policy_loss(
+        torch.zeros(1, 2),
+        torch.zeros(1, 2),
+        torch.zeros(1, 2),
+        torch.ones(1, 2),
+        ref_logprobs=torch.full((1, 2), math.log(0.5)),
+        kl_coef=0.1,
+    )
     assert loss.item() == pytest.approx(0.1 * (0.5 + math.log(2) - 1))
 
 
@@ -88,9 +97,14 @@ def test_aggregation_token_mean_and_seq_mean_and_global_normaliser():
     assert aggregate(x, m, loss_agg="token_mean").item() == pytest.approx(7 / 4)
     assert aggregate(x, m, loss_agg="seq_mean").item() == pytest.approx((1 + 4) / 2)
     # two micro-batches with the global normaliser add up to the global mean
-    parts = [aggregate(x[i:i + 1], m[i:i + 1], loss_agg="token_mean", normalizer=4.0) for i in range(2)]
+    parts = [
+        aggregate(x[i : i + 1], m[i : i + 1], loss_agg="token_mean", normalizer=4.0)
+        for i in range(2)
+    ]
     assert sum(p.item() for p in parts) == pytest.approx(7 / 4)
-    parts = [aggregate(x[i:i + 1], m[i:i + 1], loss_agg="seq_mean", normalizer=2.0) for i in range(2)]
+    parts = [
+        aggregate(x[i : i + 1], m[i : i + 1], loss_agg="seq_mean", normalizer=2.0) for i in range(2)
+    ]
     assert sum(p.item() for p in parts) == pytest.approx(5 / 2)
 
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from streampro.config import Config
 from streampro.learners.grpo_loop import GRPOStep, select_groups
 from streampro.learners.state import DataCursor
+
+from streampro.config import Config
 from streampro.types import RewardResult, Trajectory
 
 
@@ -32,7 +32,7 @@ class _Sample:
     idx: int
 
     @property
-    def sample(self) -> "_Sample":
+    def sample(self) -> _Sample:
         return self
 
     def to_dict(self) -> dict:
@@ -48,8 +48,11 @@ class _Rollout:
 
     def generate(self, *, samples: list, n: int, sampling) -> list[Trajectory]:
         self.calls.append([s.idx for s in samples])
-        return [Trajectory(sample_id=str(s.idx), episode=e, token_ids=[1], gen_mask=[1], logprobs=[0.0])
-                for s in samples for e in range(n)]
+        return [
+            Trajectory(sample_id=str(s.idx), episode=e, token_ids=[1], gen_mask=[1], logprobs=[0.0])
+            for s in samples
+            for e in range(n)
+        ]
 
 
 class _Pool:
@@ -69,8 +72,16 @@ def _step(dynamic: bool, rounds: int, b: int = 4) -> tuple[GRPOStep, _Rollout, l
     n = 10
     order = DataCursor(n, seed=7).take(3 * n)  # the data order every draw must follow
     rollout = _Rollout()
-    parts = GRPOStep(cfg=cfg, train=[_Sample(i) for i in range(n)], rollout=rollout, pool=_Pool(),
-                     learner=None, cursor=DataCursor(n, seed=7), run_dir=Path("."), pad_id=0)
+    parts = GRPOStep(
+        cfg=cfg,
+        train=[_Sample(i) for i in range(n)],
+        rollout=rollout,
+        pool=_Pool(),
+        learner=None,
+        cursor=DataCursor(n, seed=7),
+        run_dir=Path("."),
+        pad_id=0,
+    )
     return parts, rollout, order
 
 
@@ -95,7 +106,9 @@ def test_dynamic_sampling_replaces_equal_reward_groups_from_the_data_order():
     assert [i for i, k in zip(drawn, groups.keep) if not k] == [i for i in drawn if i % 2 == 0]
     trajs, rewards = groups.kept()
     assert rewards.shape == (4, 3) and len(trajs) == 12
-    assert groups.rounds == [r for r, call in enumerate(rollout.calls) for _ in range(3 * len(call))]
+    assert groups.rounds == [
+        r for r, call in enumerate(rollout.calls) for _ in range(3 * len(call))
+    ]
 
 
 def test_dynamic_sampling_stops_after_max_rounds_and_trains_on_fewer_groups():
@@ -121,13 +134,39 @@ def test_report_of_a_grpo_run_folder_has_curves_and_phase_means(tmp_path):
     import subprocess
     import sys
 
-    rows = [{"step": 0, "val/w_avg": 0.1},
-            {"step": 1, "reward/total": 0.2, "time/rollout": 3.0, "time/learn": 9.0, "time/sync": 0.1, "time/step": 12.5},
-            {"step": 2, "reward/total": 0.4, "time/rollout": 5.0, "time/learn": 7.0, "time/sync": 0.3, "time/step": 12.5}]
+    rows = [
+        {"step": 0, "val/w_avg": 0.1},
+        {
+            "step": 1,
+            "reward/total": 0.2,
+            "time/rollout": 3.0,
+            "time/learn": 9.0,
+            "time/sync": 0.1,
+            "time/step": 12.5,
+        },
+        {
+            "step": 2,
+            "reward/total": 0.4,
+            "time/rollout": 5.0,
+            "time/learn": 7.0,
+            "time/sync": 0.3,
+            "time/step": 12.5,
+        },
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = subprocess.run([sys.executable, "-m", "streampro.cli", "report", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "streampro.cli", "report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     report = (tmp_path / "report.md").read_text()
-    assert "| rollout | learn | sync | step |\n|---|---|---|---|\n| 4.00 | 8.00 | 0.20 | 12.50 |" in report
-    assert "![grpo](grpo_curves.png)" in report and (tmp_path / "grpo_curves.png").stat().st_size > 1000
+    assert (
+        "| rollout | learn | sync | step |\n|---|---|---|---|\n| 4.00 | 8.00 | 0.20 | 12.50 |"
+        in report
+    )
+    assert (
+        "![grpo](grpo_curves.png)" in report
+        and (tmp_path / "grpo_curves.png").stat().st_size > 1000
+    )

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from streampro.learners.group import reduce_stats, step_totals
 from streampro.learners.losses import (
     cb_stream_weights,

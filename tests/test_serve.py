@@ -70,8 +70,16 @@ def served(ray_local, policy):
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app({"checkpoint": policy, "engine": "vllm", "max_answer_tokens": MAX_ANSWER,
-                     "kv_cache_gb": 0.5, "num_cpus": 1.0, "max_sessions": 2})
+    app = build_app(
+        {
+            "checkpoint": policy,
+            "engine": "vllm",
+            "max_answer_tokens": MAX_ANSWER,
+            "kv_cache_gb": 0.5,
+            "num_cpus": 1.0,
+            "max_sessions": 2,
+        }
+    )
     serve.run(app, name="streampro-test", route_prefix="/")
     try:
         yield f"http://127.0.0.1:{port}"
@@ -86,7 +94,9 @@ def test_served_decisions_equal_the_transformers_loop(served, policy):
     from streampro.actors.hf_loop import HFStreamPolicy
 
     frames, codes = _stream()
-    sid = requests.post(f"{served}/sessions", json={"question": QUESTION, "query_time": 0}).json()["id"]
+    sid = requests.post(f"{served}/sessions", json={"question": QUESTION, "query_time": 0}).json()[
+        "id"
+    ]
     got = []
     for i, (frame, c) in enumerate(zip(frames, codes)):
         body = {"start": i, "end": i + 1}
@@ -98,11 +108,16 @@ def test_served_decisions_equal_the_transformers_loop(served, policy):
     assert closed["steps"] == len(frames)
 
     ref = HFStreamPolicy(policy, max_answer_tokens=MAX_ANSWER).run_episode(
-        SimpleNamespace(sample=SimpleNamespace(id="ref", question=QUESTION, query_time=0.0),
-                        times=[(float(i), float(i + 1)) for i in range(len(codes))], codes=codes),
-        sampling=Sampling(temperature=0.0, max_answer_tokens=MAX_ANSWER))
-    assert [(g["decision"], g["text"], g["raw"], g["time"]) for g in got] == \
-        [(s.decision, s.text, s.raw, s.time) for s in ref.steps]
+        SimpleNamespace(
+            sample=SimpleNamespace(id="ref", question=QUESTION, query_time=0.0),
+            times=[(float(i), float(i + 1)) for i in range(len(codes))],
+            codes=codes,
+        ),
+        sampling=Sampling(temperature=0.0, max_answer_tokens=MAX_ANSWER),
+    )
+    assert [(g["decision"], g["text"], g["raw"], g["time"]) for g in got] == [
+        (s.decision, s.text, s.raw, s.time) for s in ref.steps
+    ]
     assert closed["responses"] == ref.responses()
     assert len({g["raw"] for g in got}) > 1  # the outputs do depend on the stream
 
@@ -122,7 +137,9 @@ def test_bad_requests_are_named_errors(served):
 
     assert "expected 16 codes" in detail({"start": 0, "end": 1, "codes": [0] * 3})
     assert "outside the codebook" in detail({"start": 0, "end": 1, "codes": [64] * 16})
-    assert "exactly one of" in detail({"start": 0, "end": 1, "codes": ok, "frame": _png(np.zeros((8, 8, 3), np.uint8))})
+    assert "exactly one of" in detail(
+        {"start": 0, "end": 1, "codes": ok, "frame": _png(np.zeros((8, 8, 3), np.uint8))}
+    )
     assert "chunk.frame" in detail({"start": 0, "end": 1, "frame": "not base64!"})
     assert "chunk.end" in detail({"start": 2, "end": 2, "codes": ok})
     assert requests.post(url, json={"start": 0, "end": 1, "codes": ok}).status_code == 200
@@ -146,7 +163,12 @@ def test_build_app_rejects_unknown_arguments():
 
 
 def test_serve_cli_bad_checkpoint_is_one_line_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "streampro.cli", "serve", "--checkpoint", str(tmp_path)],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "streampro.cli", "serve", "--checkpoint", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and "not a Hugging Face model folder" in r.stderr
     assert "Traceback" not in r.stderr
