@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from streampro.actors.episode import StreamEpisode, sample_chunks
 
+from streampro.actors.episode import StreamEpisode, sample_chunks
 from streampro.types import Trajectory
 
 MAX_SECONDS = 1e7  # upper bound of the time observation (about 4 months of stream)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import torch
+
 from streampro.actors.api import Sampling
 from streampro.actors.episode import (
     StreamEpisode,
@@ -20,7 +21,6 @@ from streampro.actors.episode import (
     sample_chunks,
     stop_token_ids,
 )
-
 from streampro.types import Trajectory
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
+
 from streampro.actors.api import Sampling
 from streampro.actors.engine import DecisionEngine, decision_params
 from streampro.actors.episode import (
@@ -29,7 +30,6 @@ from streampro.actors.episode import (
     sample_chunks,
     stop_token_ids,
 )
-
 from streampro.types import Trajectory
 
 MAX_LATENCIES = 1 << 20

@@ -32,6 +32,8 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.exceptions import RayError
+
 from streampro.actors.episode import (
     Chunk,
     StreamEpisode,
@@ -39,35 +41,34 @@ from streampro.actors.episode import (
     request_seed,
     stop_token_ids,
 )
-
 from streampro.errors import UserError
 
 APP_NAME = "streampro"
 EPS = 1e-6
 
 # Arguments of `build_app` (the RayService's serveConfigV2 `args`) and their defaults.
-APP_ARGS: dict[str, Any] = dict(
-    checkpoint="",
-    engine="vllm",
-    dtype="float32",
-    window_turns=200,
-    max_answer_tokens=24,
-    patch_grid=4,
-    codebook_size=64,
-    temperature=0.0,
-    seed=0,
-    min_replicas=1,
-    max_replicas=1,
-    num_cpus=1.0,
-    num_gpus=0.0,
-    role_resources=True,
-    kv_cache_gb=1.0,
-    gpu_memory_utilization=0.5,
-    enforce_eager=True,
-    max_num_seqs=256,
-    max_sessions=1024,
-    session_ttl_s=3600.0,
-)
+APP_ARGS: dict[str, Any] = {
+    "checkpoint": "",
+    "engine": "vllm",
+    "dtype": "float32",
+    "window_turns": 200,
+    "max_answer_tokens": 24,
+    "patch_grid": 4,
+    "codebook_size": 64,
+    "temperature": 0.0,
+    "seed": 0,
+    "min_replicas": 1,
+    "max_replicas": 1,
+    "num_cpus": 1.0,
+    "num_gpus": 0.0,
+    "role_resources": True,
+    "kv_cache_gb": 1.0,
+    "gpu_memory_utilization": 0.5,
+    "enforce_eager": True,
+    "max_num_seqs": 256,
+    "max_sessions": 1024,
+    "session_ttl_s": 3600.0,
+}
 
 
 class _HFDecider:
@@ -87,8 +88,9 @@ class _HFDecider:
         self, prompt: list[int], *, max_tokens: int, temperature: float, seed: int
     ) -> tuple[list[int], list[float]]:
         import torch
-        from streampro.actors.hf_loop import sample_token
         from transformers import DynamicCache
+
+        from streampro.actors.hf_loop import sample_token
 
         gen = torch.Generator().manual_seed(seed)
         ids: list[int] = []
@@ -228,8 +230,9 @@ class StreamPolicy:
         max_sessions: int = 1024,
         session_ttl_s: float = 3600.0,
     ) -> None:
-        from streampro.data.codec import PatchTokenCodec
         from transformers import AutoTokenizer
+
+        from streampro.data.codec import PatchTokenCodec
 
         self.engine = engine  # DeploymentHandle of PolicyEngine
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -309,7 +312,7 @@ class StreamPolicy:
                     temperature=self.temperature,
                     seed=request_seed(self.seed, s.index, 0, step_i),
                 )
-            except Exception as e:  # the stream cannot continue without this decision
+            except (RayError, RuntimeError) as e:  # the stream cannot continue without it
                 self.sessions.pop(sid, None)
                 raise HTTPException(503, f"session {sid} closed: the engine failed: {e}") from None
             step = s.episode.add_decision(ids, lps)
@@ -387,34 +390,33 @@ def build_app(args: dict[str, Any]) -> Any:
 def app_args(cfg: Any, checkpoint: str) -> dict[str, Any]:
     """build_app arguments from a Config (the one place that unpacks it)."""
     s, r = cfg.serve, cfg.rollout
-    return dict(
-        checkpoint=checkpoint,
-        engine=s.engine,
-        dtype=cfg.policy.dtype,
-        window_turns=cfg.data.window_turns,
-        max_answer_tokens=r.max_answer_tokens,
-        patch_grid=cfg.data.patch_grid,
-        codebook_size=cfg.data.codebook_size,
-        temperature=s.temperature,
-        seed=cfg.run.seed,
-        min_replicas=s.min_replicas,
-        max_replicas=s.max_replicas,
-        num_cpus=s.num_cpus,
-        num_gpus=s.num_gpus,
-        role_resources=cfg.cluster.role_resources,
-        kv_cache_gb=r.kv_cache_gb,
-        gpu_memory_utilization=r.gpu_memory_utilization,
-        enforce_eager=r.enforce_eager,
-        max_num_seqs=r.max_num_seqs,
-        max_sessions=s.max_sessions,
-        session_ttl_s=s.session_ttl_s,
-    )
+    return {
+        "checkpoint": checkpoint,
+        "engine": s.engine,
+        "dtype": cfg.policy.dtype,
+        "window_turns": cfg.data.window_turns,
+        "max_answer_tokens": r.max_answer_tokens,
+        "patch_grid": cfg.data.patch_grid,
+        "codebook_size": cfg.data.codebook_size,
+        "temperature": s.temperature,
+        "seed": cfg.run.seed,
+        "min_replicas": s.min_replicas,
+        "max_replicas": s.max_replicas,
+        "num_cpus": s.num_cpus,
+        "num_gpus": s.num_gpus,
+        "role_resources": cfg.cluster.role_resources,
+        "kv_cache_gb": r.kv_cache_gb,
+        "gpu_memory_utilization": r.gpu_memory_utilization,
+        "enforce_eager": r.enforce_eager,
+        "max_num_seqs": r.max_num_seqs,
+        "max_sessions": s.max_sessions,
+        "session_ttl_s": s.session_ttl_s,
+    }
 
 
 def main(cfg: Any, args: argparse.Namespace) -> int:
     """`streampro serve`: deploy on the local Ray (or cluster.address) and serve until Ctrl-C."""
     from streampro.cluster.local import init_from_config, is_attach
-
     from streampro.tiny import policy_path
 
     if cfg.data.codec != "patch":

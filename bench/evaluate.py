@@ -9,9 +9,8 @@ import os
 from pathlib import Path
 
 from streampro.bench.f1 import load_predictions, score_predictions, write_scores
-from streampro.rewards.judges import AccJudge, make_acc_judge
-
 from streampro.config import Config
+from streampro.rewards.judges import AccJudge, make_acc_judge
 
 
 def acc_judge_from_config(cfg: Config) -> AccJudge:
@@ -92,7 +91,6 @@ def evaluate_policy(
     from streampro.actors.rollout import make_rollout_group
     from streampro.bench.policy_eval import eval_kwargs, evaluate
     from streampro.data.encode import encode_manifest
-
     from streampro.tiny import policy_path
 
     encoded = encode_manifest(

@@ -15,6 +15,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from streampro.config import atomic_write_text
+from streampro.errors import UserError
 from streampro.rewards.guard import Guard, GuardedAcc
 from streampro.rewards.judges import AccJudge, ExactJudge
 from streampro.rewards.scoring import (
@@ -24,9 +26,6 @@ from streampro.rewards.scoring import (
     sorted_answers,
     sorted_responses,
 )
-
-from streampro.config import atomic_write_text
-from streampro.errors import UserError
 from streampro.tasks import DIMENSIONS, TASKS
 
 

@@ -13,7 +13,6 @@ from streampro.metrics import read_metrics
 def run(cfg: Config, out_path: str) -> dict:
     from streampro.cluster.local import init_from_config
     from streampro.learners.grpo_loop import run_grpo
-
     from streampro.tiny import policy_path
 
     init_from_config(cfg.cluster)

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 from streampro.actors.api import RolloutGroupAPI, Sampling
-
 from streampro.config import atomic_write_text
 
 

@@ -85,8 +85,8 @@ def plot_timelines(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from streampro.data.schema import load_manifest
 
+    from streampro.data.schema import load_manifest
     from streampro.tasks import resolve_answer
 
     samples, _ = load_manifest(manifest, skip_bad=True)

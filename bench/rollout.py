@@ -63,6 +63,7 @@ def synthetic_streams(
 def _decision_hidden(model, tokenizer, probes: list) -> torch.Tensor:  # [P, D]
     """Final (post-norm) hidden state at each probe stream's decision positions."""
     import torch
+
     from streampro.actors.episode import StreamEpisode, sample_chunks
     from streampro.data.dialogue import decision_ids
 
@@ -134,8 +135,9 @@ def perturbed_copy(src: str, dst: str | Path, *, scale: float = 0.05, seed: int 
 def logprob_max_abs_diff(model_path: str, trajs: list) -> float:
     """Max |vLLM sampling logprob - transformers logprob| over the generated tokens."""
     import torch
-    from streampro.actors.hf_loop import score_logprobs
     from transformers import AutoModelForCausalLM
+
+    from streampro.actors.hf_loop import score_logprobs
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     worst = 0.0
@@ -206,7 +208,6 @@ def _vllm_runs(
 def run(cfg, out_path: str) -> dict:
     """The whole benchmark; returns the JSON-able result (the dispatcher writes it)."""
     from streampro.actors.hf_loop import HFStreamPolicy
-
     from streampro.tiny import policy_path
 
     steps, counts = int(cfg.bench.steps), sorted(int(s) for s in cfg.bench.streams)

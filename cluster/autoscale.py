@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from streampro.cluster.resources import ROLES, actor_options
 
@@ -178,7 +178,7 @@ class FakeAutoscalingCluster:
             self._pgid = None
         subprocess.run(["rm", "-rf", self.temp_dir], check=False)
 
-    def __enter__(self) -> FakeAutoscalingCluster:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

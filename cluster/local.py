@@ -13,7 +13,6 @@ import os
 from typing import Any
 
 from streampro.cluster.resources import LOCAL_ROLE_RESOURCES, ROLES
-
 from streampro.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import aiohttp
 import yaml
-from streampro.cluster.local import enable_token_auth_if_available
 
+from streampro.cluster.local import enable_token_auth_if_available
 from streampro.config import Config
 from streampro.errors import UserError
 
@@ -101,7 +102,8 @@ def wait_job(client: Any, job_id: str, *, out: TextIO = sys.stdout, poll_s: floa
 
     try:
         asyncio.run(tail())
-    except Exception as e:  # a dropped log stream must not lose the job's status
+    except (OSError, RuntimeError, TimeoutError, aiohttp.ClientError) as e:
+        # a dropped log stream must not lose the job's status
         print(
             f"streampro submit: log stream ended early ({type(e).__name__}: {e}); polling",
             file=sys.stderr,

@@ -45,8 +45,9 @@ def _check_videos(
     samples, manifest: Path, fps: float
 ) -> tuple[list[str], set[str], dict[str, int]]:
     """Decode every video once: (problems, ids of bad samples, chunks per task)."""
-    from streampro.data.video import VideoError, chunk_count_for, count_chunks
     from tqdm import tqdm
+
+    from streampro.data.video import VideoError, chunk_count_for, count_chunks
 
     problems, bad, chunks = [], set(), Counter()
     seen: dict[Path, tuple[int, float] | str] = {}

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from streampro.data.codec import PatchTokenCodec
 from streampro.data.schema import Sample, load_manifest
 from streampro.data.video import VideoError, read_chunks
-
 from streampro.errors import UserError
 
 log = logging.getLogger(__name__)

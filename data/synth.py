@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
 from streampro.data.rubric import build_rubric
 from streampro.data.schema import Sample, write_manifest
 from streampro.data.synth_scene import Scene, SceneParams, render
 from streampro.data.synth_tasks import GENERATORS
 from streampro.data.video import write_video
-
 from streampro.errors import UserError
 
 if TYPE_CHECKING:

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+
 from streampro.data.schema import Answer
 from streampro.data.synth_scene import (
     BASE_SPEED,
@@ -36,7 +37,6 @@ from streampro.data.synth_scene import (
     timeline,
     tri,
 )
-
 from streampro.tasks import ResolvedAnswer, resolve_answer
 
 EPS = 1e-6  # float slack, as in data/dialogue.py

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
-from streampro.learners.api import Batch, LearnerGroupAPI
-from streampro.learners.packing import assign_rows, materialize
-from streampro.learners.worker import LearnerSettings, LearnerWorker
 
 from streampro.config import Config
 from streampro.errors import UserError
+from streampro.learners.api import Batch, LearnerGroupAPI
+from streampro.learners.packing import assign_rows, materialize
+from streampro.learners.worker import LearnerSettings, LearnerWorker
 from streampro.tokens import CLASS_RESPONSE, CLASS_SILENCE
 
 OBJECTIVES = ("sft", "grpo")
@@ -199,6 +200,7 @@ class RayLearnerGroup:
         """settings: the flat fields of LearnerSettings; role_resource asks for the 'learner'
         custom resource so an autoscaler starts nodes of the learner worker group."""
         import ray
+
         from streampro.cluster.resources import in_placement_group, learner_placement_group
 
         self.settings = LearnerSettings(**settings)
@@ -289,8 +291,10 @@ class RayLearnerGroup:
 
         try:  # a rank stuck in a collective after a peer failed must not block shutdown
             ray.get([a.shutdown.remote() for a in self.actors], timeout=30)
-        except Exception:  # noqa: BLE001  (the actors are killed below either way)
-            pass
+        except (ray.exceptions.RayError, TimeoutError) as e:  # the actors are killed below
+            warnings.warn(
+                f"learner shutdown: {type(e).__name__}: {e}; killing the ranks", stacklevel=2
+            )
         finally:
             for a in self.actors:
                 ray.kill(a)
@@ -304,9 +308,9 @@ def make_learner_group(cfg: Config, model_path: str, *, objective: str) -> Learn
     """The learner group of a config, with the lr, schedule and loss of the objective."""
     lc = cfg.learner
     if objective == "sft":
-        stage = dict(lr=cfg.sft.lr, warmup_steps=cfg.sft.warmup_steps, with_reference=False)
+        stage = {"lr": cfg.sft.lr, "warmup_steps": cfg.sft.warmup_steps, "with_reference": False}
     elif objective == "grpo":
-        stage = dict(lr=cfg.grpo.lr, warmup_steps=0, with_reference=cfg.grpo.kl_coef != 0.0)
+        stage = {"lr": cfg.grpo.lr, "warmup_steps": 0, "with_reference": cfg.grpo.kl_coef != 0.0}
     else:
         raise ValueError(f"unknown objective {objective!r} (one of {', '.join(OBJECTIVES)})")
     settings = dict(
@@ -325,6 +329,7 @@ def make_learner_group(cfg: Config, model_path: str, *, objective: str) -> Learn
         kl_coef=cfg.grpo.kl_coef,
         kl_estimator=cfg.grpo.kl_estimator,
         loss_agg=cfg.grpo.loss_agg,
+        temperature=cfg.rollout.temperature,
         **stage,
     )
     check_settings(**settings)

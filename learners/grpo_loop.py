@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from streampro.config import Config, atomic_write_text, make_run_dir
 from streampro.learners.grpo_loss import equal_reward_groups, group_advantages
 from streampro.learners.packing import PackItem, collate, plan_rows
 from streampro.learners.state import Checkpoints, DataCursor
-
-from streampro.config import Config, atomic_write_text, make_run_dir
 from streampro.types import RewardResult, Trajectory
 
 
@@ -220,14 +220,14 @@ def run_grpo(
     ownership and shuts it down); None starts one here. `start_val`: init_model's val scores
     when the caller has them (the step-0 point of the val curve), else evaluated here.
     """
+    from tqdm import tqdm
+
     from streampro.actors.rollout import make_rollout_group
     from streampro.bench.policy_eval import eval_kwargs, evaluate
     from streampro.learners.group import make_learner_group
-    from streampro.rewards.pool import make_reward_pool
-    from tqdm import tqdm
-
     from streampro.metrics import MetricsLogger
     from streampro.pipeline import load_split
+    from streampro.rewards.pool import make_reward_pool
 
     c = cfg.grpo
     train, val = load_split(cfg, "train"), load_split(cfg, "val", limit=cfg.eval.max_samples)
@@ -337,7 +337,6 @@ def _pad_id(model_path: str) -> int:
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
     from streampro.cluster.local import init_from_config
-
     from streampro.tiny import policy_path
 
     run_dir = make_run_dir(cfg, "grpo")

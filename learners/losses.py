@@ -46,14 +46,23 @@ def shifted_logprobs(
     *,
     position_ids: torch.Tensor | None = None,  # [B, T] packed rows: 0 starts a sequence
     with_entropy: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per-token logprobs, entropies and argmax predictions, aligned to the predicted token.
+
+    `temperature` divides the logits first: the logprobs and entropy are those of the
+    distribution the sampler drew from (vLLM applies logits / temperature), not of T = 1.
 
     Returns (logprobs [B, T], entropy [B, T] or None, predicted ids [B, T]); the first token
     of every sequence (column 0, and position_ids == 0 in packed rows) holds 0 (entropy 0,
     prediction -1): nothing of its own sequence predicts it.
     """
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [B, T-1, V]
+    if temperature <= 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    scaled = logits[:, :-1].float()  # [B, T-1, V]
+    if temperature != 1.0:
+        scaled = scaled / temperature
+    logp = torch.log_softmax(scaled, dim=-1)  # [B, T-1, V]
     target = input_ids[:, 1:].unsqueeze(-1)  # [B, T-1, 1]
     lp = logp.gather(-1, target).squeeze(-1)  # [B, T-1]
     zero = lp.new_zeros(lp.shape[0], 1)  # [B, 1] (not lp[:, :1]: empty when T == 1)

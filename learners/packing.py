@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
 from streampro.learners.api import Batch
 
 # Keys sliced along the row axis; everything in a Batch is [B, T].

@@ -15,10 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from streampro.learners.packing import PackItem, collate, plan_rows
-
 from streampro.config import Config, atomic_write_text, make_run_dir
 from streampro.errors import UserError
+from streampro.learners.packing import PackItem, collate, plan_rows
 
 
 @dataclass
@@ -102,9 +101,9 @@ def run_sft(
     cfg: Config, run_dir: str | Path, *, init_model: str | None = None, evaluate: bool = True
 ) -> dict:
     """The SFT stage. Returns the summary: {"hf", "steps", "val", "always_silent", "data", ...}."""
-    from streampro.learners.group import make_learner_group
     from transformers import AutoTokenizer
 
+    from streampro.learners.group import make_learner_group
     from streampro.pipeline import load_split
     from streampro.tiny import policy_path
 
@@ -162,9 +161,9 @@ def _train(cfg: Config, group, data: SFTData, run_dir: Path, *, pad_id: int, eva
 
     Returns (steps done, last metrics, the mid-run rollout group or None).
     """
-    from streampro.learners.state import Checkpoints, DataCursor
     from tqdm import tqdm
 
+    from streampro.learners.state import Checkpoints, DataCursor
     from streampro.metrics import MetricsLogger
 
     s = cfg.sft
@@ -215,7 +214,6 @@ def _eval_now(cfg: Config, group, rollout, run_dir: Path, step: int):
     """Mid-run val score: export, then (re)load the weights into one long-lived rollout group."""
     from streampro.actors.rollout import make_rollout_group
     from streampro.bench.policy_eval import eval_kwargs, evaluate
-
     from streampro.pipeline import load_split
 
     path = group.export_hf(path=str(run_dir / "weights" / "latest"))
@@ -233,7 +231,6 @@ def _final_eval(cfg: Config, rollout, hf: str, run_dir: Path) -> dict:
     from streampro.bench.evaluate import acc_judge_from_config
     from streampro.bench.f1 import write_scores
     from streampro.bench.policy_eval import always_silent, eval_kwargs, evaluate
-
     from streampro.pipeline import load_split
 
     val = load_split(cfg, "val", limit=cfg.eval.max_samples)

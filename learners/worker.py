@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from streampro.learners.api import Batch
 from streampro.learners.losses import decision_counts, sft_loss, shifted_logprobs
 from streampro.learners.packing import attention_bias
@@ -48,6 +49,8 @@ class LearnerSettings:
     lambda_text: float = 2.0
     focal_gamma: float = 2.0
     # GRPO objective
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts: GRPO logprobs are those of logits / temperature."""
     clip_low: float = 0.2
     clip_high: float = 0.2
     kl_coef: float = 0.0
@@ -172,7 +175,11 @@ class LearnerWorker:
             mb = {k: v.to(self.device) for k, v in mb.items()}
             logits = self._logits(self.engine, mb)
             lp, ent, pred = shifted_logprobs(
-                logits, mb["input_ids"], position_ids=mb["position_ids"], with_entropy=True
+                logits,
+                mb["input_ids"],
+                position_ids=mb["position_ids"],
+                with_entropy=True,
+                temperature=self.s.temperature if objective == "grpo" else 1.0,
             )
             if objective == "sft":
                 loss, st = sft_loss(
@@ -239,7 +246,8 @@ class LearnerWorker:
     def logprobs(
         self, *, micro_batches: list[Batch], reference: bool = False
     ) -> list[torch.Tensor]:
-        """Per-token logprobs `[b, t]` of each micro-batch, on CPU in fp32."""
+        """Per-token logprobs `[b, t]` of each micro-batch at the sampling temperature, on CPU
+        in fp32."""
         if reference and self.ref_model is None:
             raise ValueError("reference logprobs need a group built with with_reference=True")
         model = self.ref_model if reference else self.engine
@@ -252,6 +260,7 @@ class LearnerWorker:
                 logits,
                 mb["input_ids"].to(self.device),
                 position_ids=mb["position_ids"].to(self.device),
+                temperature=self.s.temperature,
             )
             out.append(lp.float().cpu())
         return out

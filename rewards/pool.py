@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from streampro.errors import UserError
 from streampro.rewards.guard import Guard, GuardedAcc, GuardedRubric
 from streampro.rewards.judges import ACC_JUDGES, AccJudge, OpenAIChat, make_acc_judge
 from streampro.rewards.rubric import RUBRIC_JUDGES, LLMRubricJudge, RubricJudge, RuleJudge
@@ -25,14 +26,11 @@ from streampro.rewards.scoring import (
     traj_score,
     turn_reward,
 )
-
-from streampro.errors import UserError
 from streampro.types import RewardResult, Trajectory
 
 if TYPE_CHECKING:
-    from streampro.rewards.api import RewardPoolAPI
-
     from streampro.config import Config
+    from streampro.rewards.api import RewardPoolAPI
 
 Item = tuple[dict, list[dict], list[str]]
 """(sample row, responses [{"time", "text"}], raw step outputs) of one trajectory."""
@@ -184,6 +182,7 @@ class RayRewardPool:
     ) -> None:
         """scorer_kwargs: the keyword arguments of RewardScorer. chunk_size 0 = one chunk per actor."""
         import ray
+
         from streampro.cluster.resources import ROLE_UNIT, actor_options
 
         if num_actors < 1:

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 from streampro.rewards.judges import AccJudge, ExactJudge, interval_from_text, interval_iou
 from streampro.rewards.rubric import RubricJudge, RuleJudge
-
 from streampro.tasks import PROACTIVE_TASKS, TASKS, ResolvedAnswer, resolve_answer
 from streampro.tokens import IM_END, RESPONSE, SILENCE, SPECIAL_TOKENS
 

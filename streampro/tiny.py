@@ -54,18 +54,18 @@ def tiny_spec(
     codebook_size: int = T.DEFAULT_CODEBOOK_SIZE,
 ) -> dict:
     """Everything that determines the tiny policy's bytes (hashed into its folder name)."""
-    return dict(
-        version=BUILDER_VERSION,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        intermediate_size=intermediate_size,
-        vocab_size=vocab_size,
-        max_position_embeddings=max_position_embeddings,
-        init_seed=init_seed,
-        codebook_size=codebook_size,
-    )
+    return {
+        "version": BUILDER_VERSION,
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "num_kv_heads": num_kv_heads,
+        "intermediate_size": intermediate_size,
+        "vocab_size": vocab_size,
+        "max_position_embeddings": max_position_embeddings,
+        "init_seed": init_seed,
+        "codebook_size": codebook_size,
+    }
 
 
 def build_tokenizer(bpe_vocab_size: int, codebook_size: int):

@@ -58,9 +58,8 @@ SMOKE_SYNTH = {"per_task": 1, "width": 64, "height": 64, "min_duration": 20, "ma
 def synth_smoke(tmp_path_factory) -> Path:
     """A tiny StreamPro-Synth set, built once: ROOT/{train,val,test}/manifest.{jsonl,parquet}
     + videos/ (one sample per task and split, 64x64, 20-24 s). Returns ROOT."""
-    from streampro.data.synth import synth_split
-
     from streampro.config import SynthConfig
+    from streampro.data.synth import synth_split
 
     root = tmp_path_factory.mktemp("synth")
     cfg = SynthConfig(out=str(root), **SMOKE_SYNTH)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from streampro.actors.api import Sampling
 from streampro.actors.episode import (
     StreamEpisode,
@@ -120,8 +121,9 @@ def test_parquet_round_trip(tmp_path, tok):
 def test_hf_loop_kv_cache_matches_teacher_forcing(tiny_path):
     """The KV-cache loop's sampled logprobs equal a full re-score of its own trajectory, and
     the same seed gives the same trajectory (the cache is exact, sampling is seeded)."""
-    from streampro.actors.hf_loop import HFStreamPolicy, score_logprobs
     from transformers import AutoModelForCausalLM
+
+    from streampro.actors.hf_loop import HFStreamPolicy, score_logprobs
 
     hf = HFStreamPolicy(tiny_path, max_answer_tokens=4)
     enc = synthetic_streams(1, 6, seed=5)

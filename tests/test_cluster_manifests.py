@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from streampro.cli import COMMANDS, build_parser
 from streampro.cluster.manifests import (
     find_crds_dir,
     load_crd_schemas,
@@ -17,8 +19,6 @@ from streampro.cluster.manifests import (
     validate,
 )
 from streampro.cluster.resources import ROLES
-
-from streampro.cli import COMMANDS, build_parser
 from streampro.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,8 +128,8 @@ def test_rayjob_entrypoint_is_a_real_command_and_config():
     assert local.is_file(), f"{args.config}: no configs/{local.name} to build the ConfigMap from"
     load_config(local, args.overrides)  # every override names a real config key
     head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
-    cm = [v for v in head["volumes"] if "configMap" in v][0]
-    mount = [m for m in head["containers"][0]["volumeMounts"] if m["name"] == cm["name"]][0]
+    cm = next(v for v in head["volumes"] if "configMap" in v)
+    mount = next(m for m in head["containers"][0]["volumeMounts"] if m["name"] == cm["name"])
     assert mount["mountPath"] == "/configs"
 
 

@@ -111,6 +111,7 @@ def _streampro(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=False,
     )
 
 
@@ -169,7 +170,6 @@ def test_unreachable_address_is_one_line_error():
 
 def test_runtime_env_yaml(tmp_path):
     from streampro.cluster.submit import build_entrypoint, load_runtime_env
-
     from streampro.errors import UserError
 
     env = load_runtime_env(None)

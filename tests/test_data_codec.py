@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from streampro.data.codec import ImageCodec, PatchTokenCodec, make_codec
 
+from streampro.data.codec import ImageCodec, PatchTokenCodec, make_codec
 from streampro.errors import UserError
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from streampro import tokens as T
 from streampro.data.dialogue import (
     StreamDialogue,
     build_sft_example,
@@ -12,8 +14,6 @@ from streampro.data.dialogue import (
 )
 from streampro.data.encode import EncodedSample
 from streampro.data.schema import Answer, Sample
-
-from streampro import tokens as T
 
 
 @pytest.fixture(scope="module")

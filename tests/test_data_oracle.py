@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from streampro.bench.f1 import score_predictions
 from streampro.data.dialogue import build_sft_example, plan_responses
 from streampro.data.encode import encode_manifest
@@ -19,7 +20,6 @@ from streampro.data.synth import TASK_ORDER, make_sample
 from streampro.data.synth_scene import SceneParams
 from streampro.data.synth_tasks import min_gap, oracle_time
 from streampro.rewards import turn_reward
-
 from streampro.tasks import resolve_answer
 
 CODEBOOK = 64
@@ -43,9 +43,8 @@ def tok():
 
 @pytest.fixture(scope="module")
 def synth_dense(tmp_path_factory) -> Path:
-    from streampro.data.synth import synth_split
-
     from streampro.config import SynthConfig
+    from streampro.data.synth import synth_split
 
     root = tmp_path_factory.mktemp("synth_dense")
     return synth_split(

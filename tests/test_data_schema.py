@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from streampro.data.schema import (
     Answer,
     ManifestError,
@@ -13,7 +14,6 @@ from streampro.data.schema import (
     validate_row,
     write_manifest,
 )
-
 from streampro.tasks import resolve_answer
 
 

@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 import pytest
+
 from streampro.data.codec import PatchTokenCodec
 from streampro.data.dialogue import plan_responses
 from streampro.data.rubric import parse_checkpoint
@@ -229,9 +230,8 @@ def _digest(folder) -> dict[str, str]:
 
 
 def test_same_arguments_same_bytes_and_disjoint_splits(synth_smoke, synth_smoke_settings, tmp_path):
-    from streampro.data.synth import synth_split
-
     from streampro.config import SynthConfig
+    from streampro.data.synth import synth_split
 
     again = synth_split(
         SynthConfig(out=str(tmp_path), **synth_smoke_settings), split="val", progress=False
@@ -289,7 +289,6 @@ def test_encode_manifest_caches_and_matches_direct_decoding(synth_smoke, tmp_pat
 def test_encode_manifest_skips_bad_videos_only_when_asked(synth_smoke, tmp_path):
     from streampro.data.encode import encode_manifest
     from streampro.data.schema import write_manifest
-
     from streampro.errors import UserError
 
     samples = load_manifest(synth_smoke / "test" / "manifest.jsonl")[0]

@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+
 from streampro.data.video import VideoError, probe, read_chunks, write_video
 
 

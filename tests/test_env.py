@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from streampro.actors.env import StreamEnv, candidate_answers
 from streampro.data.encode import EncodedSample
 from streampro.data.schema import Answer, Sample

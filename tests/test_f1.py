@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from streampro.bench.f1 import load_predictions, prf, sample_stats, score_predictions, write_scores
-from streampro.rewards import ExactJudge
-from streampro.rewards.scoring import sorted_answers
 
+from streampro.bench.f1 import load_predictions, prf, sample_stats, score_predictions, write_scores
 from streampro.cli import main as cli_main
 from streampro.errors import UserError
+from streampro.rewards import ExactJudge
+from streampro.rewards.scoring import sorted_answers
 from streampro.tasks import TASKS
 
 
@@ -341,7 +341,6 @@ def test_sampled_evaluation_averages_the_samples_of_each_stream():
     from dataclasses import dataclass
 
     from streampro.bench.policy_eval import evaluate
-
     from streampro.types import Step, Trajectory
 
     @dataclass

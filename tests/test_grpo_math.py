@@ -7,6 +7,7 @@ import statistics
 
 import pytest
 import torch
+
 from streampro.learners.grpo_loss import aggregate, group_advantages, kl_penalty, policy_loss
 
 

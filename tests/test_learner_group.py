@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from streampro.learners.group import LocalLearnerGroup, RayLearnerGroup
 from streampro.learners.losses import cb_stream_weights
 from streampro.learners.packing import PackItem, collate, plan_rows
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = dict(zero_stage=2, micro_batch=1, lr=1e-3, warmup_steps=2, seed=0, sft_loss="cb_stream")
+SETTINGS = {
+    "zero_stage": 2,
+    "micro_batch": 1,
+    "lr": 1e-3,
+    "warmup_steps": 2,
+    "seed": 0,
+    "sft_loss": "cb_stream",
+}
 STEPS = ("sft", "sft", "grpo")
 ATOL = 1e-6  # fp32: 2 ranks reduce the same gradients in another order
 
@@ -134,9 +142,10 @@ def test_resume_gives_the_uninterrupted_loss_exactly(local_run, tiny_path) -> No
 
 
 def test_export_loads_in_transformers(local_run) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from streampro.learners.losses import shifted_logprobs
     from streampro.learners.packing import attention_bias
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(local_run["hf"], attn_implementation="sdpa").eval()
     tok = AutoTokenizer.from_pretrained(local_run["hf"])

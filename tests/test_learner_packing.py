@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from streampro.learners.losses import shifted_logprobs
 from streampro.learners.packing import PackItem, attention_bias, collate, plan_rows
 

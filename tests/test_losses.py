@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from streampro.learners.group import reduce_stats, step_totals
 from streampro.learners.losses import (
     cb_stream_weights,
@@ -134,12 +135,12 @@ def test_split_does_not_change_loss_or_weights(world: int, micro: int) -> None:
     logits = torch.randn(*batch["input_ids"].shape, 50, generator=torch.Generator().manual_seed(2))
     lp_full, _, _ = shifted_logprobs(logits, batch["input_ids"])
     totals = step_totals(batch, objective="sft")
-    kw = dict(
-        kind="cb_stream",
-        n_silence=int(totals["n_silence"]),
-        n_response=int(totals["n_response"]),
-        normalizer=totals["normalizer"],
-    )
+    kw = {
+        "kind": "cb_stream",
+        "n_silence": int(totals["n_silence"]),
+        "n_response": int(totals["n_response"]),
+        "normalizer": totals["normalizer"],
+    }
     full, _ = sft_loss(lp_full, batch["loss_mask"], batch["decision_class"], **kw)
     plan = assign_rows(batch, world_size=world, micro_batch=micro)
     assert len({len(p) for p in plan}) == 1  # equal micro-batch counts on every rank

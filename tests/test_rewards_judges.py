@@ -9,6 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
+
+from streampro.errors import UserError
 from streampro.rewards import (
     JudgeError,
     LLMJudge,
@@ -18,8 +20,6 @@ from streampro.rewards import (
     make_acc_judge,
 )
 from streampro.rewards.guard import Guard, GuardedAcc, JudgeTimeout, call_with_timeout
-
-from streampro.errors import UserError
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):

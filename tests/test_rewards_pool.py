@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-from streampro.rewards import ExactJudge, InProcessRewardPool, RayRewardPool, make_reward_pool
 
+from streampro.rewards import ExactJudge, InProcessRewardPool, RayRewardPool, make_reward_pool
 from streampro.types import RewardResult, Step, Trajectory
 
 TEXTS = ["red", "green", "3", "4-9", "go left"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from streampro.rewards import (
     ExactJudge,
     RuleJudge,
@@ -17,7 +18,6 @@ from streampro.rewards import (
     turn_reward,
 )
 from streampro.rewards.scoring import content_score, sorted_answers
-
 from streampro.tasks import TASKS, resolve_answer
 
 

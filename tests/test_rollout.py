@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+
 from streampro.actors.api import Sampling
 from streampro.bench.rollout import perturbed_copy, silence_biased_policy, synthetic_streams
 
@@ -74,9 +75,10 @@ def _generated_runs(traj) -> list[list[int]]:
 def test_trajectories_are_consistent(group, policy, hf_model, tmp_path):
     """Order, steps, masks and logprobs: the episode replays to the same tokens, and
     transformers re-scoring the whole sequence gives vLLM's sampling logprobs."""
+    from transformers import AutoTokenizer
+
     from streampro.actors.episode import StreamEpisode, sample_chunks, stop_token_ids
     from streampro.actors.records import read_trajectories, write_trajectories
-    from transformers import AutoTokenizer
 
     samples = synthetic_streams(3, 10, seed=1)
     trajs = group.generate(
