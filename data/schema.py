@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from streampro.errors import UserError
 from streampro.tasks import TASKS, ResolvedAnswer, resolve_answer
@@ -163,7 +163,7 @@ def _opt_pair(v: Any) -> tuple[float, float] | None:
     return None if v is None else (float(v[0]), float(v[1]))
 
 
-def _is_num(v: Any) -> bool:
+def _is_num(v: Any) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
