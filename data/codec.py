@@ -104,7 +104,7 @@ class ImageCodec:
         from PIL import Image
 
         img = Image.fromarray(frame)
-        return img.resize(self.size, Image.BILINEAR) if self.size else img
+        return img.resize(self.size, Image.Resampling.BILINEAR) if self.size else img
 
 
 def make_codec(
