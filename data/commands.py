@@ -25,7 +25,7 @@ def synth_main(cfg: Config, args: argparse.Namespace) -> int:
 
 def _print_summary(samples, manifest: Path, chunks: dict[str, int] | None = None) -> None:
     per_task = Counter(s.task for s in samples)
-    answers = Counter()
+    answers: Counter[str] = Counter()
     for s in samples:
         answers[s.task] += len(s.answers)
     durs = [s.duration for s in samples if s.duration is not None]
@@ -49,7 +49,9 @@ def _check_videos(
 
     from streampro.data.video import VideoError, chunk_count_for, count_chunks
 
-    problems, bad, chunks = [], set(), Counter()
+    problems: list[str] = []
+    bad: set[str] = set()
+    chunks: Counter[str] = Counter()
     seen: dict[Path, tuple[int, float] | str] = {}
     for s in tqdm(samples, desc="check videos", leave=False, file=sys.stderr):
         path = s.video_path(manifest.parent)
