@@ -110,6 +110,7 @@ def synthesize(
     jobs = [(task, i) for task in tasks for i in range(per_task)]
     for task, i in tqdm(jobs, desc=f"synth {out.name}", disable=not progress):
         sample, scene = make_sample(task, i, seed, params, min_duration, max_duration)
+        assert sample.duration is not None  # make_sample always sets it
         n_frames = int(sample.duration) * params.video_fps
         write_video(
             out / sample.video,
