@@ -178,6 +178,7 @@ def write_video(
     container = av.open(str(tmp), "w", options={"fflags": "+bitexact"})
     try:
         stream = container.add_stream(codec, rate=rate, options=opts)
+        assert isinstance(stream, av.VideoStream), f"{codec} is not a video codec"
         stream.pix_fmt = pix_fmt
         first = True
         for arr in frames:
