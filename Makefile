@@ -29,8 +29,11 @@ demo: setup
 test: setup
 	$(VENV)/bin/python -m pytest -q -x tests $(PYTEST_ARGS)
 
+# ruff lint and format, then mypy on the typed core ([tool.mypy] in pyproject.toml).
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) .ci/typecheck.py
 
 clean:
 	rm -rf runs .cache
