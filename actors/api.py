@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from streampro.types import Trajectory
+
+if TYPE_CHECKING:
+    from streampro.data.encode import EncodedSample
 
 
 @dataclass
@@ -20,7 +23,9 @@ class Sampling:
 
 
 class RolloutGroupAPI(Protocol):
-    def generate(self, *, samples: list, n: int, sampling: Sampling) -> list[Trajectory]:
+    def generate(
+        self, *, samples: list[EncodedSample], n: int, sampling: Sampling
+    ) -> list[Trajectory]:
         """n episodes per sample, returned grouped and in order: [s0e0..s0e(n-1), s1e0, ...]."""
         ...
 

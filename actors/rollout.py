@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -33,6 +33,7 @@ from streampro.actors.episode import (
 from streampro.types import Trajectory
 
 MAX_LATENCIES = 1 << 20
+T = TypeVar("T")
 
 
 class RolloutWorker:
@@ -192,7 +193,7 @@ class LocalRolloutGroup:
 
         self.worker = self._run(build())
 
-    def _run(self, coro: Coroutine) -> Any:
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def generate(self, *, samples: list, n: int, sampling: Sampling) -> list[Trajectory]:
