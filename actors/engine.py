@@ -96,6 +96,9 @@ class DecisionEngine:
             max_num_seqs=max_num_seqs,
             tensor_parallel_size=tensor_parallel_size,
             seed=seed,
+            # logprobs of the distribution sampled from (logits / temperature, after top-p),
+            # which is what the learner recomputes; vLLM's default reports raw-logit logprobs
+            logprobs_mode="processed_logprobs",
             disable_log_stats=True,  # only our counter, not the periodic log lines
             **kw,
         )

@@ -54,6 +54,7 @@ class StreamEnv(gym.Env):
         max_candidates: int = 8,
         codebook_size: int = 64,
         window_turns: int = 200,
+        window_slide: int = 0,
         reward_fn: RewardFn | None = None,
     ) -> None:
         if not samples:
@@ -69,7 +70,7 @@ class StreamEnv(gym.Env):
                 )
         self.samples = samples
         self.tokenizer = tokenizer
-        self.window_turns = window_turns
+        self.window_turns, self.window_slide = window_turns, window_slide
         self.reward_fn = reward_fn or default_reward_fn()
         self.observation_space = spaces.Dict(
             {
@@ -102,7 +103,11 @@ class StreamEnv(gym.Env):
         if not self._chunks:
             raise ValueError(f"sample {self._sample.sample.id!r} has no chunks")
         self._episode = StreamEpisode.for_sample(
-            self.tokenizer, self._sample, episode=self._count, window_turns=self.window_turns
+            self.tokenizer,
+            self._sample,
+            episode=self._count,
+            window_turns=self.window_turns,
+            window_slide=self.window_slide,
         )
         self._count += 1
         self._t = 0

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from streampro import tokens as T
-from streampro.types import Step, Trajectory
+from streampro.types import Segment, Step, Trajectory
 
 # (prompt ids, step index) -> (generated ids, their sampling logprobs)
 AsyncDecide = Callable[[list[int], int], Awaitable[tuple[list[int], list[float]]]]
@@ -72,6 +72,7 @@ class StreamEpisode:
         query_time: float,
         episode: int = 0,
         window_turns: int = 200,
+        window_slide: int = 0,
         version: int = 0,
     ) -> None:
         from streampro.data.dialogue import StreamDialogue  # the one dialogue layout
@@ -81,17 +82,29 @@ class StreamEpisode:
         self.episode = episode
         self.version = version
         self.dialogue = StreamDialogue(
-            tokenizer, question=question, query_time=query_time, window_turns=window_turns
+            tokenizer,
+            question=question,
+            query_time=query_time,
+            window_turns=window_turns,
+            window_slide=window_slide,
         )
         self.steps: list[Step] = []
+        # aligned with the full dialogue; segments cut them (data/window.py)
         self._gen_mask: list[int] = []
         self._logprobs: list[float] = []
-        self._prompt_len: int | None = None
+        self._seg_first_step: list[int] = []
         self._pending: Chunk | None = None
 
     @classmethod
     def for_sample(
-        cls, tokenizer, encoded, *, episode: int = 0, window_turns: int = 200, version: int = 0
+        cls,
+        tokenizer,
+        encoded,
+        *,
+        episode: int = 0,
+        window_turns: int = 200,
+        window_slide: int = 0,
+        version: int = 0,
     ) -> StreamEpisode:
         s = encoded.sample
         return cls(
@@ -101,6 +114,7 @@ class StreamEpisode:
             query_time=float(s.query_time),
             episode=episode,
             window_turns=window_turns,
+            window_slide=window_slide,
             version=version,
         )
 
@@ -109,8 +123,10 @@ class StreamEpisode:
         if self._pending is not None:
             raise RuntimeError("add_chunk called twice without a decision in between")
         self.dialogue.add_chunk(chunk.start, chunk.end, chunk.codes)
+        if len(self.dialogue.segments()) > len(self._seg_first_step):  # a new segment opened
+            self._seg_first_step.append(len(self.steps))
         self._pending = chunk
-        return list(self.dialogue.context())
+        return self.dialogue.context()
 
     def add_decision(
         self, gen_ids: Sequence[int], logprobs: Sequence[float], *, version: int | None = None
@@ -124,8 +140,6 @@ class StreamEpisode:
         if len(logprobs) != len(gen_ids):
             raise ValueError(f"{len(gen_ids)} generated ids but {len(logprobs)} logprobs")
         start = len(self.dialogue.token_ids)
-        if self._prompt_len is None:
-            self._prompt_len = start
         self._pad_to(start)
         self.dialogue.add_decision(gen_ids, generated=True)
         full = self.dialogue.token_ids
@@ -151,18 +165,27 @@ class StreamEpisode:
         self._gen_mask += [0] * extra
         self._logprobs += [0.0] * extra
 
-    def trajectory(self) -> Trajectory:
+    def segments(self) -> list[Segment]:
+        """The episode so far as window segments, each exactly as its prompts were sent."""
         ids = [int(t) for t in self.dialogue.token_ids]
         self._pad_to(len(ids))
+        return [
+            Segment(
+                token_ids=span.row(ids),
+                gen_mask=span.aligned(self._gen_mask, 0),
+                logprobs=span.aligned(self._logprobs, 0.0),
+                first_step=first,
+            )
+            for span, first in zip(self.dialogue.segments(), self._seg_first_step)
+        ]
+
+    def trajectory(self) -> Trajectory:
         return Trajectory(
             sample_id=self.sample_id,
             episode=self.episode,
-            token_ids=ids,
-            gen_mask=list(self._gen_mask),
-            logprobs=list(self._logprobs),
+            segments=self.segments(),
             steps=list(self.steps),
             version=self.version,
-            prompt_len=self._prompt_len if self._prompt_len is not None else len(ids),
         )
 
 

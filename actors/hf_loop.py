@@ -24,17 +24,31 @@ from streampro.actors.episode import (
 from streampro.types import Trajectory
 
 
+def sampling_logprobs(
+    logits: torch.Tensor, *, temperature: float, top_p: float
+) -> torch.Tensor:  # logits [V] -> [V]
+    """Log-probabilities of the distribution a token is drawn from: logits / temperature, then
+    the top-p nucleus renormalised (-inf outside); raw logits when greedy (temperature 0). This
+    is what vLLM reports with logprobs_mode='processed_logprobs'."""
+    if temperature == 0.0:
+        return torch.log_softmax(logits.float(), dim=-1)
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # [V]
+    if top_p < 1.0:
+        sorted_lp, order = torch.sort(logp, descending=True)
+        sorted_p = sorted_lp.exp()
+        keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p  # always keeps the top token
+        kept = torch.full_like(logp, float("-inf")).scatter(0, order[keep], sorted_lp[keep])
+        logp = kept - torch.logsumexp(kept, dim=-1)
+    return logp
+
+
 def sample_token(
     logits: torch.Tensor, *, temperature: float, top_p: float, generator: torch.Generator | None
 ) -> int:  # logits [V]
     """Greedy at temperature 0, else temperature + nucleus sampling."""
     if temperature == 0.0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # [V]
-    if top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p  # always keeps the top token
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    probs = sampling_logprobs(logits, temperature=temperature, top_p=top_p).exp()  # [V]
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
@@ -47,6 +61,7 @@ class HFStreamPolicy:
         *,
         dtype: str = "float32",
         window_turns: int = 200,
+        window_slide: int = 0,
         max_answer_tokens: int = 24,
         device: str = "cpu",
     ) -> None:
@@ -59,7 +74,7 @@ class HFStreamPolicy:
             .eval()
         )
         self.device = device
-        self.window_turns = window_turns
+        self.window_turns, self.window_slide = window_turns, window_slide
         self.max_answer_tokens = max_answer_tokens
         self.stop_ids = set(stop_token_ids(self.tokenizer))
         self.latencies: list[tuple[int, float]] = []
@@ -86,7 +101,11 @@ class HFStreamPolicy:
 
         sampling = sampling or Sampling(temperature=0.0)
         ep = StreamEpisode.for_sample(
-            self.tokenizer, encoded, episode=episode, window_turns=self.window_turns
+            self.tokenizer,
+            encoded,
+            episode=episode,
+            window_turns=self.window_turns,
+            window_slide=self.window_slide,
         )
         max_tokens = max_decision_tokens(min(sampling.max_answer_tokens, self.max_answer_tokens))
         cache, fed = DynamicCache(), []  # fed: the token ids whose keys/values are cached
@@ -102,9 +121,11 @@ class HFStreamPolicy:
             fed = list(prompt)
             ids, lps = [], []
             while True:
-                logp = torch.log_softmax(logits.float(), dim=-1)  # [V] raw, as vLLM reports
                 tok = sample_token(
                     logits, temperature=sampling.temperature, top_p=sampling.top_p, generator=gen
+                )
+                logp = sampling_logprobs(  # [V] as vLLM reports it
+                    logits, temperature=sampling.temperature, top_p=sampling.top_p
                 )
                 ids.append(tok)
                 lps.append(float(logp[tok]))

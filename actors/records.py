@@ -1,4 +1,5 @@
-"""Trajectories as Parquet: one row per episode, steps as a list of structs.
+"""Trajectories as Parquet: one row per episode, its window segments and steps as lists of
+structs (each segment's token ids are exactly what the policy was prompted with).
 
 For later analysis (pandas/polars/DuckDB read it directly) and for replay: `read_trajectories`
 gives back the exact `Trajectory` objects that were written.
@@ -12,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streampro.types import Step, Trajectory
+from streampro.types import Segment, Step, Trajectory
 
 STEP_TYPE = pa.struct(
     [
@@ -23,15 +24,20 @@ STEP_TYPE = pa.struct(
         ("version", pa.int64()),
     ]
 )
+SEGMENT_TYPE = pa.struct(
+    [
+        ("token_ids", pa.list_(pa.int32())),
+        ("gen_mask", pa.list_(pa.int8())),
+        ("logprobs", pa.list_(pa.float64())),
+        ("first_step", pa.int64()),
+    ]
+)
 SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
         ("episode", pa.int64()),
         ("version", pa.int64()),
-        ("prompt_len", pa.int64()),
-        ("token_ids", pa.list_(pa.int32())),
-        ("gen_mask", pa.list_(pa.int8())),
-        ("logprobs", pa.list_(pa.float64())),
+        ("segments", pa.list_(SEGMENT_TYPE)),
         ("steps", pa.list_(STEP_TYPE)),
     ]
 )
@@ -43,10 +49,7 @@ def trajectories_table(trajs: list[Trajectory], extra: dict[str, list] | None = 
         "sample_id": [t.sample_id for t in trajs],
         "episode": [t.episode for t in trajs],
         "version": [t.version for t in trajs],
-        "prompt_len": [t.prompt_len for t in trajs],
-        "token_ids": [t.token_ids for t in trajs],
-        "gen_mask": [t.gen_mask for t in trajs],
-        "logprobs": [t.logprobs for t in trajs],
+        "segments": [[vars(g) for g in t.segments] for t in trajs],
         "steps": [[vars(s) for s in t.steps] for t in trajs],
     }
     table = pa.Table.from_pydict(cols, schema=SCHEMA)
@@ -76,11 +79,8 @@ def read_trajectories(path: str | os.PathLike) -> list[Trajectory]:
         Trajectory(
             sample_id=r["sample_id"],
             episode=r["episode"],
-            token_ids=r["token_ids"],
-            gen_mask=r["gen_mask"],
-            logprobs=r["logprobs"],
+            segments=[Segment(**g) for g in r["segments"]],
             version=r["version"],
-            prompt_len=r["prompt_len"],
             steps=[Step(**s) for s in r["steps"]],
         )
         for r in rows

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
-from streampro.actors.api import Sampling
+from streampro.actors.api import RolloutGroupAPI, Sampling
 from streampro.actors.engine import DecisionEngine, decision_params
 from streampro.actors.episode import (
     StreamEpisode,
@@ -30,6 +30,7 @@ from streampro.actors.episode import (
     sample_chunks,
     stop_token_ids,
 )
+from streampro.config import Config
 from streampro.types import Trajectory
 
 MAX_LATENCIES = 1 << 20
@@ -44,6 +45,7 @@ class RolloutWorker:
         model_path: str,
         *,
         window_turns: int = 200,
+        window_slide: int = 0,
         max_answer_tokens: int = 24,
         dtype: str = "float32",
         enable_prefix_caching: bool = True,
@@ -75,7 +77,7 @@ class RolloutWorker:
         )
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.stop_ids = stop_token_ids(self.tokenizer)
-        self.window_turns = window_turns
+        self.window_turns, self.window_slide = window_turns, window_slide
         self.max_answer_tokens = max_answer_tokens
         self.version = 0
         self.source = model_path
@@ -133,6 +135,7 @@ class RolloutWorker:
             encoded,
             episode=episode,
             window_turns=self.window_turns,
+            window_slide=self.window_slide,
             version=self.version,
         )
         max_tokens = max_decision_tokens(min(sampling.max_answer_tokens, self.max_answer_tokens))
@@ -347,7 +350,7 @@ class RayRolloutGroup:
         self.actors = []
 
 
-def make_rollout_group(cfg, model_path: str):
+def make_rollout_group(cfg: Config, model_path: str) -> RolloutGroupAPI:
     """The rollout group a config asks for (a RayRolloutGroup; Ray must be initialised)."""
     r, d = cfg.rollout, cfg.data
     return RayRolloutGroup(
@@ -358,6 +361,7 @@ def make_rollout_group(cfg, model_path: str):
         memory_gb=r.memory_gb,
         max_restarts=r.max_restarts,
         window_turns=d.window_turns,
+        window_slide=d.window_slide,
         max_answer_tokens=r.max_answer_tokens,
         dtype=cfg.policy.dtype,
         enable_prefix_caching=r.enable_prefix_caching,

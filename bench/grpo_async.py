@@ -16,7 +16,7 @@ def run(cfg: Config, out_path: str) -> dict:
     from streampro.tiny import policy_path
 
     init_from_config(cfg.cluster)
-    model = policy_path(cfg.policy, cfg.data.codebook_size)
+    model = policy_path(cfg.policy, seed=cfg.run.seed, codebook_size=cfg.data.codebook_size)
     root = Path(out_path).with_suffix("")
     result: dict = {
         "config": {

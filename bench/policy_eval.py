@@ -15,10 +15,14 @@ from streampro.config import atomic_write_text
 
 
 def eval_kwargs(cfg) -> dict:
-    """Decoding settings of every evaluation: greedy (eval.greedy) or the rollout temperature
-    with eval.samples_per_stream samples per stream."""
+    """Settings of every evaluation: greedy (eval.greedy) or the rollout temperature with
+    eval.samples_per_stream samples per stream, and the configured S_acc judge (reward.acc_judge):
+    SFT eval, GRPO val and the final test all score the same way."""
+    from streampro.bench.evaluate import acc_judge_from_config
+
     greedy = cfg.eval.greedy
     return {
+        "acc_judge": acc_judge_from_config(cfg),
         "max_answer_tokens": cfg.rollout.max_answer_tokens,
         "seed": cfg.run.seed,
         "temperature": 0.0 if greedy else cfg.rollout.temperature,

@@ -73,12 +73,11 @@ def _decision_hidden(model, tokenizer, probes: list) -> torch.Tensor:  # [P, D]
         for chunk in sample_chunks(enc):
             ep.add_chunk(chunk)
             ep.add_decision(decision_ids(tokenizer, "silence"), [0.0])
-        with torch.inference_mode():
-            h = model.model(input_ids=torch.tensor([ep.trajectory().token_ids])).last_hidden_state[
-                0
-            ]
-        pos = [i - 1 for i, m in enumerate(ep.trajectory().gen_mask) if m]  # predicts a decision
-        hs.append(h[pos])
+        for seg in ep.segments():
+            with torch.inference_mode():
+                h = model.model(input_ids=torch.tensor([seg.token_ids])).last_hidden_state[0]
+            pos = [i - 1 for i, m in enumerate(seg.gen_mask) if m]  # predicts a decision
+            hs.append(h[pos])
     return torch.cat(hs)
 
 
@@ -141,9 +140,10 @@ def logprob_max_abs_diff(model_path: str, trajs: list) -> float:
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     worst = 0.0
-    for t in trajs:
-        ref = score_logprobs(model, t.token_ids)
-        worst = max([worst] + [abs(a - b) for a, b, m in zip(t.logprobs, ref, t.gen_mask) if m])
+    for seg in (g for t in trajs for g in t.segments):
+        ref = score_logprobs(model, seg.token_ids)
+        diffs = [abs(a - b) for a, b, m in zip(seg.logprobs, ref, seg.gen_mask) if m]
+        worst = max([worst, *diffs])
     return worst
 
 
@@ -166,7 +166,7 @@ def _measure(group, streams: list, sampling: Sampling) -> dict:
         "decisions_per_s": n_dec / wall,
         "latencies": group.take_latencies(),
         "silence_rate": sum(s.decision == "silence" for t in trajs for s in t.steps) / n_dec,
-        "gen_tokens_per_step": sum(sum(t.gen_mask) for t in trajs) / n_dec,
+        "gen_tokens_per_step": sum(t.num_generated for t in trajs) / n_dec,
         "trajs": trajs,
     }
 
@@ -178,6 +178,7 @@ def _local_group(model: str, cfg, counts: list[int], *, prefix: bool):
     return LocalRolloutGroup(
         model,
         window_turns=cfg.data.window_turns,
+        window_slide=cfg.data.window_slide,
         max_answer_tokens=r.max_answer_tokens,
         enable_prefix_caching=prefix,
         block_size=r.block_size,
@@ -218,10 +219,16 @@ def run(cfg, out_path: str) -> dict:
         seed=cfg.run.seed,
     )
     work = Path(tempfile.mkdtemp(prefix="bench-rollout-", dir=Path(out_path).parent))
-    model = silence_biased_policy(policy_path(cfg.policy, cfg.data.codebook_size), work / "policy")
+    model = silence_biased_policy(
+        policy_path(cfg.policy, seed=cfg.run.seed, codebook_size=cfg.data.codebook_size),
+        work / "policy",
+    )
 
     hf = HFStreamPolicy(
-        model, window_turns=cfg.data.window_turns, max_answer_tokens=cfg.rollout.max_answer_tokens
+        model,
+        window_turns=cfg.data.window_turns,
+        window_slide=cfg.data.window_slide,
+        max_answer_tokens=cfg.rollout.max_answer_tokens,
     )
     hf_m = _measure(hf, synthetic_streams(HF_STREAMS, steps, seed=cfg.run.seed), sampling)
     del hf

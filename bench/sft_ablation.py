@@ -30,8 +30,7 @@ def _one_run(cfg: Config, loss: str, seed: int, root: Path) -> dict:
             return summary
     c = copy.deepcopy(cfg)
     c.sft.loss = loss
-    c.run.seed = seed
-    c.policy.init_seed = seed  # the tiny policy's initial weights vary with the seed too
+    c.run.seed = seed  # data order, sampling and the tiny policy's initial weights
     c.run.dir = str(run_dir)
     c.run.resume = "auto"
     return run_sft(c, run_dir)

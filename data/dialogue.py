@@ -11,7 +11,8 @@ Layout, concatenated segment by segment (never re-tokenised as one string):
 
 `loss_mask[i] = 1` means token i is a target (predicted from tokens < i), as learners/api.py
 expects; `decision_class[i]` is 0 (silence) / 1 (response) at supervised decision tokens and
--1 elsewhere.
+-1 elsewhere. The context a decision sees is windowed (data/window.py): a turn is one chunk
+with its decision, and SFT rows, rollout prompts and learner rows are the window's segments.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from streampro import tokens as T
+from streampro.data.window import SegmentSpan, Window
 from streampro.errors import UserError
 from streampro.tasks import resolve_answer
 
@@ -134,8 +136,9 @@ def parse_decision(tokenizer, ids: Sequence[int]) -> tuple[str, str, str]:
 class StreamDialogue:
     """Builds one stream's dialogue turn by turn; `context()` is the next decision's prompt.
 
-    The dialogue only grows at its end (the question is appended when its time comes), so
-    the full-sequence views are kept as flat lists: reading them costs nothing per step.
+    The full dialogue only grows at its end (the question is appended when its time comes), so
+    its views are flat lists. The context is windowed by `data.window.Window`: between slides
+    it is `prefix + full[start:]`, growing append-only; `segments()` lists the spans.
     """
 
     def __init__(
@@ -145,22 +148,26 @@ class StreamDialogue:
         question: str,
         query_time: float,
         window_turns: int = 200,
+        window_slide: int = 0,
         system_prompt: str = T.SYSTEM_PROMPT,
     ) -> None:
-        if window_turns < 2:
-            raise ValueError(f"window_turns must be >= 2, got {window_turns}")
+        self.window = Window(window_turns, window_slide or max(1, window_turns // 4))
         self.v = vocab(tokenizer)
         self.query_time = query_time
-        self.window_turns = window_turns
         v = self.v
         self._system = [v.im_start] + v.enc(f"system\n{system_prompt}") + v.turn_close
         self._question_ids = v.user_open + v.enc(question) + v.turn_close
         self._asked = False
         self._q_offset = 0  # where the question sits in the full sequence
-        self._starts: list[int] = []  # offset of each chunk / assistant turn (not the question)
+        self._turns: list[int] = []  # offset of each turn (its chunk) in the full sequence
+        self._first = 0  # first turn kept in the context
         self._ids: list[int] = list(self._system)
         self._mask: list[int] = [0] * len(self._system)
         self._cls: list[int] = [T.CLASS_NONE] * len(self._system)
+        # the current segment: context = prefix + ids[start:]; own = where its decisions begin
+        self._prefix: tuple[int, ...] = ()
+        self._start, self._own = 0, 0
+        self._closed: list[SegmentSpan] = []
         self._open = False  # an assistant turn awaits its decision
 
     def _append(
@@ -170,15 +177,28 @@ class StreamDialogue:
         self._mask += [mask] * len(ids) if isinstance(mask, int) else mask
         self._cls += cls if cls is not None else [T.CLASS_NONE] * len(ids)
 
+    def _slide(self) -> None:
+        """Drop the oldest turns if the new one does not fit: close the segment, open the next."""
+        first = self.window.first_kept(len(self._turns) + 1, self._first)
+        if first == self._first:
+            return
+        self._closed.append(SegmentSpan(self._prefix, self._start, self._own, len(self._ids)))
+        self._first = first
+        start = self._turns[first] if first < len(self._turns) else len(self._ids)
+        pinned = self._asked and self._q_offset < start  # the question left with its turn
+        self._prefix = tuple(self._system) + (tuple(self._question_ids) if pinned else ())
+        self._start, self._own = start, len(self._ids)
+
     def add_chunk(self, start: float, end: float, frame_codes: Sequence[int]) -> None:
         """The question (once, when query_time <= start), the chunk turn, the assistant header."""
         if self._open:
             raise RuntimeError("add_decision() must follow add_chunk() before the next chunk")
         v = self.v
+        self._slide()
         if not self._asked and self.query_time <= start + EPS:
             self._asked, self._q_offset = True, len(self._ids)
             self._append(self._question_ids)
-        self._starts.append(len(self._ids))
+        self._turns.append(len(self._ids))
         self._append(
             v.user_open
             + list(v.stamp(start, end))
@@ -186,13 +206,16 @@ class StreamDialogue:
             + [v.frame(c) for c in frame_codes]
             + [v.frame_end]
             + v.turn_close
+            + v.assistant_open
         )
-        self._starts.append(len(self._ids))
-        self._append(v.assistant_open)
         self._open = True
 
     def add_decision(
-        self, token_ids: Sequence[int], *, generated: bool = True, decision_class: int | None = None
+        self,
+        token_ids: Sequence[int],
+        *,
+        generated: bool = True,
+        decision_class: int | None = None,
     ) -> None:
         """Append the decision tokens (masked in when generated) and close the turn (unmasked)."""
         if not self._open:
@@ -213,24 +236,24 @@ class StreamDialogue:
 
     @property
     def num_turns(self) -> int:
-        return len(self._starts) + self._asked
+        """Chunks added so far (each with its decision, once made)."""
+        return len(self._turns)
 
     def context(self) -> list[int]:
-        """Prompt for the next decision: system prompt + the last window_turns turns.
+        """Prompt for the next decision: system prompt, the pinned question if its place has left
+        the window, then the kept turns. Between slides each call extends the previous one."""
+        return self._current().row(self._ids)
 
-        The question stays pinned after the system prompt once it slides out of the window
-        (it is the task: without it later answers are unanswerable).
-        """
-        if len(self._starts) <= self.window_turns:
-            return list(self._ids)
-        first = self._starts[-self.window_turns]
-        if self._asked and self._q_offset < first:
-            return self._system + self._question_ids + self._ids[first:]
-        return self._system + self._ids[first:]
+    def _current(self) -> SegmentSpan:
+        return SegmentSpan(self._prefix, self._start, self._own, len(self._ids))
+
+    def segments(self) -> list[SegmentSpan]:
+        """Every segment so far, the open one last; each row starts with the system prompt."""
+        return [*self._closed, self._current()]
 
     @property
     def token_ids(self) -> list[int]:
-        """The whole dialogue (no window): what SFT trains on. A live view: do not modify."""
+        """The whole dialogue (no window). A live view: do not modify."""
         return self._ids
 
     @property
@@ -243,10 +266,19 @@ class StreamDialogue:
 
 
 @dataclass
-class SFTExample:
+class SFTRow:
+    """One window segment of an SFT dialogue: the context inference will use, with the targets
+    of the decisions made under it (earlier turns in it are context only)."""
+
     input_ids: list[int]
     loss_mask: list[int]
     decision_class: list[int]
+
+
+@dataclass
+class SFTExample:
+    rows: list[SFTRow]
+    """One row per window segment (data/window.py): a single row unless the stream is long."""
     response_times: list[float]
     """Chunk end of each supervised response (what a perfect policy would answer)."""
     response_texts: list[str] = field(default_factory=list)
@@ -276,18 +308,24 @@ def plan_responses(
     return plan, unplaced
 
 
-def build_sft_example(encoded: EncodedSample, tokenizer, *, window_turns: int = 200) -> SFTExample:
+def build_sft_example(
+    encoded: EncodedSample, tokenizer, *, window_turns: int = 200, window_slide: int = 0
+) -> SFTExample:
     """The SFT dialogue of one encoded sample: respond where `plan_responses` says, else silence.
 
-    The example is the whole stream; window_turns only shapes `context()` at inference, which
-    differs from it only for streams longer than window_turns / 2 chunks.
+    Laid out in window segments exactly as inference sees the stream, so each target is trained
+    under the context it will be predicted from.
     """
     s = encoded.sample
     plan, unplaced = plan_responses(
         s.task, [a.to_dict() for a in s.answers], [end for _, end in encoded.times]
     )
     dlg = StreamDialogue(
-        tokenizer, question=s.question, query_time=s.query_time, window_turns=window_turns
+        tokenizer,
+        question=s.question,
+        query_time=s.query_time,
+        window_turns=window_turns,
+        window_slide=window_slide,
     )
     times, texts = [], []
     for j, ((start, end), codes) in enumerate(zip(encoded.times, encoded.codes)):
@@ -298,6 +336,9 @@ def build_sft_example(encoded: EncodedSample, tokenizer, *, window_turns: int = 
             texts.append(plan[j])
         else:
             dlg.add_decision(decision_ids(tokenizer, "silence"))
-    return SFTExample(
-        list(dlg.token_ids), list(dlg.loss_mask), list(dlg.decision_class), times, texts, unplaced
-    )
+    ids, mask, cls = dlg.token_ids, dlg.loss_mask, dlg.decision_class
+    rows = [
+        SFTRow(seg.row(ids), seg.aligned(mask, 0), seg.aligned(cls, T.CLASS_NONE))
+        for seg in dlg.segments()
+    ]
+    return SFTExample(rows, times, texts, unplaced)

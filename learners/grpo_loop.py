@@ -11,6 +11,7 @@ import argparse
 import json
 import shutil
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,18 +42,39 @@ def select_groups(rewards: torch.Tensor, *, need: int, dynamic: bool) -> torch.T
 def build_batch(
     trajs: list[Trajectory], adv: torch.Tensor, *, pad_id: int
 ) -> dict[str, torch.Tensor]:
-    """One row per trajectory; the sequence advantage is broadcast over its generated tokens."""
+    """One row per window segment (each exactly what vLLM was prompted with); a trajectory's
+    advantage is broadcast over the generated tokens of all its segments."""
     items = [
         PackItem(
-            input_ids=t.token_ids,
-            loss_mask=t.gen_mask,
-            advantages=[float(a)] * len(t.token_ids),
-            old_logprobs=t.logprobs,
+            input_ids=seg.token_ids,
+            loss_mask=seg.gen_mask,
+            advantages=[float(a)] * len(seg.token_ids),
+            old_logprobs=seg.logprobs,
         )
         for t, a in zip(trajs, adv.tolist())
+        for seg in t.segments
     ]
-    rows = plan_rows([len(t.token_ids) for t in trajs], max_len=0, pack=False)
+    rows = plan_rows([len(i.input_ids) for i in items], max_len=0, pack=False)
     return collate(items, rows, pad_id=pad_id)
+
+
+def logprob_agreement(
+    sampler: torch.Tensor,  # [B, T] vLLM's logprobs of the sampled tokens
+    learner: torch.Tensor,  # [B, T] the learner's, same weights and temperature
+    mask: torch.Tensor,  # [B, T] 1 on generated tokens
+    *,
+    tol: float = 1e-2,
+) -> dict[str, float]:
+    """How far the learner's logprobs are from the sampler's on the generated tokens
+    (DESIGN.md step 5): mean and max absolute difference, and the share above `tol`."""
+    diff = (sampler - learner).abs()[mask.bool()]  # [N]
+    if diff.numel() == 0:
+        return {"check/lp_diff_mean": 0.0, "check/lp_diff_max": 0.0, "check/lp_diff_share": 0.0}
+    return {
+        "check/lp_diff_mean": float(diff.mean()),
+        "check/lp_diff_max": float(diff.max()),
+        "check/lp_diff_share": float((diff > tol).float().mean()),
+    }
 
 
 def trajectory_stats(trajs: list[Trajectory], results: list[RewardResult]) -> dict[str, float]:
@@ -66,7 +88,8 @@ def trajectory_stats(trajs: list[Trajectory], results: list[RewardResult]) -> di
         "reward/judge_fallbacks": float(sum(r.fallback for r in results)),
         "rollout/response_rate": sum(s.decision == "response" for s in steps) / n_steps,
         "rollout/invalid_rate": sum(s.decision == "invalid" for s in steps) / n_steps,
-        "rollout/tokens": float(sum(sum(t.gen_mask) for t in trajs)),
+        "rollout/tokens": float(sum(t.num_generated for t in trajs)),
+        "rollout/segments": float(sum(len(t.segments) for t in trajs)) / max(len(trajs), 1),
     }
 
 
@@ -115,6 +138,7 @@ class GRPOStep:
             learner,
         )
         self.cursor, self.run_dir, self.pad_id = cursor, run_dir, pad_id
+        self.warned = False  # the logprob-agreement warning is given once per run
 
     def collect(self, step: int) -> Groups:
         """B groups of G episodes, scored. With dynamic sampling, groups whose rewards are all
@@ -161,10 +185,13 @@ class GRPOStep:
             return {}  # every group had equal rewards: nothing to learn from this step
         adv, stats = group_advantages(rewards, mode=c.advantage, eps=c.adv_eps)  # [K, G]
         batch = build_batch(trajs, adv.view(-1), pad_id=self.pad_id)
+        check: dict[str, float] = {}
         if not c.async_mode:
             # On-policy: recompute old logprobs with the learner (as verl does), so the ratio
             # starts at exactly 1; in async mode the behaviour logprobs of vLLM are the baseline.
+            sampler = batch["old_logprobs"]  # [R, T] vLLM's
             batch["old_logprobs"] = self.learner.logprobs(batch=batch)
+            check = self.check_agreement(sampler, batch["old_logprobs"], batch["loss_mask"])
         if c.kl_coef != 0.0:
             batch["ref_logprobs"] = self.learner.logprobs(batch=batch, reference=True)
         n = batch["input_ids"].shape[0]
@@ -173,7 +200,25 @@ class GRPOStep:
             mb = {k: v[torch.as_tensor(idx)] for k, v in batch.items()}
             for k, v in self.learner.train_step(batch=mb, objective="grpo").items():
                 per_update.setdefault(k, []).append(v)
-        return {**stats, **{f"learn/{k}": float(np.mean(v)) for k, v in per_update.items()}}
+        learned = {f"learn/{k}": float(np.mean(v)) for k, v in per_update.items()}
+        return {**stats, **check, **learned}
+
+    def check_agreement(
+        self, sampler: torch.Tensor, learner: torch.Tensor, mask: torch.Tensor
+    ) -> dict[str, float]:  # [R, T] each
+        """vLLM vs learner logprobs under the same weights; warns once past the threshold."""
+        out = logprob_agreement(sampler, learner, mask)
+        tol = self.cfg.grpo.logprob_check_max
+        if tol > 0 and out["check/lp_diff_max"] > tol and not self.warned:
+            self.warned = True
+            warnings.warn(
+                f"vLLM and learner logprobs disagree: max {out['check/lp_diff_max']:.2e}, "
+                f"mean {out['check/lp_diff_mean']:.2e}, {100 * out['check/lp_diff_share']:.1f}% "
+                f"of generated tokens over 1e-2 (grpo.logprob_check_max={tol:g}); the ratio "
+                "and gradient are biased: check dtype, temperature and the window",
+                stacklevel=2,
+            )
+        return out
 
     def publish(self, version: int) -> None:
         """Weights v as an HF folder, loaded into every engine in place; older folders pruned."""
@@ -341,6 +386,10 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
 
     run_dir = make_run_dir(cfg, "grpo")
     init_from_config(cfg.cluster)
-    summary = run_grpo(cfg, run_dir, init_model=policy_path(cfg.policy, cfg.data.codebook_size))
+    summary = run_grpo(
+        cfg,
+        run_dir,
+        init_model=policy_path(cfg.policy, seed=cfg.run.seed, codebook_size=cfg.data.codebook_size),
+    )
     print(json.dumps({"run_dir": str(run_dir), "val_w_avg": summary["val"]["w_avg"]}))
     return 0

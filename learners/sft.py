@@ -26,28 +26,30 @@ class SFTData:
 
     items: list[PackItem]
     truncated: int
-    """Dialogues longer than sft.max_seq_len, cut to it (their tail is not trained on)."""
+    """Rows (window segments) longer than sft.max_seq_len, cut to it (their tail is not trained)."""
     unplaced: int
     """Answers whose window held no chunk end (not supervised), summed over samples."""
     tokens: int
     supervised: int
 
 
-def build_sft_data(encoded: list, tokenizer, *, window_turns: int, max_seq_len: int) -> SFTData:
-    """One PackItem per EncodedSample, via the data layer's `build_sft_example` (contract A)."""
+def build_sft_data(
+    encoded: list, tokenizer, *, window_turns: int, window_slide: int, max_seq_len: int
+) -> SFTData:
+    """One PackItem per window segment of each EncodedSample, via the data layer's
+    `build_sft_example`: each target is trained under the context inference will give it."""
     from streampro.data.dialogue import build_sft_example
 
     items, truncated, unplaced = [], 0, 0
     for enc in encoded:
-        ex = build_sft_example(enc, tokenizer, window_turns=window_turns)
+        ex = build_sft_example(enc, tokenizer, window_turns=window_turns, window_slide=window_slide)
         unplaced += ex.unplaced
-        n = len(ex.input_ids)
-        if n > max_seq_len:
-            truncated += 1
-            n = max_seq_len
-        items.append(
-            PackItem(list(ex.input_ids[:n]), list(ex.loss_mask[:n]), list(ex.decision_class[:n]))
-        )
+        for row in ex.rows:
+            n = len(row.input_ids)
+            if n > max_seq_len:
+                truncated += 1
+                n = max_seq_len
+            items.append(PackItem(row.input_ids[:n], row.loss_mask[:n], row.decision_class[:n]))
     return SFTData(
         items,
         truncated,
@@ -111,14 +113,20 @@ def run_sft(
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model_path = init_model or policy_path(cfg.policy, cfg.data.codebook_size)
+    model_path = init_model or policy_path(
+        cfg.policy, seed=cfg.run.seed, codebook_size=cfg.data.codebook_size
+    )
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = tokenizer.pad_token_id
     pad_id = int(pad_id if pad_id is not None else tokenizer.eos_token_id)
     s = cfg.sft
     train = load_split(cfg, "train")
     data = build_sft_data(
-        train, tokenizer, window_turns=cfg.data.window_turns, max_seq_len=s.max_seq_len
+        train,
+        tokenizer,
+        window_turns=cfg.data.window_turns,
+        window_slide=cfg.data.window_slide,
+        max_seq_len=s.max_seq_len,
     )
     if not data.items:
         raise UserError("the train split has no usable samples")
@@ -228,7 +236,6 @@ def _eval_now(cfg: Config, group, rollout, run_dir: Path, step: int):
 def _final_eval(cfg: Config, rollout, hf: str, run_dir: Path) -> dict:
     """Greedy streaming decoding of the exported policy on val, and the always-silent baseline."""
     from streampro.actors.rollout import make_rollout_group
-    from streampro.bench.evaluate import acc_judge_from_config
     from streampro.bench.f1 import write_scores
     from streampro.bench.policy_eval import always_silent, eval_kwargs, evaluate
     from streampro.pipeline import load_split
@@ -243,7 +250,6 @@ def _final_eval(cfg: Config, rollout, hf: str, run_dir: Path) -> dict:
             rollout,
             val,
             **eval_kwargs(cfg),
-            acc_judge=acc_judge_from_config(cfg),
             predictions_out=run_dir / "val_predictions.jsonl",
         )
     finally:

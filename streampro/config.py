@@ -94,7 +94,11 @@ class DataConfig:
     fps: float = 1.0
     """Chunks per second of video (SPEC.md: 1 fps)."""
     window_turns: int = 200
-    """Sliding window: dialogue turns kept in context (SPEC.md: 200)."""
+    """Context window in turns, a turn being one chunk and its decision (SPEC.md: 200; at 1 fps
+    200 turns = 200 s). The system prompt and the question always stay (data/window.py)."""
+    window_slide: int = 50
+    """Turns dropped at once when the window is full. Between slides the prompt only grows, so
+    the prefix cache keeps hitting; each slide starts a new segment (one learner row)."""
     codec: str = "patch"
     """Frame codec: 'patch' (discrete frame tokens, CPU) or 'image' (VLM images, GPU)."""
     patch_grid: int = 4
@@ -129,8 +133,6 @@ class PolicyConfig:
     """Tiny policy: BPE vocabulary before special and frame tokens are added."""
     max_position_embeddings: int = 8192
     """Tiny policy: longest context."""
-    init_seed: int = 0
-    """Tiny policy: weight initialisation seed."""
 
 
 @dataclass
@@ -139,10 +141,20 @@ class LearnerConfig:
     """Data-parallel ranks (Ray actors in one placement group)."""
     zero_stage: int = 2
     """DeepSpeed ZeRO stage, 0 to 3."""
-    precision: str = "fp32"
-    """fp32 or bf16."""
+    precision: str = "auto"
+    """fp32, bf16, or auto: bf16 only where a short matmul measurement at start-up finds it
+    faster than fp32 (some CPUs run bf16 far slower); every rank must agree, else fp32."""
     micro_batch: int = 4
-    """Sequences per rank per forward/backward (gradient accumulation fills the rest)."""
+    """Sequences per rank per forward/backward when micro_batch_tokens is 0 (gradient
+    accumulation fills the rest)."""
+    micro_batch_tokens: int = 16384
+    """Real tokens per rank per forward/backward (rows are grouped up to this many; a longer
+    row goes alone); 0 = count rows with micro_batch instead."""
+    attention: str = "varlen"
+    """Causal attention without dense masks: 'varlen' lays a micro-batch's sequences end to
+    end and runs SDPA's causal kernel per sequence (no padding); 'padded' runs it over rows of
+    one sequence each (packed micro-batches still take varlen); 'dense' builds the
+    block-diagonal [B, 1, T, T] mask (the slow reference)."""
     num_cpus: float = 1.0
     """CPUs per rank."""
     num_gpus: float = 0.0
@@ -202,7 +214,8 @@ class RolloutConfig:
     temperature: float = 1.0
     """Sampling temperature (SPEC.md: 1.0)."""
     top_p: float = 1.0
-    """Nucleus sampling."""
+    """Nucleus sampling: must stay 1.0 (refused at load otherwise), since the learner's logprobs
+    are exact only for the full distribution at `temperature`."""
     enable_prefix_caching: bool = True
     """vLLM prefix caching (carries the stream: each step costs its new tokens)."""
     enforce_eager: bool = True
@@ -302,6 +315,9 @@ class GRPOConfig:
     """Dynamic sampling: extra rounds of drawing replacements before training on fewer groups."""
     async_mode: bool = False
     """Roll out step k+1 while the learner trains step k (one step off-policy)."""
+    logprob_check_max: float = 1e-3
+    """Warn (once) when the max |vLLM - learner| logprob on generated tokens, measured every
+    step under the sampling weights, exceeds this (0 = never warn; the metrics are logged)."""
     eval_every: int = 0
     """Val F1 every N steps (0 = at the end only)."""
     save_every: int = 10
@@ -329,21 +345,57 @@ class ServeConfig:
     checkpoint: str = ""
     """HF folder of the policy to serve (empty = policy.name_or_path)."""
     min_replicas: int = 1
-    """Autoscaling lower bound."""
+    """Engine (PolicyEngine) autoscaling lower bound."""
     max_replicas: int = 2
-    """Autoscaling upper bound."""
+    """Engine (PolicyEngine) autoscaling upper bound."""
     num_cpus: float = 1.0
-    """CPUs per replica."""
+    """CPUs per engine replica."""
     num_gpus: float = 0.0
-    """GPUs per replica."""
+    """GPUs per engine replica."""
     engine: str = "vllm"
     """Decision engine of each replica: 'vllm', or 'hf' (transformers, CPU-light, no vLLM)."""
     temperature: float = 0.0
     """Sampling temperature of served decisions (0 = greedy)."""
+    ingress_replicas: int = 1
+    """HTTP ingress (StreamIngress) replicas. Session contexts live in the SessionStore, so
+    any ingress replica continues any session."""
     max_sessions: int = 1024
-    """Open sessions kept at most; a new one beyond it is refused (HTTP 503)."""
+    """Open sessions kept at most (all replicas together); one more is refused with 503 and
+    Retry-After until one closes or expires."""
+    max_inflight: int = 64
+    """Chunk requests one ingress replica works on at once; beyond it 503 with Retry-After."""
     session_ttl_s: float = 3600.0
-    """Sessions idle this long are closed."""
+    """Sessions idle this long are closed by a background task."""
+    expire_every_s: float = 10.0
+    """How often the background task looks for idle sessions."""
+    retry_after_s: int = 1
+    """Retry-After (seconds) sent with a 503 at capacity."""
+    max_body_bytes: int = 8 << 20
+    """Largest request body accepted; a bigger one gets 413."""
+    max_chunks_per_request: int = 64
+    """Chunks in one POST .../chunks at most (422 beyond)."""
+    max_image_pixels: int = 4096 * 4096
+    """Largest image (width x height) decoded; a bigger one gets 413 before it is decoded."""
+    max_question_chars: int = 2000
+    """Longest question (422 beyond)."""
+    decode_threads: int = 4
+    """Threads per ingress replica that decode images (off the event loop)."""
+    auth_token: str = ""
+    """Bearer token every /v1 request must carry; empty = read it from the environment
+    variable named by auth_token_env; both empty = no authentication. Prefer the variable
+    (a Kubernetes secret, see cluster/kuberay/rayservice.yaml) over a token in a file."""
+    auth_token_env: str = "STREAMPRO_SERVE_TOKEN"
+    """Environment variable holding the bearer token, read by each ingress replica."""
+    bench_sessions: list[int] = field(default_factory=lambda: [1, 8, 32])
+    """Concurrent sessions of `streampro bench serve`, one measurement each."""
+    bench_duration_s: float = 20.0
+    """Seconds each `bench serve` level runs."""
+    bench_endpoint: str = ""
+    """`bench serve` against this URL (empty = a temporary local deployment)."""
+    eval_concurrency: int = 8
+    """Sessions `streampro eval --endpoint/--checkpoint` streams at once."""
+    eval_speed: float = 0.0
+    """Clock of `eval --endpoint`: stream seconds per wall second (0 = as fast as answered)."""
 
 
 @dataclass
@@ -396,7 +448,30 @@ def load_config(
         key = getattr(e, "full_key", None)
         where = f"{path or 'overrides'}: {key}" if key else f"{path or 'overrides'}"
         raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    out: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    check_config(out, str(path or "overrides"))
+    return out
+
+
+def check_config(cfg: Config, where: str) -> None:
+    """Values no command can run with, refused at load in one line (before any work)."""
+    d, r = cfg.data, cfg.rollout
+    if d.window_turns < 1 or not 1 <= d.window_slide <= d.window_turns:
+        raise ConfigError(
+            f"{where}: data.window_slide must be in [1, data.window_turns] and window_turns >= 1, "
+            f"got window_turns={d.window_turns}, window_slide={d.window_slide}"
+        )
+    if r.top_p != 1.0:
+        # the learner scores logits / temperature over the full vocabulary; a nucleus would
+        # make its ratio and gradient those of another distribution than the one sampled
+        raise ConfigError(
+            f"{where}: rollout.top_p={r.top_p} is not supported: GRPO's learner logprobs are "
+            "exact only for full-vocabulary sampling (set rollout.top_p=1.0)"
+        )
+    if r.temperature <= 0.0:
+        raise ConfigError(
+            f"{where}: rollout.temperature must be > 0 (GRPO samples), got {r.temperature}"
+        )
 
 
 def to_yaml(cfg: Config) -> str:

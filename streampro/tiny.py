@@ -158,8 +158,9 @@ def resolve_policy(
     return str(ensure_tiny(tiny_spec(codebook_size=codebook_size, **tiny_fields), cache_dir))
 
 
-def policy_path(policy_cfg, codebook_size: int = T.DEFAULT_CODEBOOK_SIZE) -> str:
-    """Resolve a PolicyConfig (the one place that unpacks it into flat arguments)."""
+def policy_path(policy_cfg, *, seed: int, codebook_size: int = T.DEFAULT_CODEBOOK_SIZE) -> str:
+    """Resolve a PolicyConfig (the one place that unpacks it into flat arguments). `seed` is
+    run.seed: the built-in policy's initial weights depend on it, like the data order."""
     p = policy_cfg
     return resolve_policy(
         p.name_or_path,
@@ -172,5 +173,5 @@ def policy_path(policy_cfg, codebook_size: int = T.DEFAULT_CODEBOOK_SIZE) -> str
         intermediate_size=p.intermediate_size,
         vocab_size=p.vocab_size,
         max_position_embeddings=p.max_position_embeddings,
-        init_seed=p.init_seed,
+        init_seed=seed,
     )

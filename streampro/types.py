@@ -26,23 +26,46 @@ class Step:
 
 
 @dataclass
+class Segment:
+    """A run of decisions sampled from append-only prompts (one window segment, data/window.py).
+
+    Decision k of the segment was sampled after exactly `token_ids[:p_k]`, where p_k is the
+    position of its first generated token: the learner scores the row as it is.
+    """
+
+    token_ids: list[int]
+    """The windowed prompt at the segment's start, then every token appended until the next
+    slide (chunk turns, the policy's decisions, turn ends)."""
+    gen_mask: list[int]
+    """1 where the policy generated the token within this segment, else 0 (earlier segments'
+    decisions that are still in the window are context here)."""
+    logprobs: list[float]
+    """Sampling logprob of each generated token (0.0 where gen_mask is 0)."""
+    first_step: int = 0
+    """Index of the segment's first decision in the episode."""
+
+
+@dataclass
 class Trajectory:
-    """A whole streaming episode of one sample, as one token sequence."""
+    """A whole streaming episode of one sample: what the policy saw and wrote, as segments."""
 
     sample_id: str
     episode: int
     """Index of this episode within its group (0..G-1)."""
-    token_ids: list[int]
-    """The full dialogue: prompt, chunk turns and the policy's decisions."""
-    gen_mask: list[int]
-    """1 where the policy generated the token (decisions and answer text), else 0."""
-    logprobs: list[float]
-    """Sampling logprob of each generated token (0.0 where gen_mask is 0)."""
+    segments: list[Segment]
+    """The episode's window segments, in order; one unless the stream outlasts the window."""
     steps: list[Step] = field(default_factory=list)
     version: int = 0
     """Policy version at the start of the episode."""
-    prompt_len: int = 0
-    """Tokens before the first generated token (system prompt, question, first chunk)."""
+
+    @property
+    def num_generated(self) -> int:
+        """Tokens the policy generated over the whole episode."""
+        return sum(sum(s.gen_mask) for s in self.segments)
+
+    def generated_logprobs(self) -> list[float]:
+        """Sampling logprobs of every generated token, in episode order."""
+        return [lp for s in self.segments for lp, m in zip(s.logprobs, s.gen_mask) if m]
 
     def responses(self) -> list[dict]:
         """The trajectory's responses in the scorer's format: {"time", "text"}."""

@@ -22,7 +22,7 @@ def tiny_path(tmp_path_factory) -> str:
     from streampro.tiny import policy_path
 
     cfg = PolicyConfig(cache_dir=str(tmp_path_factory.mktemp("models")))
-    return policy_path(cfg)
+    return policy_path(cfg, seed=0)
 
 
 @pytest.fixture(scope="session")

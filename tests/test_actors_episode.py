@@ -63,13 +63,12 @@ def test_episode_records_mask_and_logprobs_against_the_dialogue(tok):
         ep.add_decision(ids, lps, version=3)
         dlg.add_decision(ids)
     traj = ep.trajectory()
-    assert traj.token_ids == dlg.token_ids
-    assert traj.gen_mask == dlg.loss_mask
-    assert [lp for lp, m in zip(traj.logprobs, traj.gen_mask) if m] == [
-        x for lps in expected_lps for x in lps
-    ]
-    assert all(lp == 0.0 for lp, m in zip(traj.logprobs, traj.gen_mask) if not m)
-    assert traj.prompt_len == traj.gen_mask.index(1)
+    (seg,) = traj.segments  # 5 turns: inside the window
+    assert seg.token_ids == dlg.token_ids
+    assert seg.gen_mask == dlg.loss_mask
+    assert traj.generated_logprobs() == [x for lps in expected_lps for x in lps]
+    assert all(lp == 0.0 for lp, m in zip(seg.logprobs, seg.gen_mask) if not m)
+    assert seg.first_step == 0
     assert [s.decision for s in traj.steps] == [
         "silence",
         "response",
@@ -130,18 +129,19 @@ def test_hf_loop_kv_cache_matches_teacher_forcing(tiny_path):
     sampling = Sampling(temperature=1.0, seed=11, max_answer_tokens=4)
     a = hf.generate(samples=enc, n=2, sampling=sampling)
     b = hf.generate(samples=enc, n=2, sampling=sampling)
-    assert [t.token_ids for t in a] == [t.token_ids for t in b]
-    assert a[0].token_ids != a[1].token_ids  # episodes draw different seeds
+    assert [t.segments for t in a] == [t.segments for t in b]
+    assert a[0].segments != a[1].segments  # episodes draw different seeds
     stops = set(stop_token_ids(hf.tokenizer))
     model = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32).eval()
     for t in a:
-        ref = score_logprobs(model, t.token_ids)
-        diffs = [abs(x - y) for x, y, m in zip(t.logprobs, ref, t.gen_mask) if m]
+        (seg,) = t.segments
+        ref = score_logprobs(model, seg.token_ids)
+        diffs = [abs(x - y) for x, y, m in zip(seg.logprobs, ref, seg.gen_mask) if m]
         assert diffs and max(diffs) < 1e-4
         assert len(t.steps) == 6
         # each step wrote at most 1 + 4 + 1 tokens, ending in a stop token unless at the cap
         runs, cur = [], []
-        for tok_id, m in zip(t.token_ids, t.gen_mask):
+        for tok_id, m in zip(seg.token_ids, seg.gen_mask):
             if m:
                 cur.append(tok_id)
             elif cur:

@@ -14,6 +14,7 @@ from streampro.data.dialogue import (
 )
 from streampro.data.encode import EncodedSample
 from streampro.data.schema import Answer, Sample
+from streampro.data.window import Window
 
 
 @pytest.fixture(scope="module")
@@ -54,21 +55,48 @@ def test_layout_masks_and_classes(tok):
     assert d.context() == ids  # the window holds everything
 
 
+def test_window_first_kept_hand_values():
+    w = Window(turns=4, slide=2)
+    # (turns so far incl. the new one, current first) -> first kept turn
+    assert [w.first_kept(n, 0) for n in (1, 4, 5, 6)] == [0, 0, 2, 2]
+    assert w.first_kept(7, 2) == 4 and w.first_kept(6, 2) == 2
+    assert Window(turns=4, slide=1).first_kept(9, 0) == 5  # several slides at once
+    with pytest.raises(ValueError, match="slide"):
+        Window(turns=4, slide=5)
+
+
 def test_question_arrives_at_query_time_and_window_slides(tok):
-    d = StreamDialogue(tok, question="Q?", query_time=2.0, window_turns=4)
-    for k in range(5):
+    """Window of 4 turns sliding by 2, question at 2 s, 10 chunks. Hand-derived: slides before
+    chunks 4, 6 and 8 (first kept turn 2, 4, 6); between them every prompt extends the last."""
+    d = StreamDialogue(tok, question="Q?", query_time=2.0, window_turns=4, window_slide=2)
+    prompts = []
+    for k in range(10):
         d.add_chunk(float(k), k + 1.0, [k])
-        if k < 4:
-            d.add_decision(decision_ids(tok, "silence"))
+        prompts.append(d.context())
+        d.add_decision(decision_ids(tok, "silence"))
     full = _dec(tok, d.token_ids)
     assert full.index("<1s-2s>") < full.index("Q?") < full.index("<2s-3s>")
-    ctx = _dec(tok, d.context())
-    # system, the pinned question, then the last 4 turns: chunk 3 + decision, chunk 4 + header.
+    extends = [prompts[k][: len(prompts[k - 1])] == prompts[k - 1] for k in range(1, 10)]
+    assert [k for k, e in enumerate(extends, 1) if not e] == [4, 6, 8]
+    ctx = _dec(tok, prompts[4])
+    # system, the pinned question, then turns 2-4 (turn 4 awaiting its decision)
     assert ctx.startswith(f"<|im_start|>system\n{T.SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nQ?")
-    assert "<2s-3s>" not in ctx and "<3s-4s>" in ctx and "<4s-5s>" in ctx
+    assert "<1s-2s>" not in ctx and "<2s-3s>" in ctx and "<4s-5s>" in ctx
     assert ctx.endswith("<|im_start|>assistant\n")
+    segs = d.segments()
+    assert len(segs) == 4
+    silence = decision_ids(tok, "silence")[0]
+    for k, p in enumerate(prompts):  # each prompt is a prefix of its segment's row
+        row = segs[[0, 0, 0, 0, 1, 1, 2, 2, 3, 3][k]].row(d.token_ids)
+        assert row[: len(p)] == p
+    owned = [sum(sg.aligned(d.loss_mask, 0)) for sg in segs]
+    assert owned == [4, 2, 2, 2]  # each decision trained once, in the segment that made it
+    rows = [_dec(tok, sg.row(d.token_ids)) for sg in segs]
+    assert [r.count("<|frame|>") for r in rows] == [4, 4, 4, 4]  # bounded by the window
+    assert all(r.count("Q?") == 1 for r in rows)
+    assert segs[3].aligned(d.token_ids, -1).count(silence) == 2
     with pytest.raises(RuntimeError):
-        d.add_chunk(5.0, 6.0, [0])  # a decision must come first
+        d.add_decision(decision_ids(tok, "silence"))  # no open turn
 
 
 def test_unmasked_decisions_and_turn_closing(tok):
@@ -124,14 +152,15 @@ def test_build_sft_example(tok):
         s, [(float(k), k + 1.0) for k in range(10)], [[k % 64] * 16 for k in range(10)]
     )
     ex = build_sft_example(enc, tok)
+    (row,) = ex.rows  # 10 turns: one window segment
     assert ex.response_times == [4.0, 9.0] and ex.response_texts == ["now red", "now blue"]
     assert ex.unplaced == 0
-    assert ex.decision_class.count(T.CLASS_SILENCE) == 8
-    assert ex.decision_class.count(T.CLASS_RESPONSE) == 2
+    assert row.decision_class.count(T.CLASS_SILENCE) == 8
+    assert row.decision_class.count(T.CLASS_RESPONSE) == 2
     text_tokens = len(decision_ids(tok, "response", "now red")) + len(
         decision_ids(tok, "response", "now blue")
     )
-    assert sum(ex.loss_mask) == 8 + text_tokens
-    assert len(ex.input_ids) == len(ex.loss_mask) == len(ex.decision_class)
-    full = _dec(tok, ex.input_ids)
+    assert sum(row.loss_mask) == 8 + text_tokens
+    assert len(row.input_ids) == len(row.loss_mask) == len(row.decision_class)
+    full = _dec(tok, row.input_ids)
     assert full.index("<3s-4s>") < full.index("now red") < full.index("<4s-5s>")

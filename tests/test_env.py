@@ -58,8 +58,8 @@ def test_env_episode_matches_the_sft_layout_and_scores(tok):
     total, info, seen = _play(env, {3.0: 1})
     traj = info["trajectory"]
     assert seen == 8
-    assert traj.token_ids == sft.input_ids
-    assert traj.gen_mask == sft.loss_mask
+    assert [s.token_ids for s in traj.segments] == [r.input_ids for r in sft.rows]
+    assert [s.gen_mask for s in traj.segments] == [r.loss_mask for r in sft.rows]
     assert traj.responses() == [{"time": 3.0, "text": "red square from the left"}]
     assert total == pytest.approx(1.45)
 

@@ -365,9 +365,7 @@ def test_sampled_evaluation_averages_the_samples_of_each_stream():
                 Trajectory(
                     sample_id="ou",
                     episode=e,
-                    token_ids=[],
-                    gen_mask=[],
-                    logprobs=[],
+                    segments=[],
                     steps=hit if e == 0 else [],
                 )
                 for e in range(n)

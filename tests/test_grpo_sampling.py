@@ -14,7 +14,7 @@ import torch
 from streampro.config import Config
 from streampro.learners.grpo_loop import GRPOStep, select_groups
 from streampro.learners.state import DataCursor
-from streampro.types import RewardResult, Trajectory
+from streampro.types import RewardResult, Segment, Trajectory
 
 
 def test_select_groups_keeps_the_first_informative_groups():
@@ -49,7 +49,7 @@ class _Rollout:
     def generate(self, *, samples: list, n: int, sampling) -> list[Trajectory]:
         self.calls.append([s.idx for s in samples])
         return [
-            Trajectory(sample_id=str(s.idx), episode=e, token_ids=[1], gen_mask=[1], logprobs=[0.0])
+            Trajectory(sample_id=str(s.idx), episode=e, segments=[Segment([1], [1], [0.0])])
             for s in samples
             for e in range(n)
         ]

@@ -54,7 +54,7 @@ def make_items(n: int, seed: int = 0) -> tuple[list[dict], list[Trajectory]]:
                 steps.append(
                     Step(float(t), "silence", "", rng.choice(["</Silence>"] * 9 + ["</Sil"]))
                 )
-        trajs.append(Trajectory(f"s{i}", 0, [], [], [], steps=steps))
+        trajs.append(Trajectory(f"s{i}", 0, [], steps=steps))
     return samples, trajs
 
 
@@ -122,8 +122,6 @@ def fault_items() -> tuple[list[dict], list[Trajectory]]:
             Trajectory(
                 f"f{i}",
                 0,
-                [],
-                [],
                 [],
                 steps=[
                     Step(19.0, "silence", "", "</Silence>"),

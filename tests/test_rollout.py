@@ -50,25 +50,31 @@ def hf_model(policy):
     return AutoModelForCausalLM.from_pretrained(policy, dtype=torch.float32).eval()
 
 
+def _ids(traj) -> list[list[int]]:
+    return [seg.token_ids for seg in traj.segments]
+
+
 def _max_logprob_diff(model, trajs) -> float:
     from streampro.actors.hf_loop import score_logprobs
 
     return max(
         abs(a - b)
         for t in trajs
-        for a, b, m in zip(t.logprobs, score_logprobs(model, t.token_ids), t.gen_mask)
+        for seg in t.segments
+        for a, b, m in zip(seg.logprobs, score_logprobs(model, seg.token_ids), seg.gen_mask)
         if m
     )
 
 
 def _generated_runs(traj) -> list[list[int]]:
     runs, cur = [], []
-    for tok, m in zip(traj.token_ids + [0], traj.gen_mask + [0]):
-        if m:
-            cur.append(tok)
-        elif cur:
-            runs.append(cur)
-            cur = []
+    for seg in traj.segments:
+        for tok, m in zip(seg.token_ids + [0], seg.gen_mask + [0]):
+            if m:
+                cur.append(tok)
+            elif cur:
+                runs.append(cur)
+                cur = []
     return runs
 
 
@@ -95,14 +101,17 @@ def test_trajectories_are_consistent(group, policy, hf_model, tmp_path):
         runs = _generated_runs(t)
         assert len(runs) == len(t.steps) == 10
         assert all(r[-1] in stops or len(r) == MAX_ANSWER + 2 for r in runs)
-        assert all(lp == 0.0 for lp, m in zip(t.logprobs, t.gen_mask) if not m)
-        assert all(lp <= 0.0 for lp in t.logprobs)
+        for seg in t.segments:
+            assert all(lp == 0.0 for lp, m in zip(seg.logprobs, seg.gen_mask) if not m)
+            assert all(lp <= 0.0 for lp in seg.logprobs)
         replay = StreamEpisode.for_sample(tok, enc, episode=t.episode)
         for chunk, ids in zip(sample_chunks(enc), runs):
             replay.add_chunk(chunk)
             replay.add_decision(ids, [0.0] * len(ids))
         r = replay.trajectory()
-        assert (r.token_ids, r.gen_mask, r.prompt_len) == (t.token_ids, t.gen_mask, t.prompt_len)
+        assert [(g.token_ids, g.gen_mask) for g in r.segments] == [
+            (g.token_ids, g.gen_mask) for g in t.segments
+        ]
         assert [s.decision for s in r.steps] == [s.decision for s in t.steps]
         decisions |= {s.decision for s in t.steps}
     assert "silence" in decisions and "invalid" in decisions
@@ -123,11 +132,11 @@ def test_seeded_and_prefix_cached(group):
     hit_rate = (after["hits"] - before["hits"]) / (after["queries"] - before["queries"])
     assert hit_rate > 0.9, hit_rate
     b = group.generate(samples=samples[:1], n=3, sampling=s)
-    assert [t.token_ids for t in b] == [t.token_ids for t in a[:3]]
+    assert [_ids(t) for t in b] == [_ids(t) for t in a[:3]]
     c = group.generate(
         samples=samples[:1], n=3, sampling=Sampling(seed=6, max_answer_tokens=MAX_ANSWER)
     )
-    assert [t.token_ids for t in c] != [t.token_ids for t in a[:3]]
+    assert [_ids(t) for t in c] != [_ids(t) for t in a[:3]]
 
 
 def test_local_group_and_transformers_loop_agree_with_ray(group, policy):
@@ -143,22 +152,22 @@ def test_local_group_and_transformers_loop_agree_with_ray(group, policy):
     ray_sampled = group.generate(samples=samples, n=2, sampling=sampled)
     local = LocalRolloutGroup(policy, **ENGINE)
     try:
-        assert [t.token_ids for t in local.generate(samples=samples, n=1, sampling=greedy)] == [
-            t.token_ids for t in ray_greedy
+        assert [_ids(t) for t in local.generate(samples=samples, n=1, sampling=greedy)] == [
+            _ids(t) for t in ray_greedy
         ]
-        assert [t.token_ids for t in local.generate(samples=samples, n=2, sampling=sampled)] == [
-            t.token_ids for t in ray_sampled
+        assert [_ids(t) for t in local.generate(samples=samples, n=2, sampling=sampled)] == [
+            _ids(t) for t in ray_sampled
         ]
     finally:
         local.shutdown()
     hf = HFStreamPolicy(policy, max_answer_tokens=MAX_ANSWER)
     hf_greedy = hf.generate(samples=samples, n=1, sampling=greedy)
-    assert [t.token_ids for t in hf_greedy] == [t.token_ids for t in ray_greedy]
+    assert [_ids(t) for t in hf_greedy] == [_ids(t) for t in ray_greedy]
     assert (
         max(
             abs(a - b)
             for x, y in zip(hf_greedy, ray_greedy)
-            for a, b in zip(x.logprobs, y.logprobs)
+            for a, b in zip(x.generated_logprobs(), y.generated_logprobs())
         )
         < 1e-3
     )
@@ -176,13 +185,13 @@ def test_sync_changes_outputs_and_keeps_agreement(group, policy, tmp_path):
     new = perturbed_copy(policy, tmp_path / "v1", scale=0.5, seed=1)
     assert group.sync_weights(version=1, source=new) >= 0.0
     after = group.generate(samples=samples, n=2, sampling=s)
-    assert [t.token_ids for t in after] != [t.token_ids for t in before]
+    assert [_ids(t) for t in after] != [_ids(t) for t in before]
     assert {t.version for t in after} == {1} and {s.version for t in after for s in t.steps} == {1}
     new_model = AutoModelForCausalLM.from_pretrained(new, dtype=torch.float32).eval()
     assert _max_logprob_diff(new_model, after) < 1e-3
     group.sync_weights(version=2, source=policy)
     again = group.generate(samples=samples, n=2, sampling=s)
-    assert [t.token_ids for t in again] == [t.token_ids for t in before]
+    assert [_ids(t) for t in again] == [_ids(t) for t in before]
     assert {t.version for t in again} == {2}
 
 
@@ -216,5 +225,5 @@ def test_actor_killed_during_generate_reruns_its_episodes(group, policy):
     assert [(t.sample_id, t.episode) for t in out] == [
         (x.sample.id, e) for x in samples for e in range(2)
     ]
-    assert [t.token_ids for t in out] == [t.token_ids for t in reference]
+    assert [_ids(t) for t in out] == [_ids(t) for t in reference]
     assert ray.get(actor.status.remote())["version"] == 3

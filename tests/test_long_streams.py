@@ -1,0 +1,112 @@
+"""Long streams: every decision is trained under exactly the context it was sampled from.
+
+A real vLLM CPU engine rolls out streams of 3.75x the window (30 chunks, window 8 turns
+sliding by 4); the engine's `decide` is wrapped to record every prompt it receives. For each
+decision, the learner's row (one per window segment) must start with exactly that prompt, and
+the learner's logprobs of the sampled tokens (DeepSpeed rank, fp32) must equal vLLM's within
+1e-4, at temperature 1.0 and 0.7.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from streampro.actors.api import Sampling
+from streampro.actors.episode import request_seed
+from streampro.bench.rollout import silence_biased_policy, synthetic_streams
+
+pytestmark = pytest.mark.slow
+
+WINDOW, SLIDE, CHUNKS = 8, 4, 30  # slides before chunks 8, 12, ..., 28: 7 segments
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_path, tmp_path_factory) -> str:
+    # mostly silent, with answers now and then: decisions of 1 and of several tokens
+    return silence_biased_policy(tiny_path, tmp_path_factory.mktemp("long") / "p", p_silence=0.7)
+
+
+@pytest.fixture(scope="module")
+def recorded(policy):
+    """A local rollout group whose engine records the prompt of every request by its seed."""
+    from streampro.actors.rollout import LocalRolloutGroup
+
+    group = LocalRolloutGroup(
+        policy,
+        window_turns=WINDOW,
+        window_slide=SLIDE,
+        max_answer_tokens=4,
+        kv_cache_gb=0.25,
+        max_num_seqs=16,
+        max_model_len=2048,
+    )
+    prompts: dict[int, list[int]] = {}
+    engine = group.worker.engine
+    decide = engine.decide
+
+    async def recording(prompt_ids, params):
+        prompts[params.seed] = list(prompt_ids)
+        return await decide(prompt_ids, params)
+
+    engine.decide = recording
+    yield group, prompts
+    group.shutdown()
+
+
+def _decision_starts(gen_mask: list[int]) -> list[int]:
+    """Positions of each decision's first generated token in a segment row."""
+    return [i for i, m in enumerate(gen_mask) if m and (i == 0 or not gen_mask[i - 1])]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_learner_rows_are_the_prompts_vllm_saw(recorded, policy, temperature):
+    from transformers import AutoTokenizer
+
+    from streampro.learners.group import LocalLearnerGroup
+    from streampro.learners.grpo_loop import build_batch, logprob_agreement
+
+    group, prompts = recorded
+    samples = synthetic_streams(2, CHUNKS, seed=3)
+    sampling = Sampling(temperature=temperature, seed=17, max_answer_tokens=4)
+    trajs = group.generate(samples=samples, n=2, sampling=sampling)
+
+    checked = 0
+    for k, t in enumerate(trajs):
+        index, episode = divmod(k, 2)
+        assert len(t.steps) == CHUNKS
+        assert [s.first_step for s in t.segments] == [0, 8, 12, 16, 20, 24, 28]
+        for seg in t.segments:
+            starts = _decision_starts(seg.gen_mask)
+            for j, pos in enumerate(starts):
+                seed = request_seed(sampling.seed, index, episode, seg.first_step + j)
+                assert seg.token_ids[:pos] == prompts[seed]  # the row IS what vLLM received
+                checked += 1
+    assert checked == len(trajs) * CHUNKS
+
+    tok = AutoTokenizer.from_pretrained(policy)
+    frame_start = tok.convert_tokens_to_ids("<|frame|>")
+    # rows are bounded by the window: at most 8 chunk turns each
+    assert max(s.token_ids.count(frame_start) for t in trajs for s in t.segments) == WINDOW
+
+    learner = LocalLearnerGroup(model_path=policy, temperature=temperature, micro_batch=8)
+    try:
+        batch = build_batch(trajs, torch.zeros(len(trajs)), pad_id=int(tok.pad_token_id or 0))
+        assert batch["input_ids"].shape[0] == sum(len(t.segments) for t in trajs)
+        lp = learner.logprobs(batch=batch)  # [R, T]
+    finally:
+        learner.shutdown()
+    check = logprob_agreement(batch["old_logprobs"], lp, batch["loss_mask"])
+    assert check["check/lp_diff_max"] < 1e-4, check
+    assert batch["loss_mask"].sum() == sum(t.num_generated for t in trajs)
+
+
+def test_prefix_cache_hits_across_segments(recorded):
+    """Between slides each prompt extends the last, so the engine reuses nearly all of it."""
+    group, _ = recorded
+    samples = synthetic_streams(4, CHUNKS, seed=5)
+    before = group.cache_stats()
+    group.generate(samples=samples, n=1, sampling=Sampling(temperature=1.0, seed=2))
+    after = group.cache_stats()
+    hit_rate = (after["hits"] - before["hits"]) / (after["queries"] - before["queries"])
+    assert hit_rate > 0.75, hit_rate
