@@ -23,9 +23,9 @@ TREE = ROOT / ".cache" / "mypy-src"
 def _link(link: Path, target: Path) -> None:
     if link.is_symlink() and link.resolve() == target.resolve():
         return
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(target)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}")
+    tmp.symlink_to(target)
+    os.replace(tmp, link)  # atomic: a second lint run at the same time sees old or new link
 
 
 def build_tree() -> dict[str, str]:
