@@ -9,7 +9,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 export RAY_DEDUP_LOGS ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean browser
 
 setup: $(VENV)/.installed
 
@@ -26,7 +26,11 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/streampro train --config $(CONFIG)
 
-test: setup
+# Headless Chromium from Debian's packages for tests/test_browser.py (driven by playwright).
+browser:
+	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: setup browser
 	$(VENV)/bin/python -m pytest -q -x tests $(PYTEST_ARGS)
 
 # ruff lint and format, then mypy on the typed core ([tool.mypy] in pyproject.toml).

@@ -9,7 +9,7 @@ from pathlib import Path
 from streampro.config import Config, atomic_write_text
 from streampro.errors import UserError
 
-BENCHES = ("rollout", "sft-ablation", "grpo-async", "autoscale")
+BENCHES = ("rollout", "sft-ablation", "grpo-async", "autoscale", "serve")
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
@@ -24,6 +24,8 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         from streampro.bench.grpo_async import run
     elif name == "autoscale":
         from streampro.cluster.autoscale import run
+    elif name == "serve":
+        from streampro.bench.serve import run
     else:
         raise UserError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHES)}")
     result = run(cfg, str(out))

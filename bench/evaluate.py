@@ -1,5 +1,9 @@
-"""`streampro eval --manifest M --predictions P --out DIR`: StreamPro-F1 of any model's
-predictions (no model run, no video opened) -> DIR/scores.json and DIR/report.md.
+"""`streampro eval`: StreamPro-F1 of predictions or of a policy -> DIR/scores.json, report.md.
+
+--predictions P     any model's predictions JSONL (no model run, no video opened)
+--endpoint URL      the policy behind a running Serve API, videos replayed through it
+--checkpoint DIR    the same through a temporary local deployment of DIR
+(none of them)      policy.name_or_path greedily on the rollout group
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from pathlib import Path
 
 from streampro.bench.f1 import load_predictions, score_predictions, write_scores
 from streampro.config import Config
+from streampro.errors import UserError
 from streampro.rewards.judges import AccJudge, make_acc_judge
 
 
@@ -36,6 +41,11 @@ def load_manifest_rows(
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
+    modes = [f for f in ("predictions", "endpoint", "checkpoint") if getattr(args, f, None)]
+    if len(modes) > 1:
+        raise UserError(f"give at most one of --{' / --'.join(modes)}")
+    if getattr(args, "endpoint", None) or getattr(args, "checkpoint", None):
+        return _eval_served(cfg, args)
     if not args.predictions:
         return _eval_policy(cfg, args)
     rows, skipped = load_manifest_rows(args.manifest, skip_bad=cfg.data.skip_bad)
@@ -62,6 +72,24 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         f"{scores['fallbacks']} judge fallbacks)"
     )
     print(f"wrote {out / 'scores.json'} and {out / 'report.md'}")
+    return 0
+
+
+def _eval_served(cfg: Config, args: argparse.Namespace) -> int:
+    """--endpoint URL, or --checkpoint DIR through a temporary local deployment."""
+    from streampro.bench.replay import evaluate_endpoint
+
+    if not Path(args.manifest).is_file():
+        raise UserError(f"--manifest {args.manifest}: file not found")
+    if args.endpoint:
+        scores = evaluate_endpoint(cfg, args.endpoint, args.manifest, args.out)
+    else:
+        from streampro.actors.serve import local_deployment, resolve_checkpoint
+
+        with local_deployment(cfg, resolve_checkpoint(cfg, args.checkpoint)) as url:
+            scores = evaluate_endpoint(cfg, url, args.manifest, args.out)
+    print(f"StreamPro-F1 x100: W-Avg {100 * scores['w_avg']:.1f}  avg {100 * scores['avg']:.1f}")
+    print(f"wrote {Path(args.out)}/predictions.jsonl, scores.json, report.md, timelines.png")
     return 0
 
 

@@ -65,6 +65,12 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--predictions", default=None, help="JSONL of {id, responses}; omit to run the policy"
     )
+    p.add_argument(
+        "--endpoint", default=None, help="URL of a running `streampro serve`: replay through it"
+    )
+    p.add_argument(
+        "--checkpoint", default=None, help="HF folder: replay through a temporary local serve"
+    )
     p.add_argument("--out", required=True, help="folder for scores.json and report.md")
 
 
@@ -72,6 +78,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint", default=None, help="HF folder to serve (default: serve.checkpoint)"
     )
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default: serve.port)")
     p.add_argument("--detach", action="store_true", help="return after deploying")
 
 
@@ -93,7 +100,7 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name", help="rollout | sft-ablation | grpo-async | reward")
+    p.add_argument("name", help="rollout | sft-ablation | grpo-async | autoscale | serve")
     p.add_argument("--out", default=None, help="JSON result file")
 
 

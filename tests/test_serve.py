@@ -1,49 +1,30 @@
-"""Ray Serve deployment of the policy (actors/serve.py) over loopback HTTP, tiny policy, vLLM.
+"""The Serve application (actors/serve*.py) over loopback HTTP: a real deployment on a local
+Ray with two ingress replicas, a vLLM engine and the tiny policy.
 
-Known answer: the decisions served over HTTP equal those of the plain transformers streaming
-loop (`HFStreamPolicy`, greedy) on the same stream, token for token (`raw`). The random tiny
-policy writes the same token at every step, so its weights are scaled up first: its outputs
-then depend on the frames and the context, which makes the comparison meaningful.
+Known answers: a session's decisions equal the rollout actor's greedy episode on the same
+video (both replicas serving its chunks), and `streampro eval --checkpoint` gives the rollout
+group's greedy predictions. The random tiny policy writes the same token at every step, so
+its weights are scaled up first: its outputs then depend on the frames and the context.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
-import io
-import socket
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
-from types import SimpleNamespace
 
+import httpx
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-QUESTION = "tell me when the red square changes colour"
+TOKEN = "test-token-123"
 MAX_ANSWER = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stream(n: int = 8, seed: int = 0) -> tuple[list[np.ndarray], list[list[int]]]:
-    from streampro.data.codec import PatchTokenCodec
-
-    rng = np.random.default_rng(seed)
-    frames = [rng.integers(0, 256, (32, 48, 3), dtype=np.uint8) for _ in range(n)]
-    return frames, [PatchTokenCodec().encode(f) for f in frames]
-
-
-def _png(frame: np.ndarray) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -64,95 +45,262 @@ def policy(tiny_path, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def served(ray_local, policy):
-    from ray import serve
+def cfg(tmp_path_factory):
+    from streampro.config import load_config
 
-    from streampro.actors.serve import build_app
-
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app(
-        {
-            "checkpoint": policy,
-            "engine": "vllm",
-            "max_answer_tokens": MAX_ANSWER,
-            "kv_cache_gb": 0.5,
-            "num_cpus": 1.0,
-            "max_sessions": 2,
-        }
+    cache = tmp_path_factory.mktemp("cache")
+    return load_config(
+        None,
+        [
+            f"rollout.max_answer_tokens={MAX_ANSWER}",
+            "rollout.kv_cache_gb=0.5",
+            f"data.cache_dir={cache}",
+            "serve.ingress_replicas=2",
+            "serve.min_replicas=1",
+            "serve.max_replicas=1",
+            "serve.max_sessions=6",
+            "serve.session_ttl_s=4",
+            "serve.expire_every_s=0.5",
+            "serve.max_body_bytes=200000",
+            "serve.max_chunks_per_request=8",
+            f"serve.auth_token={TOKEN}",
+            "serve.eval_concurrency=4",
+            "serve.eval_speed=0",
+        ],
     )
-    serve.run(app, name="streampro-test", route_prefix="/")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def served(ray_local, policy, cfg):
+    from streampro.actors.serve import local_deployment
+
+    with local_deployment(cfg, policy) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def rollout(ray_local, policy, cfg):
+    from streampro.actors.rollout import make_rollout_group
+
+    group = make_rollout_group(cfg, policy)
+    yield group
+    group.shutdown()
+
+
+@pytest.fixture(scope="module")
+def test_split(synth_smoke, cfg):
+    from streampro.data.encode import encode_manifest
+
+    manifest = synth_smoke / "test" / "manifest.jsonl"
+    d = cfg.data
+    encoded = encode_manifest(
+        manifest,
+        fps=d.fps,
+        grid=d.patch_grid,
+        codebook_size=d.codebook_size,
+        cache_dir=d.cache_dir,
+        progress=False,
+    )
+    return manifest, encoded
+
+
+def _open(url: str, question: str = "q", **kw) -> str:
+    r = httpx.post(f"{url}/v1/sessions", json={"question": question, **kw}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    return r.json()["session_id"]
+
+
+def _png(frame: np.ndarray) -> str:
+    from streampro.client import encode_png
+
+    return encode_png(frame)
 
 
 @pytest.mark.slow
-def test_served_decisions_equal_the_transformers_loop(served, policy):
-    import requests
-
+def test_session_equals_rollout_greedy_episode_across_two_ingress_replicas(
+    served, rollout, test_split
+):
     from streampro.actors.api import Sampling
-    from streampro.actors.hf_loop import HFStreamPolicy
+    from streampro.bench.replay import video_chunks
 
-    frames, codes = _stream()
-    sid = requests.post(f"{served}/sessions", json={"question": QUESTION, "query_time": 0}).json()[
-        "id"
-    ]
-    got = []
-    for i, (frame, c) in enumerate(zip(frames, codes)):
-        body = {"start": i, "end": i + 1}
-        body.update({"frame": _png(frame)} if i % 3 == 1 else {"codes": c})  # both input kinds
-        r = requests.post(f"{served}/sessions/{sid}/chunk", json=body)
-        assert r.status_code == 200, r.text
-        got.append(r.json())
-    closed = requests.delete(f"{served}/sessions/{sid}").json()
-    assert closed["steps"] == len(frames)
-
-    ref = HFStreamPolicy(policy, max_answer_tokens=MAX_ANSWER).run_episode(
-        SimpleNamespace(
-            sample=SimpleNamespace(id="ref", question=QUESTION, query_time=0.0),
-            times=[(float(i), float(i + 1)) for i in range(len(codes))],
-            codes=codes,
-        ),
-        sampling=Sampling(temperature=0.0, max_answer_tokens=MAX_ANSWER),
+    manifest, encoded = test_split
+    e = encoded[0]
+    chunks = video_chunks(
+        e.sample.video_path(manifest.parent), fps=1.0, grid=4, duration=e.sample.duration
     )
-    assert [(g["decision"], g["text"], g["raw"], g["time"]) for g in got] == [
-        (s.decision, s.text, s.raw, s.time) for s in ref.steps
+    assert [(s, t) for s, t, _ in chunks] == [tuple(x) for x in e.times]
+    sid = _open(served, e.sample.question, query_time=e.sample.query_time)
+    got, replicas = [], set()
+    with httpx.Client(timeout=60, headers=AUTH) as http:
+        for k, (start, end, png) in enumerate(chunks):
+            # images and codes both reach the policy the same way
+            chunk = {"start": start, "end": end}
+            chunk.update({"codes": list(e.codes[k])} if k % 4 == 3 else {"image": png})
+            r = http.post(f"{served}/v1/sessions/{sid}/chunks", json={"chunks": [chunk]})
+            assert r.status_code == 200, r.text
+            replicas.add(r.headers["x-streampro-replica"])
+            got += r.json()["decisions"]
+        assert http.delete(f"{served}/v1/sessions/{sid}").status_code == 204
+
+    (ref,) = rollout.generate(
+        samples=[e], n=1, sampling=Sampling(temperature=0.0, max_answer_tokens=MAX_ANSWER)
+    )
+    assert [(d["time"], d["decision"], d["text"], d["raw"]) for d in got] == [
+        (s.time, s.decision, s.text, s.raw) for s in ref.steps
     ]
-    assert closed["responses"] == ref.responses()
-    assert len({g["raw"] for g in got}) > 1  # the outputs do depend on the stream
+    assert len({s.raw for s in ref.steps}) > 1  # the outputs do depend on the stream
+    assert len(replicas) == 2  # the session's chunks went through both ingress replicas
 
 
 @pytest.mark.slow
-def test_bad_requests_are_named_errors(served):
-    import requests
+def test_eval_checkpoint_equals_rollout_greedy_evaluation(
+    served, rollout, test_split, cfg, policy, tmp_path
+):
+    from streampro.bench.evaluate import main as eval_main
+    from streampro.bench.policy_eval import eval_kwargs, evaluate
 
-    sid = requests.post(f"{served}/sessions", json={"question": "q"}).json()["id"]
-    url = f"{served}/sessions/{sid}/chunk"
-    ok = [0] * 16
-
-    def detail(body: dict, status: int = 422) -> str:
-        r = requests.post(url, json=body)
-        assert r.status_code == status, r.text
-        return r.json()["detail"]
-
-    assert "expected 16 codes" in detail({"start": 0, "end": 1, "codes": [0] * 3})
-    assert "outside the codebook" in detail({"start": 0, "end": 1, "codes": [64] * 16})
-    assert "exactly one of" in detail(
-        {"start": 0, "end": 1, "codes": ok, "frame": _png(np.zeros((8, 8, 3), np.uint8))}
+    manifest, encoded = test_split
+    ref = evaluate(rollout, encoded, **eval_kwargs(cfg), predictions_out=tmp_path / "ref.jsonl")
+    args = argparse.Namespace(
+        manifest=str(manifest),
+        out=str(tmp_path / "served"),
+        checkpoint=policy,
+        endpoint=None,
+        predictions=None,
     )
-    assert "chunk.frame" in detail({"start": 0, "end": 1, "frame": "not base64!"})
-    assert "chunk.end" in detail({"start": 2, "end": 2, "codes": ok})
-    assert requests.post(url, json={"start": 0, "end": 1, "codes": ok}).status_code == 200
-    assert "before the previous chunk" in detail({"start": 0.5, "end": 1.5, "codes": ok})
-    assert requests.post(f"{served}/sessions", json={"question": ""}).status_code == 422
-    # max_sessions=2: one more is fine, the third is refused until one closes
-    other = requests.post(f"{served}/sessions", json={"question": "q2"}).json()["id"]
-    assert requests.post(f"{served}/sessions", json={"question": "q3"}).status_code == 503
-    assert requests.delete(f"{served}/sessions/{sid}").status_code == 200
-    assert "unknown" in detail({"start": 1, "end": 2, "codes": ok}, status=404)
-    assert requests.delete(f"{served}/sessions/{other}").status_code == 200
+    assert eval_main(cfg, args) == 0
+    out = tmp_path / "served"
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == [
+        json.loads(x) for x in (tmp_path / "ref.jsonl").read_text().splitlines()
+    ]
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["w_avg"] == ref["w_avg"] and scores["n_samples"] == len(encoded)
+    assert (out / "timelines.png").stat().st_size > 0
+    assert "timelines.png" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_every_error_has_its_status_and_the_next_request_succeeds(served):
+    ok_png = _png(np.full((16, 16, 3), 200, np.uint8))
+    sid = _open(served)
+    url = f"{served}/v1/sessions/{sid}/chunks"
+    t = [0]
+
+    def valid() -> None:  # the server keeps serving: the next chunk of the stream is decided
+        r = httpx.post(
+            url, json={"chunks": [{"start": t[0], "end": t[0] + 1, "image": ok_png}]}, headers=AUTH
+        )
+        assert r.status_code == 200 and len(r.json()["decisions"]) == 1, r.text
+        t[0] += 1
+
+    def err(status: int, code: str, method="POST", path=url, **kw) -> httpx.Response:
+        kw.setdefault("headers", AUTH)
+        r = httpx.request(method, path, **kw)
+        assert r.status_code == status, r.text
+        body = r.json()
+        assert body["error"]["code"] == code and body["error"]["message"], body
+        valid()
+        return r
+
+    def chunk(**c) -> dict:
+        return {"json": {"chunks": [{"start": t[0], "end": t[0] + 1, **c}]}}
+
+    hdr = {**AUTH, "Content-Type": "application/json"}
+    valid()
+    err(400, "bad_json", content=b'{"chunks": [', headers=hdr)
+    err(400, "bad_json", "POST", f"{served}/v1/sessions", content=b"not json", headers=hdr)
+    err(400, "bad_image", **chunk(image="not base64!"))
+    err(400, "bad_image", **chunk(image=base64.b64encode(b"GIF89a garbage").decode()))
+    err(401, "unauthorized", headers={}, **chunk(image=ok_png))
+    err(401, "unauthorized", headers={"Authorization": "Bearer wrong"}, **chunk(image=ok_png))
+    err(404, "unknown_session", path=f"{served}/v1/sessions/nope/chunks", **chunk(image=ok_png))
+    err(404, "unknown_session", "DELETE", f"{served}/v1/sessions/nope")
+    err(409, "time_backwards", json={"chunks": [{"start": 0, "end": 0.5, "image": ok_png}]})
+    err(
+        409,
+        "time_backwards",
+        json={
+            "chunks": [
+                {"start": t[0], "end": t[0] + 2, "image": ok_png},
+                {"start": t[0] + 1, "end": t[0] + 3, "image": ok_png},
+            ]
+        },
+    )
+    big = base64.b64encode(np.random.default_rng(0).bytes(300_000)).decode()
+    err(413, "body_too_large", **chunk(image=big))
+    err(422, "invalid_field", **chunk(codes=[0] * 3))
+    err(422, "invalid_field", **chunk(codes=[64] * 16))
+    err(422, "invalid_field", **chunk(codes=[0] * 16, image=ok_png))
+    err(422, "invalid_field", json={"chunks": [{"start": 3, "end": 3, "image": ok_png}]})
+    err(422, "invalid_field", json={"chunks": [{"start": -1, "end": 1, "image": ok_png}]})
+    err(422, "invalid_field", json={"chunks": []})
+    err(422, "invalid_field", "POST", f"{served}/v1/sessions", json={"question": ""})
+    err(
+        422,
+        "invalid_field",
+        "POST",
+        f"{served}/v1/sessions",
+        json={"question": "q", "query_time": -2},
+    )
+    # capacity (serve.max_sessions=6): the 7th open session is refused with Retry-After
+    others = [_open(served) for _ in range(5)]
+    r = err(503, "at_capacity", "POST", f"{served}/v1/sessions", json={"question": "q"})
+    assert int(r.headers["retry-after"]) >= 1
+    for o in others:
+        assert httpx.delete(f"{served}/v1/sessions/{o}", headers=AUTH).status_code == 204
+    assert httpx.delete(f"{served}/v1/sessions/{sid}", headers=AUTH).status_code == 204
+    _open(served)  # room again
+
+
+@pytest.mark.slow
+def test_idle_sessions_expire_and_health_and_openapi(served):
+    from streampro.client import ServeError, StreamSession
+
+    s = StreamSession(served, "q", token=TOKEN)
+    frame = np.zeros((32, 32, 3), np.uint8)
+    assert s.push_frame(0, 1, frame)["time"] == 1.0
+    assert s.push_frame(1, 2, codes=[5] * 16)["time"] == 2.0
+    time.sleep(6)  # serve.session_ttl_s=4, checked every 0.5 s by the store's task
+    with pytest.raises(ServeError) as e:
+        s.push_frame(2, 3, frame)
+    assert e.value.status == 404 and e.value.code == "unknown_session"
+    health = httpx.get(f"{served}/healthz").json()
+    assert health["ok"] and health["expired"] >= 1
+    paths = httpx.get(f"{served}/openapi.json").json()["paths"]
+    assert {"/v1/sessions", "/v1/sessions/{sid}/chunks", "/v1/sessions/{sid}"} <= set(paths)
+    page = httpx.get(f"{served}/ui/")
+    assert page.status_code == 200 and "app.js" in page.text
+
+
+def test_decode_image_downscales_to_the_codec_budget_and_names_bad_input():
+    from PIL import Image
+
+    from streampro.actors.serve_sessions import ImageError, decode_image
+
+    buf = __import__("io").BytesIO()
+    Image.new("RGB", (1000, 500), (250, 10, 10)).save(buf, format="JPEG")
+    frame = decode_image(base64.b64encode(buf.getvalue()).decode(), max_pixels=10**7, budget=256)
+    assert frame.shape == (128, 256, 3) and frame.dtype == np.uint8
+    with pytest.raises(ImageError) as e:
+        decode_image(base64.b64encode(buf.getvalue()).decode(), max_pixels=1000, budget=256)
+    assert e.value.status == 413
+    with pytest.raises(ImageError) as e:
+        decode_image("%%%", max_pixels=10**7, budget=256)
+    assert e.value.status == 400
+
+
+def test_episode_window_arguments_follow_the_config():
+    from streampro.actors.serve import app_args
+    from streampro.actors.serve_sessions import episode_kwargs
+    from streampro.config import load_config
+
+    cfg = load_config(None, ["data.window_turns=120"])
+    a = app_args(cfg, "/x")
+    assert a["window_turns"] == 120
+    assert a["window_slide"] == int(getattr(cfg.data, "window_slide", 0) or 0)
+    assert episode_kwargs(40, 0) == {"window_turns": 40}
+    assert episode_kwargs(40, 10) == {"window_turns": 40, "window_slide": 10}
 
 
 def test_build_app_rejects_unknown_arguments():
@@ -164,14 +312,39 @@ def test_build_app_rejects_unknown_arguments():
         build_app({})
 
 
-def test_serve_cli_bad_checkpoint_is_one_line_error(tmp_path):
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["serve", "--checkpoint", "{tmp}"], "not a Hugging Face model folder"),
+        (
+            ["eval", "--checkpoint", "{tmp}", "--manifest", "{tmp}/m.jsonl", "--out", "{tmp}/o"],
+            "file not found",
+        ),
+        (
+            [
+                "eval",
+                "--endpoint",
+                "http://x",
+                "--predictions",
+                "p",
+                "--manifest",
+                "m",
+                "--out",
+                "o",
+            ],
+            "at most one of",
+        ),
+    ],
+)
+def test_serve_and_eval_cli_errors_are_one_line(tmp_path, argv, msg):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     r = subprocess.run(
-        [sys.executable, "-m", "streampro.cli", "serve", "--checkpoint", str(tmp_path)],
+        [sys.executable, "-m", "streampro.cli", *argv],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert r.returncode == 1 and "not a Hugging Face model folder" in r.stderr
+    assert r.returncode == 1 and msg in r.stderr, r.stderr
     assert "Traceback" not in r.stderr

@@ -1,0 +1,142 @@
+"""The stateless decision engine of the Serve application: a prompt in, one decision out.
+
+`PolicyEngine` replicas hold one vLLM engine (or transformers in the CPU-light 'hf' mode) and
+no session state, so they autoscale freely. Requests carry the session id as Serve's
+multiplexed model id, so a session's chunks go back to the replica that already holds its
+prefix in the KV cache while that replica is up (Serve's multiplexed routing; any replica
+gives the same answer, only slower).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from ray import serve
+
+from streampro.actors.episode import stop_token_ids
+
+# Sessions a replica counts as "its own" for routing; older ones are forgotten (LRU) and
+# their next chunk may land anywhere.
+AFFINITY_SESSIONS = 4096
+
+
+class _HFDecider:
+    """transformers, one decision at a time (CPU-light mode; no vLLM needed).
+
+    Keeps the KV cache of the last prompt it ran: a session's next prompt usually extends
+    it, so only the new tokens are fed (a windowed context that slid starts afresh)."""
+
+    def __init__(self, model_path: str, *, dtype: str) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, dtype)
+        ).eval()
+        self.stop_ids = set(stop_token_ids(AutoTokenizer.from_pretrained(model_path)))
+        self.lock = threading.Lock()  # one forward at a time: the cores are shared anyway
+        self._cache = None
+        self._fed: list[int] = []
+
+    def decide(
+        self, prompt: list[int], *, max_tokens: int, temperature: float, seed: int
+    ) -> tuple[list[int], list[float]]:
+        import torch
+        from transformers import DynamicCache
+
+        from streampro.actors.hf_loop import sample_token
+
+        gen = torch.Generator().manual_seed(seed)
+        ids: list[int] = []
+        lps: list[float] = []
+        with self.lock, torch.inference_mode():
+            if self._cache is None or prompt[: len(self._fed)] != self._fed:
+                self._cache, self._fed = DynamicCache(), []
+            if len(self._fed) == len(prompt):  # nothing new to feed: start over
+                self._cache, self._fed = DynamicCache(), []
+            x = prompt[len(self._fed) :]
+            while True:
+                logits = self._forward(x)  # [V]
+                tok = sample_token(logits, temperature=temperature, top_p=1.0, generator=gen)
+                ids.append(tok)
+                lps.append(float(torch.log_softmax(logits.float(), dim=-1)[tok]))
+                if tok in self.stop_ids or len(ids) >= max_tokens:
+                    return ids, lps
+                x = [tok]
+
+    def _forward(self, x: list[int]):
+        import torch
+
+        past = len(self._fed)
+        inp = torch.tensor([x])  # [1, T]
+        pos = torch.arange(past, past + len(x))[None]  # [1, T]
+        out = self.model(
+            input_ids=inp, position_ids=pos, past_key_values=self._cache, use_cache=True
+        )
+        self._cache = out.past_key_values
+        self._fed = self._fed + list(x)
+        return out.logits[0, -1]  # [V]
+
+
+@serve.deployment(name="PolicyEngine")
+class PolicyEngine:
+    """Stateless: a prompt in, one decision (generated ids + logprobs) out."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        engine: str = "vllm",
+        dtype: str = "float32",
+        kv_cache_gb: float = 1.0,
+        gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool = True,
+        max_num_seqs: int = 256,
+        seed: int = 0,
+    ) -> None:
+        self.engine = engine
+        if engine == "vllm":
+            from transformers import AutoTokenizer
+
+            from streampro.actors.engine import DecisionEngine
+
+            self._vllm = DecisionEngine(
+                model_path,
+                dtype=dtype,
+                kv_cache_gb=kv_cache_gb,
+                gpu_memory_utilization=gpu_memory_utilization,
+                enforce_eager=enforce_eager,
+                max_num_seqs=max_num_seqs,
+                seed=seed,
+            )
+            self._stop = stop_token_ids(AutoTokenizer.from_pretrained(model_path))
+        else:
+            self._hf = _HFDecider(model_path, dtype=dtype)
+
+    @serve.multiplexed(max_num_models_per_replica=AFFINITY_SESSIONS)
+    async def _session(self, session_id: str) -> str:
+        # Nothing to load: the "model" is the session's affinity to this replica.
+        return session_id
+
+    async def decide(
+        self, prompt: list[int], *, max_tokens: int, temperature: float, seed: int
+    ) -> tuple[list[int], list[float]]:
+        sid = serve.get_multiplexed_model_id()
+        if sid:
+            await self._session(sid)
+        if self.engine == "vllm":
+            from streampro.actors.engine import decision_params
+
+            params = decision_params(
+                stop_ids=self._stop,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=1.0,
+                seed=seed,
+            )
+            d = await self._vllm.decide(prompt, params)
+            return d.token_ids, d.logprobs
+        return await asyncio.to_thread(
+            self._hf.decide, prompt, max_tokens=max_tokens, temperature=temperature, seed=seed
+        )

@@ -1,0 +1,134 @@
+"""Evaluation through the Serve API: every sample's video replayed as a live stream.
+
+`streampro eval --endpoint URL --manifest M --out DIR` (or `--checkpoint DIR`, which starts a
+temporary local deployment first) decodes each video at data.fps exactly as training does,
+then streams its frames as PNG images through `AsyncStreamSession`, one chunk per request,
+`serve.eval_concurrency` sessions at once, on a clock running `serve.eval_speed` times real
+time (0: each chunk as soon as the previous decision is back). What is scored is what a
+user of the API gets. Writes DIR/predictions.jsonl, scores.json, report.md, timelines.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+from streampro.bench.f1 import score_predictions, write_scores
+from streampro.config import Config, atomic_write_text
+from streampro.errors import UserError
+
+EPS = 1e-6
+
+
+def video_chunks(video: Path, *, fps: float, grid: int, duration: float | None) -> list[tuple]:
+    """(start, end, base64 PNG) of every chunk, decoded as data.encode decodes for training
+    (same frame choice and downscale), so the server computes the same frame codes."""
+    from streampro.client import encode_png
+    from streampro.data.encode import _decode_size  # the training decoder's size rule
+    from streampro.data.video import read_chunks
+
+    out = []
+    for c in read_chunks(video, fps, size=_decode_size(video, grid)):
+        if duration is not None and c.start >= duration - EPS:
+            break  # as training clips a sample to its declared duration
+        out.append((c.start, c.end, encode_png(c.frame)))
+    return out
+
+
+async def _replay_one(http, url: str, sample, chunks: list[tuple], *, speed: float, token) -> list:
+    from streampro.client import AsyncStreamSession
+
+    s = await AsyncStreamSession.open(
+        url, sample.question, http=http, query_time=float(sample.query_time), token=token
+    )
+    t0 = time.monotonic()
+    try:
+        for start, end, png in chunks:
+            if speed > 0:  # the chunk exists only once the stream has reached its end
+                await asyncio.sleep(max(0.0, t0 + end / speed - time.monotonic()))
+            await s.push([{"start": start, "end": end, "image": png}])
+    finally:
+        await s.close()
+    return s.responses()
+
+
+async def replay(
+    url: str,
+    items: list[tuple],
+    *,
+    concurrency: int,
+    speed: float,
+    token: str | None,
+    timeout_s: float = 120.0,
+) -> dict[str, list[dict]]:
+    """items: (sample, video path, fps, grid). Returns {sample id: responses}."""
+    import httpx
+
+    sem = asyncio.Semaphore(max(1, concurrency))
+    limits = httpx.Limits(max_connections=max(1, concurrency) * 2)
+
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as http:
+
+        async def one(sample, video, fps, grid):
+            async with sem:
+                chunks = await asyncio.to_thread(
+                    video_chunks, video, fps=fps, grid=grid, duration=sample.duration
+                )
+                try:
+                    return sample.id, await _replay_one(
+                        http, url, sample, chunks, speed=speed, token=token
+                    )
+                except Exception as e:  # noqa: BLE001 (re-raised with the sample named)
+                    raise UserError(f"sample {sample.id!r}: {type(e).__name__}: {e}") from None
+
+        results = await asyncio.gather(*(one(*it) for it in items))
+    return dict(results)
+
+
+def evaluate_endpoint(cfg: Config, url: str, manifest: str | os.PathLike, out_dir) -> dict:
+    """StreamPro-F1 of the policy behind `url` on `manifest`; writes the run's files."""
+    from streampro.bench.evaluate import acc_judge_from_config
+    from streampro.bench.report import plot_timelines
+    from streampro.data.schema import load_manifest
+
+    manifest = Path(manifest)
+    samples, problems = load_manifest(manifest, skip_bad=cfg.data.skip_bad)
+    if problems:
+        print(f"{manifest}: skipped {len(problems)} bad row problem(s) (data.skip_bad=true)")
+    if cfg.eval.max_samples:
+        samples = samples[: cfg.eval.max_samples]
+    items = [(s, s.video_path(manifest.parent), cfg.data.fps, cfg.data.patch_grid) for s in samples]
+    token = cfg.serve.auth_token or os.environ.get(cfg.serve.auth_token_env, "") or None
+    t0 = time.perf_counter()
+    preds = asyncio.run(
+        replay(
+            url,
+            items,
+            concurrency=cfg.serve.eval_concurrency,
+            speed=cfg.serve.eval_speed,
+            token=token,
+        )
+    )
+    wall = time.perf_counter() - t0
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"id": s.id, "responses": preds.get(s.id, [])}) for s in samples]
+    atomic_write_text(out / "predictions.jsonl", "\n".join(lines) + "\n")
+    scores = score_predictions(
+        [s.to_dict() for s in samples],
+        preds,
+        acc_judge=acc_judge_from_config(cfg),
+        fallback_score=cfg.reward.fallback_score,
+        timeout_s=cfg.reward.timeout_s,
+    )
+    scores["replay"] = {"endpoint": url, "wall_s": round(wall, 3), "samples": len(samples)}
+    write_scores(scores, out)
+    plot = plot_timelines(manifest, {"served": preds}, out / "timelines.png")
+    if plot is not None:
+        md = (out / "report.md").read_text()
+        md += f"\nReplayed through {url} in {wall:.1f} s.\n\n![timelines](timelines.png)\n"
+        atomic_write_text(out / "report.md", md)
+    return scores
