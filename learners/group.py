@@ -19,7 +19,7 @@ from streampro.config import Config
 from streampro.errors import UserError
 from streampro.learners.api import Batch, LearnerGroupAPI
 from streampro.learners.packing import assign_rows, materialize
-from streampro.learners.worker import LearnerSettings, LearnerWorker
+from streampro.learners.worker import ATTENTION_MODES, LearnerSettings, LearnerWorker
 from streampro.tokens import CLASS_RESPONSE, CLASS_SILENCE
 
 OBJECTIVES = ("sft", "grpo")
@@ -101,6 +101,18 @@ def reduce_stats(
     return out
 
 
+def plan_micro_batches(
+    batch: Batch, settings: LearnerSettings, world_size: int
+) -> list[list[list[int]]]:
+    """Rows per rank per micro-batch, by tokens (micro_batch_tokens > 0) or by row count."""
+    return assign_rows(
+        batch,
+        world_size=world_size,
+        micro_batch=settings.micro_batch,
+        micro_batch_tokens=settings.micro_batch_tokens,
+    )
+
+
 def _scatter_logprobs(
     batch: Batch, plan: list[list[list[int]]], results: list[list[torch.Tensor]]
 ) -> torch.Tensor:
@@ -149,7 +161,7 @@ class LocalLearnerGroup:
     def train_step(self, *, batch: Batch, objective: str) -> dict[str, float]:
         check_batch(batch, objective)
         totals = step_totals(batch, objective=objective, loss_agg=self.settings.loss_agg)
-        plan = assign_rows(batch, world_size=1, micro_batch=self.settings.micro_batch)
+        plan = plan_micro_batches(batch, self.settings, self.world_size)
         stats = self.worker.train(
             micro_batches=[materialize(batch, r) for r in plan[0]],
             objective=objective,
@@ -158,7 +170,7 @@ class LocalLearnerGroup:
         return reduce_stats([stats], objective=objective, totals=totals)
 
     def logprobs(self, *, batch: Batch, reference: bool = False) -> torch.Tensor:
-        plan = assign_rows(batch, world_size=1, micro_batch=self.settings.micro_batch)
+        plan = plan_micro_batches(batch, self.settings, self.world_size)
         lps = self.worker.logprobs(
             micro_batches=[materialize(batch, r) for r in plan[0]], reference=reference
         )
@@ -237,7 +249,7 @@ class RayLearnerGroup:
 
         check_batch(batch, objective)
         totals = step_totals(batch, objective=objective, loss_agg=self.settings.loss_agg)
-        plan = assign_rows(batch, world_size=self.world_size, micro_batch=self.settings.micro_batch)
+        plan = plan_micro_batches(batch, self.settings, self.world_size)
         refs = [
             a.train.remote(
                 micro_batches=[materialize(batch, r) for r in plan[k]],
@@ -251,7 +263,7 @@ class RayLearnerGroup:
     def logprobs(self, *, batch: Batch, reference: bool = False) -> torch.Tensor:
         import ray
 
-        plan = assign_rows(batch, world_size=self.world_size, micro_batch=self.settings.micro_batch)
+        plan = plan_micro_batches(batch, self.settings, self.world_size)
         refs = [
             a.logprobs.remote(
                 micro_batches=[materialize(batch, r) for r in plan[k]], reference=reference
@@ -317,6 +329,8 @@ def make_learner_group(cfg: Config, model_path: str, *, objective: str) -> Learn
         zero_stage=lc.zero_stage,
         precision=lc.precision,
         micro_batch=lc.micro_batch,
+        micro_batch_tokens=lc.micro_batch_tokens,
+        attention=lc.attention,
         weight_decay=lc.weight_decay,
         grad_clip=lc.grad_clip,
         seed=cfg.run.seed,
@@ -357,8 +371,14 @@ def check_settings(**s) -> None:
 
     if s["zero_stage"] not in (0, 1, 2, 3):
         raise UserError(f"learner.zero_stage must be 0-3, got {s['zero_stage']}")
-    if s["precision"] not in ("fp32", "bf16"):
-        raise UserError(f"learner.precision must be fp32 or bf16, got {s['precision']!r}")
+    if s["precision"] not in ("fp32", "bf16", "auto"):
+        raise UserError(f"learner.precision must be fp32, bf16 or auto, got {s['precision']!r}")
+    if s["attention"] not in ATTENTION_MODES:
+        raise UserError(
+            f"learner.attention must be one of {', '.join(ATTENTION_MODES)}, got {s['attention']!r}"
+        )
+    if s["micro_batch_tokens"] < 0:
+        raise UserError(f"learner.micro_batch_tokens must be >= 0, got {s['micro_batch_tokens']}")
     if s["micro_batch"] < 1:
         raise UserError(f"learner.micro_batch must be >= 1, got {s['micro_batch']}")
     if s["sft_loss"] not in SFT_LOSSES:

@@ -82,6 +82,32 @@ def shifted_logprobs(
     return logprobs, entropy, pred
 
 
+def token_logprobs(
+    logits: torch.Tensor,  # [N, V] the logits that predict each scored token
+    targets: torch.Tensor,  # [N] the scored tokens
+    *,
+    with_entropy: bool = False,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Logprob, entropy and argmax of the scored tokens only: `shifted_logprobs` restricted to
+    the N positions a loss or metric reads (the learner gathers their hidden states first).
+
+    Returns (logprobs [N], entropy [N] or None, predicted ids [N]); same maths and dtype
+    (fp32 log-softmax of logits / temperature) as `shifted_logprobs`, so values are equal.
+    """
+    if temperature <= 0.0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    scaled = logits.float()  # [N, V]
+    if temperature != 1.0:
+        scaled = scaled / temperature
+    logp = torch.log_softmax(scaled, dim=-1)  # [N, V]
+    lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N]
+    with torch.no_grad():  # statistics only: keep them out of the autograd graph
+        entropy = -(logp.exp() * logp).sum(-1) if with_entropy else None  # [N]
+        pred = logits.argmax(-1)  # [N]
+    return lp, entropy, pred
+
+
 def token_weights(
     decision_class: torch.Tensor,  # [B, T] long: -1 text/none, 0 silence, 1 response
     *,

@@ -129,10 +129,14 @@ def empty_like_rows(batch: Batch) -> Batch:
     return {k: torch.zeros_like(v[:1, :1]) for k, v in batch.items() if k in ROW_KEYS}
 
 
-def assign_rows(batch: Batch, *, world_size: int, micro_batch: int) -> list[list[list[int]]]:
+def assign_rows(
+    batch: Batch, *, world_size: int, micro_batch: int, micro_batch_tokens: int = 0
+) -> list[list[list[int]]]:
     """Row indices per rank per micro-batch: rows go by descending token count to the least
-    loaded rank (balances compute). Every rank gets the same number of micro-batches, padded
-    with empty lists, because ZeRO reduces gradients collectively at each backward.
+    loaded rank (balances compute). A micro-batch holds `micro_batch` rows, or, when
+    `micro_batch_tokens` > 0, as many rows (in index order) as fit that many real tokens (a
+    longer row goes alone). Every rank gets the same number of micro-batches, padded with
+    empty lists, because ZeRO reduces gradients collectively at each backward.
     """
     n_rows = batch["input_ids"].shape[0]
     tokens = (batch["seq_ids"] >= 0).sum(dim=1).tolist()
@@ -143,15 +147,70 @@ def assign_rows(batch: Batch, *, world_size: int, micro_batch: int) -> list[list
         k = min(range(world_size), key=lambda j: (load[j], len(per_rank[j]), j))
         per_rank[k].append(r)
         load[k] += tokens[r]
-    n_micro = max(1, max(-(-len(rows) // micro_batch) for rows in per_rank))
-    plan: list[list[list[int]]] = []
-    for rows in per_rank:
-        rows = sorted(rows)
-        mbs = [rows[i : i + micro_batch] for i in range(0, len(rows), micro_batch)]
-        plan.append(mbs + [[] for _ in range(n_micro - len(mbs))])
-    return plan
+    split = [
+        _split_by_tokens(sorted(rows), tokens, micro_batch_tokens)
+        if micro_batch_tokens > 0
+        else [sorted(rows)[i : i + micro_batch] for i in range(0, len(rows), micro_batch)]
+        for rows in per_rank
+    ]
+    n_micro = max(1, max(len(mbs) for mbs in split))
+    return [mbs + [[] for _ in range(n_micro - len(mbs))] for mbs in split]
+
+
+def _split_by_tokens(rows: list[int], tokens: list[int], budget: int) -> list[list[int]]:
+    """Consecutive rows grouped while their real tokens stay within budget."""
+    out: list[list[int]] = []
+    used = 0
+    for r in rows:
+        if out and used + tokens[r] <= budget:
+            out[-1].append(r)
+            used += tokens[r]
+        else:
+            out.append([r])
+            used = tokens[r]
+    return out
 
 
 def materialize(batch: Batch, rows: list[int]) -> Batch:
     """The micro-batch of these rows; an empty list gives the empty placeholder micro-batch."""
     return select_rows(batch, rows) if rows else empty_like_rows(batch)
+
+
+@dataclass
+class FlatLayout:
+    """A micro-batch's real tokens end to end in one row, and where its scored tokens sit.
+
+    Token (b, t) is scored when `need[b, t]` and it is not the first token of its sequence;
+    the logits that predict it are those of flat position keep[i] = flat(b, t) - 1.
+    """
+
+    input_ids: torch.Tensor  # [1, M] M = real tokens of the micro-batch
+    position_ids: torch.Tensor  # [1, M]
+    segments: list[tuple[int, int]]  # [start, end) of every sequence in the flat row
+    keep: torch.Tensor  # [N] flat positions whose logits are needed
+    rows: torch.Tensor  # [N] row b of each scored token
+    cols: torch.Tensor  # [N] column t of each scored token
+    targets: torch.Tensor  # [N] input_ids[b, t]
+
+
+def flat_layout(batch: Batch, need: torch.Tensor) -> FlatLayout:  # need [B, T] bool
+    """Drop padding, lay the sequences end to end, and index the tokens to score."""
+    seq = batch["seq_ids"]  # [B, T]
+    real = seq >= 0  # [B, T]
+    flat_idx = real.reshape(-1).cumsum(0).view(real.shape) - 1  # [B, T] position in the flat row
+    prev = torch.cat([torch.full_like(seq[:, :1], -2), seq[:, :-1]], dim=1)  # [B, T]
+    first = real & (seq != prev)  # [B, T] first token of a sequence
+    starts = flat_idx[first].tolist()  # row-major order == flat order
+    m = int(real.sum())
+    segments = list(zip(starts, starts[1:] + [m]))
+    scored = need & real & ~first  # [B, T]
+    rows, cols = scored.nonzero(as_tuple=True)  # row-major
+    return FlatLayout(
+        input_ids=batch["input_ids"][real].unsqueeze(0),
+        position_ids=batch["position_ids"][real].unsqueeze(0),
+        segments=segments,
+        keep=flat_idx[rows, cols] - 1,
+        rows=rows,
+        cols=cols,
+        targets=batch["input_ids"][rows, cols],
+    )

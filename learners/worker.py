@@ -22,8 +22,11 @@ import numpy as np
 import torch
 
 from streampro.learners.api import Batch
-from streampro.learners.losses import decision_counts, sft_loss, shifted_logprobs
-from streampro.learners.packing import attention_bias
+from streampro.learners.attention import pick_precision, register_attention
+from streampro.learners.losses import decision_counts, sft_loss, shifted_logprobs, token_logprobs
+from streampro.learners.packing import attention_bias, flat_layout
+
+ATTENTION_MODES = ("varlen", "padded", "dense")
 
 _CKPT_TAG = "state"
 # Files of an HF folder that are weights or config; everything else (tokenizer) is copied.
@@ -36,7 +39,13 @@ class LearnerSettings:
 
     zero_stage: int = 2
     precision: str = "fp32"
+    """fp32, bf16, or auto (bf16 where a start-up matmul measurement finds it faster)."""
     micro_batch: int = 4
+    micro_batch_tokens: int = 0
+    """> 0: micro-batches hold rows up to this many real tokens (else micro_batch rows)."""
+    attention: str = "varlen"
+    """varlen (sequences end to end, causal SDPA per sequence), padded (causal SDPA over
+    rows of one sequence each) or dense (block-diagonal [B, 1, T, T] mask: the reference)."""
     lr: float = 1e-5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -62,6 +71,70 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def dense_logits(model, mb: Batch, dtype: torch.dtype) -> torch.Tensor:  # [B, T, V]
+    """The reference path: every position's logits under a block-diagonal causal mask."""
+    bias = attention_bias(mb["seq_ids"], dtype)  # [B, 1, T, T]
+    out = model(
+        input_ids=mb["input_ids"],
+        position_ids=mb["position_ids"],
+        attention_mask=bias,
+        use_cache=False,
+    )
+    return out.logits
+
+
+def score_tokens(
+    model,
+    mb: Batch,
+    need: torch.Tensor,  # [B, T] bool
+    *,
+    attention: str,
+    dtype: torch.dtype,
+    temperature: float,
+    with_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Logprobs [B, T], entropy [B, T] (or None) and argmax [B, T] of the tokens in `need`
+    ([B, T] bool); 0 (argmax -1) elsewhere. Only the scored tokens' hidden states meet the
+    LM head: about 3% of GRPO positions, the rest is frames and prompt."""
+    if attention == "dense":
+        return shifted_logprobs(
+            dense_logits(model, mb, dtype),
+            mb["input_ids"],
+            position_ids=mb["position_ids"],
+            with_entropy=with_entropy,
+            temperature=temperature,
+        )
+    lay = flat_layout(mb, need)
+    if attention == "padded" and int(mb["seq_ids"].max()) <= 0:
+        # one sequence per row: SDPA's causal kernel over the rows as they are; the LM
+        # head sees the union of the needed columns, then each row keeps its own
+        cols, inv = torch.unique(lay.cols - 1, return_inverse=True)
+        out = model(
+            input_ids=mb["input_ids"],
+            position_ids=mb["position_ids"],
+            logits_to_keep=cols,
+            use_cache=False,
+        )
+        logits = out.logits[lay.rows, inv]  # [N, V]
+    else:  # varlen (packed rows always take it): no padding, causal SDPA per sequence
+        out = model(
+            input_ids=lay.input_ids,
+            position_ids=lay.position_ids,
+            streampro_segments=lay.segments,
+            logits_to_keep=lay.keep,
+            use_cache=False,
+        )
+        logits = out.logits[0]  # [N, V]
+    lp_n, ent_n, pred_n = token_logprobs(
+        logits, lay.targets, with_entropy=with_entropy, temperature=temperature
+    )
+    shape, idx = mb["input_ids"].shape, (lay.rows, lay.cols)
+    lp = lp_n.new_zeros(shape).index_put(idx, lp_n)  # [B, T], differentiable
+    ent = ent_n.new_zeros(shape).index_put(idx, ent_n) if ent_n is not None else None
+    pred = torch.full(shape, -1, dtype=torch.long, device=lp.device).index_put(idx, pred_n)
+    return lp, ent, pred
 
 
 class LearnerWorker:
@@ -107,9 +180,11 @@ class LearnerWorker:
             dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False
         )
         self._seed_all(self.s.seed + self.rank)
-        self.dtype = torch.bfloat16 if self.s.precision == "bf16" else torch.float32
+        self.precision, self.matmul_gflops = self._agree_precision()
+        self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        attn = register_attention()
         model = AutoModelForCausalLM.from_pretrained(
-            self.model_path, dtype=torch.float32, attn_implementation="sdpa"
+            self.model_path, dtype=torch.float32, attn_implementation=attn
         )
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
@@ -130,7 +205,7 @@ class LearnerWorker:
         )
         if self.s.with_reference:
             ref = AutoModelForCausalLM.from_pretrained(
-                self.model_path, dtype=self.dtype, attn_implementation="sdpa"
+                self.model_path, dtype=self.dtype, attn_implementation=attn
             )
             self.ref_model = ref.to(self.device).eval().requires_grad_(False)
 
@@ -144,26 +219,32 @@ class LearnerWorker:
             "gradient_clipping": self.s.grad_clip,
             "zero_optimization": {"stage": self.s.zero_stage, "overlap_comm": False},
             "zero_allow_untested_optimizer": True,
-            "bf16": {"enabled": self.s.precision == "bf16"},
+            "bf16": {"enabled": self.precision == "bf16"},
             "steps_per_print": 1 << 30,
             "wall_clock_breakdown": False,
         }
+
+    def _agree_precision(self) -> tuple[str, dict[str, float]]:
+        """The dtype every rank uses: 'auto' measures matmuls on each rank, and bf16 is chosen
+        only if every rank found it faster (ranks must share one dtype)."""
+        import torch.distributed as dist
+
+        choice, gflops = pick_precision(self.s.precision)
+        if self.s.precision == "auto" and dist.is_initialized() and self.world_size > 1:
+            flag = torch.tensor([1 if choice == "bf16" else 0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            choice = "bf16" if int(flag) else "fp32"
+        return choice, gflops
+
+    def info(self) -> dict:
+        """What setup chose: the precision and the matmul GFLOP/s it measured (auto only)."""
+        return {"precision": self.precision, **self.matmul_gflops}
 
     @staticmethod
     def _seed_all(seed: int) -> None:
         random.seed(seed)
         np.random.seed(seed % (1 << 32))
         torch.manual_seed(seed)
-
-    def _logits(self, model, mb: Batch) -> torch.Tensor:  # [B, T, V]
-        bias = attention_bias(mb["seq_ids"].to(self.device), self.dtype)  # [B, 1, T, T]
-        out = model(
-            input_ids=mb["input_ids"].to(self.device),
-            position_ids=mb["position_ids"].to(self.device),
-            attention_mask=bias,
-            use_cache=False,
-        )
-        return out.logits
 
     def train(
         self, *, micro_batches: list[Batch], objective: str, totals: dict[str, float]
@@ -173,11 +254,12 @@ class LearnerWorker:
         sums: dict[str, float] = defaultdict(float)
         for mb in micro_batches:
             mb = {k: v.to(self.device) for k, v in mb.items()}
-            logits = self._logits(self.engine, mb)
-            lp, ent, pred = shifted_logprobs(
-                logits,
-                mb["input_ids"],
-                position_ids=mb["position_ids"],
+            lp, ent, pred = score_tokens(
+                self.engine,
+                mb,
+                mb["loss_mask"] > 0,
+                attention=self.s.attention,
+                dtype=self.dtype,
                 with_entropy=True,
                 temperature=self.s.temperature if objective == "grpo" else 1.0,
             )
@@ -255,11 +337,14 @@ class LearnerWorker:
             self.engine.eval()
         out = []
         for mb in micro_batches:
-            logits = self._logits(model, mb)
-            lp, _, _ = shifted_logprobs(
-                logits,
-                mb["input_ids"].to(self.device),
-                position_ids=mb["position_ids"].to(self.device),
+            mb = {k: v.to(self.device) for k, v in mb.items()}
+            lp, _, _ = score_tokens(
+                model,
+                mb,
+                mb["seq_ids"] >= 0,
+                attention=self.s.attention,
+                dtype=self.dtype,
+                with_entropy=False,
                 temperature=self.s.temperature,
             )
             out.append(lp.float().cpu())
