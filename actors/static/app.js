@@ -96,6 +96,7 @@ async function start(ev) {
   $("timeline").replaceChildren(); $("transcript").replaceChildren();
   $("start").disabled = true; $("stop").disabled = false;
   v.currentTime = 0;
+  v.playbackRate = Number($("rate").value) || 1; // still 1 frame per second of video time
   await v.play();
   timer = setInterval(tick, 100);
   status(`session ${session.slice(0, 8)} open`);
