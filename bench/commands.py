@@ -9,11 +9,15 @@ from pathlib import Path
 from streampro.config import Config, atomic_write_text
 from streampro.errors import UserError
 
-BENCHES = ("rollout", "sft-ablation", "grpo-async", "autoscale", "serve")
+BENCHES = ("rollout", "sft-ablation", "grpo-async", "autoscale", "serve", "perf", "baselines")
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
     name = args.name
+    if name in ("perf", "baselines"):  # these write a folder (JSON, markdown, plots)
+        from importlib import import_module
+
+        return import_module(f"streampro.bench.{name}").main(cfg, args)
     out = Path(args.out or f"runs/bench-{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     if name == "rollout":

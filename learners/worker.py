@@ -9,12 +9,14 @@ driver must not pull it in.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import socket
 import warnings
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +149,7 @@ class LearnerWorker:
         self.s = settings
         self.engine = None
         self.ref_model = None
+        self._kept: dict[int, dict[str, torch.Tensor]] = {}  # policy version -> weights
 
     def address(self) -> tuple[str, int]:
         """This rank's node IP and a free port (rank 0's become the rendezvous)."""
@@ -225,11 +228,17 @@ class LearnerWorker:
         }
 
     def _agree_precision(self) -> tuple[str, dict[str, float]]:
-        """The dtype every rank uses: 'auto' measures matmuls on each rank, and bf16 is chosen
-        only if every rank found it faster (ranks must share one dtype)."""
+        """The dtype every rank uses: 'auto' times the model's own MLP matmul on each rank,
+        and bf16 is chosen only if every rank found it faster (ranks share one dtype)."""
         import torch.distributed as dist
+        from transformers import AutoConfig
 
-        choice, gflops = pick_precision(self.s.precision)
+        c = AutoConfig.from_pretrained(self.model_path)
+        choice, gflops = pick_precision(
+            self.s.precision,
+            hidden=c.hidden_size,
+            intermediate=getattr(c, "intermediate_size", None) or 4 * c.hidden_size,
+        )
         if self.s.precision == "auto" and dist.is_initialized() and self.world_size > 1:
             flag = torch.tensor([1 if choice == "bf16" else 0], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
@@ -326,12 +335,15 @@ class LearnerWorker:
 
     @torch.no_grad()
     def logprobs(
-        self, *, micro_batches: list[Batch], reference: bool = False
+        self, *, micro_batches: list[Batch], reference: bool = False, version: int | None = None
     ) -> list[torch.Tensor]:
         """Per-token logprobs `[b, t]` of each micro-batch at the sampling temperature, on CPU
-        in fp32."""
+        in fp32; under the kept weights of policy `version` when given (see `keep_weights`)."""
         if reference and self.ref_model is None:
             raise ValueError("reference logprobs need a group built with with_reference=True")
+        if version is not None:
+            with self._weights_of(version):
+                return self.logprobs(micro_batches=micro_batches)
         model = self.ref_model if reference else self.engine
         if not reference:
             self.engine.eval()
@@ -349,6 +361,33 @@ class LearnerWorker:
             )
             out.append(lp.float().cpu())
         return out
+
+    def keep_weights(self, *, version: int) -> None:
+        """Keep a CPU copy of the current weights as policy `version` (the two newest are kept):
+        async GRPO scores a batch under the weights its rollout sampled from (the agreement
+        check). ZeRO-3 partitions the parameters: nothing is kept there."""
+        if self.s.zero_stage == 3:
+            return
+        params = self.engine.module.named_parameters()
+        self._kept[version] = {n: p.detach().to("cpu", copy=True) for n, p in params}
+        for old in sorted(self._kept)[:-2]:
+            del self._kept[old]
+
+    @contextlib.contextmanager
+    def _weights_of(self, version: int) -> Iterator[None]:
+        """Swap the kept weights of `version` in for the duration (then restore the current)."""
+        if version not in self._kept:
+            raise KeyError(f"policy version {version} is not kept (have {sorted(self._kept)})")
+        params = dict(self.engine.module.named_parameters())
+        current = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            try:
+                for n, w in self._kept[version].items():
+                    params[n].copy_(w)
+                yield
+            finally:
+                for n, w in current.items():
+                    params[n].copy_(w)
 
     def save(self, *, path: str, client_state: dict) -> None:
         """DeepSpeed checkpoint (weights, optimizer, scheduler) + this rank's RNG into path."""

@@ -85,7 +85,7 @@ def test_precision_choice() -> None:
 
     assert pick_precision("fp32") == ("fp32", {})
     assert pick_precision("bf16") == ("bf16", {})
-    choice, measured = pick_precision("auto")
+    choice, measured = pick_precision("auto", hidden=64, intermediate=128)
     assert choice in ("fp32", "bf16") and measured["fp32_gflops"] > 0
     assert (choice == "bf16") == (measured["bf16_gflops"] > 1.2 * measured["fp32_gflops"])
     assert matmul_gflops(torch.float32, n=64, seconds=0.01) > 0
