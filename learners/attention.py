@@ -119,3 +119,110 @@ def pick_precision(
     bf16 = probe if probe < 0.1 * fp32 else matmul_gflops(torch.bfloat16, shape=shape, seconds=0.2)
     choice = "bf16" if bf16 > margin * fp32 else "fp32"
     return choice, {"fp32_gflops": fp32, "bf16_gflops": bf16}
+
+
+def install_selective_forward(model: torch.nn.Module) -> bool:
+    """Let `model(input_ids=..., position_ids=..., streampro_segments=S, streampro_keep=K)`
+    run the last decoder layer's queries, MLP, final norm and LM head only at the flat
+    positions K (the ones whose logits a loss or metric reads); every other call is the
+    model's own forward. Exact: the same operations on a subset of positions.
+
+    Set on the instance (so DeepSpeed's engine forward, hooks included, still wraps it).
+    Returns False, changing nothing, for architectures without the Llama/Qwen2 layer layout.
+    """
+    base = getattr(model, "model", None)
+    layers = getattr(base, "layers", None)
+    if not layers or not all(hasattr(base, a) for a in ("embed_tokens", "rotary_emb", "norm")):
+        return False
+    last = layers[-1]
+    attn = getattr(last, "self_attn", None)
+    if attn is None or hasattr(attn, "q_norm") or getattr(attn, "sliding_window", None):
+        return False
+    original = model.forward
+
+    def forward(*args, streampro_keep: torch.Tensor | None = None, **kwargs):
+        if streampro_keep is None:
+            return original(*args, **kwargs)
+        return _selective_forward(model, streampro_keep=streampro_keep, **kwargs)
+
+    model.forward = forward
+    model.streampro_selective = True
+    return True
+
+
+class _Logits:
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits  # [1, N, V]
+
+
+def _selective_forward(
+    model,
+    *,
+    input_ids: torch.Tensor,  # [1, M]
+    position_ids: torch.Tensor,  # [1, M]
+    streampro_segments: Sequence[tuple[int, int]],
+    streampro_keep: torch.Tensor,  # [N] sorted flat positions
+    **_,
+) -> _Logits:
+    base = model.model
+    h = base.embed_tokens(input_ids)  # [1, M, D]
+    pos = base.rotary_emb(h, position_ids)  # (cos, sin) [1, M, Dh]
+    for layer in base.layers[:-1]:
+        h = layer(
+            h,
+            attention_mask=None,
+            position_ids=position_ids,
+            position_embeddings=pos,
+            streampro_segments=streampro_segments,
+        )
+    h = _last_layer_at(base.layers[-1], h, pos, streampro_segments, streampro_keep)
+    return _Logits(model.lm_head(base.norm(h)))
+
+
+def _last_layer_at(
+    layer,
+    h: torch.Tensor,  # [1, M, D]
+    pos: tuple[torch.Tensor, torch.Tensor],
+    segments: Sequence[tuple[int, int]],
+    keep: torch.Tensor,  # [N]
+) -> torch.Tensor:  # [1, N, D]
+    """A Llama/Qwen2 decoder layer whose queries (and so output, MLP) are only at keep."""
+    import sys
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    a = layer.self_attn
+    rope = sys.modules[type(a).__module__].apply_rotary_pos_emb
+    m, n, hd = h.shape[1], keep.numel(), a.head_dim
+    x = layer.input_layernorm(h)  # [1, M, D]
+    heads, kv_heads = a.q_proj.out_features // hd, a.k_proj.out_features // hd
+    q = a.q_proj(x[:, keep]).view(1, n, heads, hd).transpose(1, 2)  # [1, H, N, Dh]
+    k = a.k_proj(x).view(1, m, kv_heads, hd).transpose(1, 2)  # [1, Hkv, M, Dh]
+    v = a.v_proj(x).view(1, m, kv_heads, hd).transpose(1, 2)
+    cos, sin = pos
+    q = rope(q, q, cos[:, keep], sin[:, keep])[0]
+    k = rope(k, k, cos, sin)[0]
+    bounds = torch.searchsorted(keep, torch.tensor([s for s, _ in segments] + [m]))
+    outs = []
+    for (start, end), lo, hi in zip(segments, bounds[:-1].tolist(), bounds[1:].tolist()):
+        if hi == lo:
+            continue
+        key_pos = torch.arange(start, end, device=h.device)  # [L]
+        mask = key_pos[None, :] <= keep[lo:hi, None]  # [n_seg, L] causal within the sequence
+        out, _ = sdpa_attention_forward(
+            a,
+            q[:, :, lo:hi],
+            k[:, :, start:end],
+            v[:, :, start:end],
+            mask[None, None],
+            scaling=a.scaling,
+            dropout=0.0,
+        )
+        outs.append(out)  # [1, n_seg, H, Dh]
+    if outs:
+        att = torch.cat(outs, dim=1).reshape(1, n, heads * hd)  # [1, N, H * Dh]
+    else:  # nothing scored: keep every weight in the graph (zero gradients, as before)
+        att = q.new_zeros(1, 0, a.o_proj.in_features) + 0.0 * (q.sum() + k.sum() + v.sum())
+    o = a.o_proj(att)  # [1, N, D]
+    h = h[:, keep] + o
+    return h + layer.mlp(layer.post_attention_layernorm(h))

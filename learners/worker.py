@@ -24,7 +24,11 @@ import numpy as np
 import torch
 
 from streampro.learners.api import Batch
-from streampro.learners.attention import pick_precision, register_attention
+from streampro.learners.attention import (
+    install_selective_forward,
+    pick_precision,
+    register_attention,
+)
 from streampro.learners.losses import decision_counts, sft_loss, shifted_logprobs, token_logprobs
 from streampro.learners.packing import attention_bias, flat_layout
 
@@ -121,12 +125,14 @@ def score_tokens(
         )
         logits = out.logits[lay.rows, inv]  # [N, V]
     else:  # varlen (packed rows always take it): no padding, causal SDPA per sequence
+        selective = getattr(getattr(model, "module", model), "streampro_selective", False)
+        keep = {"streampro_keep": lay.keep} if selective else {"logits_to_keep": lay.keep}
         out = model(
             input_ids=lay.input_ids,
             position_ids=lay.position_ids,
             streampro_segments=lay.segments,
-            logits_to_keep=lay.keep,
             use_cache=False,
+            **keep,
         )
         logits = out.logits[0]  # [N, V]
     lp_n, ent_n, pred_n = token_logprobs(
@@ -189,6 +195,7 @@ class LearnerWorker:
         model = AutoModelForCausalLM.from_pretrained(
             self.model_path, dtype=torch.float32, attn_implementation=attn
         )
+        install_selective_forward(model)  # last layer, norm and LM head at scored tokens only
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             params,
@@ -210,6 +217,7 @@ class LearnerWorker:
             ref = AutoModelForCausalLM.from_pretrained(
                 self.model_path, dtype=self.dtype, attn_implementation=attn
             )
+            install_selective_forward(ref)
             self.ref_model = ref.to(self.device).eval().requires_grad_(False)
 
     def _ds_config(self) -> dict:

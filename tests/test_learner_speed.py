@@ -144,3 +144,60 @@ def test_score_tokens_equal_the_reference_path(tiny_model, attention: str, pack:
     torch.testing.assert_close(got[1][scored], ref[1][scored], rtol=0, atol=1e-5)
     assert torch.equal(got[2][scored], ref[2][scored])
     assert float(got[0][~scored].abs().sum()) == 0.0  # nothing computed elsewhere
+
+
+@pytest.fixture(scope="module")
+def selective_model(tiny_path):
+    from transformers import AutoModelForCausalLM
+
+    from streampro.learners.attention import install_selective_forward, register_attention
+
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_path, dtype=torch.float32, attn_implementation=register_attention()
+    )
+    assert install_selective_forward(model)
+    return model.eval()
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_selective_last_layer_equals_the_reference(tiny_model, selective_model, pack: bool) -> None:
+    """Last layer, norm and LM head only at the scored tokens: same logprobs and gradients."""
+    from streampro.learners.worker import score_tokens
+
+    batch = _batch([37, 20, 45, 11, 29], pack=pack, seed=7)
+    need = batch["loss_mask"] > 0
+    kw = {"dtype": torch.float32, "temperature": 1.0, "with_entropy": True}
+    grads = []
+    for model, attention in ((tiny_model, "dense"), (selective_model, "varlen")):
+        model.zero_grad()
+        lp, ent, pred = score_tokens(model, batch, need, attention=attention, **kw)
+        (lp * need).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        if attention == "dense":
+            ref = (lp.detach(), ent, pred)
+    scored = need & (batch["position_ids"] > 0)
+    torch.testing.assert_close(lp.detach()[scored], ref[0][scored], rtol=0, atol=1e-5)
+    torch.testing.assert_close(ent[scored], ref[1][scored], rtol=0, atol=1e-5)
+    assert torch.equal(pred[scored], ref[2][scored])
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-5)
+
+
+def test_selective_forward_with_nothing_scored_keeps_every_weight(selective_model) -> None:
+    from streampro.learners.worker import score_tokens
+
+    batch = _batch([12, 9], pack=True, seed=1)
+    need = torch.zeros_like(batch["loss_mask"], dtype=torch.bool)
+    selective_model.zero_grad()
+    lp, _, _ = score_tokens(
+        selective_model,
+        batch,
+        need,
+        attention="varlen",
+        dtype=torch.float32,
+        temperature=1.0,
+        with_entropy=False,
+    )
+    lp.sum().backward()
+    assert all(p.grad is not None for p in selective_model.parameters())
