@@ -80,6 +80,10 @@ def _check_videos(
 
 def data_main(cfg: Config, args: argparse.Namespace) -> int:
     """Validate a manifest and (unless --no-video) decode every video; exit 1 on problems."""
+    if args.action == "import-streamo":
+        from streampro.data.streamo import import_main
+
+        return import_main(args)
     from streampro.data.rubric import parse_checkpoint
     from streampro.data.schema import load_manifest
 

@@ -54,8 +54,15 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["check"], help="check: validate a manifest and its videos")
-    p.add_argument("manifest", help="manifest.jsonl or manifest.parquet")
+    p.add_argument(
+        "action",
+        choices=["check", "import-streamo"],
+        help="check: validate a manifest and its videos; import-streamo: Streamo JSON -> manifest",
+    )
+    p.add_argument("manifest", help="manifest.jsonl or manifest.parquet (import: Streamo JSON)")
+    p.add_argument("--out", default=None, help="import-streamo: manifest to write")
+    p.add_argument("--video-root", default=None, help="import-streamo: folder of Streamo videos")
+    p.add_argument("--dimension", default=None, help="import-streamo: PU, TR or PA (default PU)")
     p.add_argument("--skip-bad", action="store_true", help="report bad samples but exit 0")
     p.add_argument("--no-video", action="store_true", help="do not open the videos")
 
