@@ -10,7 +10,8 @@ checks each run against the processor's count for its image, and attaches the im
 logprobs line up with the learner's token for token, and a prompt that extends the
 previous chunk's prompt reuses its cached blocks (images included).
 
-After a weight reload, `reset_caches` drops the encoder cache (image embeddings of the old
+After a weight reload (`reload_weights`, through actors/vlm_worker.py), `reset_caches`
+drops the encoder cache (image embeddings of the old
 weights; vLLM dies with "Encoder cache miss" on a seen image otherwise) and then the
 prefix cache.
 """
@@ -23,6 +24,7 @@ from typing import Any
 from vllm.inputs import TokensPrompt
 
 from streampro import vl_compat
+from streampro.actors.vlm_worker import WORKER_EXTENSION
 from streampro.errors import UserError
 from streampro.hf_policy import image_token_count
 
@@ -97,7 +99,10 @@ def vlm_engine_kwargs(*, max_images: int, block_size: int, on_cpu: bool) -> dict
         )
     vl_compat.install()
     vl_compat.check_vllm_plugin()
-    return {"limit_mm_per_prompt": {"image": max_images, "video": 0}}
+    return {
+        "limit_mm_per_prompt": {"image": max_images, "video": 0},
+        "worker_extension_cls": WORKER_EXTENSION,  # reload_vlm_weights (actors/vlm_worker.py)
+    }
 
 
 async def reset_caches(llm) -> None:
@@ -107,6 +112,10 @@ async def reset_caches(llm) -> None:
 
 
 async def reload_weights(llm, weights_path: str) -> None:
-    """Load an HF folder's weights into a running AsyncLLM in place and drop both caches."""
-    await llm.collective_rpc("reload_weights", kwargs={"weights_path": weights_path})
+    """Load an HF folder's weights into a running AsyncLLM in place and drop both caches.
+
+    Needs the engine started with `vlm_engine_kwargs` (its worker extension re-processes the
+    tied output head, which vLLM's own `reload_weights` leaves on the old weights on CPU).
+    """
+    await llm.collective_rpc("reload_vlm_weights", kwargs={"weights_path": weights_path})
     await reset_caches(llm)

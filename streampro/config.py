@@ -472,6 +472,20 @@ def check_config(cfg: Config, where: str) -> None:
         raise ConfigError(
             f"{where}: rollout.temperature must be > 0 (GRPO samples), got {r.temperature}"
         )
+    if d.codec == "image":
+        # the VLM pieces exist (streampro/hf_policy.py, actors/vlm_prompt.py,
+        # learners/vlm_inputs.py) but rollout and learner do not feed images yet
+        raise ConfigError(
+            f"{where}: data.codec=image is not wired into rollout and learner yet (issue 13); "
+            "use data.codec=patch"
+        )
+    w = cfg.reward
+    if "llm" in (w.acc_judge, w.traj_judge) and not w.llm_url:
+        # the reward pool would refuse it only once actors start: refuse before any work
+        raise ConfigError(
+            f"{where}: reward.acc_judge/traj_judge 'llm' needs reward.llm_url (an "
+            "OpenAI-compatible base URL); set it, or use acc_judge=exact and traj_judge=rule"
+        )
 
 
 def to_yaml(cfg: Config) -> str:
