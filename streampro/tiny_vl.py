@@ -69,14 +69,19 @@ def tiny_vl_spec(
     max_position_embeddings: int = 8192,
     init_seed: int = 0,
     stream_tokens: bool = True,
+    arch: str = "qwen2_5_vl",
 ) -> dict:
     """Everything that determines the tiny-vl policy's bytes (hashed into its folder name).
 
     stream_tokens=False leaves `</Silence>`/`</Response>` out of the tokenizer, as in a real
-    checkpoint (streampro.hf_policy adds them).
+    checkpoint (streampro.hf_policy adds them). arch="qwen3_vl" builds a tiny Qwen3-VL
+    instead (patch 16, interleaved mRoPE, deepstack), to test that family's path.
     """
+    if arch not in ("qwen2_5_vl", "qwen3_vl"):
+        raise ValueError(f"tiny-vl arch must be qwen2_5_vl or qwen3_vl, got {arch!r}")
     return {
         "version": BUILDER_VERSION,
+        "arch": arch,
         "stream_tokens": stream_tokens,
         "max_pixels": max_pixels,
         "vocab_size": vocab_size,
@@ -114,8 +119,9 @@ def build_tokenizer(bpe_vocab_size: int, *, stream_tokens: bool = True):
     )
 
 
-def _processor_files(out: Path, max_pixels: int) -> None:
+def _processor_files(out: Path, max_pixels: int, arch: str) -> None:
     """preprocessor_config.json (PIL image processor) and video_preprocessor_config.json."""
+    qwen3 = arch == "qwen3_vl"
     common = {
         "do_convert_rgb": True,
         "do_normalize": True,
@@ -124,8 +130,8 @@ def _processor_files(out: Path, max_pixels: int) -> None:
         "image_mean": CLIP_MEAN,
         "image_std": CLIP_STD,
         "merge_size": MERGE_SIZE,
-        "patch_size": PATCH_SIZE,
-        "processor_class": "Qwen2_5_VLProcessor",
+        "patch_size": 16 if qwen3 else PATCH_SIZE,
+        "processor_class": "Qwen3VLProcessor" if qwen3 else "Qwen2_5_VLProcessor",
         "resample": 3,
         "rescale_factor": 1 / 255,
         "temporal_patch_size": TEMPORAL_PATCH_SIZE,
@@ -137,7 +143,7 @@ def _processor_files(out: Path, max_pixels: int) -> None:
     }
     video = {
         **common,
-        "video_processor_type": "Qwen2VLVideoProcessor",
+        "video_processor_type": "Qwen3VLVideoProcessor" if qwen3 else "Qwen2VLVideoProcessor",
         "size": {"shortest_edge": MIN_PIXELS, "longest_edge": max_pixels},
         "fps": 2.0,
         "min_frames": 4,
@@ -199,6 +205,55 @@ def model_config(tokenizer, n_vocab: int, spec: dict):
     )
 
 
+def qwen3_config(tokenizer, n_vocab: int, spec: dict):
+    """A tiny Qwen3-VL: same text shape, interleaved mRoPE, patch 16, one deepstack layer."""
+    from transformers import Qwen3VLConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    text = {
+        "vocab_size": n_vocab,
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 64,
+        "max_position_embeddings": spec["max_position_embeddings"],
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [12, 10, 10],
+            "mrope_interleaved": True,
+        },
+        "eos_token_id": ids(T.IM_END),
+        "pad_token_id": ids(T.PAD),
+        "bos_token_id": None,
+        "tie_word_embeddings": True,
+    }
+    vision = {
+        "depth": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_heads": 2,
+        "patch_size": 16,
+        "spatial_merge_size": MERGE_SIZE,
+        "temporal_patch_size": TEMPORAL_PATCH_SIZE,
+        "out_hidden_size": 128,
+        "num_position_embeddings": 256,
+        "deepstack_visual_indexes": [0],
+    }
+    return Qwen3VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids(IMAGE_PAD),
+        video_token_id=ids(VIDEO_PAD),
+        vision_start_token_id=ids(VISION_START),
+        vision_end_token_id=ids(VISION_END),
+        tie_word_embeddings=True,
+        torch_dtype="float32",
+    )
+
+
 def build_tiny_vl(spec: dict, out_dir: str | os.PathLike) -> Path:
     """Write tokenizer, processor files and a seeded random Qwen2.5-VL to out_dir."""
     import torch
@@ -207,13 +262,19 @@ def build_tiny_vl(spec: dict, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     tokenizer = build_tokenizer(spec["vocab_size"], stream_tokens=spec["stream_tokens"])
     n_vocab = (len(tokenizer) + 63) // 64 * 64  # pad the embedding to a multiple of 64
-    config = model_config(tokenizer, n_vocab, spec)
+    if spec["arch"] == "qwen3_vl":
+        from transformers import Qwen3VLForConditionalGeneration as cls
+
+        config = qwen3_config(tokenizer, n_vocab, spec)
+    else:
+        cls = Qwen2_5_VLForConditionalGeneration
+        config = model_config(tokenizer, n_vocab, spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec["init_seed"])
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        model = cls(config)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    _processor_files(out, spec["max_pixels"])
+    _processor_files(out, spec["max_pixels"], spec["arch"])
     (out / "streampro_tiny_vl.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
     return out
 

@@ -251,3 +251,28 @@ def test_mm_token_type_ids_carry_the_mrope_positions(tvl):
         a, b = token_logprobs(model, batch), token_logprobs(model, without)
     assert a.shape == (1, batch["input_ids"].shape[1] - 1)
     assert (a - b).abs().max().item() > 1e-4
+
+
+def test_qwen3_vl_folder_is_extended_and_scored(models, tmp_path):
+    """A Qwen3-VL checkpoint without the decision tokens: extended, its processor and chat
+    template used, and its forward needs mm_token_type_ids (it raises without them)."""
+    from streampro.learners.vlm_inputs import token_logprobs, vlm_batch
+
+    src = tiny_vl.ensure_tiny_vl(tiny_vl.tiny_vl_spec(arch="qwen3_vl", stream_tokens=False), models)
+    ext = H.extend_policy(src, tmp_path / "cache")
+    proc = H.load_processor(ext)
+    assert type(proc).__name__ == "Qwen3VLProcessor"
+    assert type(proc.video_processor).__name__ == "Qwen3VLVideoProcessor"
+    m = H.markers_for(ext)
+    img = frame(8, 96, 64)  # patch 16, merge 2: 64x96 -> 4x6 patches -> 6 tokens
+    n = H.image_token_count(proc, img.height, img.width)
+    assert n == 6
+    sil = proc.tokenizer.convert_tokens_to_ids(T.SILENCE)
+    ids = list(m.user_open) + H.image_placeholder(m, n) + list(m.turn_close)
+    ids += list(m.assistant_open) + [sil]
+    batch = vlm_batch(proc, [ids], [[img]], pad_id=0)
+    model = H.load_model(ext).eval()
+    with torch.no_grad():
+        assert torch.isfinite(token_logprobs(model, batch)).all()
+        with pytest.raises(ValueError, match="mm_token_type_ids"):
+            model(**{k: v for k, v in batch.items() if k != "mm_token_type_ids"})
