@@ -179,13 +179,25 @@ class Ingress:
             local = self.local.get(sid)
             if local is None:
                 local = self.local[sid] = _Local()
-                while len(self.local) > self.s.max_cached:
-                    self.local.popitem(last=False)
+                self._evict()
             self.local.move_to_end(sid)
             async with local.lock:
                 return await self._decide(sid, local, chunks, codes)
         finally:
             self.inflight -= 1
+
+    def _evict(self) -> None:
+        """Drop cached replays beyond max_cached or idle past the TTL (oldest first: the
+        cache is in least-recently-used order). The store keeps the sessions themselves."""
+        now = time.monotonic()
+        while self.local:
+            sid, oldest = next(iter(self.local.items()))
+            if len(self.local) <= self.s.max_cached and now - oldest.touched <= self.s.ttl_s:
+                break
+            if oldest.lock.locked():  # in use right now: keep it
+                self.local.move_to_end(sid)
+                break
+            del self.local[sid]
 
     async def _sync(self, sid: str, local: _Local) -> float:
         """Replay the log steps this replica has not seen; returns the last chunk end."""

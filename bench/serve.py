@@ -135,8 +135,9 @@ def run(cfg: Config, out: str) -> dict:
         for n in s.bench_sessions:
             lv = asyncio.run(measure(url, int(n), s.bench_duration_s, token))
             print(
-                f"{n:3d} sessions: {lv['chunks_per_s']:.1f} chunks/s, p50 {lv['p50_ms']} ms, "
-                f"p99 {lv['p99_ms']} ms, 5xx {lv['errors_5xx']}, lost {lv['lost_chunks']}",
+                f"{n:3d} sessions: {lv['chunks_per_s']:.1f} chunks/s, "
+                f"p50/p95/p99 {lv['p50_ms'] or 0:.0f}/{lv['p95_ms'] or 0:.0f}/"
+                f"{lv['p99_ms'] or 0:.0f} ms, 5xx {lv['errors_5xx']}, lost {lv['lost_chunks']}",
                 flush=True,
             )
             levels.append(lv)

@@ -348,3 +348,27 @@ def test_serve_and_eval_cli_errors_are_one_line(tmp_path, argv, msg):
     )
     assert r.returncode == 1 and msg in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_racing_requests_of_one_session_one_wins_the_other_gets_409(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    sid = _open(served)
+    url = f"{served}/v1/sessions/{sid}/chunks"
+    body = {"chunks": [{"start": 0, "end": 1, "codes": [7] * 16}]}
+    for _ in range(3):  # the same chunk twice at once, maybe on both ingress replicas
+        with ThreadPoolExecutor(2) as pool:
+            rs = list(
+                pool.map(lambda b: httpx.post(url, json=b, headers=AUTH, timeout=60), [body, body])
+            )
+        assert sorted(r.status_code for r in rs) == [200, 409], [r.text for r in rs]
+        assert {r.json()["error"]["code"] for r in rs if r.status_code == 409} <= {
+            "conflict",
+            "time_backwards",
+        }
+        s, e = body["chunks"][0]["start"] + 1, body["chunks"][0]["end"] + 1
+        body = {"chunks": [{"start": s, "end": e, "codes": [7] * 16}]}
+    r = httpx.post(url, json=body, headers=AUTH)  # the log has exactly 3 steps: step 4 fits
+    assert r.status_code == 200 and r.json()["decisions"][0]["time"] == 4.0, r.text
+    assert httpx.delete(f"{served}/v1/sessions/{sid}", headers=AUTH).status_code == 204
