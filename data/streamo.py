@@ -96,9 +96,12 @@ def from_raw(rec: dict, *, index: int, video_root: str | None, dimension: str) -
     questions = rec.get("question")
     if not isinstance(questions, list) or not questions:
         raise RecordError("question: must be a non-empty list of {content, time}")
-    texts = [q.get("content") if isinstance(q, dict) else None for q in questions]
-    if not all(isinstance(t, str) and t.strip() for t in texts):
-        raise RecordError("question: every item needs a non-empty content")
+    texts: list[str] = []
+    for q in questions:
+        t = q.get("content") if isinstance(q, dict) else None
+        if not isinstance(t, str) or not t.strip():
+            raise RecordError("question: every item needs a non-empty content")
+        texts.append(t)
     responses = rec.get("response")
     if not isinstance(responses, list) or not responses:
         raise RecordError("response: must be a non-empty list")
@@ -191,7 +194,7 @@ def _records(path: Path) -> list[tuple[int, Any, str | None]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        out = []
+        out: list[tuple[int, Any, str | None]] = []
         for i, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
@@ -224,11 +227,10 @@ def import_streamo(
                 raise RecordError(err)
             if not isinstance(rec, dict):
                 raise RecordError(f"not a JSON object ({type(rec).__name__})")
-            kw = {"index": n, "video_root": video_root, "dimension": dimension}
             if "messages" in rec:
-                row = from_stream(rec, fps=fps, **kw)
+                row = from_stream(rec, index=n, video_root=video_root, dimension=dimension, fps=fps)
             elif "question" in rec and "response" in rec:
-                row = from_raw(rec, **kw)
+                row = from_raw(rec, index=n, video_root=video_root, dimension=dimension)
             else:
                 raise RecordError("neither layout: needs messages, or question and response")
             problems = validate_row(row)

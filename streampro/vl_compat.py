@@ -83,7 +83,7 @@ def _qwen2_video_standin() -> type:
     from transformers.processing_utils import VideosKwargs
     from transformers.video_processing_utils import BaseVideoProcessor
 
-    class Qwen2VLVideoProcessorInitKwargs(VideosKwargs, total=False):
+    class Qwen2VLVideoProcessorInitKwargs(VideosKwargs, total=False):  # type: ignore[call-arg]
         min_pixels: int
         max_pixels: int
         patch_size: int
@@ -135,7 +135,7 @@ def _qwen3_video_standin() -> type:
     # The submodule itself (the lazy package's attribute of that name is a placeholder).
     real = importlib.import_module("transformers.models.qwen3_vl.video_processing_qwen3_vl")
 
-    class Qwen3VLVideoProcessor(real.Qwen3VLVideoProcessor):
+    class Qwen3VLVideoProcessor(real.Qwen3VLVideoProcessor):  # type: ignore[name-defined]
         preprocess = _refuse_video
         __call__ = _refuse_video
 
