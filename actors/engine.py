@@ -17,6 +17,9 @@ from vllm.inputs import TokensPrompt
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 
+from streampro.actors.vlm_worker import WORKER_EXTENSION
+from streampro.errors import UserError
+
 # `sync_weights(source=WEIGHT_TRANSFER)`: the weights were already pushed through vLLM's
 # weight-transfer API (NCCL, GPU only); only drop the prefix cache and bump the version.
 WEIGHT_TRANSFER = "weight-transfer"
@@ -71,6 +74,7 @@ class DecisionEngine:
         from vllm.platforms import current_platform
 
         kw: dict = {}
+        self.max_model_len = max_model_len or _model_max_len(model_path)
         if current_platform.is_cpu():
             # The CPU worker reads the KV size from here (or VLLM_CPU_KVCACHE_SPACE).
             kw["kv_cache_memory_bytes"] = int(kv_cache_gb * (1 << 30))
@@ -99,6 +103,8 @@ class DecisionEngine:
             # logprobs of the distribution sampled from (logits / temperature, after top-p),
             # which is what the learner recomputes; vLLM's default reports raw-logit logprobs
             logprobs_mode="processed_logprobs",
+            # reload_vlm_weights: reload_weights + a repack of tied LM heads (any model)
+            worker_extension_cls=WORKER_EXTENSION,
             disable_log_stats=True,  # only our counter, not the periodic log lines
             **kw,
         )
@@ -112,6 +118,13 @@ class DecisionEngine:
 
     async def decide(self, prompt_ids: list[int], params: SamplingParams) -> Decision:
         """One request: the decision after `prompt_ids` (ids/logprobs as sampled)."""
+        need = len(prompt_ids) + int(params.max_tokens or 0)
+        if need > self.max_model_len:  # never truncate a stream's context silently
+            raise UserError(
+                f"a decision needs {need} tokens of context ({len(prompt_ids)} prompt + "
+                f"{params.max_tokens} generated) but the model takes {self.max_model_len}: "
+                "lower data.window_turns, or raise rollout.max_model_len if the model allows"
+            )
         final = None
         async for out in self.llm.generate(
             TokensPrompt(prompt_token_ids=prompt_ids),
@@ -132,7 +145,9 @@ class DecisionEngine:
         """Load new weights in place, then drop every cached prefix (it holds old-weight KV)."""
         if source != WEIGHT_TRANSFER:
             # An HF folder (safetensors) exported by the learner; works on CPU and GPU.
-            await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": source})
+            # reload_weights, then the tied LM head repacked (actors/vlm_worker.py: without it
+            # vLLM CPU kept sampling from the old head; measured up to 1.05 nats off)
+            await self.llm.collective_rpc("reload_vlm_weights", kwargs={"weights_path": source})
         await self.llm.reset_prefix_cache(reset_running_requests=True)
 
     def cache_stats(self) -> dict[str, int]:

@@ -131,13 +131,16 @@ def evaluate_policy(
     )
     if cfg.eval.max_samples:
         encoded = encoded[: cfg.eval.max_samples]
-    rollout = make_rollout_group(cfg, model_path or policy_path(cfg.policy))
+    rollout = make_rollout_group(
+        cfg,
+        model_path
+        or policy_path(cfg.policy, seed=cfg.run.seed, codebook_size=cfg.data.codebook_size),
+    )
     try:
         scores = evaluate(
             rollout,
             encoded,
             **eval_kwargs(cfg),
-            acc_judge=acc_judge_from_config(cfg),
             predictions_out=Path(out_dir) / "predictions.jsonl",
         )
     finally:

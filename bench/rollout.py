@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
 P_SILENCE = 0.9  # share of silent steps of the benchmark policy
-POSITIONS = (1, 5, 10, 20, 30, 40, 50, 60)  # stream positions (1-based steps) reported
+POSITIONS = (1, 5, 10, 20, 30, 40, 50, 60, 100, 200, 300, 400, 500, 600)  # 1-based steps reported
 HF_STREAMS = 2  # the transformers loop runs streams one after another: 2 give its rate
 
 
@@ -224,21 +224,23 @@ def run(cfg, out_path: str) -> dict:
         work / "policy",
     )
 
-    hf = HFStreamPolicy(
-        model,
-        window_turns=cfg.data.window_turns,
-        window_slide=cfg.data.window_slide,
-        max_answer_tokens=cfg.rollout.max_answer_tokens,
-    )
-    hf_m = _measure(hf, synthetic_streams(HF_STREAMS, steps, seed=cfg.run.seed), sampling)
-    del hf
-
+    hf_m: dict | None = None
+    off: dict | None = None
     try:
-        group = _local_group(model, cfg, counts, prefix=False)
-        try:
-            off = _vllm_runs(group, cfg, counts, steps, sampling, prefix=False)
-        finally:
-            group.shutdown()
+        if cfg.bench.baselines:
+            hf = HFStreamPolicy(
+                model,
+                window_turns=cfg.data.window_turns,
+                window_slide=cfg.data.window_slide,
+                max_answer_tokens=cfg.rollout.max_answer_tokens,
+            )
+            hf_m = _measure(hf, synthetic_streams(HF_STREAMS, steps, seed=cfg.run.seed), sampling)
+            del hf
+            group = _local_group(model, cfg, counts, prefix=False)
+            try:
+                off = _vllm_runs(group, cfg, counts, steps, sampling, prefix=False)
+            finally:
+                group.shutdown()
         group = _local_group(model, cfg, counts, prefix=True)
         try:
             on = _vllm_runs(group, cfg, counts, steps, sampling, prefix=True)
@@ -252,6 +254,14 @@ def run(cfg, out_path: str) -> dict:
             group.shutdown()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return _result(cfg, counts, steps, on, off, hf_m, sync_s, diff)
+
+
+def _result(
+    cfg, counts: list[int], steps: int, on: dict, off: dict | None, hf_m: dict | None,
+    sync_s: float, diff: float,
+) -> dict:  # fmt: skip
+    """The JSON of one run; baselines (and the ratios to them) only when they ran."""
 
     def rate(m: dict) -> dict:
         return {str(s): round(v["decisions_per_s"], 2) for s, v in m.items()}
@@ -275,7 +285,14 @@ def run(cfg, out_path: str) -> dict:
         "gen_tokens_per_step": round(on[top]["gen_tokens_per_step"], 3),
         "sync_seconds": round(sync_s, 4),
         "logprob_max_abs_diff": diff,
-        "baselines": {
+        "window": {"turns": cfg.data.window_turns, "slide": cfg.data.window_slide},
+    }
+    lat = result["latency_by_position"][str(top)]
+    result["targets"] = {
+        f"latency_step{steps}_over_step5": _ratio(lat.get(str(steps)), lat.get("5")),
+    }
+    if hf_m is not None and off is not None:
+        result["baselines"] = {
             "transformers_kv_loop": {
                 "decisions_per_s": round(hf_m["decisions_per_s"], 2),
                 "streams_run_sequentially": HF_STREAMS,
@@ -287,16 +304,13 @@ def run(cfg, out_path: str) -> dict:
                     str(s): _by_position(v["latencies"], steps) for s, v in off.items()
                 },
             },
-        },
-    }
-    lat = result["latency_by_position"][str(top)]
-    result["targets"] = {
-        f"latency_step{steps}_over_step5": _ratio(lat.get(str(steps)), lat.get("5")),
-        "speedup_vs_transformers": _ratio(on[top]["decisions_per_s"], hf_m["decisions_per_s"]),
-        "speedup_vs_no_prefix_cache": _ratio(
+        }
+        result["targets"]["speedup_vs_transformers"] = _ratio(
+            on[top]["decisions_per_s"], hf_m["decisions_per_s"]
+        )
+        result["targets"]["speedup_vs_no_prefix_cache"] = _ratio(
             on[top]["decisions_per_s"], off[top]["decisions_per_s"]
-        ),
-    }
+        )
     return result
 
 

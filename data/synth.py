@@ -29,6 +29,7 @@ TASK_ORDER = ("EU", "OU", "AA", "TP", "TG", "GP", "RF")
 SPLIT_SEEDS = {"train": 0, "val": 10**6, "test": 2 * 10**6}
 LATE_QUESTION_P = 0.25  # share of samples whose question arrives at 1-3 s instead of 0 s
 MIN_DURATION = 20  # every task's events fit in 20 s
+MAX_DURATION = 600  # 10-minute streams: 3x the default 200-turn window
 
 
 def check_params(p: SceneParams, min_duration: float, max_duration: float) -> None:
@@ -41,10 +42,10 @@ def check_params(p: SceneParams, min_duration: float, max_duration: float) -> No
             f"synth.video_fps must be >= 2 (events start one frame into a second), "
             f"got {p.video_fps}"
         )
-    if not MIN_DURATION <= min_duration <= max_duration:
+    if not MIN_DURATION <= min_duration <= max_duration <= MAX_DURATION:
         problems.append(
-            f"synth.min_duration/max_duration must satisfy {MIN_DURATION} <= min <= max, "
-            f"got {min_duration:g}, {max_duration:g}"
+            f"synth.min_duration/max_duration must satisfy {MIN_DURATION} <= min <= max <= "
+            f"{MAX_DURATION}, got {min_duration:g}, {max_duration:g}"
         )
     if not p.speed > 0:
         problems.append(f"synth.speed must be > 0, got {p.speed}")

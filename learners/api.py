@@ -23,8 +23,15 @@ class LearnerGroupAPI(Protocol):
         """One optimiser step on the global batch ('sft' or 'grpo'); returns reduced metrics."""
         ...
 
-    def logprobs(self, *, batch: Batch, reference: bool = False) -> torch.Tensor:
-        """Per-token logprobs `[B, T]` of input_ids under the policy (or the frozen reference)."""
+    def logprobs(
+        self, *, batch: Batch, reference: bool = False, version: int | None = None
+    ) -> torch.Tensor:
+        """Per-token logprobs `[B, T]` of input_ids under the policy (or the frozen reference,
+        or the weights kept as policy `version`), at the sampling temperature."""
+        ...
+
+    def keep_weights(self, *, version: int) -> None:
+        """Keep the current weights as policy `version` (the two newest are kept)."""
         ...
 
     def save_checkpoint(self, *, path: str, client_state: dict | None = None) -> None: ...

@@ -169,12 +169,19 @@ class LocalLearnerGroup:
         )
         return reduce_stats([stats], objective=objective, totals=totals)
 
-    def logprobs(self, *, batch: Batch, reference: bool = False) -> torch.Tensor:
+    def logprobs(
+        self, *, batch: Batch, reference: bool = False, version: int | None = None
+    ) -> torch.Tensor:
         plan = plan_micro_batches(batch, self.settings, self.world_size)
         lps = self.worker.logprobs(
-            micro_batches=[materialize(batch, r) for r in plan[0]], reference=reference
+            micro_batches=[materialize(batch, r) for r in plan[0]],
+            reference=reference,
+            version=version,
         )
         return _scatter_logprobs(batch, plan, [lps])
+
+    def keep_weights(self, *, version: int) -> None:
+        self.worker.keep_weights(version=version)
 
     def save_checkpoint(self, *, path: str, client_state: dict | None = None) -> None:
         tmp = _tmp_sibling(path)
@@ -260,17 +267,26 @@ class RayLearnerGroup:
         ]
         return reduce_stats(ray.get(refs), objective=objective, totals=totals)
 
-    def logprobs(self, *, batch: Batch, reference: bool = False) -> torch.Tensor:
+    def logprobs(
+        self, *, batch: Batch, reference: bool = False, version: int | None = None
+    ) -> torch.Tensor:
         import ray
 
         plan = plan_micro_batches(batch, self.settings, self.world_size)
         refs = [
             a.logprobs.remote(
-                micro_batches=[materialize(batch, r) for r in plan[k]], reference=reference
+                micro_batches=[materialize(batch, r) for r in plan[k]],
+                reference=reference,
+                version=version,
             )
             for k, a in enumerate(self.actors)
         ]
         return _scatter_logprobs(batch, plan, ray.get(refs))
+
+    def keep_weights(self, *, version: int) -> None:
+        import ray
+
+        ray.get([a.keep_weights.remote(version=version) for a in self.actors])
 
     def save_checkpoint(self, *, path: str, client_state: dict | None = None) -> None:
         import ray

@@ -58,6 +58,15 @@ def build_batch(
     return collate(items, rows, pad_id=pad_id)
 
 
+def behaviour_version(trajs: list[Trajectory]) -> int:
+    """The one policy version a step's episodes were sampled from (the loop never swaps
+    weights while a rollout is in flight)."""
+    versions = {s.version for t in trajs for s in t.steps} or {t.version for t in trajs}
+    if len(versions) != 1:
+        raise RuntimeError(f"a step's episodes were sampled from several versions {versions}")
+    return versions.pop()
+
+
 def logprob_agreement(
     sampler: torch.Tensor,  # [B, T] vLLM's logprobs of the sampled tokens
     learner: torch.Tensor,  # [B, T] the learner's, same weights and temperature
@@ -185,13 +194,15 @@ class GRPOStep:
             return {}  # every group had equal rewards: nothing to learn from this step
         adv, stats = group_advantages(rewards, mode=c.advantage, eps=c.adv_eps)  # [K, G]
         batch = build_batch(trajs, adv.view(-1), pad_id=self.pad_id)
-        check: dict[str, float] = {}
+        sampler = batch["old_logprobs"]  # [R, T] vLLM's
         if not c.async_mode:
             # On-policy: recompute old logprobs with the learner (as verl does), so the ratio
             # starts at exactly 1; in async mode the behaviour logprobs of vLLM are the baseline.
-            sampler = batch["old_logprobs"]  # [R, T] vLLM's
             batch["old_logprobs"] = self.learner.logprobs(batch=batch)
-            check = self.check_agreement(sampler, batch["old_logprobs"], batch["loss_mask"])
+            learner = batch["old_logprobs"]
+        else:  # the learner has moved on: score under the weights the rollout sampled from
+            learner = self.learner.logprobs(batch=batch, version=behaviour_version(trajs))
+        check = self.check_agreement(sampler, learner, batch["loss_mask"])
         if c.kl_coef != 0.0:
             batch["ref_logprobs"] = self.learner.logprobs(batch=batch, reference=True)
         n = batch["input_ids"].shape[0]
@@ -221,8 +232,11 @@ class GRPOStep:
         return out
 
     def publish(self, version: int) -> None:
-        """Weights v as an HF folder, loaded into every engine in place; older folders pruned."""
+        """Weights v as an HF folder, loaded into every engine in place; older folders pruned.
+        In async mode the learner also keeps them, to score the next batch under them."""
         path = self.run_dir / "weights" / f"v{version:06d}"
+        if self.cfg.grpo.async_mode:
+            self.learner.keep_weights(version=version)
         self.learner.export_hf(path=str(path))
         self.rollout.sync_weights(version=version, source=str(path))
         for old in sorted((self.run_dir / "weights").glob("v*"))[:-1]:
@@ -293,6 +307,8 @@ def run_grpo(
         pad_id=_pad_id(init_model),
     )
     step = _resume(cfg, parts, ckpts, logger) if cfg.run.resume == "auto" else 0
+    if c.async_mode and step == 0:
+        learner.keep_weights(version=0)  # what the engines hold: step 0's behaviour weights
     if c.eval_every and step == 0:  # the starting point of the val curve
         start = start_val or evaluate(rollout, val, **eval_kwargs(cfg))
         logger.log(0, {"val/w_avg": start["w_avg"], "val/avg": start["avg"]})

@@ -72,7 +72,7 @@ class SynthConfig:
     min_duration: float = 20.0
     """Shortest video, seconds."""
     max_duration: float = 90.0
-    """Longest video, seconds."""
+    """Longest video, seconds (up to 600: 10-minute streams, 3x the default window)."""
     speed: float = 1.0
     """Speed multiplier of moving objects (difficulty knob)."""
     distractors: int = 1
@@ -131,8 +131,8 @@ class PolicyConfig:
     """Tiny policy: MLP width."""
     vocab_size: int = 1024
     """Tiny policy: BPE vocabulary before special and frame tokens are added."""
-    max_position_embeddings: int = 8192
-    """Tiny policy: longest context."""
+    max_position_embeddings: int = 16384
+    """Tiny policy: longest context (a full 200-turn window of patch-codec turns is ~8.3 k)."""
 
 
 @dataclass
@@ -403,7 +403,10 @@ class BenchConfig:
     streams: list[int] = field(default_factory=lambda: [1, 16, 64])
     """Concurrent streams measured by `bench rollout`."""
     steps: int = 60
-    """Stream length in steps for `bench rollout`."""
+    """Stream length in steps for `bench rollout` (600 = 10-minute streams at 1 fps)."""
+    baselines: bool = True
+    """`bench rollout` also runs the transformers KV-cache loop and vLLM without prefix caching
+    (their cost grows with the window: turn off for long streams)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds of `bench sft-ablation`."""
 

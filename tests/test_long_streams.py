@@ -110,3 +110,56 @@ def test_prefix_cache_hits_across_segments(recorded):
     after = group.cache_stats()
     hit_rate = (after["hits"] - before["hits"]) / (after["queries"] - before["queries"])
     assert hit_rate > 0.75, hit_rate
+
+
+def test_learner_step_synced_to_vllm_and_kept_weights(tiny_path, tmp_path):
+    """One GRPO update of the tied-embedding tiny policy, exported and synced in place: vLLM's
+    logprobs equal the learner's again (a stale tied LM head once made them differ by up to
+    1.05). The learner also scores under the weights it kept from before the update, exactly
+    as it did then (the async agreement check)."""
+    from streampro.actors.rollout import LocalRolloutGroup
+    from streampro.learners.group import LocalLearnerGroup
+    from streampro.learners.grpo_loop import build_batch, logprob_agreement
+
+    samples = synthetic_streams(2, 6, seed=3)
+    sampling = Sampling(temperature=0.7, seed=1, max_answer_tokens=4)
+    group = LocalRolloutGroup(
+        tiny_path, max_answer_tokens=4, kv_cache_gb=0.25, max_num_seqs=16, max_model_len=4096
+    )
+    learner = LocalLearnerGroup(
+        model_path=tiny_path, lr=1e-2, temperature=0.7, precision="fp32", micro_batch=4
+    )
+    try:
+        batch = build_batch(
+            group.generate(samples=samples, n=2, sampling=sampling),
+            torch.tensor([1.0, -1.0, 0.5, -0.5]),
+            pad_id=0,
+        )
+        before = learner.logprobs(batch=batch)
+        assert (
+            logprob_agreement(batch["old_logprobs"], before, batch["loss_mask"])[
+                "check/lp_diff_max"
+            ]
+            < 1e-5
+        )
+        learner.keep_weights(version=0)
+        batch["old_logprobs"] = before
+        learner.train_step(batch=batch, objective="grpo")
+        after = learner.logprobs(batch=batch)
+        kept = learner.logprobs(batch=batch, version=0)
+        again = learner.logprobs(batch=batch)  # the current weights are back
+        learner.export_hf(path=str(tmp_path / "v1"))
+        group.sync_weights(version=1, source=str(tmp_path / "v1"))
+        synced = build_batch(
+            group.generate(samples=samples, n=2, sampling=sampling), torch.zeros(4), pad_id=0
+        )
+        lp = learner.logprobs(batch=synced)
+    finally:
+        learner.shutdown()
+        group.shutdown()
+    mask = batch["loss_mask"].bool()
+    assert (after - before)[mask].abs().max() > 1e-2  # the update moved the policy
+    assert torch.equal(kept, before)
+    assert torch.equal(again, after)
+    check = logprob_agreement(synced["old_logprobs"], lp, synced["loss_mask"])
+    assert check["check/lp_diff_max"] < 1e-5, check
