@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import json
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def cfg(tmp_path_factory):
             "serve.min_replicas=1",
             "serve.max_replicas=1",
             "serve.max_sessions=6",
-            "serve.session_ttl_s=4",
+            "serve.session_ttl_s=6",
             "serve.expire_every_s=0.5",
             "serve.max_body_bytes=200000",
             "serve.max_chunks_per_request=8",
@@ -168,7 +169,9 @@ def test_eval_checkpoint_equals_rollout_greedy_evaluation(
         endpoint=None,
         predictions=None,
     )
-    assert eval_main(cfg, args) == 0
+    slow_ok = copy.deepcopy(cfg)  # a loaded CI box must not expire a session mid-stream
+    slow_ok.serve.session_ttl_s = 600.0
+    assert eval_main(slow_ok, args) == 0
     out = tmp_path / "served"
     lines = (out / "predictions.jsonl").read_text().splitlines()
     assert [json.loads(x) for x in lines] == [
@@ -261,7 +264,7 @@ def test_idle_sessions_expire_and_health_and_openapi(served):
     frame = np.zeros((32, 32, 3), np.uint8)
     assert s.push_frame(0, 1, frame)["time"] == 1.0
     assert s.push_frame(1, 2, codes=[5] * 16)["time"] == 2.0
-    time.sleep(6)  # serve.session_ttl_s=4, checked every 0.5 s by the store's task
+    time.sleep(9)  # serve.session_ttl_s=6, checked every 0.5 s by the store's task
     with pytest.raises(ServeError) as e:
         s.push_frame(2, 3, frame)
     assert e.value.status == 404 and e.value.code == "unknown_session"
