@@ -139,8 +139,17 @@ async def _generate(llm, ref: Ref, ids: list[int], images: list, seed: int):
     from streampro.actors.vlm_prompt import image_prompt
 
     prompt = image_prompt(ids, images, image_token_id=ref.m.image_token_id, processor=ref.proc)
+    # A policy must never emit vision tokens (a random tiny model would): allow the rest.
+    # vLLM's logprobs stay those of the raw distribution, as transformers computes them.
+    banned = {ref.m.image_token_id, *ref.m.image}
     params = SamplingParams(
-        temperature=1.0, max_tokens=GEN, ignore_eos=True, logprobs=0, seed=seed, detokenize=False
+        temperature=1.0,
+        max_tokens=GEN,
+        ignore_eos=True,
+        logprobs=0,
+        seed=seed,
+        detokenize=False,
+        allowed_token_ids=[i for i in range(len(ref.tok)) if i not in banned],
     )
     final = None
     async for out in llm.generate(prompt, params, request_id=f"vlm-{next(_ids)}"):
@@ -173,6 +182,7 @@ def test_image_stream_logprobs_and_prefix_cache(engine, ref, loop):
         prev_len_before = len(ids)
         ids = ids + [ref.tok.convert_tokens_to_ids(T.SILENCE)] + list(ref.m.turn_close)
     assert max(diffs) < TOL, diffs
+    print(f"image stream: max |vLLM - transformers| logprob {max(diffs):.2e}, cache hits {hits}")
     # A changed first frame: nothing from that image on is reused (no cross-image reuse).
     other = [frame(99)] + frames[1:]
     first_img = ids.index(ref.m.image_token_id)
@@ -198,6 +208,7 @@ def test_concurrent_streams_same_text_different_frames(engine, ref, loop):
     results = loop.run_until_complete(all_streams())
     diffs = [_max_diff(ref, ids, imgs, g, lp) for imgs, (g, lp) in zip(streams, results)]
     assert max(diffs) < TOL, diffs
+    print(f"{n} concurrent streams, different frames: max logprob diff {max(diffs):.2e}")
     # Different frames give different distributions: the guard has teeth.
     firsts = {round(lp[0], 4) for _, lp in results}
     assert len(firsts) > 1
@@ -219,3 +230,46 @@ def test_seen_image_after_weight_reload(engine, ref, paths, loop):
         loop.run_until_complete(reload_weights(llm, paths["v0"]))
     gen, lps = loop.run_until_complete(_generate(llm, ref, ids, [img], seed=3))
     assert _max_diff(ref, ids, [img], gen, lps) < TOL
+
+
+def test_extended_qwen3_vl_folder_in_vllm(tmp_path_factory, loop):
+    """A Qwen3-VL checkpoint that lacked the decision tokens, extended by hf_policy: vLLM
+    loads the extended folder (same vocabulary as transformers) and their logprobs agree."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from streampro.actors.vlm_prompt import vlm_engine_kwargs
+
+    cache = tmp_path_factory.mktemp("qwen3-vl")
+    src = tiny_vl.ensure_tiny_vl(tiny_vl.tiny_vl_spec(arch="qwen3_vl", stream_tokens=False), cache)
+    path = str(H.extend_policy(src, cache / "ext"))
+    args = AsyncEngineArgs(
+        model=path,
+        dtype="float32",
+        enforce_eager=True,
+        block_size=BLOCK,
+        max_model_len=2048,
+        seed=0,
+        disable_log_stats=True,
+        kv_cache_memory_bytes=1 << 28,
+        enable_chunked_prefill=False,
+        max_num_batched_tokens=2048,
+        **vlm_engine_kwargs(max_images=2, block_size=BLOCK, on_cpu=True),
+    )
+    llm = loop.run_until_complete(_start(args, AsyncLLM))
+    try:
+        q3 = Ref(path)
+        frames = [frame(20, 96, 64), frame(21, 96, 64)]
+        ids = q3.head("what happens") + q3.chunk(0, frames[0])
+        ids += [q3.tok.convert_tokens_to_ids(T.SILENCE)] + list(q3.m.turn_close)
+        ids += q3.chunk(1, frames[1])
+        gen, lps = loop.run_until_complete(_generate(llm, q3, ids, frames, seed=4))
+        diff = _max_diff(q3, ids, frames, gen, lps)
+        print(f"extended tiny Qwen3-VL: max logprob diff {diff:.2e}")
+        assert diff < TOL
+    finally:
+        llm.shutdown()
+
+
+async def _start(args, cls):
+    return cls.from_engine_args(args)
