@@ -280,8 +280,10 @@ def autoscale_demo(
 
 def run(cfg: Any, out: str) -> dict[str, Any]:
     """`streampro bench autoscale`: the demo on a fresh fake cluster (the CLI writes `out`)."""
+    # 10 s idle timeout: with 3 s a freshly started node was once removed before the actor
+    # placed on it had started (CI, fresh clone: "actor cancelled before it started running")
     with FakeAutoscalingCluster(
-        head_cpus=1, node_cpus=1.0, max_nodes_per_role=3, idle_timeout_s=3.0
+        head_cpus=1, node_cpus=1.0, max_nodes_per_role=3, idle_timeout_s=10.0
     ) as cluster:
         result = autoscale_demo(cluster.address, num_actors=2, actor_cpus=1.0)
     result["cluster"] = {"head_cpus": 1, "node_types": cluster.config["available_node_types"]}
