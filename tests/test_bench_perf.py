@@ -30,7 +30,9 @@ def test_quick_perf_writes_every_key(tmp_path) -> None:
     for objective in ("sft", "grpo"):
         for layout in ("packed", "padded"):
             r = cases[f"{objective}/fp32/{layout}"]
-            assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1
+            # no upper bound: peak and step are timed at different moments, and a busy
+            # neighbour during the peak measurement alone can push the ratio past 1
+            assert r["tokens_per_s"] > 0 and r["mfu"] > 0
         assert f"{objective}/fp32/padded-dense-reference" in cases
     assert saved["learner"]["tiny"]["auto_precision"]["choice"] in ("fp32", "bf16")
     assert saved["rollout"] == {"skipped": "--quick does not start vLLM"}
