@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import TokensPrompt
@@ -70,10 +73,22 @@ class DecisionEngine:
         enforce_eager: bool = True,
         seed: int = 0,
         weight_transfer_backend: str = "",
+        max_images: int = 200,
     ) -> None:
         from vllm.platforms import current_platform
 
-        kw: dict = {}
+        from streampro.hf_policy import load_processor
+
+        # reload_vlm_weights: reload_weights + a repack of tied LM heads (any model)
+        kw: dict = {"worker_extension_cls": WORKER_EXTENSION}
+        # A VLM folder: frames go in as images (at most max_images per prompt, the window)
+        self.processor = load_processor(model_path)
+        if self.processor is not None:
+            from streampro.actors.vlm_prompt import vlm_engine_kwargs
+
+            kw |= vlm_engine_kwargs(
+                max_images=max_images, block_size=block_size, on_cpu=current_platform.is_cpu()
+            )
         self.max_model_len = max_model_len or _model_max_len(model_path)
         if current_platform.is_cpu():
             # The CPU worker reads the KV size from here (or VLLM_CPU_KVCACHE_SPACE).
@@ -103,8 +118,6 @@ class DecisionEngine:
             # logprobs of the distribution sampled from (logits / temperature, after top-p),
             # which is what the learner recomputes; vLLM's default reports raw-logit logprobs
             logprobs_mode="processed_logprobs",
-            # reload_vlm_weights: reload_weights + a repack of tied LM heads (any model)
-            worker_extension_cls=WORKER_EXTENSION,
             disable_log_stats=True,  # only our counter, not the periodic log lines
             **kw,
         )
@@ -116,8 +129,11 @@ class DecisionEngine:
         self._ids = itertools.count()
         self._tag = f"{os.getpid()}-{id(self):x}"
 
-    async def decide(self, prompt_ids: list[int], params: SamplingParams) -> Decision:
-        """One request: the decision after `prompt_ids` (ids/logprobs as sampled)."""
+    async def decide(
+        self, prompt_ids: list[int], params: SamplingParams, images: Sequence[Any] = ()
+    ) -> Decision:
+        """One request: the decision after `prompt_ids` (ids/logprobs as sampled); `images` are
+        the frames ([h, w, 3] uint8) of the prompt's image placeholders, in order (VLM)."""
         need = len(prompt_ids) + int(params.max_tokens or 0)
         if need > self.max_model_len:  # never truncate a stream's context silently
             raise UserError(
@@ -127,7 +143,7 @@ class DecisionEngine:
             )
         final = None
         async for out in self.llm.generate(
-            TokensPrompt(prompt_token_ids=prompt_ids),
+            self._prompt(prompt_ids, images),
             params,
             request_id=f"d{self._tag}-{next(self._ids)}",
         ):
@@ -141,6 +157,20 @@ class DecisionEngine:
             raise RuntimeError(f"vLLM returned {len(lps)} logprobs for {len(ids)} tokens")
         return Decision(ids, lps, o.finish_reason)
 
+    def _prompt(self, prompt_ids: list[int], images: Sequence[Any]) -> TokensPrompt:
+        if self.processor is None:
+            if images:
+                raise UserError("frames were given as images but the policy is a text model")
+            return TokensPrompt(prompt_token_ids=prompt_ids)
+        from PIL import Image
+
+        from streampro.actors.vlm_prompt import image_prompt
+
+        pil = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in images]
+        return image_prompt(
+            prompt_ids, pil, image_token_id=self.processor.image_token_id, processor=self.processor
+        )
+
     async def reload(self, source: str) -> None:
         """Load new weights in place, then drop every cached prefix (it holds old-weight KV)."""
         if source != WEIGHT_TRANSFER:
@@ -148,6 +178,8 @@ class DecisionEngine:
             # reload_weights, then the tied LM head repacked (actors/vlm_worker.py: without it
             # vLLM CPU kept sampling from the old head; measured up to 1.05 nats off)
             await self.llm.collective_rpc("reload_vlm_weights", kwargs={"weights_path": source})
+        if self.processor is not None:  # image embeddings of the old weights (and a seen
+            await self.llm.reset_encoder_cache()  # image would fail "Encoder cache miss")
         await self.llm.reset_prefix_cache(reset_running_requests=True)
 
     def cache_stats(self) -> dict[str, int]:
@@ -167,10 +199,20 @@ def _model_max_len(model_path: str) -> int:
 
 
 def decision_params(
-    *, stop_ids: list[int], max_tokens: int, temperature: float, top_p: float, seed: int | None
+    *,
+    stop_ids: list[int],
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+    banned: Sequence[str] = (),
 ) -> SamplingParams:
-    """Sampling of one decision: stop at `</Silence>`/`<|im_end|>`, sampled-token logprob."""
+    """Sampling of one decision: stop at `</Silence>`/`<|im_end|>`, sampled-token logprob.
+
+    `banned` tokens are never sampled (a VLM's vision tokens: a generated image pad would stand
+    for no image); their logits are -inf before temperature, which the learner repeats."""
     return SamplingParams(
+        bad_words=list(banned) or None,
         temperature=temperature,
         top_p=top_p,
         max_tokens=max_tokens,

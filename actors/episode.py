@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from streampro import tokens as T
 from streampro.types import Segment, Step, Trajectory
@@ -43,21 +44,33 @@ def request_seed(base: int, sample_index: int, episode: int, step: int) -> int:
 
 @dataclass(frozen=True)
 class Chunk:
-    """One second of stream as the policy sees it: interval and frame codes."""
+    """One second of stream as the policy sees it: interval and frame (codes or image)."""
 
     start: float
     end: float
     codes: Sequence[int]
+    image: Any = None
+    """Image codec: the resized frame ([h, w, 3] uint8) sent to the VLM; None with codes."""
+    image_tokens: int = 0
+    """Image codec: the frame's placeholder pads in the dialogue (its merged patches)."""
 
 
-def sample_chunks(encoded) -> list[Chunk]:
-    """The chunks of an `EncodedSample` (streampro.data.encode), in stream order."""
+def sample_chunks(encoded, image_tokens: Callable[[int, int], int] | None = None) -> list[Chunk]:
+    """The chunks of an `EncodedSample` (streampro.data.encode), in stream order;
+    `image_tokens(h, w)` sizes frames' placeholders (image codec)."""
+    from streampro.data.dialogue import frame_token_counts
+
     if len(encoded.times) != len(encoded.codes):
         raise ValueError(
             f"sample {encoded.sample.id!r}: {len(encoded.times)} chunk times "
             f"but {len(encoded.codes)} frame code lists"
         )
-    return [Chunk(float(s), float(e), c) for (s, e), c in zip(encoded.times, encoded.codes)]
+    frames = encoded.frames or [None] * len(encoded.times)
+    sizes = frame_token_counts(encoded, image_tokens)
+    return [
+        Chunk(float(s), float(e), c, f, n)
+        for (s, e), c, f, n in zip(encoded.times, encoded.codes, frames, sizes)
+    ]
 
 
 class StreamEpisode:
@@ -93,6 +106,7 @@ class StreamEpisode:
         self._gen_mask: list[int] = []
         self._logprobs: list[float] = []
         self._seg_first_step: list[int] = []
+        self._images: list[Any] = []  # each chunk's frame (image codec), by turn index
         self._pending: Chunk | None = None
 
     @classmethod
@@ -122,11 +136,18 @@ class StreamEpisode:
         """Append one chunk turn; returns the prompt (token ids) for the decision after it."""
         if self._pending is not None:
             raise RuntimeError("add_chunk called twice without a decision in between")
-        self.dialogue.add_chunk(chunk.start, chunk.end, chunk.codes)
+        self.dialogue.add_chunk(
+            chunk.start, chunk.end, chunk.codes, image_tokens=chunk.image_tokens
+        )
+        self._images.append(chunk.image)
         if len(self.dialogue.segments()) > len(self._seg_first_step):  # a new segment opened
             self._seg_first_step.append(len(self.steps))
         self._pending = chunk
         return self.dialogue.context()
+
+    def context_images(self) -> list[Any]:
+        """The frames of the context `add_chunk` returned, in placeholder order (image codec)."""
+        return [im for im in self._images[self.dialogue.first_turn :] if im is not None]
 
     def add_decision(
         self, gen_ids: Sequence[int], logprobs: Sequence[float], *, version: int | None = None
@@ -175,6 +196,9 @@ class StreamEpisode:
                 gen_mask=span.aligned(self._gen_mask, 0),
                 logprobs=span.aligned(self._logprobs, 0.0),
                 first_step=first,
+                image_chunks=[
+                    j for j in self.dialogue.span_turns(span) if self._images[j] is not None
+                ],
             )
             for span, first in zip(self.dialogue.segments(), self._seg_first_step)
         ]

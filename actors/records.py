@@ -30,6 +30,7 @@ SEGMENT_TYPE = pa.struct(
         ("gen_mask", pa.list_(pa.int8())),
         ("logprobs", pa.list_(pa.float64())),
         ("first_step", pa.int64()),
+        ("image_chunks", pa.list_(pa.int32())),
     ]
 )
 SCHEMA = pa.schema(

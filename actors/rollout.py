@@ -10,11 +10,12 @@ returns every trajectory exactly once, in order. Both implement `RolloutGroupAPI
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import ray
@@ -35,6 +36,15 @@ from streampro.types import Trajectory
 
 MAX_LATENCIES = 1 << 20
 T = TypeVar("T")
+
+
+def vlm_frame_rules(processor, tokenizer) -> tuple[list[str], Callable[[int, int], int] | None]:
+    """(tokens never sampled, frame -> placeholder size) of a VLM policy; ([], None) for text."""
+    if processor is None:
+        return [], None
+    from streampro.hf_policy import image_token_count, vision_tokens
+
+    return list(vision_tokens(tokenizer)), functools.partial(image_token_count, processor)
 
 
 class RolloutWorker:
@@ -74,9 +84,11 @@ class RolloutWorker:
             enforce_eager=enforce_eager,
             seed=seed,
             weight_transfer_backend=weight_transfer_backend,
+            max_images=window_turns,
         )
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.stop_ids = stop_token_ids(self.tokenizer)
+        self.banned, self.image_tokens = vlm_frame_rules(self.engine.processor, self.tokenizer)
         self.window_turns, self.window_slide = window_turns, window_slide
         self.max_answer_tokens = max_answer_tokens
         self.version = 0
@@ -147,17 +159,19 @@ class RolloutWorker:
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 seed=request_seed(sampling.seed, index, episode, step),
+                banned=self.banned,
             )
             t0 = time.perf_counter()
             self.inflight += 1
             try:
-                d = await self.engine.decide(prompt, params)
+                d = await self.engine.decide(prompt, params, ep.context_images())
             finally:
                 self.inflight -= 1
             self.latencies.append((step, time.perf_counter() - t0))
             return d.token_ids, d.logprobs
 
-        return await run_episode(ep, sample_chunks(encoded), decide, version=lambda: self.version)
+        chunks = sample_chunks(encoded, self.image_tokens)
+        return await run_episode(ep, chunks, decide, version=lambda: self.version)
 
     # GPU weight-transfer control plane, with AsyncLLM's signatures, so that vLLM's
     # `RayVLLMWeightSyncClient([actors])` + `NCCLTrainerWeightTransferEngine` on learner rank 0

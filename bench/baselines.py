@@ -30,20 +30,11 @@ from streampro.errors import UserError
 
 
 def encode(cfg: Config, manifest: str | Path) -> list:
-    from streampro.data.encode import encode_manifest
+    from streampro.pipeline import encode_samples
 
     if not Path(manifest).is_file():
         raise UserError(f"{manifest}: manifest not found")
-    d = cfg.data
-    return encode_manifest(
-        manifest,
-        fps=d.fps,
-        grid=d.patch_grid,
-        codebook_size=d.codebook_size,
-        cache_dir=d.cache_dir,
-        skip_bad=d.skip_bad,
-        progress=False,
-    )
+    return encode_samples(cfg, manifest, progress=False)
 
 
 def most_frequent_texts(encoded: list) -> dict[str, str]:

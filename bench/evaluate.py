@@ -118,23 +118,14 @@ def evaluate_policy(
     """
     from streampro.actors.rollout import make_rollout_group
     from streampro.bench.policy_eval import eval_kwargs, evaluate
-    from streampro.data.encode import encode_manifest
-    from streampro.tiny import policy_path
+    from streampro.pipeline import encode_samples, policy_folder
 
-    encoded = encode_manifest(
-        manifest,
-        fps=cfg.data.fps,
-        grid=cfg.data.patch_grid,
-        codebook_size=cfg.data.codebook_size,
-        cache_dir=cfg.data.cache_dir,
-        skip_bad=cfg.data.skip_bad,
-    )
+    encoded = encode_samples(cfg, manifest)
     if cfg.eval.max_samples:
         encoded = encoded[: cfg.eval.max_samples]
     rollout = make_rollout_group(
         cfg,
-        model_path
-        or policy_path(cfg.policy, seed=cfg.run.seed, codebook_size=cfg.data.codebook_size),
+        model_path or policy_folder(cfg),
     )
     try:
         scores = evaluate(

@@ -89,29 +89,56 @@ class PatchTokenCodec:
 class ImageCodec:
     """Frames as images for real VLMs (Qwen2.5-VL / Qwen3-VL): no tokens of its own.
 
-    The rollout passes `images(frame)` as vLLM multi_modal_data and the learner feeds them
-    through the model's processor; the dialogue holds the model's image placeholder.
+    Each frame is resized once, at encode time, to at most `max_pixels` pixels with its aspect
+    ratio kept and both sides multiples of `factor` (the model's patch size x spatial merge,
+    28 for Qwen2.5-VL, 32 for Qwen3-VL), so the processor uses it as it is and every frame of
+    a video costs the same number of image tokens. The dialogue holds the model's image
+    placeholder; the rollout sends the frame to vLLM as multi_modal_data and the learner
+    feeds it through the processor.
     """
 
     name = "image"
 
-    def __init__(self, size: tuple[int, int] | None = None) -> None:
-        self.size = size
-        """(width, height) to resize to before the processor (None = keep)."""
+    def __init__(self, max_pixels: int = 112 * 112, factor: int = 28) -> None:
+        if factor < 1 or max_pixels < factor * factor:
+            raise UserError(
+                f"data.image_max_pixels={max_pixels} is below one {factor}x{factor} image patch"
+            )
+        self.max_pixels = max_pixels
+        self.factor = factor
 
-    def encode(self, frame: np.ndarray):
-        """H x W x 3 uint8 -> a PIL image (the processor's input)."""
+    def size_for(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) a height x width frame is resized to: the largest multiples of
+        `factor` with the same aspect ratio (within rounding) and at most max_pixels pixels."""
+        f = self.factor
+        scale = min(1.0, (self.max_pixels / (height * width)) ** 0.5)
+        h = max(f, int(height * scale / f) * f)
+        w = max(f, int(width * scale / f) * f)
+        while h * w > self.max_pixels:  # rounding up to one patch can overshoot: trim the long side
+            h, w = (h - f, w) if h >= w and h > f else (h, w - f)
+        return h, w
+
+    def encode(self, frame: np.ndarray) -> np.ndarray:
+        """H x W x 3 uint8 -> the resized frame (uint8, sides multiples of factor)."""
         from PIL import Image
 
-        img = Image.fromarray(frame)
-        return img.resize(self.size, Image.Resampling.BILINEAR) if self.size else img
+        h, w = self.size_for(frame.shape[0], frame.shape[1])
+        if (h, w) == frame.shape[:2]:
+            return np.ascontiguousarray(frame, dtype=np.uint8)
+        img = Image.fromarray(frame).resize((w, h), Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
 
 
 def make_codec(
-    name: str, *, grid: int = 4, codebook_size: int = 64
+    name: str,
+    *,
+    grid: int = 4,
+    codebook_size: int = 64,
+    max_pixels: int = 112 * 112,
+    factor: int = 28,
 ) -> PatchTokenCodec | ImageCodec:
     if name == "patch":
         return PatchTokenCodec(grid=grid, codebook_size=codebook_size)
     if name == "image":
-        return ImageCodec()
+        return ImageCodec(max_pixels=max_pixels, factor=factor)
     raise UserError(f"data.codec must be 'patch' or 'image', got {name!r}")

@@ -5,9 +5,13 @@ Layout, concatenated segment by segment (never re-tokenised as one string):
 
     <|im_start|>system\\n{SYSTEM_PROMPT}<|im_end|>\\n
     <|im_start|>user\\n{question}<|im_end|>\\n                      (once, at query_time)
-    <|im_start|>user\\n<Xs-Ys><|frame|><|v..|>*N<|/frame|><|im_end|>\\n<|im_start|>assistant\\n
+    <|im_start|>user\\n<Xs-Ys>{frame}<|im_end|>\\n<|im_start|>assistant\\n
     </Silence>                     | </Response> {text}<|im_end|>      (supervised / generated)
     <|im_end|>\\n                   | \\n                                (appended, unsupervised)
+
+where {frame} is the patch codec's `<|frame|><|v..|>*N<|/frame|>`, or with the image codec the
+VLM's own placeholder `<|vision_start|><|image_pad|>*n<|vision_end|>` (Qwen2.5-VL and Qwen3-VL
+templates), n = the frame's merged patches; the frame itself travels beside the ids.
 
 `loss_mask[i] = 1` means token i is a target (predicted from tokens < i), as learners/api.py
 expects; `decision_class[i]` is 0 (silence) / 1 (response) at supervised decision tokens and
@@ -18,7 +22,7 @@ with its decision, and SFT rows, rollout prompts and learner rows are the window
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -42,35 +46,41 @@ class _Vocab:
         self.silence, self.response = ids(T.SILENCE), ids(T.RESPONSE)
         self.im_start, self.im_end = ids(T.IM_START), ids(T.IM_END)
         self.frame_start, self.frame_end = ids(T.FRAME_START), ids(T.FRAME_END)
-        missing = [
-            t
-            for t, i in [
-                (T.SILENCE, self.silence),
-                (T.RESPONSE, self.response),
-                (T.IM_START, self.im_start),
-                (T.IM_END, self.im_end),
-                (T.FRAME_START, self.frame_start),
-                (T.FRAME_END, self.frame_end),
-            ]
-            if i is None or i == tokenizer.unk_token_id
-        ]
+        self.vision = [ids(t) for t in (T.VISION_START, T.IMAGE_PAD, T.VISION_END)]
+        need = [(T.SILENCE, self.silence), (T.RESPONSE, self.response)]
+        need += [(T.IM_START, self.im_start), (T.IM_END, self.im_end)]
+        missing = [t for t, i in need if not self.known(i)]
         if missing:
             raise UserError(
-                f"tokenizer lacks the stream tokens {missing}: use the tiny policy "
-                "or add streampro.tokens.SPECIAL_TOKENS to it"
+                f"tokenizer lacks the stream tokens {missing}: use a built-in policy, or "
+                "streampro.hf_policy.extend_policy adds them"
             )
         self.nl = self.enc("\n")
         self.user_open = [self.im_start] + self.enc("user\n")
         self.assistant_open = [self.im_start] + self.enc("assistant\n")
         self.turn_close = [self.im_end] + self.nl
-        self.specials = {
-            self.silence,
-            self.response,
-            self.im_start,
-            self.frame_start,
-            self.frame_end,
+        self.specials = {self.silence, self.response, self.im_start}
+        self.specials |= {
+            i for i in [self.frame_start, self.frame_end, *self.vision] if self.known(i)
         }
         self._frame: dict[int, int] = {}
+
+    def known(self, tid: int | None) -> bool:
+        return tid is not None and tid != self.tok.unk_token_id
+
+    def frame_ids(self, codes: Sequence[int], image_tokens: int) -> list[int]:
+        """A chunk's frame as the dialogue holds it: patch tokens, or an image placeholder."""
+        if image_tokens:
+            if not all(self.known(i) for i in self.vision):
+                raise UserError("data.codec=image: the policy's tokenizer has no image tokens")
+            start, pad, end = self.vision
+            return [start] + [pad] * image_tokens + [end]
+        if not (self.known(self.frame_start) and self.known(self.frame_end)):
+            raise UserError(
+                "data.codec=patch needs the patch-token vocabulary of the 'tiny' policy; "
+                "use data.codec=image for a vision-language model"
+            )
+        return [self.frame_start] + [self.frame(c) for c in codes] + [self.frame_end]
 
     def enc(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
@@ -189,8 +199,13 @@ class StreamDialogue:
         self._prefix = tuple(self._system) + (tuple(self._question_ids) if pinned else ())
         self._start, self._own = start, len(self._ids)
 
-    def add_chunk(self, start: float, end: float, frame_codes: Sequence[int]) -> None:
-        """The question (once, when query_time <= start), the chunk turn, the assistant header."""
+    def add_chunk(
+        self, start: float, end: float, frame_codes: Sequence[int] = (), *, image_tokens: int = 0
+    ) -> None:
+        """The question (once, when query_time <= start), the chunk turn, the assistant header.
+
+        The frame is `frame_codes` (patch codec) or, when image_tokens > 0, an image
+        placeholder of that many pads (image codec)."""
         if self._open:
             raise RuntimeError("add_decision() must follow add_chunk() before the next chunk")
         v = self.v
@@ -202,9 +217,7 @@ class StreamDialogue:
         self._append(
             v.user_open
             + list(v.stamp(start, end))
-            + [v.frame_start]
-            + [v.frame(c) for c in frame_codes]
-            + [v.frame_end]
+            + v.frame_ids(frame_codes, image_tokens)
             + v.turn_close
             + v.assistant_open
         )
@@ -238,6 +251,19 @@ class StreamDialogue:
     def num_turns(self) -> int:
         """Chunks added so far (each with its decision, once made)."""
         return len(self._turns)
+
+    @property
+    def first_turn(self) -> int:
+        """Index of the oldest turn still in the context (chunks before it have left)."""
+        return self._first
+
+    def span_turns(self, span: SegmentSpan) -> range:
+        """Indices of the turns (chunks) whose tokens a segment's row holds, in order."""
+        first = next(
+            (j for j, off in enumerate(self._turns) if off >= span.start), len(self._turns)
+        )
+        last = next((j for j, off in enumerate(self._turns) if off >= span.end), len(self._turns))
+        return range(first, last)
 
     def context(self) -> list[int]:
         """Prompt for the next decision: system prompt, the pinned question if its place has left
@@ -273,6 +299,8 @@ class SFTRow:
     input_ids: list[int]
     loss_mask: list[int]
     decision_class: list[int]
+    image_chunks: list[int] = field(default_factory=list)
+    """Chunks whose frames the row's image placeholders stand for, in order (image codec)."""
 
 
 @dataclass
@@ -308,13 +336,30 @@ def plan_responses(
     return plan, unplaced
 
 
+def frame_token_counts(
+    encoded: EncodedSample, image_tokens: Callable[[int, int], int] | None
+) -> list[int]:
+    """Placeholder pads of each chunk's frame: 0 for patch codes, image_tokens(h, w) for frames."""
+    if encoded.frames is None:
+        return [0] * len(encoded.times)
+    if image_tokens is None:
+        raise ValueError("frames (image codec) need image_tokens(h, w) to size their placeholders")
+    return [image_tokens(int(f.shape[0]), int(f.shape[1])) for f in encoded.frames]
+
+
 def build_sft_example(
-    encoded: EncodedSample, tokenizer, *, window_turns: int = 200, window_slide: int = 0
+    encoded: EncodedSample,
+    tokenizer,
+    *,
+    window_turns: int = 200,
+    window_slide: int = 0,
+    image_tokens: Callable[[int, int], int] | None = None,
 ) -> SFTExample:
     """The SFT dialogue of one encoded sample: respond where `plan_responses` says, else silence.
 
     Laid out in window segments exactly as inference sees the stream, so each target is trained
-    under the context it will be predicted from.
+    under the context it will be predicted from. With frames (image codec), `image_tokens(h, w)`
+    sizes each frame's placeholder (streampro.hf_policy.image_token_count).
     """
     s = encoded.sample
     plan, unplaced = plan_responses(
@@ -328,8 +373,9 @@ def build_sft_example(
         window_slide=window_slide,
     )
     times, texts = [], []
+    sizes = frame_token_counts(encoded, image_tokens)
     for j, ((start, end), codes) in enumerate(zip(encoded.times, encoded.codes)):
-        dlg.add_chunk(start, end, codes)
+        dlg.add_chunk(start, end, codes, image_tokens=sizes[j])
         if j in plan:
             dlg.add_decision(decision_ids(tokenizer, "response", plan[j]))
             times.append(end)
@@ -337,8 +383,14 @@ def build_sft_example(
         else:
             dlg.add_decision(decision_ids(tokenizer, "silence"))
     ids, mask, cls = dlg.token_ids, dlg.loss_mask, dlg.decision_class
+    with_images = encoded.frames is not None
     rows = [
-        SFTRow(seg.row(ids), seg.aligned(mask, 0), seg.aligned(cls, T.CLASS_NONE))
+        SFTRow(
+            seg.row(ids),
+            seg.aligned(mask, 0),
+            seg.aligned(cls, T.CLASS_NONE),
+            list(dlg.span_turns(seg)) if with_images else [],
+        )
         for seg in dlg.segments()
     ]
     return SFTExample(rows, times, texts, unplaced)

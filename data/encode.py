@@ -1,8 +1,9 @@
-"""Decode + tokenise a manifest's videos once, and cache the frame codes in Parquet.
+"""Decode + encode a manifest's videos once, and cache the result in Parquet.
 
-Cache file: `{cache_dir}/{key}.parquet` with columns start, end (float64) and codes
-(list<uint16>), one row per chunk; key = sha256 of the video bytes + codec params + the
-cache format version. Samples sharing a video share its entry; a changed video gets a new key.
+Cache file: `{cache_dir}/{key}.parquet`, one row per chunk, with columns start, end (float64)
+and, for the patch codec, codes (list<uint16>); for the image codec, frame (PNG bytes of the
+resized frame, lossless). key = sha256 of the video bytes + codec params + the cache format
+version. Samples sharing a video share its entry; a changed video gets a new key.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streampro.data.codec import PatchTokenCodec
+from streampro.data.codec import ImageCodec, PatchTokenCodec
 from streampro.data.schema import Sample, load_manifest
 from streampro.data.video import VideoError, read_chunks
 from streampro.errors import UserError
@@ -33,7 +34,10 @@ class EncodedSample:
     times: list[tuple[float, float]]
     """(start, end) of each chunk."""
     codes: list[list[int]]
-    """The patch codec's codes of each chunk's frame (one list per chunk)."""
+    """The patch codec's codes of each chunk's frame (one list per chunk; empty lists with the
+    image codec)."""
+    frames: list[np.ndarray] | None = None
+    """The image codec's resized frame of each chunk ([h, w, 3] uint8); None with patches."""
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -41,17 +45,18 @@ def file_digest(path: str | os.PathLike) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def cache_key(video_digest: str, *, fps: float, grid: int, codebook_size: int) -> str:
-    params = json.dumps(
-        {
-            "v": CACHE_VERSION,
-            "fps": fps,
-            "grid": grid,
-            "codebook": codebook_size,
-            "size": DECODE_SIZE,
-        },
-        sort_keys=True,
-    )
+Codec = PatchTokenCodec | ImageCodec
+
+
+def codec_params(codec: Codec) -> dict:
+    """What determines a codec's output (part of the cache key)."""
+    if isinstance(codec, ImageCodec):
+        return {"codec": "image", "max_pixels": codec.max_pixels, "factor": codec.factor}
+    return {"grid": codec.grid, "codebook": codec.codebook_size, "size": DECODE_SIZE}
+
+
+def cache_key(video_digest: str, *, fps: float, codec: Codec) -> str:
+    params = json.dumps({"v": CACHE_VERSION, "fps": fps, **codec_params(codec)}, sort_keys=True)
     return hashlib.sha256(f"{video_digest}:{params}".encode()).hexdigest()[:32]
 
 
@@ -68,20 +73,47 @@ def _decode_size(path: Path, grid: int) -> tuple[int, int] | None:
     return w, h
 
 
-def encode_video(
-    path: str | os.PathLike, codec: PatchTokenCodec, *, fps: float
-) -> tuple[list[tuple[float, float]], np.ndarray]:
-    """(chunk times, [n_chunks, tokens_per_frame] codes) of one video."""
+# One video's chunks: (times, patch codes per chunk, resized frames or None)
+Entry = tuple[list[tuple[float, float]], list[list[int]], list[np.ndarray] | None]
+
+
+def encode_video(path: str | os.PathLike, codec: Codec, *, fps: float) -> Entry:
+    """(chunk times, codes per chunk, frames per chunk) of one video, for either codec."""
     path = Path(path)
-    times, frames = [], []
-    size = _decode_size(path, codec.grid)
+    times: list[tuple[float, float]] = []
+    out: list = []
+    size = _decode_size(path, codec.grid) if isinstance(codec, PatchTokenCodec) else None
     for c in read_chunks(path, fps, size=size):
         times.append((c.start, c.end))
-        frames.append(codec.encode_batch(c.frame[None])[0])
-    return times, np.stack(frames).astype(np.int64)
+        if isinstance(codec, ImageCodec):
+            out.append(codec.encode(c.frame))
+        else:
+            out.append(codec.encode_batch(c.frame[None])[0].tolist())
+    if isinstance(codec, ImageCodec):
+        return times, [[] for _ in times], out
+    return times, out, None
 
 
-def _read_cache(path: Path) -> tuple[list[tuple[float, float]], list[list[int]]] | None:
+def _png(frame: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _unpng(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _read_cache(path: Path) -> Entry | None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -89,45 +121,51 @@ def _read_cache(path: Path) -> tuple[list[tuple[float, float]], list[list[int]]]
         t = pq.read_table(path).to_pydict()
     except (pa.ArrowException, OSError, ValueError):  # missing or corrupt entry: rebuild it
         return None
-    return list(zip(t["start"], t["end"])), t["codes"]
+    times = list(zip(t["start"], t["end"]))
+    if "frame" in t:
+        return times, [[] for _ in times], [_unpng(b) for b in t["frame"]]
+    return times, t["codes"], None
 
 
-def _write_cache(path: Path, times: list[tuple[float, float]], codes: np.ndarray) -> None:
+def _write_cache(path: Path, entry: Entry) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    times, codes, frames = entry
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table(
-        {
-            "start": pa.array([s for s, _ in times], pa.float64()),
-            "end": pa.array([e for _, e in times], pa.float64()),
-            "codes": pa.array(codes.tolist(), pa.list_(pa.uint16())),
-        }
-    )
+    cols = {
+        "start": pa.array([s for s, _ in times], pa.float64()),
+        "end": pa.array([e for _, e in times], pa.float64()),
+    }
+    if frames is not None:
+        cols["frame"] = pa.array([_png(f) for f in frames], pa.binary())
+    else:
+        cols["codes"] = pa.array(codes, pa.list_(pa.uint16()))
+    table = pa.table(cols)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
 
 
-def _clip(times: list[tuple[float, float]], codes: list[list[int]], duration: float | None):
+def _clip(entry: Entry, duration: float | None) -> Entry:
     """Drop chunks that start at or after the sample's declared duration."""
+    times, codes, frames = entry
     if duration is None:
-        return times, codes
+        return entry
     n = sum(1 for s, _ in times if s < duration - 1e-6)
-    return times[:n], codes[:n]
+    return times[:n], codes[:n], (frames[:n] if frames is not None else None)
 
 
 def encode_manifest(
     manifest_path: str | os.PathLike,
     *,
     fps: float,
-    grid: int,
-    codebook_size: int,
+    codec: Codec,
     cache_dir: str | os.PathLike,
     skip_bad: bool = False,
     progress: bool = True,
 ) -> list[EncodedSample]:
-    """Every sample of a manifest with its chunks' frame codes (decoded once, then cached).
+    """Every sample of a manifest with its chunks encoded by `codec` (decoded once, cached).
 
     With skip_bad, invalid rows and undecodable videos are skipped, counted and logged;
     otherwise the first such problem raises (ManifestError lists all invalid rows).
@@ -136,9 +174,8 @@ def encode_manifest(
 
     manifest_path = Path(manifest_path)
     samples, problems = load_manifest(manifest_path, skip_bad=skip_bad)
-    codec = PatchTokenCodec(grid=grid, codebook_size=codebook_size)
     cache_dir = Path(cache_dir)
-    by_video: dict[Path, tuple[list, list] | None] = {}
+    by_video: dict[Path, Entry | None] = {}
     out: list[EncodedSample] = []
     bad_videos: list[str] = []
     for s in tqdm(samples, desc=f"encode {manifest_path.name}", disable=not progress, leave=False):
@@ -154,8 +191,8 @@ def encode_manifest(
         entry = by_video[vpath]
         if entry is None:
             continue
-        times, codes = _clip(*entry, s.duration)
-        out.append(EncodedSample(sample=s, times=times, codes=codes))
+        times, codes, frames = _clip(entry, s.duration)
+        out.append(EncodedSample(sample=s, times=times, codes=codes, frames=frames))
     skipped = len(samples) - len(out)
     if problems or skipped:
         log.warning(
@@ -168,14 +205,14 @@ def encode_manifest(
     return out
 
 
-def _encoded_video(path: Path, codec: PatchTokenCodec, *, fps: float, cache_dir: Path):
+def _encoded_video(path: Path, codec: Codec, *, fps: float, cache_dir: Path) -> Entry:
     if not path.is_file():
         raise VideoError(f"{path}: video not found")
-    key = cache_key(file_digest(path), fps=fps, grid=codec.grid, codebook_size=codec.codebook_size)
-    entry = cache_dir / f"{key}.parquet"
-    cached = _read_cache(entry) if entry.is_file() else None
+    key = cache_key(file_digest(path), fps=fps, codec=codec)
+    file = cache_dir / f"{key}.parquet"
+    cached = _read_cache(file) if file.is_file() else None
     if cached is not None:
         return cached
-    times, codes = encode_video(path, codec, fps=fps)
-    _write_cache(entry, times, codes)
-    return times, codes.tolist()
+    entry = encode_video(path, codec, fps=fps)
+    _write_cache(file, entry)
+    return entry

@@ -360,6 +360,7 @@ def make_learner_group(cfg: Config, model_path: str, *, objective: str) -> Learn
         kl_estimator=cfg.grpo.kl_estimator,
         loss_agg=cfg.grpo.loss_agg,
         temperature=cfg.rollout.temperature,
+        freeze_vision=lc.freeze_vision,
         **stage,
     )
     check_settings(**settings)

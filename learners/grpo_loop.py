@@ -21,7 +21,7 @@ import torch
 
 from streampro.config import Config, atomic_write_text, make_run_dir
 from streampro.learners.grpo_loss import equal_reward_groups, group_advantages
-from streampro.learners.packing import PackItem, collate, plan_rows
+from streampro.learners.packing import PackItem, collate, plan_rows, select_rows
 from streampro.learners.state import Checkpoints, DataCursor
 from streampro.types import RewardResult, Trajectory
 
@@ -40,16 +40,20 @@ def select_groups(rewards: torch.Tensor, *, need: int, dynamic: bool) -> torch.T
 
 
 def build_batch(
-    trajs: list[Trajectory], adv: torch.Tensor, *, pad_id: int
+    trajs: list[Trajectory], adv: torch.Tensor, *, pad_id: int, samples: list | None = None
 ) -> dict[str, torch.Tensor]:
     """One row per window segment (each exactly what vLLM was prompted with); a trajectory's
-    advantage is broadcast over the generated tokens of all its segments."""
+    advantage is broadcast over the generated tokens of all its segments. With the image
+    codec, each row carries the frames of its `image_chunks`, taken from `samples` (the
+    EncodedSamples the episodes streamed)."""
+    frames = {e.sample.id: e.frames for e in samples or [] if e.frames is not None}
     items = [
         PackItem(
             input_ids=seg.token_ids,
             loss_mask=seg.gen_mask,
             advantages=[float(a)] * len(seg.token_ids),
             old_logprobs=seg.logprobs,
+            images=[frames[t.sample_id][j] for j in seg.image_chunks] if frames else None,
         )
         for t, a in zip(trajs, adv.tolist())
         for seg in t.segments
@@ -193,7 +197,7 @@ class GRPOStep:
         if not trajs:
             return {}  # every group had equal rewards: nothing to learn from this step
         adv, stats = group_advantages(rewards, mode=c.advantage, eps=c.adv_eps)  # [K, G]
-        batch = build_batch(trajs, adv.view(-1), pad_id=self.pad_id)
+        batch = build_batch(trajs, adv.view(-1), pad_id=self.pad_id, samples=self.train)
         sampler = batch["old_logprobs"]  # [R, T] vLLM's
         if not c.async_mode:
             # On-policy: recompute old logprobs with the learner (as verl does), so the ratio
@@ -208,7 +212,7 @@ class GRPOStep:
         n = batch["input_ids"].shape[0]
         per_update: dict[str, list[float]] = {}
         for idx in np.array_split(np.arange(n), max(1, min(c.mini_batches, n))):
-            mb = {k: v[torch.as_tensor(idx)] for k, v in batch.items()}
+            mb = select_rows(batch, idx.tolist())  # rows (and a VLM's frames) of this update
             for k, v in self.learner.train_step(batch=mb, objective="grpo").items():
                 per_update.setdefault(k, []).append(v)
         learned = {f"learn/{k}": float(np.mean(v)) for k, v in per_update.items()}
@@ -398,14 +402,10 @@ def _pad_id(model_path: str) -> int:
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
     from streampro.cluster.local import init_from_config
-    from streampro.tiny import policy_path
+    from streampro.pipeline import policy_folder
 
     run_dir = make_run_dir(cfg, "grpo")
     init_from_config(cfg.cluster)
-    summary = run_grpo(
-        cfg,
-        run_dir,
-        init_model=policy_path(cfg.policy, seed=cfg.run.seed, codebook_size=cfg.data.codebook_size),
-    )
+    summary = run_grpo(cfg, run_dir, init_model=policy_folder(cfg))
     print(json.dumps({"run_dir": str(run_dir), "val_w_avg": summary["val"]["w_avg"]}))
     return 0

@@ -103,7 +103,9 @@ def token_logprobs(
     logp = torch.log_softmax(scaled, dim=-1)  # [N, V]
     lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N]
     with torch.no_grad():  # statistics only: keep them out of the autograd graph
-        entropy = -(logp.exp() * logp).sum(-1) if with_entropy else None  # [N]
+        # banned ids (-inf logits) add 0, not 0 * -inf = NaN
+        finite = logp.clamp_min(torch.finfo(logp.dtype).min)
+        entropy = -(logp.exp() * finite).sum(-1) if with_entropy else None  # [N]
         pred = logits.argmax(-1)  # [N]
     return lp, entropy, pred
 

@@ -14,7 +14,8 @@ import torch
 
 from streampro.learners.api import Batch
 
-# Keys sliced along the row axis; everything in a Batch is [B, T].
+# Keys sliced along the row axis; everything in a Batch is [B, T] but the frames of a VLM
+# batch (FRAME_KEYS: one entry per image, in row and placeholder order).
 ROW_KEYS = (
     "input_ids",
     "position_ids",
@@ -25,6 +26,7 @@ ROW_KEYS = (
     "old_logprobs",
     "ref_logprobs",
 )
+FRAME_KEYS = ("frames", "frame_hw", "frame_row")
 
 
 @dataclass
@@ -37,6 +39,8 @@ class PackItem:
     advantages: list[float] | None = None
     old_logprobs: list[float] | None = None
     ref_logprobs: list[float] | None = None
+    images: list | None = None
+    """VLM rows: the frames ([h, w, 3] uint8) of the row's image placeholders, in order."""
 
 
 def plan_rows(lengths: Sequence[int], *, max_len: int, pack: bool) -> list[list[int]]:
@@ -95,6 +99,36 @@ def collate(seqs: Sequence[PackItem], rows: list[list[int]], *, pad_id: int) -> 
                 if key in out:
                     out[key][r, sl] = torch.tensor(getattr(s, key), dtype=out[key].dtype)
             pos += n
+    if seqs[rows[0][0]].images is not None:
+        if any(len(r) > 1 for r in rows):
+            raise ValueError("rows with images hold one sequence each (no packing)")
+        out |= collate_frames([seqs[r[0]].images or [] for r in rows])
+    return out
+
+
+def collate_frames(per_row: Sequence[Sequence]) -> Batch:
+    """The frames of each row, padded to the largest: frames [N, H, W, 3] uint8, frame_hw
+    [N, 2] (each frame's own size), frame_row [N] (its row)."""
+    flat = [(r, f) for r, frames in enumerate(per_row) for f in frames]
+    h = max((f.shape[0] for _, f in flat), default=1)
+    w = max((f.shape[1] for _, f in flat), default=1)
+    frames = torch.zeros((len(flat), h, w, 3), dtype=torch.uint8)
+    for i, (_, f) in enumerate(flat):
+        frames[i, : f.shape[0], : f.shape[1]] = torch.as_tensor(f)
+    return {
+        "frames": frames,
+        "frame_hw": torch.tensor([f.shape[:2] for _, f in flat], dtype=torch.long).view(-1, 2),
+        "frame_row": torch.tensor([r for r, _ in flat], dtype=torch.long),
+    }
+
+
+def row_frames(batch: Batch) -> list[list]:
+    """The frames of each row of a batch, cropped to their own sizes (numpy, in order)."""
+    out: list[list] = [[] for _ in range(batch["input_ids"].shape[0])]
+    if "frames" not in batch:
+        return out
+    for f, (h, w), r in zip(batch["frames"], batch["frame_hw"].tolist(), batch["frame_row"]):
+        out[int(r)].append(f[:h, :w].numpy())
     return out
 
 
@@ -121,12 +155,26 @@ def select_rows(batch: Batch, idx: Sequence[int]) -> Batch:
     out = {k: v.index_select(0, index) for k, v in batch.items() if k in ROW_KEYS}
     real = (out["seq_ids"] >= 0).any(dim=0).nonzero()
     width = int(real.max()) + 1 if real.numel() else 1
-    return {k: v[:, :width].contiguous() for k, v in out.items()}
+    out = {k: v[:, :width].contiguous() for k, v in out.items()}
+    if "frames" in batch:  # the frames of the chosen rows, renumbered to their new rows
+        pick = [
+            (new, i)
+            for new, old in enumerate(idx)
+            for i in (batch["frame_row"] == old).nonzero().flatten().tolist()
+        ]
+        sel = torch.tensor([i for _, i in pick], dtype=torch.long)
+        out["frames"] = batch["frames"].index_select(0, sel)
+        out["frame_hw"] = batch["frame_hw"].index_select(0, sel)
+        out["frame_row"] = torch.tensor([n for n, _ in pick], dtype=torch.long)
+    return out
 
 
 def empty_like_rows(batch: Batch) -> Batch:
     """A one-row, one-token micro-batch with nothing supervised: keeps collective counts equal."""
-    return {k: torch.zeros_like(v[:1, :1]) for k, v in batch.items() if k in ROW_KEYS}
+    out = {k: torch.zeros_like(v[:1, :1]) for k, v in batch.items() if k in ROW_KEYS}
+    if "frames" in batch:  # no frames, but the keys that mark a VLM batch
+        out |= {k: batch[k][:0] for k in FRAME_KEYS}
+    return out
 
 
 def assign_rows(

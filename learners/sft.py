@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,22 +35,47 @@ class SFTData:
 
 
 def build_sft_data(
-    encoded: list, tokenizer, *, window_turns: int, window_slide: int, max_seq_len: int
+    encoded: list,
+    tokenizer,
+    *,
+    window_turns: int,
+    window_slide: int,
+    max_seq_len: int,
+    image_tokens: Callable[[int, int], int] | None = None,
 ) -> SFTData:
     """One PackItem per window segment of each EncodedSample, via the data layer's
-    `build_sft_example`: each target is trained under the context inference will give it."""
+    `build_sft_example`: each target is trained under the context inference will give it.
+    With frames (image codec) each item carries its row's frames; such a row is never cut
+    (a cut placeholder would stand for no image): one too long is an error."""
     from streampro.data.dialogue import build_sft_example
 
     items, truncated, unplaced = [], 0, 0
     for enc in encoded:
-        ex = build_sft_example(enc, tokenizer, window_turns=window_turns, window_slide=window_slide)
+        ex = build_sft_example(
+            enc,
+            tokenizer,
+            window_turns=window_turns,
+            window_slide=window_slide,
+            image_tokens=image_tokens,
+        )
         unplaced += ex.unplaced
         for row in ex.rows:
             n = len(row.input_ids)
+            images = [enc.frames[j] for j in row.image_chunks] if enc.frames is not None else None
+            if n > max_seq_len and images is not None:
+                raise UserError(
+                    f"sample {enc.sample.id!r}: a window segment of {n} tokens exceeds "
+                    f"sft.max_seq_len={max_seq_len}; lower data.window_turns or "
+                    "data.image_max_pixels, or raise sft.max_seq_len"
+                )
             if n > max_seq_len:
                 truncated += 1
                 n = max_seq_len
-            items.append(PackItem(row.input_ids[:n], row.loss_mask[:n], row.decision_class[:n]))
+            items.append(
+                PackItem(
+                    row.input_ids[:n], row.loss_mask[:n], row.decision_class[:n], images=images
+                )
+            )
     return SFTData(
         items,
         truncated,
@@ -68,6 +94,7 @@ def make_batch(data: SFTData, idx: list[int], *, max_seq_len: int, pack: bool, p
     """
     seqs = [data.items[i] for i in idx]
     lengths = [len(s.input_ids) for s in seqs]
+    pack = pack and seqs[0].images is None  # VLM rows: one sequence each (mRoPE per row)
     rows = plan_rows(lengths, max_len=min(max_seq_len, max(lengths)), pack=pack)
     return collate(seqs, rows, pad_id=pad_id)
 
@@ -105,17 +132,15 @@ def run_sft(
     """The SFT stage. Returns the summary: {"hf", "steps", "val", "always_silent", "data", ...}."""
     from transformers import AutoTokenizer
 
+    from streampro.hf_policy import frame_tokens_fn
     from streampro.learners.group import make_learner_group
-    from streampro.pipeline import load_split
-    from streampro.tiny import policy_path
+    from streampro.pipeline import load_split, policy_folder
 
     _check(cfg)
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model_path = init_model or policy_path(
-        cfg.policy, seed=cfg.run.seed, codebook_size=cfg.data.codebook_size
-    )
+    model_path = init_model or policy_folder(cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad_id = tokenizer.pad_token_id
     pad_id = int(pad_id if pad_id is not None else tokenizer.eos_token_id)
@@ -127,6 +152,7 @@ def run_sft(
         window_turns=cfg.data.window_turns,
         window_slide=cfg.data.window_slide,
         max_seq_len=s.max_seq_len,
+        image_tokens=frame_tokens_fn(model_path),
     )
     if not data.items:
         raise UserError("the train split has no usable samples")

@@ -115,3 +115,47 @@ def token_logprobs(
     logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)  # [B, T-1, V]
     target = batch["input_ids"][:, 1:].unsqueeze(-1)  # [B, T-1, 1]
     return logp.gather(-1, target).squeeze(-1)  # [B, T-1]
+
+
+def score_vlm_tokens(
+    model,
+    mb: dict[str, torch.Tensor],
+    need: torch.Tensor,  # [B, T] bool
+    *,
+    processor,
+    banned: Sequence[int],
+    temperature: float,
+    with_entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """`learners.worker.score_tokens` for a VLM micro-batch (one sequence per row, its frames
+    in mb["frames"]): logprobs [B, T], entropy [B, T] or None, argmax [B, T] of the tokens in
+    `need`, under the model's own mRoPE positions. Only the needed columns meet the LM head.
+    `banned` ids (vision tokens, never sampled) get -inf logits, as vLLM's bad_words gave them.
+    """
+    from PIL import Image
+
+    from streampro.learners.losses import token_logprobs as scored_logprobs
+    from streampro.learners.packing import row_frames
+
+    real = mb["seq_ids"] >= 0  # [B, T]
+    seqs = [ids[r].tolist() for ids, r in zip(mb["input_ids"], real)]
+    frames = [[Image.fromarray(f) for f in row] for row in row_frames(mb)]
+    inputs = vlm_batch(processor, seqs, frames, pad_id=0)
+    device = mb["input_ids"].device
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    need = need & real
+    need[:, 0] = False  # a sequence's first token has nothing before it
+    rows, cols = need.nonzero(as_tuple=True)  # [N], [N]
+    keep, inv = torch.unique(cols - 1, return_inverse=True)  # logits predicting each token
+    out = model(**inputs, logits_to_keep=keep, use_cache=False)
+    logits = out.logits[rows, inv]  # [N, V]
+    if banned:
+        logits = logits.index_fill(-1, torch.tensor(list(banned), device=device), float("-inf"))
+    lp_n, ent_n, pred_n = scored_logprobs(
+        logits, mb["input_ids"][rows, cols], with_entropy=with_entropy, temperature=temperature
+    )
+    shape, idx = mb["input_ids"].shape, (rows, cols)
+    lp = lp_n.new_zeros(shape).index_put(idx, lp_n)  # [B, T], differentiable
+    ent = ent_n.new_zeros(shape).index_put(idx, ent_n) if ent_n is not None else None
+    pred = torch.full(shape, -1, dtype=torch.long, device=device).index_put(idx, pred_n)
+    return lp, ent, pred

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,6 +67,8 @@ class LearnerSettings:
     # GRPO objective
     temperature: float = 1.0
     """Sampling temperature of the rollouts: GRPO logprobs are those of logits / temperature."""
+    freeze_vision: bool = False
+    """VLM policies: keep the vision tower's weights fixed (only the language model trains)."""
     clip_low: float = 0.2
     clip_high: float = 0.2
     kl_coef: float = 0.0
@@ -155,6 +158,7 @@ class LearnerWorker:
         self.s = settings
         self.engine = None
         self.ref_model = None
+        self.vlm: tuple[Any, list[int]] | None = None  # a VLM's (processor, banned ids)
         self._kept: dict[int, dict[str, torch.Tensor]] = {}  # policy version -> weights
 
     def address(self) -> tuple[str, int]:
@@ -167,7 +171,6 @@ class LearnerWorker:
     def setup(self, *, master_addr: str, master_port: int) -> None:
         """Join torch.distributed via env:// and build the DeepSpeed engine."""
         import deepspeed
-        from transformers import AutoModelForCausalLM
 
         # torch's c10d warns on every ZeRO collective that DeepSpeed still calls by its old name
         warnings.filterwarnings(
@@ -191,11 +194,7 @@ class LearnerWorker:
         self._seed_all(self.s.seed + self.rank)
         self.precision, self.matmul_gflops = self._agree_precision()
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        attn = register_attention()
-        model = AutoModelForCausalLM.from_pretrained(
-            self.model_path, dtype=torch.float32, attn_implementation=attn
-        )
-        install_selective_forward(model)  # last layer, norm and LM head at scored tokens only
+        model = self._load_model()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             params,
@@ -214,11 +213,55 @@ class LearnerWorker:
             model=model, optimizer=optimizer, lr_scheduler=sched, config=self._ds_config()
         )
         if self.s.with_reference:
-            ref = AutoModelForCausalLM.from_pretrained(
-                self.model_path, dtype=self.dtype, attn_implementation=attn
-            )
-            install_selective_forward(ref)
+            ref = self._load_model().to(self.dtype)
             self.ref_model = ref.to(self.device).eval().requires_grad_(False)
+
+    def _load_model(self) -> torch.nn.Module:
+        """The policy in fp32: a causal LM with the fast attention paths, or a VLM (its own
+        SDPA attention and mRoPE; frames through the processor, see `_score`)."""
+        from transformers import AutoModelForCausalLM
+
+        from streampro.hf_policy import load_model, load_processor, vision_tokens
+
+        processor = load_processor(self.model_path)
+        if processor is not None:
+            self.vlm = (processor, sorted(vision_tokens(processor.tokenizer).values()))
+            model = load_model(self.model_path, dtype="float32")
+            if self.s.freeze_vision:
+                model.model.visual.requires_grad_(False)
+            return model
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_path, dtype=torch.float32, attn_implementation=register_attention()
+        )
+        install_selective_forward(model)  # last layer, norm and LM head at scored tokens only
+        return model
+
+    def _score(
+        self, model, mb: Batch, need: torch.Tensor, *, temperature: float, with_entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """score_tokens for this rank's model (the VLM path when the policy has a processor)."""
+        if self.vlm is not None:
+            from streampro.learners.vlm_inputs import score_vlm_tokens
+
+            processor, banned = self.vlm
+            return score_vlm_tokens(
+                model,
+                mb,
+                need,
+                processor=processor,
+                banned=banned,
+                temperature=temperature,
+                with_entropy=with_entropy,
+            )
+        return score_tokens(
+            model,
+            mb,
+            need,
+            attention=self.s.attention,
+            dtype=self.dtype,
+            temperature=temperature,
+            with_entropy=with_entropy,
+        )
 
     def _ds_config(self) -> dict:
         return {
@@ -242,6 +285,7 @@ class LearnerWorker:
         from transformers import AutoConfig
 
         c = AutoConfig.from_pretrained(self.model_path)
+        c = getattr(c, "text_config", None) or c  # a VLM's language model
         choice, gflops = pick_precision(
             self.s.precision,
             hidden=c.hidden_size,
@@ -271,12 +315,14 @@ class LearnerWorker:
         sums: dict[str, float] = defaultdict(float)
         for mb in micro_batches:
             mb = {k: v.to(self.device) for k, v in mb.items()}
-            lp, ent, pred = score_tokens(
+            if self.vlm is not None:  # a vision token is never a target (a dialogue bug)
+                from streampro.learners.vlm_inputs import check_loss_mask
+
+                check_loss_mask(mb["input_ids"], mb["loss_mask"], set(self.vlm[1]))
+            lp, ent, pred = self._score(
                 self.engine,
                 mb,
                 mb["loss_mask"] > 0,
-                attention=self.s.attention,
-                dtype=self.dtype,
                 with_entropy=True,
                 temperature=self.s.temperature if objective == "grpo" else 1.0,
             )
@@ -358,14 +404,8 @@ class LearnerWorker:
         out = []
         for mb in micro_batches:
             mb = {k: v.to(self.device) for k, v in mb.items()}
-            lp, _, _ = score_tokens(
-                model,
-                mb,
-                mb["seq_ids"] >= 0,
-                attention=self.s.attention,
-                dtype=self.dtype,
-                with_entropy=False,
-                temperature=self.s.temperature,
+            lp, _, _ = self._score(
+                model, mb, mb["seq_ids"] >= 0, with_entropy=False, temperature=self.s.temperature
             )
             out.append(lp.float().cpu())
         return out

@@ -100,7 +100,12 @@ class DataConfig:
     """Turns dropped at once when the window is full. Between slides the prompt only grows, so
     the prefix cache keeps hitting; each slide starts a new segment (one learner row)."""
     codec: str = "patch"
-    """Frame codec: 'patch' (discrete frame tokens, CPU) or 'image' (VLM images, GPU)."""
+    """Frame codec: 'patch' (discrete frame tokens, text policies) or 'image' (frames as images
+    for a vision-language policy: tiny-vl, Qwen2.5-VL, Qwen3-VL)."""
+    image_max_pixels: int = 112 * 112
+    """Image codec: each frame is resized once (aspect kept, sides multiples of the model's
+    patch x merge) to at most this many pixels; the frame budget (Qwen2.5-VL: one image token
+    per 28 x 28 pixels)."""
     patch_grid: int = 4
     """The patch codec cuts each frame into patch_grid x patch_grid patches (one token each)."""
     codebook_size: int = 64
@@ -170,6 +175,9 @@ class LearnerConfig:
     in_process: bool = False
     """Run the single rank inside the driver (DeepSpeed over one gloo rank, no Ray actor);
     needs num_ranks=1. Saves the actor start-up on small CPU runs."""
+    freeze_vision: bool = False
+    """VLM policies: keep the vision tower fixed and train the language model only (saves
+    memory and time on small clusters; engines still receive the whole model)."""
 
 
 @dataclass
@@ -475,12 +483,17 @@ def check_config(cfg: Config, where: str) -> None:
         raise ConfigError(
             f"{where}: rollout.temperature must be > 0 (GRPO samples), got {r.temperature}"
         )
-    if d.codec == "image":
-        # the VLM pieces exist (streampro/hf_policy.py, actors/vlm_prompt.py,
-        # learners/vlm_inputs.py) but rollout and learner do not feed images yet
+    if d.codec not in ("patch", "image"):
+        raise ConfigError(f"{where}: data.codec must be 'patch' or 'image', got {d.codec!r}")
+    if d.codec == "image" and cfg.policy.name_or_path == "tiny":
         raise ConfigError(
-            f"{where}: data.codec=image is not wired into rollout and learner yet (issue 13); "
-            "use data.codec=patch"
+            f"{where}: data.codec=image needs a vision-language policy (policy.name_or_path="
+            "tiny-vl, or a Qwen2.5-VL / Qwen3-VL folder); 'tiny' reads patch tokens"
+        )
+    if d.codec == "image" and r.block_size % 32:
+        raise ConfigError(
+            f"{where}: rollout.block_size must be a multiple of 32 with images (vLLM), "
+            f"got {r.block_size}"
         )
     w = cfg.reward
     if "llm" in (w.acc_judge, w.traj_judge) and not w.llm_url:

@@ -262,6 +262,24 @@ def image_token_count(processor, height: int, width: int) -> int:
     return int(patches) // int(ip.merge_size) ** 2
 
 
+def frame_tokens_fn(path: str | os.PathLike):
+    """(h, w) -> a frame's placeholder pads for a VLM folder; None for a text policy."""
+    import functools
+
+    processor = load_processor(path)
+    return None if processor is None else functools.partial(image_token_count, processor)
+
+
+def vision_tokens(tokenizer) -> dict[str, int]:
+    """A VLM tokenizer's vision tokens (name -> id): never sampled, never a loss target."""
+    out = {}
+    for name in (T.VISION_START, T.IMAGE_PAD, T.VISION_END, "<|video_pad|>"):
+        tid = tokenizer.convert_tokens_to_ids(name)
+        if tid is not None and tid != tokenizer.unk_token_id:
+            out[name] = int(tid)
+    return out
+
+
 def image_placeholder(markers: TurnMarkers, n_tokens: int) -> list[int]:
     """One image as the dialogue holds it: the template's markers, the pad repeated n times."""
     if markers.image_token_id is None or not markers.image:
@@ -272,7 +290,15 @@ def image_placeholder(markers: TurnMarkers, n_tokens: int) -> list[int]:
     return out
 
 
-def resolve_policy(policy_cfg, *, seed: int) -> str:
+def image_factor(processor) -> int:
+    """Side multiple an image needs to pass through the processor unresized: patch x merge."""
+    if processor is None:
+        raise UserError("data.codec=image needs a vision-language policy (this one is text only)")
+    ip = processor.image_processor
+    return int(ip.patch_size) * int(ip.merge_size)
+
+
+def resolve_policy(policy_cfg, *, seed: int, codebook_size: int = T.DEFAULT_CODEBOOK_SIZE) -> str:
     """The folder every role loads for a PolicyConfig, with the stream tokens in its vocabulary.
 
     'tiny' and 'tiny-vl' are built locally; a local folder or a hub id (downloaded through
@@ -282,7 +308,7 @@ def resolve_policy(policy_cfg, *, seed: int) -> str:
     if name == "tiny":
         from streampro.tiny import policy_path
 
-        return policy_path(policy_cfg, seed=seed)
+        return policy_path(policy_cfg, seed=seed, codebook_size=codebook_size)
     if name == "tiny-vl":
         from streampro import tiny_vl
 

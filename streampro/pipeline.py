@@ -1,4 +1,5 @@
-"""Where each stage finds its data: the configured manifests, or the cached synth splits."""
+"""Where each stage finds its policy and data: the resolved policy folder, the frame codec,
+and the configured manifests (or the cached synth splits)."""
 
 from __future__ import annotations
 
@@ -27,16 +28,49 @@ def ensure_split(cfg: Config, split: str) -> Path:
     return path
 
 
-def load_split(cfg: Config, split: str, *, limit: int = 0) -> list:
-    """EncodedSample list of a split (decoded and tokenised once, then from the Arrow cache)."""
+def policy_folder(cfg: Config) -> str:
+    """The policy folder every role loads: 'tiny' and 'tiny-vl' built locally (seeded by
+    run.seed), any other HF folder or hub id extended with the stream tokens it lacks."""
+    from streampro.hf_policy import resolve_policy
+
+    return resolve_policy(cfg.policy, seed=cfg.run.seed, codebook_size=cfg.data.codebook_size)
+
+
+def frame_codec(cfg: Config):
+    """The configured codec; the image codec's side factor comes from the policy's processor
+    (patch size x spatial merge), so frames need no further resize in the model."""
+    from streampro.data.codec import make_codec
+
+    d = cfg.data
+    factor = 28
+    if d.codec == "image":
+        from streampro.hf_policy import image_factor, load_processor
+
+        factor = image_factor(load_processor(policy_folder(cfg)))
+    return make_codec(
+        d.codec,
+        grid=d.patch_grid,
+        codebook_size=d.codebook_size,
+        max_pixels=d.image_max_pixels,
+        factor=factor,
+    )
+
+
+def encode_samples(cfg: Config, manifest: str | Path, *, progress: bool = True) -> list:
+    """EncodedSample list of a manifest under the configured codec (decoded once, cached)."""
     from streampro.data.encode import encode_manifest
 
-    samples = encode_manifest(
-        ensure_split(cfg, split),
+    return encode_manifest(
+        manifest,
         fps=cfg.data.fps,
-        grid=cfg.data.patch_grid,
-        codebook_size=cfg.data.codebook_size,
+        codec=frame_codec(cfg),
         cache_dir=cfg.data.cache_dir,
         skip_bad=cfg.data.skip_bad,
+        progress=progress,
     )
+
+
+def load_split(cfg: Config, split: str, *, limit: int = 0) -> list:
+    """EncodedSample list of a split (decoded and encoded once, then from the Arrow cache)."""
+    samples = encode_samples(cfg, ensure_split(cfg, split))
     return samples[:limit] if limit else samples

@@ -27,9 +27,7 @@ BUILDER_VERSION = 1  # bump when the build changes, so old cache folders are not
 NAME = "tiny-vl"
 
 # Qwen2.5-VL's vision markers (the names real checkpoints use, so processors find them).
-VISION_START = "<|vision_start|>"
-VISION_END = "<|vision_end|>"
-IMAGE_PAD = "<|image_pad|>"
+VISION_START, VISION_END, IMAGE_PAD = T.VISION_START, T.VISION_END, T.IMAGE_PAD
 VIDEO_PAD = "<|video_pad|>"
 VISION_TOKENS = [VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD]
 

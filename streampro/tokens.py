@@ -19,6 +19,11 @@ PAD = "<|pad|>"
 # Frame input of the patch codec is wrapped in these, then FRAME_TOKENS_PER_CHUNK tokens.
 FRAME_START = "<|frame|>"
 FRAME_END = "<|/frame|>"
+# The image codec's placeholder: Qwen2.5-VL / Qwen3-VL's own vision tokens (their templates
+# render `<|vision_start|><|image_pad|><|vision_end|>`; the pad repeats per merged patch).
+VISION_START = "<|vision_start|>"
+IMAGE_PAD = "<|image_pad|>"
+VISION_END = "<|vision_end|>"
 FRAME_TOKEN_FMT = "<|v{}|>"  # <|v0|> ... <|v{codebook-1}|>
 DEFAULT_CODEBOOK_SIZE = 64
 

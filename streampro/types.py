@@ -43,6 +43,9 @@ class Segment:
     """Sampling logprob of each generated token (0.0 where gen_mask is 0)."""
     first_step: int = 0
     """Index of the segment's first decision in the episode."""
+    image_chunks: list[int] = field(default_factory=list)
+    """Image codec: the chunks whose frames the row's image placeholders stand for, in order
+    (frames travel with the encoded sample, not in the trajectory)."""
 
 
 @dataclass

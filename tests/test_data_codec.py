@@ -62,6 +62,16 @@ def test_bad_codec_arguments_are_user_errors():
     assert isinstance(make_codec("image"), ImageCodec)
 
 
-def test_image_codec_gives_processor_images():
-    img = ImageCodec(size=(32, 16)).encode(np.zeros((64, 64, 3), np.uint8))
-    assert img.size == (32, 16) and img.mode == "RGB"
+def test_image_codec_resizes_to_the_pixel_budget_in_whole_patches():
+    codec = ImageCodec(max_pixels=112 * 112, factor=28)
+    # 16:9 at 640x360 -> scale sqrt(12544 / 230400) = 0.2333: 84 x 149 -> multiples of 28
+    assert codec.size_for(360, 640) == (84, 140)
+    assert codec.size_for(112, 112) == (112, 112)  # already in budget: kept
+    assert codec.size_for(20, 20) == (28, 28)  # at least one patch a side
+    img = codec.encode(np.zeros((360, 640, 3), np.uint8))
+    assert img.shape == (84, 140, 3) and img.dtype == np.uint8
+    for h, w in [(1080, 1920), (480, 640), (1000, 10), (64, 64)]:
+        sh, sw = codec.size_for(h, w)
+        assert sh % 28 == 0 and sw % 28 == 0 and sh * sw <= 112 * 112
+    with pytest.raises(UserError, match="image_max_pixels"):
+        ImageCodec(max_pixels=100, factor=28)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from streampro.bench.f1 import score_predictions
+from streampro.data.codec import PatchTokenCodec
 from streampro.data.dialogue import build_sft_example, plan_responses
 from streampro.data.encode import encode_manifest
 from streampro.data.synth import TASK_ORDER, make_sample
@@ -56,7 +57,11 @@ def oracle(manifest: Path, tok, cache: Path) -> tuple[list[dict], dict[str, list
     """(manifest rows, sample id -> the SFT targets' responses [{"time", "text"}])."""
     rows, preds = [], {}
     for e in encode_manifest(
-        manifest, fps=1.0, grid=4, codebook_size=CODEBOOK, cache_dir=cache, progress=False
+        manifest,
+        fps=1.0,
+        codec=PatchTokenCodec(4, CODEBOOK),
+        cache_dir=cache,
+        progress=False,
     ):
         ex = build_sft_example(e, tok)
         assert ex.unplaced == 0, e.sample.id

@@ -252,8 +252,7 @@ def test_encode_manifest_caches_and_matches_direct_decoding(synth_smoke, tmp_pat
     manifest = synth_smoke / "train" / "manifest.parquet"
     kw = {
         "fps": 1.0,
-        "grid": 4,
-        "codebook_size": 64,
+        "codec": PatchTokenCodec(4, 64),
         "cache_dir": tmp_path / "cache",
         "progress": False,
     }
@@ -299,8 +298,7 @@ def test_encode_manifest_skips_bad_videos_only_when_asked(synth_smoke, tmp_path)
     write_manifest(samples, tmp_path / "m.jsonl")
     kw = {
         "fps": 1.0,
-        "grid": 4,
-        "codebook_size": 64,
+        "codec": PatchTokenCodec(4, 64),
         "cache_dir": tmp_path / "c",
         "progress": False,
     }
