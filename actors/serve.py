@@ -12,12 +12,17 @@ continues any session. A session's engine requests carry its id as Serve's multi
 id, so they return to the engine replica whose prefix cache holds the session.
 
     streampro serve --checkpoint DIR [--port P]     # or the RayService in cluster/kuberay/
+
+Settings come from the Config alone: `serve_app(cfg, checkpoint)` hands the ingress
+`cfg.serve` and `cfg.data` themselves; the RayService's `build_app(args)` reads its `args` as
+config sections (`{"serve": {...}, "data": {...}}`) merged onto the same schema.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import socket
 import sys
 import time
@@ -28,53 +33,19 @@ from typing import Any
 
 from ray import serve
 
+from streampro.config import Config, ConfigError, load_config
 from streampro.errors import UserError
 
 APP_NAME = "streampro"
 _STARTED: dict[str, int | None] = {"port": None}  # Serve started by local_deployment
 
-# Arguments of `build_app` (the RayService's serveConfigV2 `args`) and their defaults.
-APP_ARGS: dict[str, Any] = {
-    "checkpoint": "",
-    "engine": "vllm",
-    "dtype": "float32",
-    "window_turns": 200,
-    "window_slide": 0,
-    "max_answer_tokens": 24,
-    "patch_grid": 4,
-    "codebook_size": 64,
-    "temperature": 0.0,
-    "seed": 0,
-    "min_replicas": 1,
-    "max_replicas": 1,
-    "num_cpus": 1.0,
-    "num_gpus": 0.0,
-    "role_resources": True,
-    "kv_cache_gb": 1.0,
-    "gpu_memory_utilization": 0.5,
-    "enforce_eager": True,
-    "max_num_seqs": 256,
-    "ingress_replicas": 1,
-    "max_sessions": 1024,
-    "max_inflight": 64,
-    "session_ttl_s": 3600.0,
-    "expire_every_s": 10.0,
-    "retry_after_s": 1,
-    "max_body_bytes": 8 << 20,
-    "max_chunks_per_request": 64,
-    "max_image_pixels": 4096 * 4096,
-    "max_question_chars": 2000,
-    "decode_threads": 4,
-    "auth_token": "",
-    "auth_token_env": "STREAMPRO_SERVE_TOKEN",
-}
 
-
-def _engine_app(a: dict[str, Any]) -> Any:
+def _engine_app(cfg: Config, checkpoint: str) -> Any:
     from streampro.actors.serve_engine import PolicyEngine
     from streampro.cluster.resources import actor_options
 
-    lo, hi = a["min_replicas"], max(a["max_replicas"], a["min_replicas"])
+    s, r = cfg.serve, cfg.rollout
+    lo, hi = s.min_replicas, max(s.max_replicas, s.min_replicas)
     scaling: dict[str, Any] = (
         {"num_replicas": lo}
         if lo == hi
@@ -88,100 +59,97 @@ def _engine_app(a: dict[str, Any]) -> Any:
     )
     return PolicyEngine.options(
         ray_actor_options=actor_options(
-            "serve", num_cpus=a["num_cpus"], num_gpus=a["num_gpus"], custom=a["role_resources"]
+            "serve", num_cpus=s.num_cpus, num_gpus=s.num_gpus, custom=cfg.cluster.role_resources
         ),
-        max_ongoing_requests=a["max_num_seqs"],
+        max_ongoing_requests=r.max_num_seqs,
         **scaling,
     ).bind(
-        a["checkpoint"],
-        engine=a["engine"],
-        dtype=a["dtype"],
-        kv_cache_gb=a["kv_cache_gb"],
-        gpu_memory_utilization=a["gpu_memory_utilization"],
-        enforce_eager=a["enforce_eager"],
-        max_num_seqs=a["max_num_seqs"],
-        seed=a["seed"],
+        checkpoint,
+        engine=s.engine,
+        dtype=cfg.policy.dtype,
+        kv_cache_gb=r.kv_cache_gb,
+        gpu_memory_utilization=r.gpu_memory_utilization,
+        enforce_eager=r.enforce_eager,
+        max_num_seqs=r.max_num_seqs,
+        seed=cfg.run.seed,
     )
+
+
+def check_serve_config(cfg: Config) -> None:
+    """Serve settings no deployment can run with, refused in one line before any work."""
+    s = cfg.serve
+    if s.engine not in ("vllm", "hf"):
+        raise ConfigError(f"serve.engine must be 'vllm' or 'hf', got {s.engine!r}")
+    if cfg.data.codec != "patch":
+        raise ConfigError(f"data.codec={cfg.data.codec!r}: serving supports the 'patch' codec only")
+    for name in ("ingress_replicas", "max_sessions", "max_inflight"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"serve.{name} must be >= 1, got {getattr(s, name)}")
+
+
+def serve_app(cfg: Config, checkpoint: str) -> Any:
+    """The Serve application of a policy folder under a Config (the one place that reads it):
+    the ingress takes `cfg.serve` and `cfg.data` themselves, the engines their flat knobs."""
+    from streampro.actors.serve_api import StreamIngress
+    from streampro.actors.serve_sessions import SessionStore
+
+    s = cfg.serve
+    check_serve_config(cfg)
+    store = SessionStore.options(ray_actor_options={"num_cpus": 0.1}).bind(
+        max_sessions=s.max_sessions,
+        ttl_s=s.session_ttl_s,
+        expire_every_s=s.expire_every_s,
+    )
+    return StreamIngress.options(
+        num_replicas=s.ingress_replicas, ray_actor_options={"num_cpus": 0.1}
+    ).bind(
+        _engine_app(cfg, checkpoint),
+        store,
+        s,
+        cfg.data,
+        model_path=checkpoint,
+        max_answer_tokens=cfg.rollout.max_answer_tokens,
+        seed=cfg.run.seed,
+    )
+
+
+def config_from_args(args: dict[str, Any]) -> Config:
+    """A Config from the RayService's `args`: config sections as in a YAML file, e.g.
+    {"serve": {"checkpoint": DIR, "ingress_replicas": 2}, "data": {"window_turns": 200}},
+    merged onto the schema (an unknown key or a bad value is a one-line ConfigError)."""
+    overrides: list[str] = []
+
+    def walk(key: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(f"{key}.{k}", v)
+        else:  # JSON is YAML: the dotlist parser reads the value back with its type
+            overrides.append(f"{key}={json.dumps(node)}")
+
+    if not isinstance(args, dict):
+        raise ConfigError(f"serve app args: expected config sections, got {type(args).__name__}")
+    for k, v in args.items():
+        walk(str(k), v)
+    try:
+        return load_config(None, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"serve app args: {str(e).removeprefix('overrides: ')}") from None
 
 
 def build_app(args: dict[str, Any]) -> Any:
-    """The Serve application (also the RayService's `import_path` builder); args: APP_ARGS."""
-    from streampro.actors.serve_api import StreamIngress
-    from streampro.actors.serve_ingress import IngressSettings
-    from streampro.actors.serve_sessions import SessionStore
-
-    unknown = sorted(set(args) - set(APP_ARGS))
-    if unknown:
-        raise ValueError(f"unknown app argument(s) {unknown}; known: {sorted(APP_ARGS)}")
-    a = {k: type(v)(args[k]) if k in args else v for k, v in APP_ARGS.items()}
-    if not a["checkpoint"]:
-        raise ValueError("app argument 'checkpoint' (HF folder of the policy) is required")
-    if a["engine"] not in ("vllm", "hf"):
-        raise ValueError(f"engine must be 'vllm' or 'hf', got {a['engine']!r}")
-    if a["ingress_replicas"] < 1 or a["max_sessions"] < 1 or a["max_inflight"] < 1:
-        raise ValueError("ingress_replicas, max_sessions and max_inflight must be >= 1")
-    store = SessionStore.options(ray_actor_options={"num_cpus": 0.1}).bind(
-        max_sessions=a["max_sessions"],
-        ttl_s=a["session_ttl_s"],
-        expire_every_s=a["expire_every_s"],
-    )
-    fields = set(IngressSettings.__dataclass_fields__)
-    settings = IngressSettings(
-        model_path=a["checkpoint"],
-        max_cached=a["max_sessions"],
-        ttl_s=a["session_ttl_s"],
-        **{k: v for k, v in a.items() if k in fields},
-    )
-    return StreamIngress.options(
-        num_replicas=a["ingress_replicas"], ray_actor_options={"num_cpus": 0.1}
-    ).bind(_engine_app(a), store, settings)
+    """The RayService's `import_path` builder: `args` are config sections (config_from_args)
+    and must name serve.checkpoint, the policy's HF folder as the cluster sees it."""
+    cfg = config_from_args(args)
+    if not cfg.serve.checkpoint:
+        raise ConfigError("serve app args: serve.checkpoint (HF folder of the policy) is required")
+    return serve_app(cfg, cfg.serve.checkpoint)
 
 
-def app_args(cfg: Any, checkpoint: str) -> dict[str, Any]:
-    """build_app arguments from a Config (the one place that unpacks it)."""
-    s, r = cfg.serve, cfg.rollout
-    return {
-        "checkpoint": checkpoint,
-        "engine": s.engine,
-        "dtype": cfg.policy.dtype,
-        "window_turns": cfg.data.window_turns,
-        "window_slide": int(getattr(cfg.data, "window_slide", 0) or 0),
-        "max_answer_tokens": r.max_answer_tokens,
-        "patch_grid": cfg.data.patch_grid,
-        "codebook_size": cfg.data.codebook_size,
-        "temperature": s.temperature,
-        "seed": cfg.run.seed,
-        "min_replicas": s.min_replicas,
-        "max_replicas": s.max_replicas,
-        "num_cpus": s.num_cpus,
-        "num_gpus": s.num_gpus,
-        "role_resources": cfg.cluster.role_resources,
-        "kv_cache_gb": r.kv_cache_gb,
-        "gpu_memory_utilization": r.gpu_memory_utilization,
-        "enforce_eager": r.enforce_eager,
-        "max_num_seqs": r.max_num_seqs,
-        "ingress_replicas": s.ingress_replicas,
-        "max_sessions": s.max_sessions,
-        "max_inflight": s.max_inflight,
-        "session_ttl_s": s.session_ttl_s,
-        "expire_every_s": s.expire_every_s,
-        "retry_after_s": s.retry_after_s,
-        "max_body_bytes": s.max_body_bytes,
-        "max_chunks_per_request": s.max_chunks_per_request,
-        "max_image_pixels": s.max_image_pixels,
-        "max_question_chars": s.max_question_chars,
-        "decode_threads": s.decode_threads,
-        "auth_token": s.auth_token,
-        "auth_token_env": s.auth_token_env,
-    }
-
-
-def resolve_checkpoint(cfg: Any, checkpoint: str | None) -> str:
+def resolve_checkpoint(cfg: Config, checkpoint: str | None) -> str:
     """--checkpoint, else serve.checkpoint, else the configured policy; must be an HF folder."""
     from streampro.hf_policy import resolve_policy
 
-    if cfg.data.codec != "patch":
-        raise UserError(f"data.codec={cfg.data.codec!r}: serving supports the 'patch' codec only")
+    check_serve_config(cfg)  # before a policy is built for nothing
     path = checkpoint or cfg.serve.checkpoint or resolve_policy(cfg.policy, seed=cfg.run.seed)
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"--checkpoint {path}: not a Hugging Face model folder (no config.json)")
@@ -195,7 +163,7 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_deployment(cfg: Any, checkpoint: str, *, overrides: dict | None = None) -> Iterator[str]:
+def local_deployment(cfg: Config, checkpoint: str) -> Iterator[str]:
     """Deploy the app on the local Ray (started if needed) for the block; yields its base URL.
 
     When Serve already runs in this Ray (a test, a notebook) the app is added beside the
@@ -203,11 +171,8 @@ def local_deployment(cfg: Any, checkpoint: str, *, overrides: dict | None = None
     port. The app is deleted on exit."""
     from streampro.cluster.local import init_from_config
 
+    app = serve_app(cfg, checkpoint)  # config errors before Ray starts
     init_from_config(cfg.cluster)
-    try:
-        app = build_app({**app_args(cfg, checkpoint), **(overrides or {})})
-    except ValueError as e:
-        raise UserError(f"serve: {e}") from None
     name = f"streampro-{uuid.uuid4().hex[:8]}"
     port = _serve_port()
     if port is None:
@@ -227,16 +192,13 @@ def _serve_port() -> int | None:
     return _STARTED["port"] if ray.is_initialized() else None
 
 
-def main(cfg: Any, args: argparse.Namespace) -> int:
+def main(cfg: Config, args: argparse.Namespace) -> int:
     """`streampro serve`: deploy on the local Ray (or cluster.address) and serve until Ctrl-C."""
     from streampro.cluster.local import init_from_config, is_attach
 
     checkpoint = resolve_checkpoint(cfg, args.checkpoint)
     port = args.port if getattr(args, "port", None) else cfg.serve.port
-    try:
-        app = build_app(app_args(cfg, checkpoint))
-    except ValueError as e:
-        raise UserError(f"serve: {e}") from None
+    app = serve_app(cfg, checkpoint)
     init_from_config(cfg.cluster)
     serve.start(http_options={"host": cfg.serve.host, "port": port})
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)

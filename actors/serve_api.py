@@ -2,7 +2,8 @@
 
     POST   /v1/sessions               {"question", "query_time"}        -> 201 {"session_id"}
     POST   /v1/sessions/{id}/chunks   {"chunks": [{"start", "end", "image" | "codes"}]}
-                                      -> 200 {"decisions": [{"time", "decision", "text"}]}
+                                      -> 200 {"decisions": [{"time", "decision", "text",
+                                                             "raw", "context_tokens"}]}
     DELETE /v1/sessions/{id}                                             -> 204
     GET    /healthz, /openapi.json, /docs, /ui/ (the browser page)
 
@@ -13,7 +14,6 @@ serving after each. Ingress replicas are interchangeable: contexts live in the S
 from __future__ import annotations
 
 import hmac
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from streampro.actors.serve_ingress import (
-    LIMITS,
-    ApiError,
-    Ingress,
-    IngressSettings,
-    auth_enabled,
-    set_limits,
-)
+from streampro.actors.serve_ingress import GUARD, ApiError, Ingress, auth_enabled, configure_guard
+from streampro.config import DataConfig, ServeConfig
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -69,6 +63,10 @@ class Decision(BaseModel):
     decision: str = Field(description="'silence', 'response' or 'invalid'")
     text: str = Field(description="the response text ('' unless a response)")
     raw: str = Field(description="the generated tokens as text, special tokens included")
+    context_tokens: int = Field(
+        description="prompt tokens the decision was sampled after: the session's windowed "
+        "context (data.window_turns), bounded however long the stream runs"
+    )
 
 
 class Decisions(BaseModel):
@@ -113,7 +111,7 @@ async def _http(_req: Request, e: StarletteHTTPException) -> JSONResponse:
 @api.middleware("http")
 async def _guard(request: Request, call_next):
     """Body limit (413) before anything is parsed, then the bearer token (401) on /v1."""
-    limit = int(LIMITS["max_body_bytes"])
+    limit = GUARD.serve.max_body_bytes
     size = request.headers.get("content-length")
     if size is not None and (not size.isdigit() or int(size) > limit):
         return error_response(413, "body_too_large", f"body of {size} bytes: limit {limit}")
@@ -121,7 +119,7 @@ async def _guard(request: Request, call_next):
         body = await request.body()  # chunked upload: cached for the route after this
         if len(body) > limit:
             return error_response(413, "body_too_large", f"body over {limit} bytes")
-    token = LIMITS["token"]
+    token = GUARD.token
     if token and "/v1/" in request.url.path + "/":  # under any route prefix
         got = request.headers.get("authorization", "")
         ok = got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), token.encode())
@@ -138,13 +136,27 @@ api.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")
 class StreamIngress:
     """HTTP front: validates, decodes images off the loop, runs a session's chunks in order."""
 
-    def __init__(self, engine: Any, store: Any, settings: IngressSettings) -> None:
-        set_limits(
-            max_body_bytes=settings.max_body_bytes,
-            token=settings.auth_token or os.environ.get(settings.auth_token_env, ""),
-        )
+    def __init__(
+        self,
+        engine: Any,
+        store: Any,
+        serve_cfg: ServeConfig,
+        data: DataConfig,
+        *,
+        model_path: str,
+        max_answer_tokens: int,
+        seed: int,
+    ) -> None:
+        configure_guard(serve_cfg)
         self.core = Ingress(
-            engine, store, settings, ThreadPoolExecutor(max(1, settings.decode_threads))
+            engine,
+            store,
+            serve_cfg,
+            data,
+            model_path=model_path,
+            max_answer_tokens=max_answer_tokens,
+            seed=seed,
+            pool=ThreadPoolExecutor(max(1, serve_cfg.decode_threads)),
         )
         ctx = serve.get_replica_context()
         self.replica = ctx.replica_id.unique_id if ctx else "local"

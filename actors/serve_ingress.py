@@ -2,14 +2,20 @@
 
 A session's chunks run one request at a time and in order (a per-session lock); images are
 decoded in a thread pool before that lock, so a slow decode blocks nobody. The context is the
-session's log in the SessionStore replayed into a cached `StreamEpisode`; a request commits
+session's log in the SessionStore replayed into a cached `StreamEpisode`, windowed by
+`data.window_turns` / `data.window_slide` exactly as rollout windows it; a request commits
 its steps to the log only when all its chunks are decided (compare-and-set on the step
 count), so a failure leaves the session as it was and the request can be retried.
+
+The ingress takes its config sections themselves (`ServeConfig`, and `DataConfig` for the
+window and the codec) plus the few plain values other sections decide: the resolved model
+folder, rollout.max_answer_tokens and run.seed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import OrderedDict
 from concurrent.futures import Executor
@@ -19,23 +25,33 @@ from typing import Any
 from ray.exceptions import RayError
 
 from streampro.actors.episode import Chunk, StreamEpisode, max_decision_tokens, request_seed
-from streampro.actors.serve_sessions import ImageError, decode_image, episode_kwargs
+from streampro.actors.serve_sessions import ImageError, decode_image
+from streampro.config import DataConfig, ServeConfig
 
 EPS = 1e-6
 
-# This replica process's request limits, read by the HTTP middleware (serve_api._guard).
-# Set through set_limits: the ingress class is shipped to the replica by value, so a dict it
-# referenced directly would be a copy, while this module is imported there by name.
-LIMITS: dict[str, Any] = {"max_body_bytes": 8 << 20, "token": ""}
+
+@dataclass
+class ReplicaGuard:
+    """What the HTTP middleware (serve_api._guard) of this replica process checks: the serve
+    section it was configured with and the bearer token resolved from it (config or env)."""
+
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    token: str = ""
 
 
-def set_limits(*, max_body_bytes: int, token: str) -> None:
-    LIMITS["max_body_bytes"] = int(max_body_bytes)
-    LIMITS["token"] = token
+# Set through `configure_guard`: the ingress class is shipped to the replica by value, so an
+# object it referenced directly would be a copy, while this module is imported there by name.
+GUARD = ReplicaGuard()
+
+
+def configure_guard(serve: ServeConfig) -> None:
+    GUARD.serve = serve
+    GUARD.token = serve.auth_token or os.environ.get(serve.auth_token_env, "")
 
 
 def auth_enabled() -> bool:
-    return bool(LIMITS["token"])
+    return bool(GUARD.token)
 
 
 class ApiError(Exception):
@@ -44,31 +60,6 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, retry_after: int = 0) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
-
-
-@dataclass
-class IngressSettings:
-    """StreamIngress's knobs (build_app fills them from APP_ARGS)."""
-
-    model_path: str
-    window_turns: int = 200
-    window_slide: int = 0
-    max_answer_tokens: int = 24
-    patch_grid: int = 4
-    codebook_size: int = 64
-    temperature: float = 0.0
-    seed: int = 0
-    max_inflight: int = 64
-    max_cached: int = 1024
-    retry_after_s: int = 1
-    max_body_bytes: int = 8 << 20
-    max_chunks_per_request: int = 64
-    max_image_pixels: int = 4096 * 4096
-    max_question_chars: int = 2000
-    decode_threads: int = 4
-    ttl_s: float = 3600.0
-    auth_token: str = ""
-    auth_token_env: str = "STREAMPRO_SERVE_TOKEN"
 
 
 @dataclass
@@ -83,22 +74,47 @@ class _Local:
 
 
 class Ingress:
-    def __init__(self, engine: Any, store: Any, s: IngressSettings, pool: Executor) -> None:
+    """One ingress replica's sessions: `serve` caps and limits, `data` window and codec."""
+
+    def __init__(
+        self,
+        engine: Any,
+        store: Any,
+        serve: ServeConfig,
+        data: DataConfig,
+        *,
+        model_path: str,
+        max_answer_tokens: int,
+        seed: int,
+        pool: Executor,
+    ) -> None:
         from transformers import AutoTokenizer
 
         from streampro.data.codec import PatchTokenCodec
         from streampro.data.encode import DECODE_SIZE
 
-        self.engine, self.store, self.s, self.pool = engine, store, s, pool
-        self.tokenizer = AutoTokenizer.from_pretrained(s.model_path)
-        self.codec = PatchTokenCodec(grid=s.patch_grid, codebook_size=s.codebook_size)
+        self.engine, self.store, self.pool = engine, store, pool
+        self.s, self.data, self.seed = serve, data, seed
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.codec = PatchTokenCodec(grid=data.patch_grid, codebook_size=data.codebook_size)
         self.budget = DECODE_SIZE
-        self.max_tokens = max_decision_tokens(s.max_answer_tokens)
+        self.max_tokens = max_decision_tokens(max_answer_tokens)
         self.local: OrderedDict[str, _Local] = OrderedDict()
         self.inflight = 0
 
     def _busy(self, what: str) -> ApiError:
         return ApiError(503, "at_capacity", what, retry_after=self.s.retry_after_s)
+
+    def new_episode(self, sid: str, question: str, query_time: float) -> StreamEpisode:
+        """A session's dialogue, windowed by data.window_turns/window_slide as in rollout."""
+        return StreamEpisode(
+            self.tokenizer,
+            sample_id=sid,
+            question=question,
+            query_time=query_time,
+            window_turns=self.data.window_turns,
+            window_slide=self.data.window_slide,
+        )
 
     async def stats(self) -> dict[str, int]:
         return {"inflight": self.inflight, "cached": len(self.local), **await self._store("stats")}
@@ -187,12 +203,14 @@ class Ingress:
             self.inflight -= 1
 
     def _evict(self) -> None:
-        """Drop cached replays beyond max_cached or idle past the TTL (oldest first: the
-        cache is in least-recently-used order). The store keeps the sessions themselves."""
+        """Drop cached replays beyond serve.max_sessions or idle past serve.session_ttl_s
+        (oldest first: the cache is in least-recently-used order). The store keeps the
+        sessions themselves; a dropped replay is rebuilt from the log when needed."""
         now = time.monotonic()
         while self.local:
             sid, oldest = next(iter(self.local.items()))
-            if len(self.local) <= self.s.max_cached and now - oldest.touched <= self.s.ttl_s:
+            fits = len(self.local) <= self.s.max_sessions
+            if fits and now - oldest.touched <= self.s.session_ttl_s:
                 break
             if oldest.lock.locked():  # in use right now: keep it
                 self.local.move_to_end(sid)
@@ -209,13 +227,7 @@ class Ingress:
             self.local.pop(sid, None)
             raise _unknown(sid)
         if local.episode is None:
-            local.episode = StreamEpisode(
-                self.tokenizer,
-                sample_id=sid,
-                question=rec["question"],
-                query_time=rec["query_time"],
-                **episode_kwargs(self.s.window_turns, self.s.window_slide),
-            )
+            local.episode = self.new_episode(sid, rec["question"], rec["query_time"])
             local.n, local.index = 0, rec["index"]
         for start, end, codes, ids, lps in rec["entries"]:
             local.episode.add_chunk(Chunk(start, end, codes))
@@ -243,7 +255,7 @@ class Ingress:
                     prompt,
                     max_tokens=self.max_tokens,
                     temperature=self.s.temperature,
-                    seed=request_seed(self.s.seed, local.index, 0, step_i),
+                    seed=request_seed(self.seed, local.index, 0, step_i),
                 )
                 step = ep.add_decision(ids, lps)
                 new.append((c.start, c.end, cc, list(ids), list(lps)))
@@ -253,6 +265,7 @@ class Ingress:
                         "decision": step.decision,
                         "text": step.text,
                         "raw": step.raw,
+                        "context_tokens": len(prompt),
                     }
                 )
         except (RayError, RuntimeError) as e:  # nothing committed: the client may retry

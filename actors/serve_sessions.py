@@ -71,14 +71,6 @@ def decode_image(b64: str, *, max_pixels: int, budget: int):
     return np.asarray(rgb)
 
 
-def episode_kwargs(window_turns: int, window_slide: int) -> dict[str, int]:
-    """StreamEpisode's window arguments; window_slide only when the config has one (> 0)."""
-    kw = {"window_turns": int(window_turns)}
-    if window_slide > 0:
-        kw["window_slide"] = int(window_slide)
-    return kw
-
-
 @dataclass
 class _Record:
     question: str

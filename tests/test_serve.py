@@ -2,9 +2,12 @@
 Ray with two ingress replicas, a vLLM engine and the tiny policy.
 
 Known answers: a session's decisions equal the rollout actor's greedy episode on the same
-video (both replicas serving its chunks), and `streampro eval --checkpoint` gives the rollout
-group's greedy predictions. The random tiny policy writes the same token at every step, so
-its weights are scaled up first: its outputs then depend on the frames and the context.
+video (both replicas serving its chunks), on the synth test split and on a stream of 3.75x
+the window (where the served context length also equals the prompt vLLM got in rollout, and
+drops exactly where the window slides), and `streampro eval --checkpoint` gives the rollout
+group's greedy predictions. Every test here runs with an 8-turn window sliding by 4, so the
+synth streams (20-30 s) all slide. The random tiny policy writes the same token at every
+step, so its weights are scaled up first: its outputs then depend on the frames and context.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-123"
 MAX_ANSWER = 6
+WINDOW, SLIDE = 8, 4  # data.window_turns / window_slide of the whole module
+LONG_S = 30  # the long stream: 30 chunks at 1 fps, 3.75 windows
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -54,6 +59,8 @@ def cfg(tmp_path_factory):
         None,
         [
             f"rollout.max_answer_tokens={MAX_ANSWER}",
+            f"data.window_turns={WINDOW}",
+            f"data.window_slide={SLIDE}",
             "rollout.kv_cache_gb=0.5",
             f"data.cache_dir={cache}",
             "serve.ingress_replicas=2",
@@ -88,13 +95,11 @@ def rollout(ray_local, policy, cfg):
     group.shutdown()
 
 
-@pytest.fixture(scope="module")
-def test_split(synth_smoke, cfg):
+def _encode(cfg, manifest) -> list:
     from streampro.data.encode import encode_manifest
 
-    manifest = synth_smoke / "test" / "manifest.jsonl"
     d = cfg.data
-    encoded = encode_manifest(
+    return encode_manifest(
         manifest,
         fps=d.fps,
         grid=d.patch_grid,
@@ -102,6 +107,33 @@ def test_split(synth_smoke, cfg):
         cache_dir=d.cache_dir,
         progress=False,
     )
+
+
+@pytest.fixture(scope="module")
+def test_split(synth_smoke, cfg):
+    manifest = synth_smoke / "test" / "manifest.jsonl"
+    return manifest, _encode(cfg, manifest)
+
+
+@pytest.fixture(scope="module")
+def long_stream(tmp_path_factory, cfg):
+    """One 30-s StreamPro-Synth video (the project's generator, PyAV), encoded as training does."""
+    from streampro.data.synth import synthesize
+    from streampro.data.synth_scene import SceneParams
+
+    out = tmp_path_factory.mktemp("long")
+    synthesize(
+        out,
+        per_task=1,
+        seed=5,
+        params=SceneParams(width=64, height=64),
+        min_duration=LONG_S,
+        max_duration=LONG_S,
+        tasks=("EU",),
+        progress=False,
+    )
+    manifest = out / "manifest.jsonl"
+    (encoded,) = _encode(cfg, manifest)
     return manifest, encoded
 
 
@@ -151,6 +183,116 @@ def test_session_equals_rollout_greedy_episode_across_two_ingress_replicas(
     ]
     assert len({s.raw for s in ref.steps}) > 1  # the outputs do depend on the stream
     assert len(replicas) == 2  # the session's chunks went through both ingress replicas
+
+
+def _prompts(traj) -> tuple[list[int], list[list[int]]]:
+    """Per step, the length of the prompt vLLM received in rollout (in its segment's row, the
+    position of the step's first generated token: types.Segment) and the generated ids."""
+    starts, ids = [], []
+    for seg in traj.segments:
+        m = seg.gen_mask
+        for i in range(len(m)):
+            if m[i] and (i == 0 or not m[i - 1]):
+                starts.append(i)
+                ids.append([])
+            if m[i]:
+                ids[-1].append(seg.token_ids[i])
+    return starts, ids
+
+
+def _unwindowed_prompt_lengths(tokenizer, e, generated: list[list[int]]) -> list[int]:
+    """The prompt lengths of the same decisions with a window as long as the stream."""
+    from streampro.actors.episode import StreamEpisode, sample_chunks
+
+    s = e.sample
+    ep = StreamEpisode(
+        tokenizer,
+        sample_id=s.id,
+        question=s.question,
+        query_time=float(s.query_time),
+        window_turns=len(e.times),
+        window_slide=1,
+    )
+    out = []
+    for chunk, ids in zip(sample_chunks(e), generated):
+        out.append(len(ep.add_chunk(chunk)))
+        ep.add_decision(ids, [0.0] * len(ids))
+    return out
+
+
+def _window_bound(tokenizer, e, window: int) -> int:
+    """The longest prompt `window` turns allow on this stream: the system prompt, the question,
+    and `window` turns, each as long as the stream's longest chunk turn plus the longest
+    decision and its turn end."""
+    from streampro.actors.episode import max_decision_tokens
+    from streampro.data.dialogue import StreamDialogue, vocab
+
+    def first_turn(query_time: float, start: float, end: float) -> tuple[int, int]:
+        d = StreamDialogue(tokenizer, question=e.sample.question, query_time=query_time)
+        n = len(d.token_ids)
+        d.add_chunk(start, end, e.codes[0])
+        return n, len(d.token_ids) - n
+
+    system, turn0 = first_turn(1e9, 0.0, 1.0)  # the question not asked yet
+    question = first_turn(0.0, 0.0, 1.0)[1] - turn0
+    turn = max(first_turn(1e9, s, t)[1] for s, t in e.times)
+    close = len(vocab(tokenizer).turn_close)
+    return system + question + window * (turn + max_decision_tokens(MAX_ANSWER) + close)
+
+
+@pytest.mark.slow
+def test_long_stream_session_is_windowed_exactly_like_rollout(served, rollout, long_stream, policy):
+    """Issue 12: Serve on a stream of 3x the window decides as the rollout path does, under the
+    same windowed contexts, and its context stays bounded."""
+    from transformers import AutoTokenizer
+
+    from streampro.actors.api import Sampling
+    from streampro.bench.replay import video_chunks
+    from streampro.data.window import Window
+
+    manifest, e = long_stream
+    chunks = video_chunks(
+        e.sample.video_path(manifest.parent), fps=1.0, grid=4, duration=e.sample.duration
+    )
+    assert len(chunks) == len(e.times) == LONG_S >= 3 * WINDOW
+    sid = _open(served, e.sample.question, query_time=e.sample.query_time)
+    got = []
+    with httpx.Client(timeout=60, headers=AUTH) as http:
+        for start, end, png in chunks:
+            chunk = {"start": start, "end": end, "image": png}
+            r = http.post(f"{served}/v1/sessions/{sid}/chunks", json={"chunks": [chunk]})
+            assert r.status_code == 200, r.text
+            got += r.json()["decisions"]
+        assert http.delete(f"{served}/v1/sessions/{sid}").status_code == 204
+
+    (ref,) = rollout.generate(
+        samples=[e], n=1, sampling=Sampling(temperature=0.0, max_answer_tokens=MAX_ANSWER)
+    )
+    # every chunk's decision equals the in-process greedy episode's (rollout path)
+    assert [(d["time"], d["decision"], d["text"], d["raw"]) for d in got] == [
+        (s.time, s.decision, s.text, s.raw) for s in ref.steps
+    ]
+    assert len({s.raw for s in ref.steps}) > 1  # the outputs do depend on the stream
+    # ... sampled after prompts of the same lengths as the ones vLLM received in rollout
+    ctx = [d["context_tokens"] for d in got]
+    starts, generated = _prompts(ref)
+    assert ctx == starts
+    # the window slid where data/window.py says (turn 9, then every 4), in both paths
+    first, slides = 0, []
+    for i in range(LONG_S):
+        moved = Window(WINDOW, SLIDE).first_kept(i + 1, first)
+        slides += [i] if moved != first else []
+        first = moved
+    assert slides == [8, 12, 16, 20, 24, 28]
+    assert [seg.first_step for seg in ref.segments] == [0, *slides]
+    # append-only between slides, shorter at each slide, and bounded however long the stream
+    assert [i for i in range(1, LONG_S) if ctx[i] < ctx[i - 1]] == slides
+    assert all(ctx[i] > ctx[i - 1] for i in range(1, LONG_S) if i not in slides)
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    bound = _window_bound(tokenizer, e, WINDOW)
+    full = _unwindowed_prompt_lengths(tokenizer, e, generated)
+    assert ctx[: slides[0]] == full[: slides[0]]  # identical until the window is full
+    assert max(ctx) <= bound < full[-1]  # the bound binds: unwindowed, the prompt outgrows it
 
 
 @pytest.mark.slow
@@ -293,26 +435,55 @@ def test_decode_image_downscales_to_the_codec_budget_and_names_bad_input():
     assert e.value.status == 400
 
 
-def test_episode_window_arguments_follow_the_config():
-    from streampro.actors.serve import app_args
-    from streampro.actors.serve_sessions import episode_kwargs
-    from streampro.config import load_config
+def test_ingress_takes_the_serve_and_data_sections(tiny_path):
+    """No second schema: the ingress reads ServeConfig and DataConfig themselves (the window
+    and codec from data, caps from serve) plus the plain values of other sections."""
+    from streampro.actors.serve_ingress import Ingress
+    from streampro.config import DataConfig, ServeConfig
+    from streampro.data.window import Window
 
-    cfg = load_config(None, ["data.window_turns=120"])
-    a = app_args(cfg, "/x")
-    assert a["window_turns"] == 120
-    assert a["window_slide"] == int(getattr(cfg.data, "window_slide", 0) or 0)
-    assert episode_kwargs(40, 0) == {"window_turns": 40}
-    assert episode_kwargs(40, 10) == {"window_turns": 40, "window_slide": 10}
+    data = DataConfig(window_turns=8, window_slide=4, patch_grid=2, codebook_size=8)
+    core = Ingress(
+        None,
+        None,
+        ServeConfig(max_sessions=3),
+        data,
+        model_path=tiny_path,
+        max_answer_tokens=5,
+        seed=0,
+        pool=None,  # type: ignore[arg-type]  (no image decoded here)
+    )
+    assert core.new_episode("s", "q", 0.0).dialogue.window == Window(8, 4)
+    assert core.codec.tokens_per_frame == 4 and core.codec.codebook_size == 8
+    assert core.max_tokens == 7 and core.s.max_sessions == 3
 
 
-def test_build_app_rejects_unknown_arguments():
+def test_app_args_are_config_sections():
+    from streampro.actors.serve import config_from_args
+
+    cfg = config_from_args(
+        {"serve": {"checkpoint": "/m", "ingress_replicas": 3}, "data": {"window_turns": 120}}
+    )
+    assert (cfg.serve.checkpoint, cfg.serve.ingress_replicas) == ("/m", 3)
+    assert (cfg.data.window_turns, cfg.data.window_slide) == (120, 50)  # the schema's slide
+
+
+def test_build_app_rejects_bad_arguments_in_one_line():
     from streampro.actors.serve import build_app
+    from streampro.config import ConfigError
 
-    with pytest.raises(ValueError, match=r"unknown app argument\(s\) \['chekpoint'\]"):
-        build_app({"chekpoint": "/x"})
-    with pytest.raises(ValueError, match="'checkpoint'"):
+    with pytest.raises(
+        ConfigError, match=r"^serve app args: unknown config key 'serve.chekpoint'$"
+    ):
+        build_app({"serve": {"chekpoint": "/x"}})
+    with pytest.raises(ConfigError, match="unknown config key 'checkpoint'"):
+        build_app({"checkpoint": "/x"})  # the old flat form names the key it does not know
+    with pytest.raises(ConfigError, match=r"serve\.checkpoint .* is required"):
         build_app({})
+    with pytest.raises(ConfigError, match=r"^serve\.engine must be 'vllm' or 'hf', got 'tgi'$"):
+        build_app({"serve": {"checkpoint": "/x", "engine": "tgi"}})
+    with pytest.raises(ConfigError, match=r"^serve\.ingress_replicas must be >= 1, got 0$"):
+        build_app({"serve": {"checkpoint": "/x", "ingress_replicas": 0}})
 
 
 @pytest.mark.parametrize(
