@@ -361,6 +361,8 @@ def make_learner_group(cfg: Config, model_path: str, *, objective: str) -> Learn
         loss_agg=cfg.grpo.loss_agg,
         temperature=cfg.rollout.temperature,
         freeze_vision=lc.freeze_vision,
+        lora_rank=lc.lora_rank,
+        lora_alpha=lc.lora_alpha,
         **stage,
     )
     check_settings(**settings)

@@ -69,6 +69,11 @@ class LearnerSettings:
     """Sampling temperature of the rollouts: GRPO logprobs are those of logits / temperature."""
     freeze_vision: bool = False
     """VLM policies: keep the vision tower's weights fixed (only the language model trains)."""
+    lora_rank: int = 0
+    """> 0: train LoRA adapters of this rank on the language model's linear layers (peft), the
+    base weights fixed; exports merge them, so engines always receive whole weights."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator: the adapter's update is (lora_alpha / lora_rank) * B @ A."""
     clip_low: float = 0.2
     clip_high: float = 0.2
     kl_coef: float = 0.0
@@ -146,6 +151,38 @@ def score_tokens(
     ent = ent_n.new_zeros(shape).index_put(idx, ent_n) if ent_n is not None else None
     pred = torch.full(shape, -1, dtype=torch.long, device=lp.device).index_put(idx, pred_n)
     return lp, ent, pred
+
+
+# LoRA targets: the language model's attention and MLP projections (never the vision tower,
+# whose blocks reuse the MLP names in Qwen-VL); matched against full module names.
+LORA_TARGETS = r"^(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+
+
+def add_lora(model: torch.nn.Module, *, rank: int, alpha: float) -> None:
+    """Inject LoRA adapters (peft) in place; only they train. B starts at 0: same outputs."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS)
+    inject_adapter_in_model(cfg, model)
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name)
+
+
+def merge_lora(state: dict[str, torch.Tensor], *, scale: float) -> dict[str, torch.Tensor]:
+    """A LoRA model's state dict with each adapter merged into its layer, under the base
+    model's own key names (what vLLM and transformers load)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, w in state.items():
+        if ".lora_" in key:
+            continue
+        if key.endswith(".base_layer.weight"):
+            stem = key[: -len(".base_layer.weight")]
+            a = state[f"{stem}.lora_A.default.weight"].float()  # [r, in]
+            b = state[f"{stem}.lora_B.default.weight"].float()  # [out, r]
+            out[f"{stem}.weight"] = (w.float() + scale * (b @ a)).to(w.dtype)
+        else:
+            out[key.replace(".base_layer.", ".")] = w
+    return out
 
 
 class LearnerWorker:
@@ -229,11 +266,13 @@ class LearnerWorker:
             model = load_model(self.model_path, dtype="float32")
             if self.s.freeze_vision:
                 model.model.visual.requires_grad_(False)
-            return model
-        model = AutoModelForCausalLM.from_pretrained(
-            self.model_path, dtype=torch.float32, attn_implementation=register_attention()
-        )
-        install_selective_forward(model)  # last layer, norm and LM head at scored tokens only
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                self.model_path, dtype=torch.float32, attn_implementation=register_attention()
+            )
+            install_selective_forward(model)  # last layer, norm and LM head at scored tokens
+        if self.s.lora_rank > 0:
+            add_lora(model, rank=self.s.lora_rank, alpha=self.s.lora_alpha)
         return model
 
     def _score(
@@ -471,6 +510,8 @@ class LearnerWorker:
         if self.rank != 0:
             return
         state = {k: v.detach().cpu() for k, v in state.items()}
+        if self.s.lora_rank > 0:  # engines load whole weights: W + (alpha / r) B @ A
+            state = merge_lora(state, scale=self.s.lora_alpha / self.s.lora_rank)
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         module = self.engine.module

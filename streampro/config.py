@@ -178,6 +178,12 @@ class LearnerConfig:
     freeze_vision: bool = False
     """VLM policies: keep the vision tower fixed and train the language model only (saves
     memory and time on small clusters; engines still receive the whole model)."""
+    lora_rank: int = 0
+    """> 0: train LoRA adapters (peft) of this rank on the language model's attention and MLP
+    projections instead of all weights; each export merges them, so vLLM receives whole
+    merged weights (no adapter support needed in the engines)."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator (update = lora_alpha / lora_rank * B @ A)."""
 
 
 @dataclass

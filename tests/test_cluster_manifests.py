@@ -126,9 +126,9 @@ def test_rayjob_entrypoint_is_a_real_command_and_config():
     assert args.config.startswith("/configs/")
     local = REPO / "configs" / Path(args.config).name  # what the ConfigMap is created from
     assert local.is_file(), f"{args.config}: no configs/{local.name} to build the ConfigMap from"
-    # every override names a real config key; the GPU config's image codec is refused at load
-    # until the VLM path is wired (issue 13), and its judge URL comes from the environment
-    load_config(local, [*args.overrides, "data.codec=patch", "reward.llm_url=http://judge/v1"])
+    # every override names a real config key (the judge URL comes from the environment)
+    cfg = load_config(local, [*args.overrides, "reward.llm_url=http://judge/v1"])
+    assert cfg.data.codec == "image"
     head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     cm = next(v for v in head["volumes"] if "configMap" in v)
     mount = next(m for m in head["containers"][0]["volumeMounts"] if m["name"] == cm["name"])

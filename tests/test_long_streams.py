@@ -45,9 +45,9 @@ def recorded(policy):
     engine = group.worker.engine
     decide = engine.decide
 
-    async def recording(prompt_ids, params):
+    async def recording(prompt_ids, params, images=()):
         prompts[params.seed] = list(prompt_ids)
-        return await decide(prompt_ids, params)
+        return await decide(prompt_ids, params, images)
 
     engine.decide = recording
     yield group, prompts

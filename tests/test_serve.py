@@ -96,17 +96,9 @@ def rollout(ray_local, policy, cfg):
 
 
 def _encode(cfg, manifest) -> list:
-    from streampro.data.encode import encode_manifest
+    from streampro.pipeline import encode_samples
 
-    d = cfg.data
-    return encode_manifest(
-        manifest,
-        fps=d.fps,
-        grid=d.patch_grid,
-        codebook_size=d.codebook_size,
-        cache_dir=d.cache_dir,
-        progress=False,
-    )
+    return encode_samples(cfg, manifest, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The real-model configs: the paper's settings, one 8-GPU node, and one-line refusals at load
-for what they lack (an llm judge without an endpoint; the image codec until it is wired)."""
+for what they lack (an llm judge without an endpoint; images for a text policy)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from streampro.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 VLM_CONFIGS = ["configs/qwen2_5_vl_3b.yaml", "configs/qwen3_vl_4b.yaml"]
-READY = ["data.codec=patch", "reward.llm_url=http://judge:8000/v1"]
+READY = ["reward.llm_url=http://judge:8000/v1"]
 
 
 @pytest.mark.parametrize("name", VLM_CONFIGS)
@@ -25,18 +25,26 @@ def test_paper_settings_and_one_node_placement(name):
     rollout_gpus = cfg.rollout.num_actors * cfg.rollout.num_gpus * cfg.rollout.tensor_parallel_size
     assert learner_gpus + rollout_gpus == cfg.cluster.num_gpus == 8
     assert cfg.rollout.block_size % 32 == 0  # vLLM with images (DESIGN.md)
+    assert cfg.data.codec == "image"
     assert (cfg.reward.acc_judge, cfg.reward.traj_judge) == ("llm", "llm")
 
 
 @pytest.mark.parametrize("name", VLM_CONFIGS)
 def test_refused_at_load_in_one_line(name, monkeypatch):
     monkeypatch.delenv("STREAMPRO_JUDGE_URL", raising=False)
-    with pytest.raises(ConfigError, match="data.codec=image is not wired"):
-        load_config(REPO / name)
     with pytest.raises(ConfigError, match="needs reward.llm_url"):
-        load_config(REPO / name, ["data.codec=patch"])
+        load_config(REPO / name)
+    with pytest.raises(ConfigError, match="needs a vision-language policy"):
+        load_config(REPO / name, READY + ["policy.name_or_path=tiny"])
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        load_config(REPO / name, READY + ["rollout.block_size=16"])
     monkeypatch.setenv("STREAMPRO_JUDGE_URL", "http://judge:8000/v1")
-    assert load_config(REPO / name, ["data.codec=patch"]).reward.llm_url == "http://judge:8000/v1"
+    assert load_config(REPO / name).reward.llm_url == "http://judge:8000/v1"
+
+
+def test_tiny_vl_config_loads_as_shipped():
+    cfg = load_config(REPO / "configs/tiny_vl.yaml")
+    assert (cfg.policy.name_or_path, cfg.data.codec) == ("tiny-vl", "image")
 
 
 def test_llm_judge_without_endpoint_fails_before_any_work():

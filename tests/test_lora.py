@@ -1,0 +1,81 @@
+"""LoRA as a learner option (peft): only adapters train, exports merge them into whole weights.
+
+Known answers: before any step the LoRA model scores exactly like the base (B starts at 0);
+SFT steps lower the loss while every base weight stays bit-identical; the merged export, loaded
+by plain transformers, scores like the learner's LoRA model; on a VLM no adapter lands in the
+vision tower.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_learner_group import make_batch, weights
+
+from streampro.learners.group import LocalLearnerGroup
+
+pytestmark = pytest.mark.slow
+
+
+def test_lora_trains_adapters_and_exports_merged_weights(tiny_path, tmp_path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from streampro.learners.losses import shifted_logprobs
+    from streampro.learners.packing import attention_bias
+
+    base = LocalLearnerGroup(model_path=tiny_path, micro_batch=2, precision="fp32")
+    probe = make_batch(99, "sft")
+    try:
+        base_lp = base.logprobs(batch=probe)
+    finally:
+        base.shutdown()
+    group = LocalLearnerGroup(
+        model_path=tiny_path, micro_batch=2, precision="fp32", lr=1e-2, lora_rank=4
+    )
+    try:
+        torch.testing.assert_close(group.logprobs(batch=probe), base_lp, atol=1e-6, rtol=0)
+        losses = [group.train_step(batch=make_batch(1, "sft"), objective="sft")["loss"]]
+        losses += [group.train_step(batch=make_batch(1, "sft"), objective="sft")["loss"]]
+        lora_lp = group.logprobs(batch=probe)
+        module = group.worker.engine.module
+        frozen = {n: p for n, p in module.named_parameters() if not p.requires_grad}
+        trained = [n for n, p in module.named_parameters() if p.requires_grad]
+        hf = group.export_hf(path=str(tmp_path / "hf"))
+    finally:
+        group.shutdown()
+    assert losses[1] < losses[0]
+    assert trained and all(".lora_A." in n or ".lora_B." in n for n in trained)
+    start = weights(tiny_path)
+    for name, p in frozen.items():  # base weights untouched (names without peft's base_layer)
+        key = name.replace(".base_layer.", ".")
+        if key in start:
+            assert torch.equal(p.detach(), start[key]), name
+    merged = weights(hf)
+    assert not any("lora_" in k or "base_layer" in k for k in merged)
+    model = AutoModelForCausalLM.from_pretrained(hf, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        logits = model(
+            input_ids=probe["input_ids"],
+            position_ids=probe["position_ids"],
+            attention_mask=attention_bias(probe["seq_ids"], torch.float32),
+        ).logits
+    lp, _, _ = shifted_logprobs(logits, probe["input_ids"], position_ids=probe["position_ids"])
+    real = probe["seq_ids"] >= 0
+    torch.testing.assert_close(lp[real], lora_lp[real], atol=1e-5, rtol=0)
+    assert (lp[real] - base_lp[real]).abs().max() > 1e-3  # the adapters did change the policy
+
+
+def test_lora_targets_the_language_model_of_a_vlm(tmp_path) -> None:
+    from streampro import tiny_vl
+    from streampro.hf_policy import load_model
+    from streampro.learners.worker import add_lora
+
+    folder = tiny_vl.ensure_tiny_vl(tiny_vl.tiny_vl_spec(), tmp_path)
+    model = load_model(folder)
+    add_lora(model, rank=2, alpha=4.0)
+    adapted = {n.rsplit(".lora_", 1)[0] for n, _ in model.named_parameters() if ".lora_" in n}
+    assert adapted and not any("visual" in n for n in adapted)
+    assert any(n.endswith("q_proj") for n in adapted) and any(
+        n.endswith("down_proj") for n in adapted
+    )
+    assert all(p.requires_grad == (".lora_" in n) for n, p in model.named_parameters())
