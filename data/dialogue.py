@@ -59,11 +59,30 @@ class _Vocab:
         self.user_open = [self.im_start] + self.enc("user\n")
         self.assistant_open = [self.im_start] + self.enc("assistant\n")
         self.turn_close = [self.im_end] + self.nl
+        self._check_template()
         self.specials = {self.silence, self.response, self.im_start}
         self.specials |= {
             i for i in [self.frame_start, self.frame_end, *self.vision] if self.known(i)
         }
         self._frame: dict[int, int] = {}
+
+    def _check_template(self) -> None:
+        """The dialogue lays turns out as the model's own chat template does, or refuses it:
+        a model whose template differs (not Qwen's ChatML turns) would read a layout it was
+        never trained on."""
+        if not getattr(self.tok, "chat_template", None):
+            return  # the tiny policy: no template, the layout is its own
+        from streampro.hf_policy import turn_markers
+
+        m = turn_markers(self.tok)
+        ours = (tuple(self.user_open), tuple(self.assistant_open), tuple(self.turn_close))
+        if (m.user_open, m.assistant_open, m.turn_close) != ours:
+            raise UserError(
+                "the policy's chat template lays out turns as "
+                f"{self.tok.decode(list(m.user_open))!r} ... {self.tok.decode(list(m.turn_close))!r}"
+                f", {self.tok.decode(list(m.assistant_open))!r}; the stream dialogue supports "
+                "ChatML turns ('<|im_start|>user\\n' ... '<|im_end|>\\n', Qwen's)"
+            )
 
     def known(self, tid: int | None) -> bool:
         return tid is not None and tid != self.tok.unk_token_id

@@ -164,3 +164,35 @@ def test_build_sft_example(tok):
     assert len(row.input_ids) == len(row.loss_mask) == len(row.decision_class)
     full = _dec(tok, row.input_ids)
     assert full.index("<3s-4s>") < full.index("now red") < full.index("<4s-5s>")
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAMA = (
+    "{% for m in messages %}<|im_start|>[{{ m['role'] }}] {{ m['content'] }}<|im_end|>"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>[assistant] {% endif %}"
+)
+
+
+def test_the_models_own_chat_template_is_checked(tok):
+    """A tokenizer whose template renders ChatML turns is used as is; another layout is
+    refused in one line (the dialogue would otherwise feed a layout the model never saw)."""
+    import copy
+
+    from streampro.errors import UserError
+
+    chatml = copy.deepcopy(tok)
+    chatml.chat_template = CHATML
+    dlg = StreamDialogue(chatml, question="q?", query_time=0.0)
+    dlg.add_chunk(0.0, 1.0, [1, 2])
+    rendered = chatml.apply_chat_template(
+        [{"role": "system", "content": T.SYSTEM_PROMPT}, {"role": "user", "content": "q?"}],
+        tokenize=False,
+    )
+    assert _dec(chatml, dlg.context()).startswith(rendered)
+    other = copy.deepcopy(tok)
+    other.chat_template = LLAMA
+    with pytest.raises(UserError, match="supports ChatML turns"):
+        StreamDialogue(other, question="q?", query_time=0.0)
