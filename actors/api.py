@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from streampro.types import Trajectory
+
+# `sync_weights(source=WEIGHT_TRANSFER)`: the learner already pushed the weights through
+# vLLM's weight-transfer API (NCCL, GPU only); engines only drop their caches and take the
+# version. Any other source is an HF folder that engines reload from disk.
+WEIGHT_TRANSFER = "weight-transfer"
 
 if TYPE_CHECKING:
     from streampro.data.encode import EncodedSample
@@ -30,7 +35,13 @@ class RolloutGroupAPI(Protocol):
         ...
 
     def sync_weights(self, *, version: int, source: str) -> float:
-        """Load new weights from an HF folder into every engine in place; returns seconds."""
+        """Load new weights from an HF folder into every engine in place (or, with source
+        WEIGHT_TRANSFER, take weights the learner just sent over NCCL); returns seconds."""
+        ...
+
+    def weight_sync_client(self, *, timeout_s: float) -> Any:
+        """vLLM's `VLLMWeightSyncClient` over every engine, for the learner's NCCL sender
+        (actors/weight_transfer.py); each of its calls raises TimeoutError past timeout_s."""
         ...
 
     def shutdown(self) -> None: ...

@@ -20,12 +20,9 @@ from vllm.inputs import TokensPrompt
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 
+from streampro.actors.api import WEIGHT_TRANSFER
 from streampro.actors.vlm_worker import WORKER_EXTENSION
 from streampro.errors import UserError
-
-# `sync_weights(source=WEIGHT_TRANSFER)`: the weights were already pushed through vLLM's
-# weight-transfer API (NCCL, GPU only); only drop the prefix cache and bump the version.
-WEIGHT_TRANSFER = "weight-transfer"
 
 
 class PrefixCacheCounter(StatLoggerBase):
@@ -101,6 +98,13 @@ class DecisionEngine:
             kw["max_num_batched_tokens"] = max(max_model_len, 2048)
         else:
             kw["gpu_memory_utilization"] = gpu_memory_utilization
+            if tensor_parallel_size > 1:
+                # TP workers as Ray actors in this actor's placement group (one GPU per
+                # bundle, actors/rollout.py engine_bundles). Ray hid every GPU from this
+                # GPU-less actor; vLLM must see the node's to place its workers (as OpenRLHF)
+                kw["distributed_executor_backend"] = "ray"
+                if _in_placement_group():
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         if weight_transfer_backend:  # GPU path: NCCL broadcast from learner rank 0
             from vllm.config import WeightTransferConfig
 
@@ -178,6 +182,8 @@ class DecisionEngine:
             # reload_weights, then the tied LM head repacked (actors/vlm_worker.py: without it
             # vLLM CPU kept sampling from the old head; measured up to 1.05 nats off)
             await self.llm.collective_rpc("reload_vlm_weights", kwargs={"weights_path": source})
+        else:  # sent over NCCL and loaded by finish_weight_update: the same head refresh
+            await self.llm.collective_rpc("refresh_vlm_heads")
         if self.processor is not None:  # image embeddings of the old weights (and a seen
             await self.llm.reset_encoder_cache()  # image would fail "Encoder cache miss")
         await self.llm.reset_prefix_cache(reset_running_requests=True)
@@ -187,6 +193,12 @@ class DecisionEngine:
 
     def shutdown(self) -> None:
         self.llm.shutdown()
+
+
+def _in_placement_group() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.util.get_current_placement_group() is not None
 
 
 def _model_max_len(model_path: str) -> int:

@@ -16,12 +16,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
-from streampro.actors.api import RolloutGroupAPI, Sampling
+from streampro.actors.api import WEIGHT_TRANSFER, RolloutGroupAPI, Sampling
 from streampro.actors.engine import DecisionEngine, decision_params
 from streampro.actors.episode import (
     StreamEpisode,
@@ -33,6 +33,9 @@ from streampro.actors.episode import (
 )
 from streampro.config import Config
 from streampro.types import Trajectory
+
+if TYPE_CHECKING:
+    from streampro.actors.weight_transfer import EngineSyncClient
 
 MAX_LATENCIES = 1 << 20
 T = TypeVar("T")
@@ -133,6 +136,12 @@ class RolloutWorker:
         `version`/`source` name the weights the caller expects: a restarted actor (which
         came back with the initial weights) reloads them before it starts."""
         if version is not None and version != self.version and source:
+            if source == WEIGHT_TRANSFER:  # a restarted actor: initial weights, no NCCL group
+                raise RuntimeError(
+                    f"rollout actor holds weights v{self.version}, not v{version}: it restarted "
+                    "after an NCCL weight sync and cannot rejoin the transfer group; resume the "
+                    "run (run.resume=auto) or use rollout.weight_transfer_backend=''"
+                )
             await self.sync_weights(version=version, source=source)
         jobs = [
             self._episode(s, first_index + i, e, sampling)
@@ -173,23 +182,33 @@ class RolloutWorker:
         chunks = sample_chunks(encoded, self.image_tokens)
         return await run_episode(ep, chunks, decide, version=lambda: self.version)
 
-    # GPU weight-transfer control plane, with AsyncLLM's signatures, so that vLLM's
-    # `RayVLLMWeightSyncClient([actors])` + `NCCLTrainerWeightTransferEngine` on learner rank 0
-    # can drive a broadcast. GPU only; not exercised on this CPU machine.
-    async def init_weight_transfer_engine(self, request) -> None:
-        await self.engine.llm.init_weight_transfer_engine(request)
+    # GPU weight-transfer control plane (plain dicts in, as vLLM's VLLMWeightSyncClient
+    # protocol passes them), driven by actors/weight_transfer.py EngineSyncClient from learner
+    # rank 0 while it broadcasts. GPU only; not exercised on a CPU machine.
+    async def init_weight_transfer_engine(self, init_info: dict) -> None:
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        await self.engine.llm.init_weight_transfer_engine(
+            WeightTransferInitRequest(init_info=init_info)
+        )
 
     async def start_weight_update(self) -> None:
         await self.engine.llm.start_weight_update()
 
-    async def update_weights(self, request) -> None:
-        await self.engine.llm.update_weights(request)
+    async def update_weights(self, update_info: dict | list) -> None:
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        await self.engine.llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
 
     async def finish_weight_update(self, weight_version: str | None = None) -> None:
         await self.engine.llm.finish_weight_update(weight_version)
 
     async def update_weight_version(self, new_version: str) -> None:
         await self.engine.llm.update_weight_version(new_version)
+
+    def engine_world_size(self) -> int:
+        """Workers of this engine in the NCCL group (tensor parallel ranks)."""
+        return int(self.engine.llm.vllm_config.parallel_config.world_size)
 
     def shutdown(self) -> None:
         self.engine.shutdown()
@@ -223,6 +242,9 @@ class LocalRolloutGroup:
         self._run(self.worker.sync_weights(version=version, source=source))
         return time.perf_counter() - t0
 
+    def weight_sync_client(self, *, timeout_s: float) -> LocalEngineClient:
+        return LocalEngineClient(self, timeout_s=timeout_s)
+
     def cache_stats(self) -> dict[str, int]:
         return self.worker.engine.cache_stats()
 
@@ -241,6 +263,48 @@ class LocalRolloutGroup:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
         self._loop.close()
+
+
+class LocalEngineClient:
+    """vLLM's `VLLMWeightSyncClient` over a LocalRolloutGroup's one engine (an in-process
+    learner only: it is not picklable); every call raises TimeoutError past timeout_s."""
+
+    def __init__(self, group: LocalRolloutGroup, *, timeout_s: float) -> None:
+        self.group, self.timeout_s = group, timeout_s
+        self.world_size = 1 + self._call(group.worker.engine_world_size, "engine_world_size")
+
+    def _call(self, fn: Callable[[], Any], what: str) -> Any:
+        from streampro.actors.weight_transfer import call_with_timeout
+
+        async def run() -> Any:
+            out = fn()
+            return await out if asyncio.iscoroutine(out) else out
+
+        return call_with_timeout(
+            lambda: self.group._run(run()), timeout_s=self.timeout_s, what=what
+        )
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        info = {**init_info, "rank_offset": 1}
+        w = self.group.worker
+        self._call(lambda: w.init_weight_transfer_engine(info), "init_weight_transfer_engine")
+
+    def start_weight_update(self) -> None:
+        self._call(self.group.worker.start_weight_update, "start_weight_update")
+
+    def update_weights(self, update_info: dict | list) -> None:
+        self._call(lambda: self.group.worker.update_weights(update_info), "update_weights")
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        w = self.group.worker
+        self._call(lambda: w.finish_weight_update(weight_version), "finish_weight_update")
+
+
+def engine_bundles(tensor_parallel_size: int, num_cpus: float) -> list[dict[str, float]]:
+    """Placement-group bundles of one engine with tensor_parallel_size > 1: one GPU per
+    bundle (vLLM's Ray executor puts one TP worker in each); the rollout actor itself takes
+    bundle 0's CPUs and no GPU. Used with STRICT_PACK: TP ranks talk over NVLink/PCIe."""
+    return [{"GPU": 1.0, "CPU": float(num_cpus)}] + [{"GPU": 1.0}] * (tensor_parallel_size - 1)
 
 
 # The Ray actor: the same worker class, one engine per actor process.
@@ -275,18 +339,46 @@ class RayRolloutGroup:
             opts["memory"] = int(memory_gb * (1 << 30))
         if env_vars:
             opts["runtime_env"] = {"env_vars": dict(env_vars)}
-        self.actors = [
-            RolloutActor.options(**opts).remote(model_path, **worker_kwargs)
-            for _ in range(num_actors)
-        ]
+        self.restart_timeout_s = restart_timeout_s
+        self.tp = int(worker_kwargs.get("tensor_parallel_size", 1))
+        self.pgs: list = []  # one per engine when tp > 1 on GPUs
+        self.actors: list = []
+        for _ in range(num_actors):
+            placed = opts | self._engine_placement(num_cpus, num_gpus)
+            self.actors.append(RolloutActor.options(**placed).remote(model_path, **worker_kwargs))
         # A sample is re-run at most this often (default: once per allowed restart + 1).
         self.max_attempts = (
             max_retries_per_sample if max_retries_per_sample >= 0 else max_restarts * num_actors
         ) + 1
-        self.restart_timeout_s = restart_timeout_s
         self.version, self.source = 0, model_path
         self.reruns = 0  # samples re-run after an actor died (cumulative)
         ray.get([a.ready.remote() for a in self.actors])
+
+    def _engine_placement(self, num_cpus: float, num_gpus: float) -> dict[str, Any]:
+        """tp > 1 on GPUs: a STRICT_PACK placement group of tp one-GPU bundles for the
+        engine's workers (vLLM's Ray executor, as vLLM's, verl's and OpenRLHF's examples);
+        the actor sits in bundle 0 without a GPU and its workers inherit the group."""
+        if self.tp <= 1 or num_gpus <= 0:
+            return {}
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        pg = placement_group(engine_bundles(self.tp, num_cpus), strategy="STRICT_PACK")
+        self.pgs.append(pg)
+        try:
+            ray.get(pg.ready(), timeout=self.restart_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()  # the engines placed so far and every group
+            raise RuntimeError(
+                f"no node has {self.tp} free GPUs for a tensor_parallel_size={self.tp} engine "
+                f"within {self.restart_timeout_s:.0f} s"
+            ) from None
+        strategy = PlacementGroupSchedulingStrategy(
+            placement_group=pg,
+            placement_group_bundle_index=0,
+            placement_group_capture_child_tasks=True,
+        )
+        return {"num_gpus": 0, "scheduling_strategy": strategy}
 
     def _submit(
         self, actor_idx: int, sample, index: int, n: int, sampling: Sampling
@@ -350,6 +442,12 @@ class RayRolloutGroup:
                 pass  # a restarting actor loads (version, source) before its next episode
         return time.perf_counter() - t0
 
+    def weight_sync_client(self, *, timeout_s: float) -> EngineSyncClient:
+        from streampro.actors.weight_transfer import EngineSyncClient
+
+        sizes = ray.get([a.engine_world_size.remote() for a in self.actors], timeout=timeout_s)
+        return EngineSyncClient(self.actors, sizes, timeout_s=timeout_s)
+
     def cache_stats(self) -> dict[str, int]:
         stats = ray.get([a.status.remote() for a in self.actors])
         return {k: sum(s[k] for s in stats) for k in ("queries", "hits")}
@@ -362,6 +460,12 @@ class RayRolloutGroup:
                 pass  # already dead or stuck: ray.kill below releases it
             ray.kill(a)
         self.actors = []
+        if self.pgs:
+            from ray.util.placement_group import remove_placement_group
+
+            for pg in self.pgs:
+                remove_placement_group(pg)
+            self.pgs = []
 
 
 def make_rollout_group(cfg: Config, model_path: str) -> RolloutGroupAPI:

@@ -37,3 +37,7 @@ class VLMWorkerExtension:
     def reload_vlm_weights(self, weights_path: str) -> int:
         self.reload_weights(weights_path=weights_path)  # type: ignore[attr-defined]
         return refresh_output_heads(self.model_runner.get_model())  # type: ignore[attr-defined]
+
+    def refresh_vlm_heads(self) -> int:
+        """The head refresh alone, after weights arrived through vLLM's weight transfer."""
+        return refresh_output_heads(self.model_runner.get_model())  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ A batch is a dict of CPU tensors, all `[B, T]` unless noted:
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -40,6 +40,18 @@ class LearnerGroupAPI(Protocol):
 
     def export_hf(self, *, path: str) -> str:
         """Write a Hugging Face folder (safetensors + tokenizer) that transformers and vLLM load."""
+        ...
+
+    def init_weight_sync(self, *, client: Any, dtype: str, timeout_s: float) -> None:
+        """GPU, once per run: open vLLM's NCCL weight transfer from learner rank 0 to the
+        rollout engines behind `client` (actors/weight_transfer.py EngineSyncClient);
+        `dtype` is the engines' (weights go out in it). Raises TimeoutError after timeout_s."""
+        ...
+
+    def send_weights(self, *, version: int) -> float:
+        """GPU: broadcast every parameter, whole (ZeRO-3 gathered, LoRA merged), to the
+        engines through vLLM's start/update/finish weight update; returns seconds. Every
+        remote step is bounded by the init's timeout_s and raises TimeoutError past it."""
         ...
 
     def shutdown(self) -> None: ...

@@ -12,6 +12,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,6 +26,8 @@ from streampro.tokens import CLASS_RESPONSE, CLASS_SILENCE
 OBJECTIVES = ("sft", "grpo")
 _REQUIRED = {"sft": ("decision_class",), "grpo": ("advantages", "old_logprobs")}
 _BASE_KEYS = ("input_ids", "position_ids", "seq_ids", "loss_mask")
+# Seconds a group waits for its ranks beyond the sync timeout they enforce themselves.
+_SYNC_MARGIN_S = 60.0
 
 
 def check_batch(batch: Batch, objective: str) -> None:
@@ -148,6 +151,8 @@ def _publish(tmp: Path, path: str) -> None:
 class LocalLearnerGroup:
     """World size 1 in this process: DeepSpeed over a single gloo rank (same code as Ray ranks)."""
 
+    sync_timeout_s = 0.0  # set by init_weight_sync
+
     def __init__(self, *, model_path: str, **settings) -> None:
         """settings: the flat fields of LearnerSettings (zero_stage, precision, lr, ...)."""
         self.settings = LearnerSettings(**settings)
@@ -197,12 +202,35 @@ class LocalLearnerGroup:
         _publish(tmp, path)
         return str(path)
 
+    def init_weight_sync(self, *, client: Any, dtype: str, timeout_s: float) -> None:
+        from streampro.actors.weight_transfer import call_with_timeout
+
+        ip, port = self.worker.address()
+        call_with_timeout(
+            lambda: self.worker.init_weight_sync(
+                master_address=ip,
+                master_port=port,
+                world_size=client.world_size,
+                client=client,
+                dtype=dtype,
+                timeout_s=timeout_s,
+            ),
+            timeout_s=timeout_s + _SYNC_MARGIN_S,
+            what="learner init_weight_sync",
+        )
+        self.sync_timeout_s = timeout_s
+
+    def send_weights(self, *, version: int) -> float:
+        return self.worker.send_weights(version=version)  # bounded inside (call_with_timeout)
+
     def shutdown(self) -> None:
         self.worker.shutdown()
 
 
 class RayLearnerGroup:
     """K Ray actors in one placement group, each a rank of one DeepSpeed data-parallel engine."""
+
+    sync_timeout_s = 0.0  # set by init_weight_sync
 
     def __init__(
         self,
@@ -312,6 +340,37 @@ class RayLearnerGroup:
         ray.get([a.export_hf.remote(path=str(tmp)) for a in self.actors])
         _publish(tmp, path)
         return str(path)
+
+    def init_weight_sync(self, *, client: Any, dtype: str, timeout_s: float) -> None:
+        from streampro.learners.weight_sync import wait_refs
+
+        # rank 0 hosts the NCCL rendezvous on its own node
+        ip, port = wait_refs(
+            [self.actors[0].address.remote()], timeout_s=timeout_s, what="learner rank 0 address"
+        )[0]
+        refs = [
+            a.init_weight_sync.remote(
+                master_address=ip,
+                master_port=port,
+                world_size=client.world_size,
+                client=client,
+                dtype=dtype,
+                timeout_s=timeout_s,
+            )
+            for a in self.actors
+        ]
+        # the ranks time out themselves (call_with_timeout) and say where; this is the backstop
+        wait_refs(refs, timeout_s=timeout_s + _SYNC_MARGIN_S, what="learner init_weight_sync")
+        self.sync_timeout_s = timeout_s
+
+    def send_weights(self, *, version: int) -> float:
+        from streampro.learners.weight_sync import wait_refs
+
+        if not self.sync_timeout_s:
+            raise RuntimeError("send_weights before init_weight_sync")
+        refs = [a.send_weights.remote(version=version) for a in self.actors]
+        what = f"learner send_weights v{version}"
+        return wait_refs(refs, timeout_s=self.sync_timeout_s + _SYNC_MARGIN_S, what=what)[0]
 
     def shutdown(self) -> None:
         import ray

@@ -152,6 +152,7 @@ class GRPOStep:
         )
         self.cursor, self.run_dir, self.pad_id = cursor, run_dir, pad_id
         self.warned = False  # the logprob-agreement warning is given once per run
+        self.nccl_open = False  # NCCL weight sync set up (first publish with backend nccl)
 
     def collect(self, step: int) -> Groups:
         """B groups of G episodes, scored. With dynamic sampling, groups whose rewards are all
@@ -237,14 +238,32 @@ class GRPOStep:
 
     def publish(self, version: int) -> None:
         """Weights v as an HF folder, loaded into every engine in place; older folders pruned.
+        With rollout.weight_transfer_backend=nccl (GPU) learner rank 0 broadcasts them instead.
         In async mode the learner also keeps them, to score the next batch under them."""
         path = self.run_dir / "weights" / f"v{version:06d}"
         if self.cfg.grpo.async_mode:
             self.learner.keep_weights(version=version)
+        if self.cfg.rollout.weight_transfer_backend == "nccl":
+            self.send_weights(version)
+            return
         self.learner.export_hf(path=str(path))
         self.rollout.sync_weights(version=version, source=str(path))
         for old in sorted((self.run_dir / "weights").glob("v*"))[:-1]:
             shutil.rmtree(old, ignore_errors=True)
+
+    def send_weights(self, version: int) -> None:
+        """NCCL sync (learners/weight_sync.py): the transfer group is opened on first use,
+        then each version is broadcast; the engines then drop their caches and take it."""
+        from streampro.actors.api import WEIGHT_TRANSFER
+
+        timeout = self.cfg.rollout.weight_sync_timeout_s
+        if not self.nccl_open:
+            client = self.rollout.weight_sync_client(timeout_s=timeout)
+            dtype = self.cfg.policy.dtype  # the engines' (actors/engine.py)
+            self.learner.init_weight_sync(client=client, dtype=dtype, timeout_s=timeout)
+            self.nccl_open = True
+        self.learner.send_weights(version=version)
+        self.rollout.sync_weights(version=version, source=WEIGHT_TRANSFER)
 
     def record(self, step: int, groups: Groups) -> dict[str, float]:
         """Every generated trajectory of the step, with rewards, round and kept flag, as Parquet."""

@@ -197,6 +197,7 @@ class LearnerWorker:
         self.ref_model = None
         self.vlm: tuple[Any, list[int]] | None = None  # a VLM's (processor, banned ids)
         self._kept: dict[int, dict[str, torch.Tensor]] = {}  # policy version -> weights
+        self._sender: Any = None  # learners/weight_sync.py WeightSender (init_weight_sync)
 
     def address(self) -> tuple[str, int]:
         """This rank's node IP and a free port (rank 0's become the rendezvous)."""
@@ -526,10 +527,43 @@ class LearnerWorker:
             ):
                 shutil.copy2(f, out / f.name)
 
+    def init_weight_sync(
+        self,
+        *,
+        master_address: str,
+        master_port: int,
+        world_size: int,
+        client: Any,
+        dtype: str,
+        timeout_s: float,
+    ) -> None:
+        """Join the NCCL weight sync with the rollout engines behind `client` (GPU; rank 0
+        sends, every rank takes part in the ZeRO-3 gathers): learners/weight_sync.py."""
+        from streampro.learners.weight_sync import SyncGroup, WeightSender
+
+        lora = getattr(self.s, "lora_rank", 0)  # merged into whole weights on the way out
+        self._sender = WeightSender(
+            rank=self.rank,
+            module=self.engine.module,
+            group=SyncGroup(master_address, master_port, world_size, timeout_s),
+            client=client,
+            dtype=dtype,
+            lora_scale=self.s.lora_alpha / lora if lora else 0.0,
+        )
+
+    def send_weights(self, *, version: int) -> float:
+        """Broadcast the current weights to every engine (after `init_weight_sync`)."""
+        if self._sender is None:
+            raise RuntimeError("send_weights before init_weight_sync")
+        return self._sender.send(version=version)
+
     def shutdown(self) -> None:
         """Free the engine and leave the process group (a later group can rejoin)."""
         import torch.distributed as dist
 
+        if self._sender is not None:
+            self._sender.shutdown()
+            self._sender = None
         self.engine = None
         self.ref_model = None
         if dist.is_initialized():

@@ -255,7 +255,11 @@ class RolloutConfig:
     max_model_len: int = 0
     """Longest context of an engine (0 = the model's own limit)."""
     weight_transfer_backend: str = ""
-    """GPU only: vLLM weight-transfer backend ('nccl') for broadcast syncs; '' = HF-folder reload."""
+    """'' = each GRPO step's weights reach the engines as an HF folder they reload (CPU and
+    GPU); 'nccl' (GPU only: whole GPUs for the learner ranks and the engines) = learner rank 0
+    broadcasts them through vLLM's weight-transfer API (docs/vlm.md, GPU paths)."""
+    weight_sync_timeout_s: float = 600.0
+    """NCCL sync: each step (rendezvous, start, broadcast, finish) raises past this many s."""
 
 
 @dataclass
@@ -501,12 +505,39 @@ def check_config(cfg: Config, where: str) -> None:
             f"{where}: rollout.block_size must be a multiple of 32 with images (vLLM), "
             f"got {r.block_size}"
         )
+    check_gpu_paths(cfg, where)
     w = cfg.reward
     if "llm" in (w.acc_judge, w.traj_judge) and not w.llm_url:
         # the reward pool would refuse it only once actors start: refuse before any work
         raise ConfigError(
             f"{where}: reward.acc_judge/traj_judge 'llm' needs reward.llm_url (an "
             "OpenAI-compatible base URL); set it, or use acc_judge=exact and traj_judge=rule"
+        )
+
+
+def check_gpu_paths(cfg: Config, where: str) -> None:
+    """The NCCL weight sync and tensor-parallel engines need whole GPUs."""
+    r, lc = cfg.rollout, cfg.learner
+    if r.weight_transfer_backend not in ("", "nccl"):
+        raise ConfigError(
+            f"{where}: rollout.weight_transfer_backend must be '' or 'nccl', "
+            f"got {r.weight_transfer_backend!r}"
+        )
+    if r.weight_transfer_backend == "nccl":
+        # NCCL runs on GPUs only and refuses two ranks on one device: whole GPUs each side
+        if r.num_gpus < 1 or lc.num_gpus < 1 or lc.in_process:
+            raise ConfigError(
+                f"{where}: rollout.weight_transfer_backend=nccl needs GPUs: rollout.num_gpus "
+                f"and learner.num_gpus >= 1 with learner.in_process=false (got "
+                f"{r.num_gpus:g}, {lc.num_gpus:g}, in_process={lc.in_process}); "
+                "set rollout.weight_transfer_backend='' for the HF-folder sync"
+            )
+        if r.weight_sync_timeout_s <= 0:
+            raise ConfigError(f"{where}: rollout.weight_sync_timeout_s must be > 0")
+    if r.tensor_parallel_size > 1 and r.num_gpus > 0 and r.num_gpus != 1:
+        raise ConfigError(
+            f"{where}: rollout.tensor_parallel_size={r.tensor_parallel_size} places one worker "
+            f"per GPU: rollout.num_gpus must be 1 (GPUs per worker), got {r.num_gpus:g}"
         )
 
 

@@ -1,0 +1,344 @@
+"""The NCCL weight sync's CPU-testable parts (the broadcast itself needs GPUs: bench/gpu_check.sh).
+
+Known answers: what the learner would send (names, shapes, values) equals what `save_pretrained`
+writes, for a tiny Qwen2.5-VL (tied head, VLM renames), with LoRA merged exactly as peft merges,
+and from a ZeRO-3 engine whose parameters are partitioned; separate engines get disjoint NCCL
+ranks; a peer that never answers raises TimeoutError instead of hanging; configs that ask for
+NCCL without GPUs are refused at load in one line; bench/gpu_check.sh's overrides exist.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from streampro.actors.weight_transfer import call_with_timeout, engine_rank_offsets
+from streampro.config import ConfigError, load_config
+from streampro.learners.weight_sync import (
+    GatheredWeights,
+    SendItem,
+    gather_groups,
+    layer_key,
+    send_plan,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- pure parts ------------------------------------------------------------------------------
+
+
+def test_engine_rank_offsets() -> None:
+    assert engine_rank_offsets([1]) == ([1], 2)
+    assert engine_rank_offsets([2, 1, 4]) == ([1, 3, 4], 8)  # trainer 0; engines 1-2, 3, 4-7
+    with pytest.raises(ValueError):
+        engine_rank_offsets([])
+    with pytest.raises(ValueError):
+        engine_rank_offsets([2, 0])
+
+
+def test_engine_bundles() -> None:
+    from streampro.actors.rollout import engine_bundles
+
+    assert engine_bundles(3, 2) == [{"GPU": 1.0, "CPU": 2.0}, {"GPU": 1.0}, {"GPU": 1.0}]
+
+
+def test_send_plan_merges_lora_and_renames() -> None:
+    params = [
+        "model.embed_tokens.weight",
+        "model.layers.0.q_proj.base_layer.weight",
+        "model.layers.0.q_proj.base_layer.bias",
+        "model.layers.0.q_proj.lora_A.default.weight",
+        "model.layers.0.q_proj.lora_B.default.weight",
+        "model.layers.0.norm.weight",
+        "model.layers.1.norm.weight",
+        "model.norm.weight",
+    ]
+    rename = {p.replace(".base_layer.", "."): "x." + p for p in params}
+    plan = send_plan(params, rename)
+    assert [i.name for i in plan] == [
+        "x.model.embed_tokens.weight",
+        "x.model.layers.0.q_proj.base_layer.weight",
+        "x.model.layers.0.q_proj.base_layer.bias",
+        "x.model.layers.0.norm.weight",
+        "x.model.layers.1.norm.weight",
+        "x.model.norm.weight",
+    ]
+    assert plan[1].params == (params[1], params[3], params[4])  # merged with its adapters
+    assert plan[2].params == (params[2],)
+    with pytest.raises(ValueError, match="lacks"):
+        send_plan(params[:4], rename)  # lora_B missing
+    with pytest.raises(ValueError, match="checkpoint name"):
+        send_plan(["a.weight", "b.weight"], {"a.weight": "w", "b.weight": "w"})
+
+
+def test_gather_groups_one_layer_each_in_order() -> None:
+    names = [
+        "model.embed_tokens.weight",
+        "model.layers.0.a.weight",
+        "model.layers.0.b.weight",
+        "model.layers.1.a.weight",
+        "model.visual.blocks.0.a.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ]
+    assert layer_key(names[1]) == "model.layers.0"
+    assert layer_key(names[4]) == "model.visual.blocks.0"
+    assert layer_key(names[0]) == ""
+    items = [SendItem(n, (n,)) for n in names]
+    groups = gather_groups(items)
+    assert [[i.name for i in g] for g in groups] == [
+        [names[0]],
+        names[1:3],
+        [names[3]],
+        [names[4]],
+        [names[5]],
+        [names[6]],
+    ]
+    assert [i for g in groups for i in g] == items  # iteration order = metadata order
+
+
+def test_call_with_timeout_raises_on_a_slow_peer() -> None:
+    assert call_with_timeout(lambda: 7, timeout_s=5, what="quick") == 7
+    with pytest.raises(KeyError):
+        call_with_timeout(lambda: {}["x"], timeout_s=5, what="failing")
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="update_weights did not finish within 0.5 s"):
+        call_with_timeout(lambda: time.sleep(60), timeout_s=0.5, what="update_weights")
+    assert time.monotonic() - t0 < 30  # returned, not hung (generous bound, not a timing test)
+
+
+# ---- names and values: what reaches vLLM is what save_pretrained writes ------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_vl(tmp_path_factory) -> str:
+    from streampro.config import PolicyConfig
+    from streampro.tiny_vl import policy_path
+
+    return policy_path(PolicyConfig(cache_dir=str(tmp_path_factory.mktemp("models"))), seed=0)
+
+
+def _saved(model, folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    model.save_pretrained(folder, safe_serialization=True)
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out |= load_file(f)
+    return out
+
+
+def _sent(source: GatheredWeights) -> dict[str, torch.Tensor]:
+    meta = source.metadata()
+    got = list(source)
+    assert [n for n, _ in got] == [m[0] for m in meta]  # iteration agrees with metadata
+    for (_, t), (_, dtype, shape) in zip(got, meta):
+        assert t.dtype == dtype and tuple(t.shape) == shape
+    return dict(got)
+
+
+def test_vlm_names_and_values_equal_the_saved_checkpoint(tiny_vl, tmp_path) -> None:
+    from streampro.hf_policy import load_model
+
+    model = load_model(tiny_vl, dtype="float32")
+    assert model.config.get_text_config().tie_word_embeddings
+    saved = _saved(model, tmp_path / "hf")
+    sent = _sent(GatheredWeights(model, dtype=torch.float32))
+    assert sent.keys() == saved.keys()
+    assert "lm_head.weight" not in sent  # tied head: vLLM ties it to the embedding
+    assert any(k.startswith("visual.") for k in sent)  # renamed as a checkpoint names them
+    assert any(k.startswith("model.layers.") for k in sent)
+    for k, v in saved.items():
+        torch.testing.assert_close(sent[k], v, atol=0, rtol=0)
+    bf16 = _sent(GatheredWeights(model, dtype=torch.bfloat16))  # the engines' dtype
+    k = "model.embed_tokens.weight"
+    torch.testing.assert_close(bf16[k], saved[k].to(torch.bfloat16), atol=0, rtol=0)
+
+
+def test_lora_goes_out_merged_as_peft_merges(tiny_vl, tmp_path) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    from streampro.hf_policy import load_model
+
+    model = load_model(tiny_vl, dtype="float32")
+    targets = r"^(?!.*visual).*\.(q_proj|v_proj|down_proj)$"
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=targets), model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:
+                p.normal_()  # B starts at 0: make the merge visible
+    sent = _sent(GatheredWeights(model, dtype=torch.float32, lora_scale=8 / 4))
+    for m in model.modules():  # peft's own merge, in place
+        if isinstance(m, LoraLayer):
+            m.merge()
+    merged = {
+        n.replace(".base_layer.", "."): p.detach()
+        for n, p in model.named_parameters()
+        if ".lora_" not in n
+    }
+    base = load_model(tiny_vl, dtype="float32")
+    saved = _saved(base, tmp_path / "base")  # the names of the model without adapters
+    assert sent.keys() == saved.keys()
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(sent[key], saved[key])  # the adapter changed it
+    from streampro.learners.weight_sync import checkpoint_names
+
+    for name, key in checkpoint_names(base, list(merged)).items():
+        torch.testing.assert_close(sent[key], merged[name], atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_zero3_partitioned_parameters_are_gathered_whole(tiny_vl, tmp_path) -> None:
+    """A real ZeRO-3 engine (DeepSpeed, one gloo rank): every parameter is partitioned, yet
+    the source declares whole shapes without gathering and yields the exported weights."""
+    from safetensors.torch import load_file
+
+    from streampro.learners.group import LocalLearnerGroup
+
+    group = LocalLearnerGroup(model_path=tiny_vl, zero_stage=3, precision="fp32", micro_batch=1)
+    try:
+        module = group.worker.engine.module
+        partitioned = [n for n, p in module.named_parameters() if hasattr(p, "ds_id")]
+        assert partitioned and all(p.numel() == 0 for _, p in module.named_parameters())
+        source = GatheredWeights(module, dtype=torch.float32)
+        sent = _sent(source)
+        folder = Path(group.export_hf(path=str(tmp_path / "hf")))
+    finally:
+        group.shutdown()
+    saved: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        saved |= load_file(f)
+    assert sent.keys() == saved.keys()
+    for k, v in saved.items():
+        torch.testing.assert_close(sent[k], v, atol=0, rtol=0)
+
+
+# ---- the client over (fake, slow) rollout actors on a real local Ray ----------------------------
+
+
+@pytest.mark.slow
+def test_client_gives_each_engine_its_ranks_and_times_out(ray_local) -> None:
+    from streampro.actors.weight_transfer import EngineSyncClient
+
+    @ray_local.remote
+    class FakeEngine:
+        """The rollout actor's control plane; update_weights never returns (a dead peer)."""
+
+        def __init__(self) -> None:
+            self.calls: list = []
+
+        def init_weight_transfer_engine(self, init_info: dict) -> None:
+            self.calls.append(("init", init_info))
+
+        def start_weight_update(self) -> None:
+            self.calls.append(("start",))
+
+        def update_weights(self, update_info) -> None:
+            time.sleep(3600)
+
+        def finish_weight_update(self, weight_version=None) -> None:
+            self.calls.append(("finish", weight_version))
+
+        def seen(self) -> list:
+            return self.calls
+
+    engines = [FakeEngine.options(max_concurrency=4).remote() for _ in range(2)]
+    try:
+        client = EngineSyncClient(engines, [2, 1], timeout_s=2.0)
+        assert client.world_size == 4
+        info = {"master_address": "10.0.0.1", "master_port": 29999, "world_size": 4}
+        client.init_weight_transfer_engine(info)
+        client.start_weight_update()
+        with pytest.raises(TimeoutError, match=r"update_weights \(NCCL receive\) did not finish"):
+            client.update_weights({"names": ["w"], "dtype_names": ["float32"], "shapes": [[1]]})
+        client.finish_weight_update("3")
+        with pytest.raises(ValueError, match="world size"):
+            client.init_weight_transfer_engine({**info, "world_size": 3})
+        seen = ray_local.get([e.seen.remote() for e in engines])
+        assert [c[1]["rank_offset"] for c in (seen[0][0], seen[1][0])] == [1, 3]
+        assert [c[0] for c in seen[0]] == ["init", "start", "finish"]
+        assert seen[1][-1] == ("finish", "3")
+    finally:
+        for e in engines:
+            ray_local.kill(e)
+
+
+# ---- config refusal at load -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["rollout.weight_transfer_backend=nccl"], "needs GPUs"),
+        (
+            ["rollout.weight_transfer_backend=nccl", "rollout.num_gpus=1", "learner.num_gpus=0"],
+            "needs GPUs",
+        ),
+        (
+            [
+                "rollout.weight_transfer_backend=nccl",
+                "rollout.num_gpus=0.5",
+                "learner.num_gpus=0.5",
+            ],
+            "needs GPUs",
+        ),
+        (
+            [
+                "rollout.weight_transfer_backend=nccl",
+                "rollout.num_gpus=1",
+                "learner.num_gpus=1",
+                "learner.in_process=true",
+            ],
+            "in_process",
+        ),
+        (["rollout.weight_transfer_backend=ipc"], "must be '' or 'nccl'"),
+        (["rollout.tensor_parallel_size=2", "rollout.num_gpus=2"], "num_gpus must be 1"),
+    ],
+)
+def test_gpu_paths_refused_at_load(overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(None, overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_nccl_accepted_with_gpus() -> None:
+    cfg = load_config(
+        None, ["rollout.weight_transfer_backend=nccl", "rollout.num_gpus=1", "learner.num_gpus=1"]
+    )
+    assert cfg.rollout.weight_sync_timeout_s > 0
+
+
+def test_cli_refuses_nccl_without_gpus_in_one_line() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "streampro.cli", "grpo", "rollout.weight_transfer_backend=nccl"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,  # the exit code is what is tested
+    )
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "weight_transfer_backend=nccl needs GPUs" in lines[0]
+
+
+def test_gpu_check_overrides_exist() -> None:
+    """bench/gpu_check.sh's overrides load onto configs/tiny_vl.yaml (every key exists)."""
+    script = (REPO / "bench" / "gpu_check.sh").read_text()
+    block = re.search(r"OVERRIDES=\((.*?)\)", script, re.DOTALL)
+    assert block, "bench/gpu_check.sh defines OVERRIDES=( ... )"
+    overrides = [
+        o.replace('"$RUN"', "/tmp/x").strip('"')
+        for o in re.findall(r'\S+="?[^"\s]*"?', block.group(1))
+    ]
+    assert any(o.startswith("rollout.weight_transfer_backend=nccl") for o in overrides)
+    cfg = load_config(REPO / "configs" / "tiny_vl.yaml", overrides)
+    assert cfg.grpo.max_steps == 2 and cfg.rollout.weight_transfer_backend == "nccl"
