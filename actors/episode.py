@@ -107,6 +107,7 @@ class StreamEpisode:
         self._logprobs: list[float] = []
         self._seg_first_step: list[int] = []
         self._images: list[Any] = []  # each chunk's frame (image codec), by turn index
+        self._released = 0  # turns before it hold no frame any more (release_images)
         self._pending: Chunk | None = None
 
     @classmethod
@@ -148,6 +149,13 @@ class StreamEpisode:
     def context_images(self) -> list[Any]:
         """The frames of the context `add_chunk` returned, in placeholder order (image codec)."""
         return [im for im in self._images[self.dialogue.first_turn :] if im is not None]
+
+    def release_images(self) -> None:
+        """Forget the frames of turns that left the window (a live Serve session holds only its
+        context's frames, however long it runs); `segments()` stops naming them."""
+        for j in range(self._released, self.dialogue.first_turn):
+            self._images[j] = None
+        self._released = max(self._released, self.dialogue.first_turn)
 
     def add_decision(
         self, gen_ids: Sequence[int], logprobs: Sequence[float], *, version: int | None = None

@@ -8,7 +8,9 @@ Three deployments (the API itself is in serve_api.py):
 
 Ingress replicas are interchangeable: each replays a session's log from the store into a
 `StreamEpisode` (the rollout's dialogue code, windowed as configured), so any replica
-continues any session. A session's engine requests carry its id as Serve's multiplexed model
+continues any session. VLM policies (data.codec=image) get each frame resized by the data
+pipeline's `ImageCodec`; the log keeps the frames a window can still hold (PNG), and each
+engine request carries its context's frames (actors/serve_ingress.py, serve_sessions.py). A session's engine requests carry its id as Serve's multiplexed model
 id, so they return to the engine replica whose prefix cache holds the session.
 
     streampro serve --checkpoint DIR [--port P]     # or the RayService in cluster/kuberay/
@@ -71,6 +73,8 @@ def _engine_app(cfg: Config, checkpoint: str) -> Any:
         gpu_memory_utilization=r.gpu_memory_utilization,
         enforce_eager=r.enforce_eager,
         max_num_seqs=r.max_num_seqs,
+        block_size=r.block_size,
+        max_images=cfg.data.window_turns,
         seed=cfg.run.seed,
     )
 
@@ -80,11 +84,35 @@ def check_serve_config(cfg: Config) -> None:
     s = cfg.serve
     if s.engine not in ("vllm", "hf"):
         raise ConfigError(f"serve.engine must be 'vllm' or 'hf', got {s.engine!r}")
-    if cfg.data.codec != "patch":
-        raise ConfigError(f"data.codec={cfg.data.codec!r}: serving supports the 'patch' codec only")
+    if cfg.data.codec == "image" and s.engine == "hf":
+        raise ConfigError(
+            "serve.engine=hf serves text policies only: data.codec=image needs serve.engine=vllm"
+        )
     for name in ("ingress_replicas", "max_sessions", "max_inflight"):
         if getattr(s, name) < 1:
             raise ConfigError(f"serve.{name} must be >= 1, got {getattr(s, name)}")
+
+
+def check_checkpoint(cfg: Config, checkpoint: str) -> None:
+    """The policy folder against the codec and engine, in one line before any deployment: the
+    image codec needs a VLM, the 'hf' engine a text model. A folder this process cannot see
+    (a RayService path on the cluster) is left to the replicas."""
+    if not (Path(checkpoint) / "config.json").is_file():
+        return
+    from transformers import AutoConfig
+
+    from streampro.hf_policy import is_vlm
+
+    vlm = is_vlm(AutoConfig.from_pretrained(checkpoint))
+    if cfg.data.codec == "image" and not vlm:
+        raise UserError(
+            f"--checkpoint {checkpoint}: a text model, but data.codec=image needs a "
+            "vision-language policy (use data.codec=patch)"
+        )
+    if vlm and cfg.serve.engine == "hf":
+        from streampro.actors.serve_engine import hf_refuses_vlm
+
+        raise UserError(hf_refuses_vlm(checkpoint))
 
 
 def serve_app(cfg: Config, checkpoint: str) -> Any:
@@ -95,10 +123,12 @@ def serve_app(cfg: Config, checkpoint: str) -> Any:
 
     s = cfg.serve
     check_serve_config(cfg)
+    check_checkpoint(cfg, checkpoint)
     store = SessionStore.options(ray_actor_options={"num_cpus": 0.1}).bind(
         max_sessions=s.max_sessions,
         ttl_s=s.session_ttl_s,
         expire_every_s=s.expire_every_s,
+        keep_frames=cfg.data.window_turns,  # the most frames a context holds
     )
     return StreamIngress.options(
         num_replicas=s.ingress_replicas, ray_actor_options={"num_cpus": 0.1}
@@ -130,6 +160,11 @@ def config_from_args(args: dict[str, Any]) -> Config:
         raise ConfigError(f"serve app args: expected config sections, got {type(args).__name__}")
     for k, v in args.items():
         walk(str(k), v)
+    sections = {k: v for k, v in args.items() if isinstance(v, dict)}
+    checkpoint = sections.get("serve", {}).get("checkpoint")
+    if checkpoint and "name_or_path" not in sections.get("policy", {}):
+        # the served policy is the checkpoint (so data.codec=image passes the VLM check)
+        overrides.insert(0, f"policy.name_or_path={json.dumps(checkpoint)}")
     try:
         return load_config(None, overrides)
     except ConfigError as e:

@@ -9,6 +9,8 @@
 
 Every error is `{"error": {"code", "message"}}` (see ERROR_STATUS); `StreamIngress` keeps
 serving after each. Ingress replicas are interchangeable: contexts live in the SessionStore.
+A VLM policy (data.codec=image) takes frames as images only ("codes" is a 422); a text
+policy takes either. GET /healthz names the codec, so a client can pre-resize frames.
 """
 
 from __future__ import annotations
@@ -50,7 +52,9 @@ class ChunkIn(BaseModel):
     start: float = Field(ge=0, le=1e7, allow_inf_nan=False, description="chunk start, s")
     end: float = Field(gt=0, le=1e7, allow_inf_nan=False, description="chunk end, s (> start)")
     image: str | None = Field(None, description="the frame as a base64 PNG or JPEG")
-    codes: list[int] | None = Field(None, description="or the patch codec's codes of the frame")
+    codes: list[int] | None = Field(
+        None, description="or the patch codec's codes of the frame (text policies only)"
+    )
 
 
 class ChunksIn(BaseModel):

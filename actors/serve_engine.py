@@ -5,20 +5,64 @@ no session state, so they autoscale freely. Requests carry the session id as Ser
 multiplexed model id, so a session's chunks go back to the replica that already holds its
 prefix in the KV cache while that replica is up (Serve's multiplexed routing; any replica
 gives the same answer, only slower).
+
+A VLM policy (image codec) gets the frames of each decision's context with the request, as
+the PNG bytes the ingress keeps; the replica decodes them (a small LRU of decoded frames: a
+session sends the same context frames at every step) and passes them to
+`DecisionEngine.decide` with the vision tokens banned from sampling, as rollout does
+(actors/rollout.py `vlm_frame_rules`). The 'hf' engine serves text policies only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
 
 from ray import serve
 
 from streampro.actors.episode import stop_token_ids
+from streampro.errors import UserError
 
 # Sessions a replica counts as "its own" for routing; older ones are forgotten (LRU) and
 # their next chunk may land anywhere.
 AFFINITY_SESSIONS = 4096
+DECODED_BYTES = 256 << 20  # decoded context frames an engine replica keeps (LRU by PNG)
+
+
+class FrameCache:
+    """PNG bytes -> [h, w, 3] uint8; least recently used dropped beyond `max_bytes` decoded.
+    Thread-safe (requests decode in worker threads at once)."""
+
+    def __init__(self, max_bytes: int = DECODED_BYTES) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.frames: OrderedDict[bytes, Any] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def decode(self, pngs: Sequence[bytes]) -> list:
+        import numpy as np
+        from PIL import Image
+
+        out = []
+        for b in pngs:
+            with self.lock:
+                f = self.frames.get(b)
+                if f is not None:
+                    self.frames.move_to_end(b)
+            if f is None:
+                with Image.open(io.BytesIO(b)) as im:
+                    f = np.asarray(im.convert("RGB"), dtype=np.uint8)
+                with self.lock:
+                    if b not in self.frames:
+                        self.frames[b] = f
+                        self.bytes += f.nbytes
+                    while self.bytes > self.max_bytes and len(self.frames) > 1:
+                        self.bytes -= self.frames.popitem(last=False)[1].nbytes
+            out.append(f)
+        return out
 
 
 class _HFDecider:
@@ -29,8 +73,12 @@ class _HFDecider:
 
     def __init__(self, model_path: str, *, dtype: str) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+        from streampro.hf_policy import is_vlm
+
+        if is_vlm(AutoConfig.from_pretrained(model_path)):
+            raise UserError(hf_refuses_vlm(model_path))
         self.model = AutoModelForCausalLM.from_pretrained(
             model_path, dtype=getattr(torch, dtype)
         ).eval()
@@ -79,6 +127,13 @@ class _HFDecider:
         return out.logits[0, -1]  # [V]
 
 
+def hf_refuses_vlm(model_path: str) -> str:
+    return (
+        f"serve.engine=hf serves text policies only: {model_path} is a vision-language model "
+        "(use serve.engine=vllm)"
+    )
+
+
 @serve.deployment(name="PolicyEngine")
 class PolicyEngine:
     """Stateless: a prompt in, one decision (generated ids + logprobs) out."""
@@ -93,13 +148,17 @@ class PolicyEngine:
         gpu_memory_utilization: float = 0.5,
         enforce_eager: bool = True,
         max_num_seqs: int = 256,
+        block_size: int = 32,
+        max_images: int = 200,
         seed: int = 0,
     ) -> None:
         self.engine = engine
+        self._frames = FrameCache()
         if engine == "vllm":
             from transformers import AutoTokenizer
 
             from streampro.actors.engine import DecisionEngine
+            from streampro.actors.rollout import vlm_frame_rules
 
             self._vllm = DecisionEngine(
                 model_path,
@@ -108,9 +167,13 @@ class PolicyEngine:
                 gpu_memory_utilization=gpu_memory_utilization,
                 enforce_eager=enforce_eager,
                 max_num_seqs=max_num_seqs,
+                block_size=block_size,
                 seed=seed,
+                max_images=max_images,  # data.window_turns: the frames a context holds
             )
-            self._stop = stop_token_ids(AutoTokenizer.from_pretrained(model_path))
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            self._stop = stop_token_ids(tokenizer)
+            self._banned, _ = vlm_frame_rules(self._vllm.processor, tokenizer)
         else:
             self._hf = _HFDecider(model_path, dtype=dtype)
 
@@ -120,11 +183,21 @@ class PolicyEngine:
         return session_id
 
     async def decide(
-        self, prompt: list[int], *, max_tokens: int, temperature: float, seed: int
+        self,
+        prompt: list[int],
+        *,
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+        images: Sequence[bytes] = (),
     ) -> tuple[list[int], list[float]]:
+        """The decision after `prompt`; `images` are the PNG frames of its image placeholders,
+        in order (image codec; empty for patch-codec prompts)."""
         sid = serve.get_multiplexed_model_id()
         if sid:
             await self._session(sid)
+        if images and self.engine != "vllm":
+            raise UserError("serve.engine=hf serves text policies only: got frames as images")
         if self.engine == "vllm":
             from streampro.actors.engine import decision_params
 
@@ -134,8 +207,10 @@ class PolicyEngine:
                 temperature=temperature,
                 top_p=1.0,
                 seed=seed,
+                banned=self._banned,
             )
-            d = await self._vllm.decide(prompt, params)
+            frames = await asyncio.to_thread(self._frames.decode, images) if images else []
+            d = await self._vllm.decide(prompt, params, frames)
             return d.token_ids, d.logprobs
         return await asyncio.to_thread(
             self._hf.decide, prompt, max_tokens=max_tokens, temperature=temperature, seed=seed

@@ -10,6 +10,14 @@ count), so a failure leaves the session as it was and the request can be retried
 The ingress takes its config sections themselves (`ServeConfig`, and `DataConfig` for the
 window and the codec) plus the few plain values other sections decide: the resolved model
 folder, rollout.max_answer_tokens and run.seed.
+
+Frames follow data.codec, as in training. Patch codec: an image becomes the frame's codes
+(or the client sends codes). Image codec (VLM policies): an image is decoded and resized by
+the same `ImageCodec` the data pipeline uses (pixel budget data.image_max_pixels, sides
+multiples of the processor's patch x merge), its placeholder sized by the processor
+(`hf_policy.image_token_count`), and kept as lossless PNG bytes: in the `Chunk`, in the
+store's log (see serve_sessions) and in each engine request, which carries the frames of
+the decision's context. Codes cannot stand for an image: a codes-only chunk is a 422.
 """
 
 from __future__ import annotations
@@ -25,7 +33,13 @@ from typing import Any
 from ray.exceptions import RayError
 
 from streampro.actors.episode import Chunk, StreamEpisode, max_decision_tokens, request_seed
-from streampro.actors.serve_sessions import ImageError, decode_image
+from streampro.actors.serve_sessions import (
+    Entry,
+    ImageError,
+    decode_frame,
+    decode_image,
+    png_bytes,
+)
 from streampro.config import DataConfig, ServeConfig
 
 EPS = 1e-6
@@ -90,13 +104,29 @@ class Ingress:
     ) -> None:
         from transformers import AutoTokenizer
 
-        from streampro.data.codec import PatchTokenCodec
+        from streampro.data.codec import make_codec
         from streampro.data.encode import DECODE_SIZE
 
         self.engine, self.store, self.pool = engine, store, pool
         self.s, self.data, self.seed = serve, data, seed
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.codec = PatchTokenCodec(grid=data.patch_grid, codebook_size=data.codebook_size)
+        self.images = data.codec == "image"  # frames reach the policy as images (VLM)
+        factor, self.image_tokens = 28, None
+        if self.images:  # the pipeline's codec (streampro.pipeline.frame_codec), this folder's
+            import functools
+
+            from streampro.hf_policy import image_factor, image_token_count, load_processor
+
+            processor = load_processor(model_path)
+            factor = image_factor(processor)  # a text folder: one-line UserError
+            self.image_tokens = functools.partial(image_token_count, processor)
+        self.codec = make_codec(
+            data.codec,
+            grid=data.patch_grid,
+            codebook_size=data.codebook_size,
+            max_pixels=data.image_max_pixels,
+            factor=factor,
+        )
         self.budget = DECODE_SIZE
         self.max_tokens = max_decision_tokens(max_answer_tokens)
         self.local: OrderedDict[str, _Local] = OrderedDict()
@@ -116,8 +146,20 @@ class Ingress:
             window_slide=self.data.window_slide,
         )
 
-    async def stats(self) -> dict[str, int]:
-        return {"inflight": self.inflight, "cached": len(self.local), **await self._store("stats")}
+    def codec_info(self) -> dict[str, Any]:
+        """What a client needs to send frames the server will not resize again: the image
+        codec's budget and side factor (its output is a fixed point of `ImageCodec.encode`)."""
+        if not self.images:
+            return {"name": "patch", "grid": self.data.patch_grid}
+        return {"name": "image", "max_pixels": self.codec.max_pixels, "factor": self.codec.factor}
+
+    async def stats(self) -> dict[str, Any]:
+        return {
+            "inflight": self.inflight,
+            "cached": len(self.local),
+            "codec": self.codec_info(),
+            **await self._store("stats"),
+        }
 
     async def _store(self, method: str, *args: Any) -> Any:
         try:
@@ -150,13 +192,21 @@ class Ingress:
                 "invalid_field",
                 f"chunks: {len(chunks)} in one request, at most {self.s.max_chunks_per_request}",
             )
-        n, k = self.codec.tokens_per_frame, self.codec.codebook_size
+        n = getattr(self.codec, "tokens_per_frame", 0)
+        k = getattr(self.codec, "codebook_size", 0)
         for i, c in enumerate(chunks):
             where = f"chunks[{i}]"
             if c.end <= c.start:
                 raise ApiError(422, "invalid_field", f"{where}.end: {c.end:g} <= start {c.start:g}")
             if (c.codes is None) == (c.image is None):
                 raise ApiError(422, "invalid_field", f"{where}: give exactly one of image, codes")
+            if self.images and c.codes is not None:
+                raise ApiError(
+                    422,
+                    "invalid_field",
+                    f"{where}.codes: this policy reads frames as images (data.codec=image): "
+                    "send the frame as a base64 PNG/JPEG 'image'",
+                )
             if c.codes is not None and len(c.codes) != n:
                 raise ApiError(
                     422, "invalid_field", f"{where}.codes: expected {n}, got {len(c.codes)}"
@@ -166,23 +216,29 @@ class Ingress:
             if i and c.start < chunks[i - 1].end - EPS:
                 raise ApiError(409, "time_backwards", f"{where}.start {c.start:g} < previous end")
 
-    async def _codes(self, chunks: list) -> list[list[int]]:
-        loop = asyncio.get_running_loop()
-
-        def encode(b64: str) -> list[int]:  # in the pool: decode, downscale, patch codes
+    def _encode(self, b64: str) -> Chunk:
+        """In the pool: decode, downscale to the codec's budget, then codes or the frame."""
+        if not self.images:
             frame = decode_image(b64, max_pixels=self.s.max_image_pixels, budget=self.budget)
-            return self.codec.encode(frame)
+            return Chunk(0.0, 0.0, self.codec.encode(frame))
+        frame = decode_frame(b64, max_pixels=self.s.max_image_pixels, codec=self.codec)
+        n = self.image_tokens(*frame.shape[:2]) if self.image_tokens else 0
+        return Chunk(0.0, 0.0, [], image=png_bytes(frame), image_tokens=n)
 
+    async def _frames(self, chunks: list) -> list[Chunk]:
+        """Each request chunk as the policy sees it (decoded off the event loop)."""
+        loop = asyncio.get_running_loop()
         jobs = [
-            loop.run_in_executor(self.pool, encode, c.image) if c.image is not None else None
+            loop.run_in_executor(self.pool, self._encode, c.image) if c.image is not None else None
             for c in chunks
         ]
         out = []
         for c, job in zip(chunks, jobs):
             try:
-                out.append(list(c.codes) if job is None else await job)
+                f = Chunk(0.0, 0.0, list(c.codes)) if job is None else await job
             except ImageError as e:
                 raise ApiError(e.status, e.code, str(e)) from None
+            out.append(Chunk(c.start, c.end, f.codes, f.image, f.image_tokens))
         return out
 
     async def chunks(self, sid: str, chunks: list) -> list[dict]:
@@ -191,14 +247,14 @@ class Ingress:
             raise self._busy(f"{self.inflight} requests in progress on this replica")
         self.inflight += 1
         try:
-            codes = await self._codes(chunks)
+            frames = await self._frames(chunks)
             local = self.local.get(sid)
             if local is None:
                 local = self.local[sid] = _Local()
                 self._evict()
             self.local.move_to_end(sid)
             async with local.lock:
-                return await self._decide(sid, local, chunks, codes)
+                return await self._decide(sid, local, frames)
         finally:
             self.inflight -= 1
 
@@ -229,14 +285,15 @@ class Ingress:
         if local.episode is None:
             local.episode = self.new_episode(sid, rec["question"], rec["query_time"])
             local.n, local.index = 0, rec["index"]
-        for start, end, codes, ids, lps in rec["entries"]:
-            local.episode.add_chunk(Chunk(start, end, codes))
-            local.episode.add_decision(ids, lps)
+        for e in rec["entries"]:
+            local.episode.add_chunk(Chunk(e.start, e.end, e.codes, e.png, e.image_tokens))
+            local.episode.add_decision(e.ids, e.logprobs)
+            local.episode.release_images()  # frames that left the window: the log has no more
         local.n = rec["n"]
         local.touched = time.monotonic()
         return rec["last_end"]
 
-    async def _decide(self, sid: str, local: _Local, chunks: list, codes: list) -> list[dict]:
+    async def _decide(self, sid: str, local: _Local, chunks: list[Chunk]) -> list[dict]:
         last_end = await self._sync(sid, local)
         if local.n and chunks[0].start < last_end - EPS:
             raise ApiError(
@@ -246,19 +303,26 @@ class Ingress:
                 f"{last_end:g}",
             )
         ep, n0, new, out = local.episode, local.n, [], []
+        assert ep is not None
         engine = self.engine.options(multiplexed_model_id=sid)  # prefix-cache affinity
         try:
-            for c, cc in zip(chunks, codes):
+            for c in chunks:
                 step_i = len(ep.steps)
-                prompt = ep.add_chunk(Chunk(c.start, c.end, cc))
+                prompt = ep.add_chunk(c)
                 ids, lps = await engine.decide.remote(
                     prompt,
                     max_tokens=self.max_tokens,
                     temperature=self.s.temperature,
                     seed=request_seed(self.seed, local.index, 0, step_i),
+                    images=ep.context_images(),  # the context's frames as PNG (VLM), in order
                 )
                 step = ep.add_decision(ids, lps)
-                new.append((c.start, c.end, cc, list(ids), list(lps)))
+                ep.release_images()
+                new.append(
+                    Entry(
+                        c.start, c.end, list(c.codes), list(ids), list(lps), c.image, c.image_tokens
+                    )
+                )
                 out.append(
                     {
                         "time": step.time,

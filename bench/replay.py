@@ -6,6 +6,11 @@ then streams its frames as PNG images through `AsyncStreamSession`, one chunk pe
 `serve.eval_concurrency` sessions at once, on a clock running `serve.eval_speed` times real
 time (0: each chunk as soon as the previous decision is back). What is scored is what a
 user of the API gets. Writes DIR/predictions.jsonl, scores.json, report.md, timelines.png.
+
+The deployment's codec (GET /healthz) decides how frames are sent: patch codec, frames
+downscaled as training decodes them; image codec (a VLM), each frame resized by the same
+`ImageCodec` training uses (the server's resize leaves such a frame as it is), so bodies
+stay small and the policy sees the pixels rollout would.
 """
 
 from __future__ import annotations
@@ -23,19 +28,42 @@ from streampro.errors import UserError
 EPS = 1e-6
 
 
-def video_chunks(video: Path, *, fps: float, grid: int, duration: float | None) -> list[tuple]:
+def video_chunks(
+    video: Path, *, fps: float, grid: int, duration: float | None, codec=None
+) -> list[tuple]:
     """(start, end, base64 PNG) of every chunk, decoded as data.encode decodes for training
-    (same frame choice and downscale), so the server computes the same frame codes."""
+    (same frame choice and downscale), so the server computes the same frame codes; with
+    `codec` (the server's ImageCodec) each frame at full size through `codec.encode`, as
+    data.encode makes image-codec frames."""
     from streampro.client import encode_png
     from streampro.data.encode import _decode_size  # the training decoder's size rule
     from streampro.data.video import read_chunks
 
     out = []
-    for c in read_chunks(video, fps, size=_decode_size(video, grid)):
+    size = None if codec is not None else _decode_size(video, grid)
+    for c in read_chunks(video, fps, size=size):
         if duration is not None and c.start >= duration - EPS:
             break  # as training clips a sample to its declared duration
-        out.append((c.start, c.end, encode_png(c.frame)))
+        frame = c.frame if codec is None else codec.encode(c.frame)
+        out.append((c.start, c.end, encode_png(frame)))
     return out
+
+
+def served_codec(url: str, *, timeout_s: float = 30.0):
+    """The deployment's frame codec from GET /healthz: an ImageCodec, or None (patch)."""
+    import httpx
+
+    from streampro.data.codec import ImageCodec
+
+    try:
+        r = httpx.get(f"{url.rstrip('/')}/healthz", timeout=timeout_s)
+        r.raise_for_status()
+        info = r.json().get("codec") or {"name": "patch"}
+    except (httpx.HTTPError, ValueError) as e:
+        raise UserError(f"{url}/healthz: {type(e).__name__}: {e}") from None
+    if info.get("name") != "image":
+        return None
+    return ImageCodec(max_pixels=int(info["max_pixels"]), factor=int(info["factor"]))
 
 
 async def _replay_one(http, url: str, sample, chunks: list[tuple], *, speed: float, token) -> list:
@@ -64,7 +92,7 @@ async def replay(
     token: str | None,
     timeout_s: float = 120.0,
 ) -> dict[str, list[dict]]:
-    """items: (sample, video path, fps, grid). Returns {sample id: responses}."""
+    """items: (sample, video path, fps, grid, codec or None). Returns {sample id: responses}."""
     import httpx
 
     sem = asyncio.Semaphore(max(1, concurrency))
@@ -72,10 +100,10 @@ async def replay(
 
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as http:
 
-        async def one(sample, video, fps, grid):
+        async def one(sample, video, fps, grid, codec):
             async with sem:
                 chunks = await asyncio.to_thread(
-                    video_chunks, video, fps=fps, grid=grid, duration=sample.duration
+                    video_chunks, video, fps=fps, grid=grid, duration=sample.duration, codec=codec
                 )
                 try:
                     return sample.id, await _replay_one(
@@ -100,7 +128,9 @@ def evaluate_endpoint(cfg: Config, url: str, manifest: str | os.PathLike, out_di
         print(f"{manifest}: skipped {len(problems)} bad row problem(s) (data.skip_bad=true)")
     if cfg.eval.max_samples:
         samples = samples[: cfg.eval.max_samples]
-    items = [(s, s.video_path(manifest.parent), cfg.data.fps, cfg.data.patch_grid) for s in samples]
+    codec = served_codec(url)
+    grid = cfg.data.patch_grid
+    items = [(s, s.video_path(manifest.parent), cfg.data.fps, grid, codec) for s in samples]
     token = cfg.serve.auth_token or os.environ.get(cfg.serve.auth_token_env, "") or None
     t0 = time.perf_counter()
     preds = asyncio.run(
