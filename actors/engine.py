@@ -100,7 +100,7 @@ class DecisionEngine:
             kw["gpu_memory_utilization"] = gpu_memory_utilization
             if tensor_parallel_size > 1:
                 # TP workers as Ray actors in this actor's placement group (one GPU per
-                # bundle, actors/rollout.py engine_bundles). Ray hid every GPU from this
+                # bundle, actors/rollout.py _engine_placement). Ray hid every GPU from this
                 # GPU-less actor; vLLM must see the node's to place its workers (as OpenRLHF)
                 kw["distributed_executor_backend"] = "ray"
                 if _in_placement_group():

@@ -300,13 +300,6 @@ class LocalEngineClient:
         self._call(lambda: w.finish_weight_update(weight_version), "finish_weight_update")
 
 
-def engine_bundles(tensor_parallel_size: int, num_cpus: float) -> list[dict[str, float]]:
-    """Placement-group bundles of one engine with tensor_parallel_size > 1: one GPU per
-    bundle (vLLM's Ray executor puts one TP worker in each); the rollout actor itself takes
-    bundle 0's CPUs and no GPU. Used with STRICT_PACK: TP ranks talk over NVLink/PCIe."""
-    return [{"GPU": 1.0, "CPU": float(num_cpus)}] + [{"GPU": 1.0}] * (tensor_parallel_size - 1)
-
-
 # The Ray actor: the same worker class, one engine per actor process.
 RolloutActor = ray.remote(RolloutWorker)
 
@@ -344,7 +337,10 @@ class RayRolloutGroup:
         self.pgs: list = []  # one per engine when tp > 1 on GPUs
         self.actors: list = []
         for _ in range(num_actors):
-            placed = opts | self._engine_placement(num_cpus, num_gpus)
+            placement = self._engine_placement(num_cpus, num_gpus)
+            # an engine's bundles declare no memory: the actor must not ask for any there
+            placed = {k: v for k, v in opts.items() if not (placement and k == "memory")}
+            placed |= placement
             self.actors.append(RolloutActor.options(**placed).remote(model_path, **worker_kwargs))
         # A sample is re-run at most this often (default: once per allowed restart + 1).
         self.max_attempts = (
@@ -360,10 +356,9 @@ class RayRolloutGroup:
         the actor sits in bundle 0 without a GPU and its workers inherit the group."""
         if self.tp <= 1 or num_gpus <= 0:
             return {}
-        from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        from streampro.cluster.resources import engine_placement_group, in_placement_group
 
-        pg = placement_group(engine_bundles(self.tp, num_cpus), strategy="STRICT_PACK")
+        pg = engine_placement_group(self.tp, num_cpus=num_cpus, num_gpus=1.0)
         self.pgs.append(pg)
         try:
             ray.get(pg.ready(), timeout=self.restart_timeout_s)
@@ -373,12 +368,7 @@ class RayRolloutGroup:
                 f"no node has {self.tp} free GPUs for a tensor_parallel_size={self.tp} engine "
                 f"within {self.restart_timeout_s:.0f} s"
             ) from None
-        strategy = PlacementGroupSchedulingStrategy(
-            placement_group=pg,
-            placement_group_bundle_index=0,
-            placement_group_capture_child_tasks=True,
-        )
-        return {"num_gpus": 0, "scheduling_strategy": strategy}
+        return {"num_gpus": 0, **in_placement_group(pg, 0, capture_child_tasks=True)}
 
     def _submit(
         self, actor_idx: int, sample, index: int, n: int, sampling: Sampling

@@ -43,10 +43,14 @@ def test_engine_rank_offsets() -> None:
         engine_rank_offsets([2, 0])
 
 
-def test_engine_bundles() -> None:
-    from streampro.actors.rollout import engine_bundles
+def test_tensor_parallel_placement_only_on_gpus() -> None:
+    from streampro.actors.rollout import RayRolloutGroup
 
-    assert engine_bundles(3, 2) == [{"GPU": 1.0, "CPU": 2.0}, {"GPU": 1.0}, {"GPU": 1.0}]
+    group = RayRolloutGroup.__new__(RayRolloutGroup)  # the placement rule alone, no actors
+    group.tp, group.pgs = 2, []
+    assert group._engine_placement(1.0, 0.0) == {}  # CPU engines: vLLM's own TP, no group
+    group.tp = 1
+    assert group._engine_placement(1.0, 1.0) == {}  # one GPU: the actor's own
 
 
 def test_send_plan_merges_lora_and_renames() -> None:
