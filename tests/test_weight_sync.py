@@ -200,6 +200,62 @@ def test_lora_goes_out_merged_as_peft_merges(tiny_vl, tmp_path) -> None:
         torch.testing.assert_close(sent[key], merged[name], atol=1e-6, rtol=0)
 
 
+def test_vllm_accepts_the_source_and_the_client_payloads(tiny_vl) -> None:
+    """vLLM's own checks on what we hand it: its sender's metadata-vs-iteration check passes
+    over our source, a non-sender rank runs send_weights (iterate only) without a client call,
+    the update info it would build parses on the worker side, and the init payload our client
+    sends (with the engine's rank offset) is a valid worker init info."""
+    from dataclasses import asdict
+
+    from vllm.distributed.weight_transfer.nccl_common import worker_init_payload
+    from vllm.distributed.weight_transfer.nccl_engine import (
+        NCCLTrainerWeightTransferEngine,
+        NCCLWeightTransferInitInfo,
+        NCCLWeightTransferUpdateInfo,
+    )
+
+    from streampro.actors.weight_transfer import EngineSyncClient, _vllm_source
+    from streampro.hf_policy import load_model
+
+    src = _vllm_source(GatheredWeights(load_model(tiny_vl, dtype="float32"), dtype=torch.bfloat16))
+    meta = src.metadata()
+    n = sum(1 for _ in NCCLTrainerWeightTransferEngine._checked_iter(src, meta))
+    assert n == len(meta)
+
+    class NoCalls:
+        def __getattr__(self, name):
+            raise AssertionError(f"a non-sender rank called the client's {name}")
+
+    NCCLTrainerWeightTransferEngine(client=NoCalls(), source=src, is_sender=False).send_weights()
+
+    update = NCCLWeightTransferUpdateInfo(
+        names=[m.name for m in meta],
+        dtype_names=[str(m.dtype).split(".")[-1] for m in meta],
+        shapes=[list(m.shape) for m in meta],
+    )
+    assert {getattr(torch, d) for d in update.dtype_names} == {torch.bfloat16}
+    NCCLWeightTransferUpdateInfo(**asdict(update))  # what the worker parses
+
+    sent: list[dict] = []
+
+    class Handle:  # records what EngineSyncClient would send to each actor
+        class init_weight_transfer_engine:  # mirrors the actor method of that name
+            @staticmethod
+            def remote(info: dict) -> None:
+                sent.append(info)
+
+    client = EngineSyncClient([Handle(), Handle()], [1, 2], timeout_s=1)
+    client._wait = lambda refs, what: None  # no Ray here: the payloads are the point
+    payload = worker_init_payload(
+        NCCLWeightTransferInitInfo(
+            master_address="10.0.0.1", master_port=29500, rank_offset=1, world_size=4, packed=True
+        )
+    )
+    client.init_weight_transfer_engine(payload)
+    infos = [NCCLWeightTransferInitInfo(**p) for p in sent]
+    assert [i.rank_offset for i in infos] == [1, 2] and {i.world_size for i in infos} == {4}
+
+
 @pytest.mark.slow
 def test_zero3_partitioned_parameters_are_gathered_whole(tiny_vl, tmp_path) -> None:
     """A real ZeRO-3 engine (DeepSpeed, one gloo rank): every parameter is partitioned, yet
