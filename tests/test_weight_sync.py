@@ -433,3 +433,58 @@ def test_gpu_check_overrides_exist() -> None:
     assert any(o.startswith("rollout.weight_transfer_backend=nccl") for o in overrides)
     cfg = load_config(REPO / "configs" / "tiny_vl.yaml", overrides)
     assert cfg.grpo.max_steps == 2 and cfg.rollout.weight_transfer_backend == "nccl"
+
+
+def test_publish_orchestrates_the_nccl_sync(tmp_path) -> None:
+    """GRPOStep.publish with backend nccl: the transfer opens once, each version is sent and
+    then taken by the engines; no HF folder is written (recording fakes: orchestration only)."""
+    from streampro.actors.api import WEIGHT_TRANSFER
+    from streampro.config import Config
+    from streampro.learners.grpo_loop import GRPOStep
+
+    calls: list[tuple] = []
+
+    class Rollout:
+        def weight_sync_client(self, *, timeout_s: float) -> str:
+            calls.append(("client", timeout_s))
+            return "client"
+
+        def sync_weights(self, *, version: int, source: str) -> float:
+            calls.append(("sync", version, source))
+            return 0.0
+
+    class Learner:
+        def init_weight_sync(self, *, client, dtype: str, timeout_s: float) -> None:
+            calls.append(("init", client, dtype, timeout_s))
+
+        def send_weights(self, *, version: int) -> float:
+            calls.append(("send", version))
+            return 0.0
+
+        def export_hf(self, *, path: str) -> str:
+            raise AssertionError("the NCCL path writes no folder")
+
+    cfg = Config()  # built directly: load_config refuses nccl on a machine without GPUs
+    cfg.rollout.weight_transfer_backend, cfg.rollout.weight_sync_timeout_s = "nccl", 42.0
+    cfg.policy.dtype = "bfloat16"
+    step = GRPOStep(
+        cfg=cfg,
+        train=[],
+        rollout=Rollout(),
+        pool=None,
+        learner=Learner(),
+        cursor=None,  # type: ignore[arg-type]
+        run_dir=tmp_path,
+        pad_id=0,
+    )
+    step.publish(1)
+    step.publish(2)
+    assert calls == [
+        ("client", 42.0),
+        ("init", "client", "bfloat16", 42.0),
+        ("send", 1),
+        ("sync", 1, WEIGHT_TRANSFER),
+        ("send", 2),
+        ("sync", 2, WEIGHT_TRANSFER),
+    ]
+    assert not (tmp_path / "weights").exists()
