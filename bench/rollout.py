@@ -1,10 +1,15 @@
 """`streampro bench rollout`: streaming-decision throughput and latency of the rollout engine.
 
-Measures, on one config, vLLM with prefix caching (the rollout path) against two baselines,
-a plain transformers KV-cache loop and vLLM with prefix caching off: decisions per second
-and per-step latency by stream position at each of `bench.streams` concurrent streams of
-`bench.steps` seconds, the prefix-cache hit rate, the weight-sync time and the logprob
-agreement with transformers after a sync.
+Measures, on one config, vLLM with prefix caching (the rollout path) against three
+baselines, a plain transformers KV-cache loop (streams one after another), the same loop
+batched across streams (bench/hf_batched.py, at every stream count) and vLLM with prefix
+caching off: decisions per second and per-step latency by stream position at each of
+`bench.streams` concurrent streams of `bench.steps` seconds, the prefix-cache hit rate (KV
+reused from the prefix cache or an open stream session, actors/engine_session.py), the
+weight-sync time and the logprob agreement with transformers after a sync. `attention`: the
+milliseconds of attention alone that one round of decisions needs at the step-5 and the last
+step's context (torch SDPA on the policy's shapes), the part of a step that must grow with
+the stream whatever the engine does.
 
 The workload is a stream policy that stays silent at ~90% of steps (the tiny policy with
 its `</Silence>` logit raised, see `silence_biased_policy`): an untrained random policy
@@ -18,8 +23,9 @@ import random
 import shutil
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
-from statistics import mean
+from statistics import mean, median
 from typing import TYPE_CHECKING
 
 from streampro.actors.api import Sampling
@@ -147,6 +153,49 @@ def logprob_max_abs_diff(model_path: str, trajs: list) -> float:
     return worst
 
 
+def prompt_lengths(trajs: list) -> dict[int, float]:
+    """Mean prompt length (tokens) of each step's decision, by 0-based step: where the step's
+    generated run starts in its segment row (the row is exactly what vLLM was prompted with)."""
+    per: dict[int, list[int]] = {}
+    for t in trajs:
+        for seg in t.segments:
+            mask = seg.gen_mask
+            starts = [i for i, m in enumerate(mask) if m and (i == 0 or not mask[i - 1])]
+            for k, pos in enumerate(starts):
+                per.setdefault(seg.first_step + k, []).append(pos)
+    return {k: mean(v) for k, v in sorted(per.items())}
+
+
+def attention_ms(model_path: str, streams: int, context: int, new_tokens: int) -> float:
+    """Milliseconds of attention alone in one round of decisions at `context` tokens: each of
+    `streams` streams appends `new_tokens` that attend to their whole context, in every layer
+    (torch SDPA, the policy's head shapes, one thread as in vLLM's CPU worker; best of 3).
+    What a round must compute before any engine overhead; it grows with the context."""
+    import torch
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model_path)
+    heads, kv = c.num_attention_heads, c.num_key_value_heads
+    d = c.hidden_size // heads
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(streams, heads, new_tokens, d, generator=g)  # [S, H, q, D]
+    k = torch.randn(streams, kv, context, d, generator=g).repeat_interleave(heads // kv, 1)
+    v = torch.randn_like(k)  # [S, H, L, D]
+    mask = torch.arange(context)[None] <= torch.arange(context - new_tokens, context)[:, None]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(c.num_hidden_layers):
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return 1000 * best
+
+
 def _by_position(latencies: list[tuple[int, float]], steps: int) -> dict[str, float]:
     """Mean latency (ms) at each reported 1-based position."""
     per: dict[int, list[float]] = {}
@@ -225,6 +274,7 @@ def run(cfg, out_path: str) -> dict:
     )
 
     hf_m: dict | None = None
+    hf_b: dict | None = None
     off: dict | None = None
     try:
         if cfg.bench.baselines:
@@ -236,6 +286,7 @@ def run(cfg, out_path: str) -> dict:
             )
             hf_m = _measure(hf, synthetic_streams(HF_STREAMS, steps, seed=cfg.run.seed), sampling)
             del hf
+            hf_b = _batched_hf_runs(model, cfg, counts, steps, sampling)
             group = _local_group(model, cfg, counts, prefix=False)
             try:
                 off = _vllm_runs(group, cfg, counts, steps, sampling, prefix=False)
@@ -244,6 +295,7 @@ def run(cfg, out_path: str) -> dict:
         group = _local_group(model, cfg, counts, prefix=True)
         try:
             on = _vllm_runs(group, cfg, counts, steps, sampling, prefix=True)
+            floor = _attention_floor(model, on[counts[-1]]["trajs"], counts[-1], steps)
             new = perturbed_copy(model, work / "v1")
             sync_s = group.sync_weights(version=1, source=new)
             after = _measure(
@@ -254,7 +306,48 @@ def run(cfg, out_path: str) -> dict:
             group.shutdown()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return _result(cfg, counts, steps, on, off, hf_m, sync_s, diff)
+    result = _result(cfg, counts, steps, on, off, hf_m, sync_s, diff)
+    if hf_b is not None:  # the batched loop at the same loads (issue 15's baseline)
+        result["baselines"]["transformers_batched_kv"] = hf_b
+        b = hf_b["decisions_per_s"].get(str(counts[-1]))
+        result["targets"]["speedup_vs_transformers_batched"] = _ratio(
+            on[counts[-1]]["decisions_per_s"], b
+        )
+    return {**result, "attention": floor}
+
+
+def _batched_hf_runs(model: str, cfg, counts: list[int], steps: int, sampling: Sampling) -> dict:
+    """bench/hf_batched.py at every stream count (it runs streams in lockstep, one KV cache);
+    it cannot follow a window slide, so streams longer than the window are not run."""
+    from streampro.bench.hf_batched import BatchedHFStreamPolicy
+
+    if steps > cfg.data.window_turns:
+        return {"skipped": f"{steps}-step streams outgrow the {cfg.data.window_turns}-turn window"}
+    hf = BatchedHFStreamPolicy(
+        model, window_turns=cfg.data.window_turns, max_answer_tokens=cfg.rollout.max_answer_tokens
+    )
+    rates = {}
+    for s in counts:
+        m = _measure(hf, synthetic_streams(s, steps, seed=cfg.run.seed), sampling)
+        rates[str(s)] = round(m["decisions_per_s"], 2)
+    return {"decisions_per_s": rates}
+
+
+def _attention_floor(model: str, trajs: list, streams: int, steps: int) -> dict:
+    """Attention alone per round of decisions at the step-5 and last-step contexts of the
+    measured streams (`attention_ms`), with the turn's mean new tokens."""
+    ctx = prompt_lengths(trajs)
+    first, last = min(4, steps - 1), steps - 1
+    lengths = list(ctx.values())
+    # a silent step's growth (its decision, turn end and the next chunk); slides shrink it
+    new = max(1, round(median(b - a for a, b in pairwise(lengths) if b > a)))
+    at = sorted({first, last})
+    return {
+        "streams": streams,
+        "new_tokens_per_step": new,
+        "context_tokens": {str(k + 1): round(ctx[k]) for k in at},
+        "ms": {str(k + 1): round(attention_ms(model, streams, round(ctx[k]), new), 2) for k in at},
+    }
 
 
 def _result(
