@@ -10,6 +10,7 @@ NCCL without GPUs are refused at load in one line; bench/gpu_check.sh's override
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -488,3 +489,18 @@ def test_publish_orchestrates_the_nccl_sync(tmp_path) -> None:
         ("sync", 2, WEIGHT_TRANSFER),
     ]
     assert not (tmp_path / "weights").exists()
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU node runs the check")
+def test_gpu_check_fails_loudly_without_gpus(tmp_path) -> None:
+    out = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,  # the exit code is what is tested
+    )
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == [
+        "gpu_check: FAILED: nvidia-smi not found: run this on a GPU node"
+    ]
