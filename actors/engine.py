@@ -26,7 +26,8 @@ from streampro.errors import UserError
 
 
 class PrefixCacheCounter(StatLoggerBase):
-    """Sums vLLM's per-iteration prefix-cache stats (queried and hit prompt tokens)."""
+    """Sums vLLM's per-iteration prefix-cache stats (queried and hit prompt tokens), plus the
+    prompts continued in an open `DecisionSession` (their held tokens count as hits)."""
 
     def __init__(self, vllm_config=None, engine_index: int = 0) -> None:
         self.queries = 0
@@ -130,6 +131,7 @@ class DecisionEngine:
             args, stat_loggers=[lambda cfg, idx: self.cache_counter]
         )
         self.model_path = model_path
+        self.reloads = 0  # reload() calls: a DecisionSession opened before one holds stale KV
         self._ids = itertools.count()
         self._tag = f"{os.getpid()}-{id(self):x}"
 
@@ -177,6 +179,7 @@ class DecisionEngine:
 
     async def reload(self, source: str) -> None:
         """Load new weights in place, then drop every cached prefix (it holds old-weight KV)."""
+        self.reloads += 1
         if source != WEIGHT_TRANSFER:
             # An HF folder (safetensors) exported by the learner; works on CPU and GPU.
             # reload_weights, then the tied LM head repacked (actors/vlm_worker.py: without it

@@ -23,6 +23,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 
 from streampro.actors.api import WEIGHT_TRANSFER, RolloutGroupAPI, Sampling
 from streampro.actors.engine import DecisionEngine, decision_params
+from streampro.actors.engine_session import DecisionSession
 from streampro.actors.episode import (
     StreamEpisode,
     max_decision_tokens,
@@ -160,6 +161,8 @@ class RolloutWorker:
             version=self.version,
         )
         max_tokens = max_decision_tokens(min(sampling.max_answer_tokens, self.max_answer_tokens))
+        # one resumable vLLM request per window segment: each step sends its new tokens only
+        session = DecisionSession(self.engine)
 
         async def decide(prompt: list[int], step: int) -> tuple[list[int], list[float]]:
             params = decision_params(
@@ -173,14 +176,17 @@ class RolloutWorker:
             t0 = time.perf_counter()
             self.inflight += 1
             try:
-                d = await self.engine.decide(prompt, params, ep.context_images())
+                d = await session.decide(prompt, params, ep.context_images())
             finally:
                 self.inflight -= 1
             self.latencies.append((step, time.perf_counter() - t0))
             return d.token_ids, d.logprobs
 
         chunks = sample_chunks(encoded, self.image_tokens)
-        return await run_episode(ep, chunks, decide, version=lambda: self.version)
+        try:
+            return await run_episode(ep, chunks, decide, version=lambda: self.version)
+        finally:
+            await session.close()
 
     # GPU weight-transfer control plane (plain dicts in, as vLLM's VLLMWeightSyncClient
     # protocol passes them), driven by actors/weight_transfer.py EngineSyncClient from learner

@@ -29,7 +29,9 @@ def policy(tiny_path, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def recorded(policy):
-    """A local rollout group whose engine records the prompt of every request by its seed."""
+    """A local rollout group whose engine records, by seed, the token ids of every request
+    it receives: ("full", ids) for a request (or a stream session's first input) carrying its
+    whole prompt, ("delta", ids) for a session input appending to what the session holds."""
     from streampro.actors.rollout import LocalRolloutGroup
 
     group = LocalRolloutGroup(
@@ -41,17 +43,38 @@ def recorded(policy):
         max_num_seqs=16,
         max_model_len=2048,
     )
-    prompts: dict[int, list[int]] = {}
-    engine = group.worker.engine
-    decide = engine.decide
+    prompts: dict[int, tuple[str, list[int]]] = {}
+    llm = group.worker.engine.llm
+    generate = llm.generate
 
-    async def recording(prompt_ids, params, images=()):
-        prompts[params.seed] = list(prompt_ids)
-        return await decide(prompt_ids, params, images)
+    def recording(prompt, params, *args, **kwargs):
+        if isinstance(prompt, dict):  # one request with its whole prompt
+            prompts[params.seed] = ("full", list(prompt["prompt_token_ids"]))
+            return generate(prompt, params, *args, **kwargs)
 
-    engine.decide = recording
+        async def inputs():  # a stream session: its first input opens it with a whole prompt
+            kind = "full"
+            async for item in prompt:
+                prompts[item.sampling_params.seed] = (kind, list(item.prompt["prompt_token_ids"]))
+                kind = "delta"
+                yield item
+
+        return generate(inputs(), params, *args, **kwargs)
+
+    llm.generate = recording
     yield group, prompts
     group.shutdown()
+
+
+def _engine_context(record: tuple[str, list[int]], before: list[int] | None) -> list[int]:
+    """What the engine held when it sampled a decision: a whole prompt, or (vLLM streaming
+    input) what the session held after the last decision plus the appended ids. `before` =
+    the last decision's context + its generated ids but the last (vLLM drops it: no KV)."""
+    kind, ids = record
+    if kind == "full":
+        return ids
+    assert before is not None, "a session input before any whole prompt"
+    return before + ids
 
 
 def _decision_starts(gen_mask: list[int]) -> list[int]:
@@ -78,9 +101,15 @@ def test_learner_rows_are_the_prompts_vllm_saw(recorded, policy, temperature):
         assert [s.first_step for s in t.segments] == [0, 8, 12, 16, 20, 24, 28]
         for seg in t.segments:
             starts = _decision_starts(seg.gen_mask)
+            before = None
             for j, pos in enumerate(starts):
                 seed = request_seed(sampling.seed, index, episode, seg.first_step + j)
-                assert seg.token_ids[:pos] == prompts[seed]  # the row IS what vLLM received
+                if j == 0:  # a slide: the new segment's first prompt is sent whole
+                    assert prompts[seed][0] == "full"
+                context = _engine_context(prompts[seed], before)
+                assert seg.token_ids[:pos] == context  # the row IS what vLLM held
+                end = pos + next(k for k, m in enumerate(seg.gen_mask[pos:] + [0]) if not m)
+                before = seg.token_ids[: end - 1]
                 checked += 1
     assert checked == len(trajs) * CHUNKS
 

@@ -1,0 +1,127 @@
+"""A stream's decisions as one resumable vLLM request: each step sends only its new tokens.
+
+Between window slides a stream's prompt only grows at its end (data/window.py), so the
+whole segment can run as one vLLM *streaming-input session* (`AsyncLLM.generate` with an
+async generator of `StreamingInput`s): the request keeps its KV cache between decisions and
+each step appends just the tokens after what the engine already holds. Compared with one
+request per decision carrying the whole prompt, the engine no longer re-receives, re-hashes
+and re-matches thousands of ids every step, and no longer recomputes the partial last KV
+block of the previous step (up to `block_size - 1` tokens of attention over the whole
+context, per step).
+
+vLLM keeps a session's computed tokens and drops the last sampled one (it has no KV yet), so
+after a decision the session holds `prompt + generated[:-1]`; the next prompt must start with
+that, which the dialogue layout guarantees between slides. When it does not (the window
+slid), or the engine reloaded its weights since the session opened (its KV is stale), the
+session ends and a new one starts from the whole prompt, which still hits the prefix cache.
+
+Sampling: a session seeds its sampler from its FIRST request's seed and draws from that
+generator for every later decision of the session (vLLM keeps a request's generator), so the
+same episode and seed still give the same tokens, while a fresh request per step would
+reseed every step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from vllm import SamplingParams
+from vllm.engine.protocol import StreamingInput
+from vllm.inputs import TokensPrompt
+from vllm.sampling_params import RequestOutputKind
+
+from streampro.actors.engine import Decision, DecisionEngine
+from streampro.errors import UserError
+
+_CLOSE = None  # sentinel: no more input, the session's request finishes
+_IDS = itertools.count()
+
+
+class DecisionSession:
+    """One stream's decisions on one engine; `decide` like `DecisionEngine.decide`. Prompts
+    with images (VLM policies), and every prompt of an engine without prefix caching (which
+    then recomputes each whole context, the baseline of `bench rollout`), go through
+    `DecisionEngine.decide`, one request each."""
+
+    def __init__(self, engine: DecisionEngine) -> None:
+        self.engine = engine
+        self.enabled = bool(engine.llm.vllm_config.cache_config.enable_prefix_caching)
+        self.count = 0  # sessions opened (a new one per window segment)
+        self._fed: list[int] = []  # token ids the open session holds
+        self._inputs: asyncio.Queue | None = None
+        self._outputs: AsyncIterator | None = None
+        self._reloads = -1
+
+    async def decide(
+        self, prompt_ids: list[int], params: SamplingParams, images: Sequence[Any] = ()
+    ) -> Decision:
+        if images or self.engine.processor is not None or not self.enabled:
+            return await self.engine.decide(prompt_ids, params, images)
+        need = len(prompt_ids) + int(params.max_tokens or 0)
+        if need > self.engine.max_model_len:  # never truncate a stream's context silently
+            raise UserError(
+                f"a decision needs {need} tokens of context ({len(prompt_ids)} prompt + "
+                f"{params.max_tokens} generated) but the model takes {self.engine.max_model_len}"
+                ": lower data.window_turns, or raise rollout.max_model_len if the model allows"
+            )
+        n = len(self._fed)
+        if (
+            self._inputs is None
+            or self._reloads != self.engine.reloads
+            or len(prompt_ids) <= n
+            or prompt_ids[:n] != self._fed
+        ):
+            await self.close()
+            self._open(params)
+            n = 0
+        else:  # the KV of the first n tokens is in the session: count them as reused
+            self.engine.cache_counter.queries += len(prompt_ids)
+            self.engine.cache_counter.hits += n
+        params = params.clone()
+        params.output_kind = RequestOutputKind.DELTA  # each output: the new tokens only
+        assert self._inputs is not None and self._outputs is not None
+        self._inputs.put_nowait(
+            StreamingInput(
+                prompt=TokensPrompt(prompt_token_ids=list(prompt_ids[n:])), sampling_params=params
+            )
+        )
+        ids: list[int] = []
+        lps: list[float] = []
+        finish = None
+        while finish is None:
+            out = await anext(self._outputs)
+            o = out.outputs[0]
+            ids += o.token_ids
+            lps += [float(step[tok].logprob) for tok, step in zip(o.token_ids, o.logprobs or [])]
+            finish = o.finish_reason
+        if len(lps) != len(ids) or not ids:
+            raise RuntimeError(f"vLLM returned {len(lps)} logprobs for {len(ids)} tokens")
+        self._fed = list(prompt_ids) + ids[:-1]  # what the session now holds
+        return Decision(ids, lps, finish)
+
+    def _open(self, params: SamplingParams) -> None:
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def inputs() -> AsyncIterator[StreamingInput]:
+            while (item := await queue.get()) is not _CLOSE:
+                yield item
+
+        first = params.clone()
+        first.output_kind = RequestOutputKind.DELTA
+        self.count += 1
+        rid = f"s{self.engine._tag}-{next(_IDS)}"
+        gen = self.engine.llm.generate(inputs(), first, request_id=rid)
+        self._inputs, self._outputs = queue, aiter(gen)
+        self._fed, self._reloads = [], self.engine.reloads
+
+    async def close(self) -> None:
+        """End the open session (its request finishes; its blocks stay in the prefix cache)."""
+        if self._inputs is None or self._outputs is None:
+            return
+        self._inputs.put_nowait(_CLOSE)
+        outputs, self._inputs, self._outputs = self._outputs, None, None
+        async for _ in outputs:  # drain to the end of the request
+            pass
