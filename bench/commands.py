@@ -9,12 +9,21 @@ from pathlib import Path
 from streampro.config import Config, atomic_write_text
 from streampro.errors import UserError
 
-BENCHES = ("rollout", "sft-ablation", "grpo-async", "autoscale", "serve", "perf", "baselines")
+BENCHES = (
+    "rollout",
+    "sft-ablation",
+    "grpo-async",
+    "autoscale",
+    "serve",
+    "perf",
+    "baselines",
+    "scaling",
+)
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
     name = args.name
-    if name in ("perf", "baselines"):  # these write a folder (JSON, markdown, plots)
+    if name in ("perf", "baselines", "scaling"):  # these write a folder (JSON, md, plots)
         from importlib import import_module
 
         return import_module(f"streampro.bench.{name}").main(cfg, args)

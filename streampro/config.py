@@ -427,6 +427,12 @@ class BenchConfig:
     (their cost grows with the window: turn off for long streams)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds of `bench sft-ablation`."""
+    scaling_streams: list[int] = field(default_factory=lambda: [16, 32, 64])
+    """`bench scaling`: concurrent streams of a GRPO step (the first is held on other axes)."""
+    scaling_lengths: list[int] = field(default_factory=lambda: [30, 60, 120, 600])
+    """`bench scaling`: stream lengths in seconds (the first is held on other axes)."""
+    scaling_actors: list[int] = field(default_factory=lambda: [1, 2])
+    """`bench scaling`: rollout actors (the first is held on other axes)."""
 
 
 @dataclass
