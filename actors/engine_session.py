@@ -19,12 +19,19 @@ Sampling: a session seeds its sampler from its FIRST request's seed and draws fr
 generator for every later decision of the session (vLLM keeps a request's generator), so the
 same episode and seed still give the same tokens, while a fresh request per step would
 reseed every step.
+
+KV budget: a session waiting for its next input keeps its KV blocks, and vLLM preempts only
+running requests, so sessions holding the whole cache would stall every stream. The open
+sessions of an engine therefore hold at most `SESSION_SHARE` of its KV cache (their tokens
+plus each one's next decision); past that a stream closes its session and decides with one
+request per step (its blocks then stay evictable), as before sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -38,6 +45,15 @@ from streampro.errors import UserError
 
 _CLOSE = None  # sentinel: no more input, the session's request finishes
 _IDS = itertools.count()
+SESSION_SHARE = 0.75  # of an engine's KV cache that its open sessions may hold
+# engine -> KV tokens its open sessions hold or have reserved for their running decision
+_HELD: weakref.WeakKeyDictionary[DecisionEngine, int] = weakref.WeakKeyDictionary()
+
+
+def kv_capacity(engine: DecisionEngine) -> int:
+    """Tokens the engine's KV cache holds (0 = unknown)."""
+    c = engine.llm.vllm_config.cache_config
+    return int(c.num_gpu_blocks or 0) * int(c.block_size or 0)
 
 
 class DecisionSession:
@@ -54,6 +70,8 @@ class DecisionSession:
         self._inputs: asyncio.Queue | None = None
         self._outputs: AsyncIterator | None = None
         self._reloads = -1
+        self._held = 0  # this session's share of _HELD
+        self.fallbacks = 0  # decisions made with one request, over the KV budget
 
     async def decide(
         self, prompt_ids: list[int], params: SamplingParams, images: Sequence[Any] = ()
@@ -68,13 +86,19 @@ class DecisionSession:
                 ": lower data.window_turns, or raise rollout.max_model_len if the model allows"
             )
         n = len(self._fed)
-        if (
+        reopen = (
             self._inputs is None
             or self._reloads != self.engine.reloads
             or len(prompt_ids) <= n
             or prompt_ids[:n] != self._fed
-        ):
+        )
+        if reopen:
             await self.close()
+        if not self._reserve(need):
+            await self.close()  # over the sessions' KV budget: free ours, one request this step
+            self.fallbacks += 1
+            return await self.engine.decide(prompt_ids, params, images)
+        if reopen:
             self._open(params)
             n = 0
         else:  # the KV of the first n tokens is in the session: count them as reused
@@ -100,7 +124,21 @@ class DecisionSession:
         if len(lps) != len(ids) or not ids:
             raise RuntimeError(f"vLLM returned {len(lps)} logprobs for {len(ids)} tokens")
         self._fed = list(prompt_ids) + ids[:-1]  # what the session now holds
+        self._set_held(len(self._fed))
         return Decision(ids, lps, finish)
+
+    def _reserve(self, tokens: int) -> bool:
+        """Claim `tokens` of KV for this session if the engine's sessions stay in budget."""
+        cap = kv_capacity(self.engine)
+        others = _HELD.get(self.engine, 0) - self._held
+        if cap and others + tokens > SESSION_SHARE * cap:
+            return False
+        self._set_held(tokens)
+        return True
+
+    def _set_held(self, tokens: int) -> None:
+        _HELD[self.engine] = _HELD.get(self.engine, 0) - self._held + tokens
+        self._held = tokens
 
     def _open(self, params: SamplingParams) -> None:
         queue: asyncio.Queue = asyncio.Queue()
@@ -119,9 +157,10 @@ class DecisionSession:
 
     async def close(self) -> None:
         """End the open session (its request finishes; its blocks stay in the prefix cache)."""
-        if self._inputs is None or self._outputs is None:
-            return
-        self._inputs.put_nowait(_CLOSE)
-        outputs, self._inputs, self._outputs = self._outputs, None, None
-        async for _ in outputs:  # drain to the end of the request
-            pass
+        if self._inputs is not None and self._outputs is not None:
+            self._inputs.put_nowait(_CLOSE)
+            outputs, self._inputs, self._outputs = self._outputs, None, None
+            async for _ in outputs:  # drain to the end of the request
+                pass
+        self._fed = []
+        self._set_held(0)
