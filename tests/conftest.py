@@ -82,3 +82,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     with the session's Ray (and its Serve actors) alive beside it, a freshly started fake node
     lost its actor before it ran (seen twice in CI; the test passes alone)."""
     items.sort(key=lambda it: 0 if it.nodeid.startswith("tests/test_cluster_autoscale.py") else 1)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Close every pyzmq context still alive with linger 0. An engine whose sockets outlive it
+    leaves its context to the garbage collector, and `Context.__del__` then blocks in term()
+    forever (seen once: pytest hung after its last test, in a GC run during the summary)."""
+    import gc
+    import sys
+
+    zmq = sys.modules.get("zmq")
+    if zmq is None:
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, zmq.Context) and not obj.closed:
+            obj.destroy(linger=0)

@@ -81,6 +81,12 @@ def rollout(vl_policy):
     group.shutdown()
 
 
+def weights(folder: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(f"{folder}/model.safetensors")
+
+
 def _pad_id(path: str) -> int:
     from transformers import AutoTokenizer
 
@@ -179,7 +185,8 @@ def test_seen_frames_after_a_weight_sync(rollout, vl_policy, tmp_path):
 
 def test_folder_without_decision_tokens_trains(tmp_path):
     """A Qwen2.5-VL folder as a real checkpoint ships it (no </Silence>, </Response>): the
-    tokens are added, SFT trains on image rows, and the export keeps the extended vocabulary."""
+    tokens are added, SFT trains on image rows (vision tower frozen), and the export keeps
+    the extended vocabulary."""
     from transformers import AutoTokenizer
 
     from streampro import tiny_vl
@@ -201,7 +208,9 @@ def test_folder_without_decision_tokens_trains(tmp_path):
     )
     batch = make_batch(data, list(range(len(data.items))), max_seq_len=4096, pack=True, pad_id=0)
     assert int(batch["seq_ids"].max()) == 0  # rows with images are never packed
-    learner = LocalLearnerGroup(model_path=folder, lr=1e-3, precision="fp32", micro_batch=4)
+    learner = LocalLearnerGroup(
+        model_path=folder, lr=1e-3, precision="fp32", micro_batch=4, freeze_vision=True
+    )
     try:
         first = learner.train_step(batch=batch, objective="sft")
         second = learner.train_step(batch=batch, objective="sft")
@@ -209,6 +218,11 @@ def test_folder_without_decision_tokens_trains(tmp_path):
     finally:
         learner.shutdown()
     assert second["loss"] < first["loss"]
+    start, end = weights(folder), weights(out)  # learner.freeze_vision: the tower stays as it was
+    tower = [k for k in start if "visual" in k]
+    assert tower and all(torch.equal(start[k], end[k]) for k in tower)
+    lm = [k for k in start if "layers" in k and "visual" not in k]
+    assert lm and any(not torch.equal(start[k], end[k]) for k in lm)
     exported = AutoTokenizer.from_pretrained(out)
     assert exported.encode("</Silence>", add_special_tokens=False) == [
         tok.convert_tokens_to_ids("</Silence>")
