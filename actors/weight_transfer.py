@@ -18,11 +18,12 @@ vLLM is imported lazily (this module is imported by learner ranks, which only ne
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import torch
+
+from streampro.timeouts import run_with_timeout
 
 T = TypeVar("T")
 
@@ -50,22 +51,7 @@ def call_with_timeout(fn: Callable[[], T], *, timeout_s: float, what: str) -> T:
     own here: the caller gets an error instead of a hang. The blocked thread stays behind
     (a daemon: it does not keep the process alive); the transfer group is unusable after
     this and the run must stop (the group's shutdown kills the ranks)."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
-            box["error"] = e
-
-    t = threading.Thread(target=run, name=f"timeout:{what}", daemon=True)
-    t.start()
-    t.join(timeout_s)
-    if t.is_alive():
-        raise TimeoutError(f"weight sync: {what} did not finish within {timeout_s:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    return run_with_timeout(fn, timeout_s=timeout_s, what=what)
 
 
 class EngineActor(Protocol):

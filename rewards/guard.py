@@ -11,13 +11,13 @@ the fallback and counts it.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from streampro.rewards.judges import AccJudge
 from streampro.rewards.rubric import RubricJudge
+from streampro.timeouts import run_with_timeout
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -29,22 +29,7 @@ class JudgeTimeout(TimeoutError):
 
 def call_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:
     """fn() on a daemon thread; JudgeTimeout if it has not returned within timeout_s."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
-            box["error"] = e
-
-    worker = threading.Thread(target=run, name="judge-call", daemon=True)
-    worker.start()
-    worker.join(max(0.0, timeout_s))
-    if worker.is_alive():
-        raise JudgeTimeout(f"judge call still running after {timeout_s:.3g}s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    return run_with_timeout(fn, timeout_s=timeout_s, what="judge call", error=JudgeTimeout)
 
 
 class Guard:
