@@ -50,7 +50,8 @@ class Chunk:
     end: float
     codes: Sequence[int]
     image: Any = None
-    """Image codec: the resized frame ([h, w, 3] uint8) sent to the VLM; None with codes."""
+    """Image codec: the resized frame ([h, w, 3] uint8; Serve keeps it as PNG bytes) sent to
+    the VLM; None with codes."""
     image_tokens: int = 0
     """Image codec: the frame's placeholder pads in the dialogue (its merged patches)."""
 
