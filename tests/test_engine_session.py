@@ -22,10 +22,12 @@ def policy(tiny_path, tmp_path_factory) -> str:
 
 
 @pytest.mark.slow
-def test_sessions_fall_back_when_the_kv_cache_is_short(policy):
+def test_sessions_fall_back_when_the_kv_cache_is_short(policy, monkeypatch):
     from streampro.actors import engine_session
     from streampro.actors.rollout import LocalRolloutGroup
 
+    # vLLM CPU takes VLLM_CPU_KVCACHE_SPACE (GiB, set for every test) over kv_cache_gb
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     group = LocalRolloutGroup(
         policy,
         window_turns=200,
