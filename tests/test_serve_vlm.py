@@ -183,18 +183,32 @@ def test_codes_only_chunks_get_422_and_images_keep_working(served):
 
 @pytest.mark.slow
 def test_eval_endpoint_equals_rollout_greedy_evaluation(served, rollout, test_split, cfg, tmp_path):
+    """`streampro eval --endpoint` (its CLI entry; `--checkpoint` is the same replay against a
+    `local_deployment`, as `served` is) writes the rollout group's greedy predictions."""
+    import argparse
+
+    from streampro.bench.evaluate import main as eval_main
     from streampro.bench.policy_eval import eval_kwargs, evaluate
-    from streampro.bench.replay import evaluate_endpoint
 
     manifest, encoded = test_split
     kw = eval_kwargs(cfg) | {"temperature": 0.0, "n": 1}
     ref = evaluate(rollout, encoded, **kw, predictions_out=tmp_path / "ref.jsonl")
-    scores = evaluate_endpoint(cfg, served, manifest, tmp_path / "served")
-    lines = (tmp_path / "served" / "predictions.jsonl").read_text().splitlines()
+    args = argparse.Namespace(
+        manifest=str(manifest),
+        out=str(tmp_path / "served"),
+        checkpoint=None,
+        endpoint=served,
+        predictions=None,
+    )
+    assert eval_main(cfg, args) == 0
+    out = tmp_path / "served"
+    lines = (out / "predictions.jsonl").read_text().splitlines()
     assert [json.loads(x) for x in lines] == [
         json.loads(x) for x in (tmp_path / "ref.jsonl").read_text().splitlines()
     ]
+    scores = json.loads((out / "scores.json").read_text())
     assert scores["w_avg"] == ref["w_avg"] and scores["n_samples"] == len(encoded)
+    assert (out / "timelines.png").stat().st_size > 0
 
 
 def test_decode_frame_is_the_pipeline_codec():
