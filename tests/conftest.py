@@ -94,8 +94,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     zmq = sys.modules.get("zmq")
     if zmq is None:
         return
+    garbage = sys.modules.get("zmq.utils.garbage")  # pyzmq's own collector: its thread recvs
+    own = getattr(getattr(garbage, "gc", None), "_context", None)
     for obj in gc.get_objects():
-        if isinstance(obj, zmq.Context) and not obj.closed:
+        if isinstance(obj, zmq.Context) and not obj.closed and obj is not own:
             try:
                 obj.destroy(linger=0)
             except zmq.ZMQError:  # a shadow of a context already destroyed ("Bad address")
