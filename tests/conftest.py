@@ -15,6 +15,25 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _never_block_in_gc() -> None:
+    """A pyzmq context the GC collects while its sockets hold unsent messages blocks forever
+    in term() (seen in CI: inside DeepSpeed's gc.collect(), mid-session). Collected contexts
+    close their sockets with linger 0 instead, so term() returns at once."""
+    import zmq
+
+    def __del__(self) -> None:
+        if not self.closed and not getattr(self, "_shadow", False):
+            try:
+                self.destroy(linger=0)
+            except zmq.ZMQError:
+                pass
+
+    zmq.Context.__del__ = __del__
+
+
+_never_block_in_gc()
+
+
 @pytest.fixture(scope="session")
 def tiny_path(tmp_path_factory) -> str:
     """The default tiny policy, built once into a session cache folder."""
