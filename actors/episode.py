@@ -108,6 +108,7 @@ class StreamEpisode:
         self._logprobs: list[float] = []
         self._seg_first_step: list[int] = []
         self._images: list[Any] = []  # each chunk's frame (image codec), by turn index
+        self._has_image: list[bool] = []  # kept after release_images: segments name the frames
         self._released = 0  # turns before it hold no frame any more (release_images)
         self._pending: Chunk | None = None
 
@@ -142,6 +143,7 @@ class StreamEpisode:
             chunk.start, chunk.end, chunk.codes, image_tokens=chunk.image_tokens
         )
         self._images.append(chunk.image)
+        self._has_image.append(chunk.image is not None)
         if len(self.dialogue.segments()) > len(self._seg_first_step):  # a new segment opened
             self._seg_first_step.append(len(self.steps))
         self._pending = chunk
@@ -153,7 +155,7 @@ class StreamEpisode:
 
     def release_images(self) -> None:
         """Forget the frames of turns that left the window (a live Serve session holds only its
-        context's frames, however long it runs); `segments()` stops naming them."""
+        context's frames, however long it runs); `segments()` still names them."""
         for j in range(self._released, self.dialogue.first_turn):
             self._images[j] = None
         self._released = max(self._released, self.dialogue.first_turn)
@@ -205,9 +207,7 @@ class StreamEpisode:
                 gen_mask=span.aligned(self._gen_mask, 0),
                 logprobs=span.aligned(self._logprobs, 0.0),
                 first_step=first,
-                image_chunks=[
-                    j for j in self.dialogue.span_turns(span) if self._images[j] is not None
-                ],
+                image_chunks=[j for j in self.dialogue.span_turns(span) if self._has_image[j]],
             )
             for span, first in zip(self.dialogue.segments(), self._seg_first_step)
         ]

@@ -141,23 +141,30 @@ def test_resume_gives_the_uninterrupted_loss_exactly(local_run, tiny_path) -> No
     assert resumed[0]["lr"] == local_run["stats"][2]["lr"]  # the scheduler resumed too
 
 
-def test_export_loads_in_transformers(local_run) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def transformers_logprobs(folder: str, b: dict[str, torch.Tensor]) -> torch.Tensor:  # [B, T]
+    """Logprobs of a packed batch under an exported folder, loaded by plain transformers."""
+    from transformers import AutoModelForCausalLM
 
     from streampro.learners.losses import shifted_logprobs
     from streampro.learners.packing import attention_bias
 
-    model = AutoModelForCausalLM.from_pretrained(local_run["hf"], attn_implementation="sdpa").eval()
-    tok = AutoTokenizer.from_pretrained(local_run["hf"])
-    assert tok.convert_tokens_to_ids("</Silence>") != tok.unk_token_id
-    b = local_run["probe"]
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
     with torch.no_grad():
         logits = model(
             input_ids=b["input_ids"],
             position_ids=b["position_ids"],
             attention_mask=attention_bias(b["seq_ids"], torch.float32),
         ).logits
-    lp, _, _ = shifted_logprobs(logits, b["input_ids"], position_ids=b["position_ids"])
+    return shifted_logprobs(logits, b["input_ids"], position_ids=b["position_ids"])[0]
+
+
+def test_export_loads_in_transformers(local_run) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(local_run["hf"])
+    assert tok.convert_tokens_to_ids("</Silence>") != tok.unk_token_id
+    b = local_run["probe"]
+    lp = transformers_logprobs(local_run["hf"], b)
     real = b["seq_ids"] >= 0
     torch.testing.assert_close(lp[real], local_run["logprobs"][real], atol=1e-5, rtol=0)
 

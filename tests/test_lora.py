@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_learner_group import make_batch, weights
+from test_learner_group import make_batch, transformers_logprobs, weights
 
 from streampro.learners.group import LocalLearnerGroup
 
@@ -18,11 +18,6 @@ pytestmark = pytest.mark.slow
 
 
 def test_lora_trains_adapters_and_exports_merged_weights(tiny_path, tmp_path) -> None:
-    from transformers import AutoModelForCausalLM
-
-    from streampro.learners.losses import shifted_logprobs
-    from streampro.learners.packing import attention_bias
-
     base = LocalLearnerGroup(model_path=tiny_path, micro_batch=2, precision="fp32")
     probe = make_batch(99, "sft")
     try:
@@ -52,14 +47,7 @@ def test_lora_trains_adapters_and_exports_merged_weights(tiny_path, tmp_path) ->
             assert torch.equal(p.detach(), start[key]), name
     merged = weights(hf)
     assert not any("lora_" in k or "base_layer" in k for k in merged)
-    model = AutoModelForCausalLM.from_pretrained(hf, attn_implementation="sdpa").eval()
-    with torch.no_grad():
-        logits = model(
-            input_ids=probe["input_ids"],
-            position_ids=probe["position_ids"],
-            attention_mask=attention_bias(probe["seq_ids"], torch.float32),
-        ).logits
-    lp, _, _ = shifted_logprobs(logits, probe["input_ids"], position_ids=probe["position_ids"])
+    lp = transformers_logprobs(hf, probe)
     real = probe["seq_ids"] >= 0
     torch.testing.assert_close(lp[real], lora_lp[real], atol=1e-5, rtol=0)
     assert (lp[real] - base_lp[real]).abs().max() > 1e-3  # the adapters did change the policy
