@@ -340,34 +340,9 @@ def run_grpo(
     executor, pending, val_scores = ThreadPoolExecutor(max_workers=1), None, None
     bar = tqdm(total=steps_total, initial=step, desc="grpo", dynamic_ncols=True)
     while step < steps_total:
-        t0 = time.perf_counter()
-        groups = pending.result() if pending is not None else parts.collect(step)
-        t_wait = time.perf_counter() - t0
-        pending = (
-            executor.submit(parts.collect, step + 1)
-            if c.async_mode and step + 1 < steps_total
-            else None
-        )
-
-        t1 = time.perf_counter()
-        learn_stats = parts.learn(groups)
-        t_learn = time.perf_counter() - t1
-
-        t2 = time.perf_counter()
-        if pending is not None:
-            _wait(pending)  # one step off-policy: the next rollout ends before weights swap
+        ahead = executor if c.async_mode and step + 1 < steps_total else None
+        groups, metrics, pending = _step(parts, step, pending, ahead)
         step += 1
-        parts.publish(step)  # policy version = steps done
-        t_sync = time.perf_counter() - t2
-
-        metrics = {
-            **parts.record(step, groups),
-            **learn_stats,
-            "time/wait": t_wait,
-            "time/learn": t_learn,
-            "time/sync": t_sync,
-            "time/step": time.perf_counter() - t0,
-        }
         if c.eval_every and step % c.eval_every == 0:
             val_scores = evaluate(rollout, val, **eval_kwargs(cfg))
             metrics["val/w_avg"], metrics["val/avg"] = val_scores["w_avg"], val_scores["avg"]
@@ -390,6 +365,36 @@ def run_grpo(
     for part in (learner, pool) + ((rollout,) if own_rollout else ()):
         part.shutdown()
     return summary
+
+
+def _step(
+    parts: GRPOStep, step: int, pending: Future | None, ahead: ThreadPoolExecutor | None
+) -> tuple[Groups, dict[str, float], Future | None]:
+    """Step `step` -> version step + 1: take (or wait for) its rollouts, start the next step's
+    on `ahead` (async mode), learn, publish. Returns the groups, metrics and next rollout."""
+    t0 = time.perf_counter()
+    groups = pending.result() if pending is not None else parts.collect(step)
+    t_wait = time.perf_counter() - t0
+    pending = ahead.submit(parts.collect, step + 1) if ahead is not None else None
+
+    t1 = time.perf_counter()
+    learn_stats = parts.learn(groups)
+    t_learn = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    if pending is not None:
+        _wait(pending)  # one step off-policy: the next rollout ends before weights swap
+    parts.publish(step + 1)  # policy version = steps done
+    t_sync = time.perf_counter() - t2
+    metrics = {
+        **parts.record(step + 1, groups),
+        **learn_stats,
+        "time/wait": t_wait,
+        "time/learn": t_learn,
+        "time/sync": t_sync,
+        "time/step": time.perf_counter() - t0,
+    }
+    return groups, metrics, pending
 
 
 def _resume(cfg: Config, parts: GRPOStep, ckpts: Checkpoints, logger) -> int:

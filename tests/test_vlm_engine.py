@@ -78,7 +78,7 @@ def engine(paths, loop):
 
     llm = loop.run_until_complete(start())
     yield llm, counter
-    llm.shutdown()
+    _shutdown(llm, loop)
 
 
 class Ref:
@@ -268,8 +268,19 @@ def test_extended_qwen3_vl_folder_in_vllm(tmp_path_factory, loop):
         print(f"extended tiny Qwen3-VL: max logprob diff {diff:.2e}")
         assert diff < TOL
     finally:
-        llm.shutdown()
+        _shutdown(llm, loop)
 
 
 async def _start(args, cls):
     return cls.from_engine_args(args)
+
+
+def _shutdown(llm, loop) -> None:
+    """Shut down on the engine's own loop and let its cancelled output task finish there: its
+    zmq sockets close with it instead of waiting for the garbage collector."""
+
+    async def stop() -> None:
+        llm.shutdown()
+        await asyncio.sleep(0.1)
+
+    loop.run_until_complete(stop())
