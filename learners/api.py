@@ -26,8 +26,9 @@ class LearnerGroupAPI(Protocol):
     def logprobs(
         self, *, batch: Batch, reference: bool = False, version: int | None = None
     ) -> torch.Tensor:
-        """Per-token logprobs `[B, T]` of input_ids under the policy (or the frozen reference,
-        or the weights kept as policy `version`), at the sampling temperature."""
+        """Per-token logprobs `[B, T]` under the policy (or the frozen reference, or the weights
+        kept as policy `version`), at the sampling temperature, at the tokens a loss scores
+        (`loss_mask`); 0 elsewhere, so the model never computes the rest."""
         ...
 
     def keep_weights(self, *, version: int) -> None:

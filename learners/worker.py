@@ -432,7 +432,9 @@ class LearnerWorker:
         self, *, micro_batches: list[Batch], reference: bool = False, version: int | None = None
     ) -> list[torch.Tensor]:
         """Per-token logprobs `[b, t]` of each micro-batch at the sampling temperature, on CPU
-        in fp32; under the kept weights of policy `version` when given (see `keep_weights`)."""
+        in fp32, at the loss-masked tokens only (0 elsewhere: the ratio, the KL and the check
+        read no other, and the last layer and LM head then skip ~97% of positions); under
+        the kept weights of policy `version` when given (see `keep_weights`)."""
         if reference and self.ref_model is None:
             raise ValueError("reference logprobs need a group built with with_reference=True")
         if version is not None:
@@ -445,7 +447,7 @@ class LearnerWorker:
         for mb in micro_batches:
             mb = {k: v.to(self.device) for k, v in mb.items()}
             lp, _, _ = self._score(
-                model, mb, mb["seq_ids"] >= 0, with_entropy=False, temperature=self.s.temperature
+                model, mb, mb["loss_mask"] > 0, with_entropy=False, temperature=self.s.temperature
             )
             out.append(lp.float().cpu())
         return out

@@ -165,8 +165,10 @@ def test_export_loads_in_transformers(local_run) -> None:
     assert tok.convert_tokens_to_ids("</Silence>") != tok.unk_token_id
     b = local_run["probe"]
     lp = transformers_logprobs(local_run["hf"], b)
-    real = b["seq_ids"] >= 0
-    torch.testing.assert_close(lp[real], local_run["logprobs"][real], atol=1e-5, rtol=0)
+    scored = b["loss_mask"] > 0  # the learner scores only the tokens a loss reads
+    assert scored.sum() > 0
+    torch.testing.assert_close(lp[scored], local_run["logprobs"][scored], atol=1e-5, rtol=0)
+    assert (local_run["logprobs"][~scored] == 0).all()
 
 
 def test_bad_batch_is_rejected_before_work(local_run, tiny_path) -> None:
