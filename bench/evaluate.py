@@ -3,7 +3,8 @@
 --predictions P     any model's predictions JSONL (no model run, no video opened)
 --endpoint URL      the policy behind a running Serve API, videos replayed through it
 --checkpoint DIR    the same through a temporary local deployment of DIR
-(none of them)      policy.name_or_path greedily on the rollout group
+(none of them)      policy.name_or_path on the rollout group, decoded as every evaluation
+                    of a run is (eval.greedy, eval.samples_per_stream, run.seed)
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def _eval_served(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _eval_policy(cfg: Config, args: argparse.Namespace) -> int:
-    """No predictions given: run the policy (policy.name_or_path) greedily over the manifest."""
+    """No predictions given: run the policy (policy.name_or_path) over the manifest."""
     from streampro.cluster.local import init_from_config
 
     init_from_config(cfg.cluster)
@@ -111,9 +112,11 @@ def evaluate_policy(
     *,
     model_path: str | None = None,
 ) -> dict:
-    """StreamPro-F1 of a policy run greedily over a manifest (Ray must be initialised).
+    """StreamPro-F1 of a policy run over a manifest (Ray must be initialised).
 
-    Encodes the manifest, runs greedy streaming decoding on the rollout group, keeps
+    Encodes the manifest, decodes streams on the rollout group with the settings of a run's
+    own evaluations (`eval_kwargs`: greedy, or eval.samples_per_stream samples at the
+    rollout temperature, seeded by run.seed), keeps
     DIR/predictions.jsonl in the `--predictions` format and writes scores.json + report.md.
     """
     from streampro.actors.rollout import make_rollout_group

@@ -318,6 +318,37 @@ def test_eval_checkpoint_equals_rollout_greedy_evaluation(
 
 
 @pytest.mark.slow
+def test_eval_of_a_policy_decodes_like_a_runs_own_evaluations(
+    rollout, test_split, cfg, policy, tmp_path
+):
+    """`streampro eval` with neither predictions, endpoint nor checkpoint runs
+    policy.name_or_path on a rollout group of its own, sampled as `streampro train` evaluates
+    (eval.greedy=false: eval.samples_per_stream seeded samples per stream, scores averaged)."""
+    from streampro.bench.evaluate import main as eval_main
+    from streampro.bench.policy_eval import eval_kwargs, evaluate
+
+    sampled = copy.deepcopy(cfg)
+    sampled.eval.greedy = False
+    sampled.eval.samples_per_stream = 2
+    sampled.policy.name_or_path = policy
+    manifest, encoded = test_split
+    ref = evaluate(rollout, encoded, **eval_kwargs(sampled), predictions_out=tmp_path / "r.jsonl")
+    args = argparse.Namespace(
+        manifest=str(manifest),
+        out=str(tmp_path / "policy"),
+        checkpoint=None,
+        endpoint=None,
+        predictions=None,
+    )
+    assert eval_main(sampled, args) == 0
+    out = tmp_path / "policy"
+    assert (out / "predictions.jsonl").read_text() == (tmp_path / "r.jsonl").read_text()
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["samples_per_stream"] == 2 and scores["n_samples"] == len(encoded)
+    assert scores["w_avg"] == ref["w_avg"] and scores["tasks"] == ref["tasks"]
+
+
+@pytest.mark.slow
 def test_every_error_has_its_status_and_the_next_request_succeeds(served):
     ok_png = _png(np.full((16, 16, 3), 200, np.uint8))
     sid = _open(served)
