@@ -25,14 +25,21 @@ VENV_BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+def _free_ports(n: int, avoid: range) -> list[int]:
+    """n distinct free ports outside `avoid` (the worker range: Ray refuses any overlap)."""
+    socks: list[socket.socket] = []
+    try:
+        while len(socks) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            if s.getsockname()[1] in avoid:
+                s.close()  # rare: only when the kernel's ephemeral range reaches below 32768
+                continue
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _env() -> dict[str, str]:
@@ -62,8 +69,11 @@ def _kill_group(pgid: int, timeout: float = 3.0) -> None:
 def ray_head():
     """A Ray head on 127.0.0.1 with free ports; yields the jobs API URL."""
     temp_dir = tempfile.mkdtemp(prefix="spr-", dir="/tmp")  # short: unix socket paths
-    gcs, dash, client, agent, agent_grpc, renv, metrics, nm, om = _free_ports(9)
-    lo = 30000 + (os.getpid() % 200) * 100
+    # workers below the kernel's usual ephemeral range (32768+), where the free ports come from
+    lo = 20000 + (os.getpid() % 120) * 100
+    gcs, dash, client, agent, agent_grpc, renv, metrics, nm, om = _free_ports(
+        9, range(lo, lo + 100)
+    )
     cmd = [
         str(VENV_BIN / "ray"),
         "start",
@@ -162,7 +172,7 @@ def test_submit_status_of_unknown_job(ray_head):
 
 
 def test_unreachable_address_is_one_line_error():
-    port = _free_ports(1)[0]
+    port = _free_ports(1, range(0))[0]
     r = _streampro("submit", "--address", f"http://127.0.0.1:{port}", "--", "synth", timeout=60)
     assert r.returncode == 1 and "cannot reach the Ray jobs API" in r.stderr
     assert "Traceback" not in r.stderr
