@@ -8,7 +8,9 @@ reward, grpo), one after another, so their peak RSS is the role's own. Sections:
             padded rows, fp32 vs bf16 (bf16 only where its peak is at least half fp32's),
             and the pre-issue-15 path (dense mask, full-vocab logprobs, 4-row micro-batches);
   rollout   decisions/s of vLLM with and without prefix caching and of a batched
-            transformers KV-cache loop (bench/hf_batched.py), same streams and steps;
+            transformers KV-cache loop (bench/hf_batched.py), same streams and steps (the
+            tiny policy at issue 15's 64 streams); and of the plain transformers loop that
+            runs streams one after another (actors/hf_loop.py, 2 streams give its rate);
   sync      weight-sync seconds (HF export + engine reload) against model size;
   grpo      one GRPO step's phases, sync vs async (bench/grpo_async.py), and each role's
             busy share of the step;
@@ -319,11 +321,13 @@ def _prod(shape) -> int:
 
 
 def rollout_run(cfg: Config, model_path: str, work: str, streams: int, steps: int) -> dict:
-    """Decisions/s of the batched transformers loop and vLLM with and without the prefix
-    cache on the same streams; then the weight sync (export + reload) of the cached engine."""
+    """Decisions/s of the transformers loops (batched; sequential) and vLLM with and without
+    the prefix cache on the same streams; then the weight sync of the cached engine."""
     from streampro.actors.api import Sampling
+    from streampro.actors.hf_loop import HFStreamPolicy
     from streampro.bench.hf_batched import BatchedHFStreamPolicy
     from streampro.bench.rollout import (
+        HF_STREAMS,
         _local_group,
         _measure,
         silence_biased_policy,
@@ -345,6 +349,18 @@ def rollout_run(cfg: Config, model_path: str, work: str, streams: int, steps: in
     hf_m = _measure(hf, load, sampling)
     out["transformers_batched_kv"] = {"decisions_per_s": round(hf_m["decisions_per_s"], 2)}
     del hf
+    seq = HFStreamPolicy(
+        policy,
+        window_turns=cfg.data.window_turns,
+        window_slide=cfg.data.window_slide,
+        max_answer_tokens=cfg.rollout.max_answer_tokens,
+    )
+    seq_m = _measure(seq, synthetic_streams(HF_STREAMS, steps, seed=cfg.run.seed), sampling)
+    out["transformers_kv_loop"] = {
+        "decisions_per_s": round(seq_m["decisions_per_s"], 2),
+        "streams_run_sequentially": HF_STREAMS,
+    }
+    del seq
     for prefix in (False, True):
         group = _local_group(policy, cfg, [streams], prefix=prefix)
         try:
@@ -361,6 +377,11 @@ def rollout_run(cfg: Config, model_path: str, work: str, streams: int, steps: in
             group.shutdown()
     base = out["transformers_batched_kv"]["decisions_per_s"]
     out["vllm_over_transformers"] = round(out["vllm_prefix_cache"]["decisions_per_s"] / base, 3)
+    out["vllm_over_transformers_loop"] = round(
+        out["vllm_prefix_cache"]["decisions_per_s"]
+        / out["transformers_kv_loop"]["decisions_per_s"],
+        3,
+    )
     out["vllm_over_no_prefix"] = round(
         out["vllm_prefix_cache"]["decisions_per_s"]
         / out["vllm_no_prefix_cache"]["decisions_per_s"],
@@ -394,7 +415,7 @@ def rollout_section(cfg: Config, paths: dict[str, str], quick: bool, work: str) 
         return {"skipped": "--quick does not start vLLM"}
     out: dict[str, Any] = {}
     for size, path in paths.items():
-        streams, steps = (16, 20) if size == "tiny" else (8, 12)
+        streams, steps = (64, 20) if size == "tiny" else (8, 12)
         out[size] = in_child(rollout_run, cfg, path, str(Path(work) / size), streams, steps)
         out[size]["params_m"] = round(_params(path) / 1e6, 2)
     return out
@@ -505,15 +526,17 @@ def markdown(result: dict) -> str:
     else:
         lines += [
             (
-                "| size | streams x steps | transformers batched KV | vLLM no prefix cache | "
-                "vLLM prefix cache | sync s (export + reload) |"
+                "| size | streams x steps | transformers batched KV | transformers loop "
+                "(sequential) | vLLM no prefix cache | vLLM prefix cache | sync s (export + "
+                "reload) |"
             ),
-            "|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|",
         ]
         for size, r in ro.items():
             lines.append(
                 f"| {size} ({r['params_m']} M) | {r['streams']} x {r['steps']} | "
                 f"{r['transformers_batched_kv']['decisions_per_s']} | "
+                f"{r['transformers_kv_loop']['decisions_per_s']} | "
                 f"{r['vllm_no_prefix_cache']['decisions_per_s']} | "
                 f"{r['vllm_prefix_cache']['decisions_per_s']} | {r['sync']['total_s']} |"
             )
@@ -557,15 +580,23 @@ def plots(result: dict, out: Path) -> list[str]:
     ro = result["rollout"]
     if "skipped" not in ro:
         fig, ax = plt.subplots(figsize=(7, 3.5))
-        keys = ("transformers_batched_kv", "vllm_no_prefix_cache", "vllm_prefix_cache")
+        keys = (
+            "transformers_batched_kv",
+            "transformers_kv_loop",
+            "vllm_no_prefix_cache",
+            "vllm_prefix_cache",
+        )
         for i, (size, r) in enumerate(ro.items()):
             ax.bar(
-                [j + 0.4 * i for j in range(3)],
+                [j + 0.4 * i for j in range(len(keys))],
                 [r[k]["decisions_per_s"] for k in keys],
                 width=0.4,
                 label=size,
             )
-        ax.set_xticks([j + 0.2 for j in range(3)], ["transformers KV", "vLLM no cache", "vLLM"])
+        ax.set_xticks(
+            [j + 0.2 for j in range(len(keys))],
+            ["transformers\nbatched KV", "transformers\nloop", "vLLM\nno cache", "vLLM"],
+        )
         ax.set_ylabel("decisions/s")
         ax.legend()
         fig.tight_layout()
