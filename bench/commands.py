@@ -18,6 +18,7 @@ BENCHES = (
     "perf",
     "baselines",
     "scaling",
+    "question-use",
 )
 
 
@@ -39,6 +40,15 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         from streampro.cluster.autoscale import run
     elif name == "serve":
         from streampro.bench.serve import run
+    elif name == "question-use":
+        from streampro.bench.question_use import run as run_q
+
+        if not args.manifest:
+            raise UserError("bench question-use needs --manifest M (a JSONL or Parquet manifest)")
+        result = run_q(cfg, args.manifest, str(out))
+        atomic_write_text(out, json.dumps(result, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {out}")
+        return 0
     else:
         raise UserError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHES)}")
     result = run(cfg, str(out))

@@ -109,13 +109,18 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "name",
-        help="rollout | sft-ablation | grpo-async | autoscale | serve | perf | baselines | scaling",
+        help=(
+            "rollout | sft-ablation | grpo-async | autoscale | serve | perf | baselines | "
+            "scaling | question-use"
+        ),
     )
     p.add_argument(
         "--out", default=None, help="JSON result file (perf, baselines, scaling: a folder)"
     )
     p.add_argument("--quick", action="store_true", help="perf: tiny sizes, no vLLM or Ray")
-    p.add_argument("--manifest", default=None, help="baselines: the manifest to score")
+    p.add_argument(
+        "--manifest", default=None, help="baselines, question-use: the manifest to score"
+    )
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,112 @@
+"""`streampro bench question-use --manifest M --out F.json`: does the policy read the question?
+
+For each sample, the log-probability of its reference answers (the SFT targets' answer-text
+tokens, teacher-forced, in the stream's own dialogue) is taken twice: under the sample's own
+question and under another sample's question of the same task (the next one in the manifest
+whose question differs). The answers, frames and times stay the same, so
+
+    gain = (logp under the own question - logp under the swapped one) / answer tokens
+
+is how much the question moves the answer, per token (nats). A policy that copies "green
+circle" from "Tell me when a green circle enters" gains up to log(colours x shapes) over an
+EU answer's tokens; a policy that ignores the question gains 0. Samples whose task has one
+question only (AA) have no swap and are counted as skipped. Text policies (patch codec) only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from streampro.config import Config
+from streampro.errors import UserError
+
+
+def answer_logprob(model, example) -> tuple[float, int]:
+    """Sum of log p over an SFT example's answer-text targets (loss_mask 1, not a decision
+    token), teacher-forced row by row; and how many such tokens."""
+    total, count = 0.0, 0
+    for row in example.rows:
+        ids = torch.tensor([row.input_ids])  # [1, T]
+        target = (torch.tensor(row.loss_mask) > 0) & (torch.tensor(row.decision_class) < 0)  # [T]
+        with torch.inference_mode():
+            logits = model(input_ids=ids).logits[0, :-1].float()  # [T-1, V], predicts ids[1:]
+        lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[0, 1:, None])[:, 0]  # [T-1]
+        total += float(lp[target[1:]].sum())
+        count += int(target[1:].sum())
+    return total, count
+
+
+def swapped_questions(encoded: list) -> list[str | None]:
+    """For each sample, the question of the next sample of its task (cyclic) that differs
+    from its own; None when the task has no other question."""
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, e in enumerate(encoded):
+        by_task[e.sample.task].append(i)
+    out: list[str | None] = [None] * len(encoded)
+    for idx in by_task.values():
+        for k, i in enumerate(idx):
+            own = encoded[i].sample.question
+            for j in idx[k + 1 :] + idx[:k]:
+                if encoded[j].sample.question != own:
+                    out[i] = encoded[j].sample.question
+                    break
+    return out
+
+
+def run(cfg: Config, manifest: str, out_path: str) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from streampro.bench.baselines import encode
+    from streampro.data.dialogue import build_sft_example
+    from streampro.pipeline import policy_folder
+
+    if cfg.data.codec != "patch":
+        raise UserError("bench question-use scores text policies only (data.codec=patch)")
+    encoded = encode(cfg, manifest)
+    folder = policy_folder(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])  # own, swap, tok, n
+    skipped: dict[str, int] = defaultdict(int)
+
+    def logp(e) -> tuple[float, int]:
+        ex = build_sft_example(e, tokenizer, window_turns=cfg.data.window_turns,
+                               window_slide=cfg.data.window_slide)  # fmt: skip
+        return answer_logprob(model, ex)
+
+    for e, other in zip(encoded, swapped_questions(encoded)):
+        task = e.sample.task
+        if other is None:
+            skipped[task] += 1
+            continue
+        swapped = dataclasses.replace(e, sample=dataclasses.replace(e.sample, question=other))
+        own, n = logp(e)
+        alt, _ = logp(swapped)
+        s = sums[task]
+        s[0], s[1], s[2], s[3] = s[0] + own, s[1] + alt, s[2] + n, s[3] + 1
+    tasks = {
+        t: {
+            "samples": int(s[3]),
+            "answer_tokens": int(s[2]),
+            "logp_own_question": round(s[0], 4),
+            "logp_swapped_question": round(s[1], 4),
+            "gain_nats_per_token": round((s[0] - s[1]) / max(s[2], 1.0), 5),
+        }
+        for t, s in sorted(sums.items())
+    }
+    tok_all = sum(s[2] for s in sums.values())
+    gain_all = sum(s[0] - s[1] for s in sums.values()) / max(tok_all, 1.0)
+    print(f"{Path(manifest).name}: question gain {gain_all:.4f} nats/answer token")
+    for t, r in tasks.items():
+        print(f"  {t}: {r['gain_nats_per_token']:.4f} over {r['answer_tokens']} tokens")
+    return {
+        "policy": folder,
+        "manifest": str(manifest),
+        "gain_nats_per_token": round(gain_all, 5),
+        "tasks": tasks,
+        "skipped_single_question": dict(sorted(skipped.items())),
+    }
