@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -41,14 +42,11 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     elif name == "serve":
         from streampro.bench.serve import run
     elif name == "question-use":
-        from streampro.bench.question_use import run as run_q
+        from streampro.bench.question_use import run as question_use
 
         if not args.manifest:
             raise UserError("bench question-use needs --manifest M (a JSONL or Parquet manifest)")
-        result = run_q(cfg, args.manifest, str(out))
-        atomic_write_text(out, json.dumps(result, indent=2, sort_keys=True) + "\n")
-        print(f"wrote {out}")
-        return 0
+        run = functools.partial(question_use, manifest=args.manifest)
     else:
         raise UserError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHES)}")
     result = run(cfg, str(out))

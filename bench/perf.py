@@ -324,12 +324,12 @@ def rollout_run(cfg: Config, model_path: str, work: str, streams: int, steps: in
     """Decisions/s of the transformers loops (batched; sequential) and vLLM with and without
     the prefix cache on the same streams; then the weight sync of the cached engine."""
     from streampro.actors.api import Sampling
-    from streampro.actors.hf_loop import HFStreamPolicy
     from streampro.bench.hf_batched import BatchedHFStreamPolicy
     from streampro.bench.rollout import (
         HF_STREAMS,
         _local_group,
         _measure,
+        sequential_hf_run,
         silence_biased_policy,
         synthetic_streams,
     )
@@ -349,18 +349,11 @@ def rollout_run(cfg: Config, model_path: str, work: str, streams: int, steps: in
     hf_m = _measure(hf, load, sampling)
     out["transformers_batched_kv"] = {"decisions_per_s": round(hf_m["decisions_per_s"], 2)}
     del hf
-    seq = HFStreamPolicy(
-        policy,
-        window_turns=cfg.data.window_turns,
-        window_slide=cfg.data.window_slide,
-        max_answer_tokens=cfg.rollout.max_answer_tokens,
-    )
-    seq_m = _measure(seq, synthetic_streams(HF_STREAMS, steps, seed=cfg.run.seed), sampling)
+    seq_m = sequential_hf_run(policy, cfg, steps, sampling)
     out["transformers_kv_loop"] = {
         "decisions_per_s": round(seq_m["decisions_per_s"], 2),
         "streams_run_sequentially": HF_STREAMS,
     }
-    del seq
     for prefix in (False, True):
         group = _local_group(policy, cfg, [streams], prefix=prefix)
         try:

@@ -57,7 +57,8 @@ def swapped_questions(encoded: list) -> list[str | None]:
     return out
 
 
-def run(cfg: Config, manifest: str, out_path: str) -> dict:
+def run(cfg: Config, out_path: str, *, manifest: str) -> dict:
+    """The gains per task (the dispatcher writes them to out_path, as for every JSON bench)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from streampro.bench.baselines import encode
@@ -70,7 +71,10 @@ def run(cfg: Config, manifest: str, out_path: str) -> dict:
     folder = policy_folder(cfg)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])  # own, swap, tok, n
+    own_lp: dict[str, float] = defaultdict(float)
+    swap_lp: dict[str, float] = defaultdict(float)
+    tokens: dict[str, int] = defaultdict(int)
+    samples: dict[str, int] = defaultdict(int)
     skipped: dict[str, int] = defaultdict(int)
 
     def logp(e) -> tuple[float, int]:
@@ -85,21 +89,21 @@ def run(cfg: Config, manifest: str, out_path: str) -> dict:
             continue
         swapped = dataclasses.replace(e, sample=dataclasses.replace(e.sample, question=other))
         own, n = logp(e)
-        alt, _ = logp(swapped)
-        s = sums[task]
-        s[0], s[1], s[2], s[3] = s[0] + own, s[1] + alt, s[2] + n, s[3] + 1
+        own_lp[task] += own
+        swap_lp[task] += logp(swapped)[0]
+        tokens[task] += n
+        samples[task] += 1
     tasks = {
         t: {
-            "samples": int(s[3]),
-            "answer_tokens": int(s[2]),
-            "logp_own_question": round(s[0], 4),
-            "logp_swapped_question": round(s[1], 4),
-            "gain_nats_per_token": round((s[0] - s[1]) / max(s[2], 1.0), 5),
+            "samples": samples[t],
+            "answer_tokens": tokens[t],
+            "logp_own_question": round(own_lp[t], 4),
+            "logp_swapped_question": round(swap_lp[t], 4),
+            "gain_nats_per_token": round((own_lp[t] - swap_lp[t]) / max(tokens[t], 1), 5),
         }
-        for t, s in sorted(sums.items())
+        for t in sorted(samples)
     }
-    tok_all = sum(s[2] for s in sums.values())
-    gain_all = sum(s[0] - s[1] for s in sums.values()) / max(tok_all, 1.0)
+    gain_all = (sum(own_lp.values()) - sum(swap_lp.values())) / max(sum(tokens.values()), 1)
     print(f"{Path(manifest).name}: question gain {gain_all:.4f} nats/answer token")
     for t, r in tasks.items():
         print(f"  {t}: {r['gain_nats_per_token']:.4f} over {r['answer_tokens']} tokens")

@@ -257,7 +257,6 @@ def _vllm_runs(
 
 def run(cfg, out_path: str) -> dict:
     """The whole benchmark; returns the JSON-able result (the dispatcher writes it)."""
-    from streampro.actors.hf_loop import HFStreamPolicy
     from streampro.tiny import policy_path
 
     steps, counts = int(cfg.bench.steps), sorted(int(s) for s in cfg.bench.streams)
@@ -278,14 +277,7 @@ def run(cfg, out_path: str) -> dict:
     off: dict | None = None
     try:
         if cfg.bench.baselines:
-            hf = HFStreamPolicy(
-                model,
-                window_turns=cfg.data.window_turns,
-                window_slide=cfg.data.window_slide,
-                max_answer_tokens=cfg.rollout.max_answer_tokens,
-            )
-            hf_m = _measure(hf, synthetic_streams(HF_STREAMS, steps, seed=cfg.run.seed), sampling)
-            del hf
+            hf_m = sequential_hf_run(model, cfg, steps, sampling)
             hf_b = _batched_hf_runs(model, cfg, counts, steps, sampling)
             group = _local_group(model, cfg, counts, prefix=False)
             try:
@@ -314,6 +306,20 @@ def run(cfg, out_path: str) -> dict:
             on[counts[-1]]["decisions_per_s"], b
         )
     return {**result, "attention": floor}
+
+
+def sequential_hf_run(model: str, cfg, steps: int, sampling: Sampling) -> dict:
+    """The plain transformers KV-cache loop (actors/hf_loop.py): it runs streams one after
+    another, so HF_STREAMS of them give its rate."""
+    from streampro.actors.hf_loop import HFStreamPolicy
+
+    hf = HFStreamPolicy(
+        model,
+        window_turns=cfg.data.window_turns,
+        window_slide=cfg.data.window_slide,
+        max_answer_tokens=cfg.rollout.max_answer_tokens,
+    )
+    return _measure(hf, synthetic_streams(HF_STREAMS, steps, seed=cfg.run.seed), sampling)
 
 
 def _batched_hf_runs(model: str, cfg, counts: list[int], steps: int, sampling: Sampling) -> dict:
