@@ -11,6 +11,11 @@ is how much the question moves the answer, per token (nats). A policy that copie
 circle" from "Tell me when a green circle enters" gains up to log(colours x shapes) over an
 EU answer's tokens; a policy that ignores the question gains 0. Samples whose task has one
 question only (AA) have no swap and are counted as skipped. Text policies (patch codec) only.
+
+`attention` says where each head looks from the positions that predict answer tokens (own
+question): mean entropy (nats), mean largest weight, and the weight on the question's tokens.
+A head whose largest weight is ~1.0 has saturated: its softmax passes almost no gradient, so
+it cannot learn to look elsewhere (e.g. at the colour word to copy).
 """
 
 from __future__ import annotations
@@ -40,6 +45,28 @@ def answer_logprob(model, example) -> tuple[float, int]:
     return total, count
 
 
+def attention_sums(model, example, question_ids: list[int]) -> torch.Tensor:
+    """[L, H, 4] sums over answer-predicting queries of (entropy, max weight, weight on the
+    question's tokens, 1); the model must run eager attention (weights are returned)."""
+    sums = None
+    q = len(question_ids)
+    for row in example.rows:
+        ids = row.input_ids
+        target = (torch.tensor(row.loss_mask) > 0) & (torch.tensor(row.decision_class) < 0)  # [T]
+        queries = target[1:].nonzero()[:, 0]  # [Q] positions t-1 that predict answer tokens
+        start = next((i for i in range(len(ids) - q + 1) if ids[i : i + q] == question_ids), -1)
+        if not len(queries) or start < 0:
+            continue
+        with torch.inference_mode():
+            att = model(input_ids=torch.tensor([ids]), output_attentions=True).attentions
+        a = torch.stack([x[0] for x in att])[:, :, queries].float()  # [L, H, Q, T]
+        entropy = -(a * a.clamp_min(1e-12).log()).sum(-1)  # [L, H, Q]
+        on_q = a[..., start : start + q].sum(-1)  # [L, H, Q]
+        stats = torch.stack([entropy, a.amax(-1), on_q, torch.ones_like(on_q)], -1).sum(2)
+        sums = stats if sums is None else sums + stats
+    return sums if sums is not None else torch.zeros(0)
+
+
 def swapped_questions(encoded: list) -> list[str | None]:
     """For each sample, the question of the next sample of its task (cyclic) that differs
     from its own; None when the task has no other question."""
@@ -62,7 +89,7 @@ def run(cfg: Config, out_path: str, *, manifest: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from streampro.bench.baselines import encode
-    from streampro.data.dialogue import build_sft_example
+    from streampro.data.dialogue import build_sft_example, vocab
     from streampro.pipeline import policy_folder
 
     if cfg.data.codec != "patch":
@@ -70,17 +97,19 @@ def run(cfg: Config, out_path: str, *, manifest: str) -> dict:
     encoded = encode(cfg, manifest)
     folder = policy_folder(cfg)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    att = torch.zeros(0)
     own_lp: dict[str, float] = defaultdict(float)
     swap_lp: dict[str, float] = defaultdict(float)
     tokens: dict[str, int] = defaultdict(int)
     samples: dict[str, int] = defaultdict(int)
     skipped: dict[str, int] = defaultdict(int)
 
-    def logp(e) -> tuple[float, int]:
-        ex = build_sft_example(e, tokenizer, window_turns=cfg.data.window_turns,
-                               window_slide=cfg.data.window_slide)  # fmt: skip
-        return answer_logprob(model, ex)
+    def example(e):
+        return build_sft_example(e, tokenizer, window_turns=cfg.data.window_turns,
+                                 window_slide=cfg.data.window_slide)  # fmt: skip
 
     for e, other in zip(encoded, swapped_questions(encoded)):
         task = e.sample.task
@@ -88,9 +117,12 @@ def run(cfg: Config, out_path: str, *, manifest: str) -> dict:
             skipped[task] += 1
             continue
         swapped = dataclasses.replace(e, sample=dataclasses.replace(e.sample, question=other))
-        own, n = logp(e)
+        ex = example(e)
+        own, n = answer_logprob(model, ex)
+        part = attention_sums(model, ex, vocab(tokenizer).enc(e.sample.question))
+        att = part if not att.numel() else (att + part if part.numel() else att)
         own_lp[task] += own
-        swap_lp[task] += logp(swapped)[0]
+        swap_lp[task] += answer_logprob(model, example(swapped))[0]
         tokens[task] += n
         samples[task] += 1
     tasks = {
@@ -113,4 +145,20 @@ def run(cfg: Config, out_path: str, *, manifest: str) -> dict:
         "gain_nats_per_token": round(gain_all, 5),
         "tasks": tasks,
         "skipped_single_question": dict(sorted(skipped.items())),
+        "attention": attention_table(att),
+    }
+
+
+def attention_table(sums: torch.Tensor) -> dict:
+    """{"layer{l}": {"head{h}": {"entropy", "max_weight", "question_weight"}}}: means."""
+    if not sums.numel():
+        return {}
+    mean = sums[..., :3] / sums[..., 3:].clamp_min(1)  # [L, H, 3]
+    names = ("entropy", "max_weight", "question_weight")
+    return {
+        f"layer{li}": {
+            f"head{h}": {k: round(float(v), 4) for k, v in zip(names, mean[li, h])}
+            for h in range(mean.shape[1])
+        }
+        for li in range(mean.shape[0])
     }

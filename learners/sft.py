@@ -42,11 +42,15 @@ def build_sft_data(
     window_slide: int,
     max_seq_len: int,
     image_tokens: Callable[[int, int], int] | None = None,
+    answer_window: int = 0,
 ) -> SFTData:
     """One PackItem per window segment of each EncodedSample, via the data layer's
     `build_sft_example`: each target is trained under the context inference will give it.
     With frames (image codec) each item carries its row's frames; such a row is never cut
-    (a cut placeholder would stand for no image): one too long is an error."""
+    (a cut placeholder would stand for no image): one too long is an error.
+
+    `answer_window` > 0 adds, per response, its text again under a window of that many turns
+    (`answer_rows`)."""
     from streampro.data.dialogue import build_sft_example
 
     items, truncated, unplaced = [], 0, 0
@@ -59,7 +63,17 @@ def build_sft_data(
             image_tokens=image_tokens,
         )
         unplaced += ex.unplaced
-        for row in ex.rows:
+        rows = ex.rows
+        if answer_window > 0:
+            short = build_sft_example(
+                enc,
+                tokenizer,
+                window_turns=answer_window,
+                window_slide=1,
+                image_tokens=image_tokens,
+            )
+            rows = rows + answer_rows(short.rows)
+        for row in rows:
             n = len(row.input_ids)
             images = [enc.frames[j] for j in row.image_chunks] if enc.frames is not None else None
             if n > max_seq_len and images is not None:
@@ -83,6 +97,24 @@ def build_sft_data(
         tokens=sum(len(i.input_ids) for i in items),
         supervised=sum(sum(i.loss_mask) for i in items),
     )
+
+
+def answer_rows(rows: list) -> list:
+    """The rows that answer, with only their answer text supervised: the decision token is
+    neither a target nor counted by CB-Stream, so the decision balance stays the dialogue's.
+    Under a short window the question sits a few turns before the answer, so the policy learns
+    to copy from it (colour and shape in EU) without a long-range attention path first."""
+    from dataclasses import replace
+
+    from streampro.tokens import CLASS_NONE, CLASS_RESPONSE
+
+    out = []
+    for row in rows:
+        if CLASS_RESPONSE not in row.decision_class:
+            continue
+        mask = [m if c == CLASS_NONE else 0 for m, c in zip(row.loss_mask, row.decision_class)]
+        out.append(replace(row, loss_mask=mask, decision_class=[CLASS_NONE] * len(mask)))
+    return out
 
 
 def make_batch(data: SFTData, idx: list[int], *, max_seq_len: int, pack: bool, pad_id: int) -> dict:
@@ -153,6 +185,7 @@ def run_sft(
         window_slide=cfg.data.window_slide,
         max_seq_len=s.max_seq_len,
         image_tokens=frame_tokens_fn(model_path),
+        answer_window=s.answer_window,
     )
     if not data.items:
         raise UserError("the train split has no usable samples")

@@ -196,6 +196,9 @@ class SFTConfig:
     """Weight of answer-text tokens."""
     focal_gamma: float = 2.0
     """Focal-loss gamma (decision tokens)."""
+    answer_window: int = 0
+    """Also train each answer's text (not its decision) under a window of this many turns,
+    where the question sits a few turns back (0 = off; the dialogue rows are unchanged)."""
     lr: float = 1e-5
     """Peak learning rate."""
     warmup_steps: int = 0

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from streampro.bench.question_use import answer_logprob, swapped_questions
+from streampro.bench.question_use import answer_logprob, attention_sums, swapped_questions
 from streampro.config import Config
 
 
@@ -74,6 +74,50 @@ def test_answer_logprob_matches_transformers_loss(synth_smoke, tmp_path) -> None
     assert total == pytest.approx(ref_total, rel=1e-5)
 
 
+def test_attention_sums_of_uniform_attention(synth_smoke, tmp_path) -> None:
+    """Zero query/key projections make every logit 0: the query at position t then weighs its
+    t + 1 keys equally, so entropy log(t + 1), max weight 1 / (t + 1) and the question's q
+    tokens q / (t + 1) (hand-derived), summed over the answer-predicting queries."""
+    import math
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from streampro.data.dialogue import build_sft_example, vocab
+    from streampro.pipeline import encode_samples, policy_folder
+
+    cfg = _cfg(tmp_path)
+    enc = encode_samples(cfg, synth_smoke / "test" / "manifest.jsonl", progress=False)
+    eu = next(x for x in enc if x.sample.task == "EU")
+    folder = policy_folder(cfg)
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                proj.weight.zero_()
+                proj.bias.zero_()
+    ex = build_sft_example(eu, tok, window_turns=cfg.data.window_turns)
+    (row,) = ex.rows
+    q = len(vocab(tok).enc(eu.sample.question))
+    queries = [
+        t - 1
+        for t in range(1, len(row.input_ids))
+        if row.loss_mask[t] and row.decision_class[t] < 0
+    ]
+    want = [
+        sum(math.log(t + 1) for t in queries),
+        sum(1 / (t + 1) for t in queries),
+        sum(q / (t + 1) for t in queries),
+        len(queries),
+    ]
+    sums = attention_sums(model, ex, vocab(tok).enc(eu.sample.question))  # [L, H, 4]
+    assert sums.shape == (2, 2, 4)
+    for head in sums.reshape(-1, 4):
+        assert head.tolist() == pytest.approx(want, rel=1e-4)
+
+
 def test_run_skips_single_question_tasks(synth_smoke, tmp_path) -> None:
     from streampro.bench.commands import main
 
@@ -89,6 +133,9 @@ def test_run_skips_single_question_tasks(synth_smoke, tmp_path) -> None:
     single = {t: 2 for t, qs in questions.items() if len(qs) == 1}  # AA's is always the same
     assert "AA" in single and res["skipped_single_question"] == single
     assert set(res["tasks"]) == set(questions) - set(single)
+    heads = res["attention"]["layer0"]["head0"]
+    assert set(heads) == {"entropy", "max_weight", "question_weight"}
+    assert 0 < heads["max_weight"] <= 1 and 0 <= heads["question_weight"] <= 1
     for r in res["tasks"].values():
         assert r["samples"] == 2 and r["answer_tokens"] > 0
         gain = (r["logp_own_question"] - r["logp_swapped_question"]) / r["answer_tokens"]

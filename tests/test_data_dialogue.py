@@ -139,18 +139,22 @@ def test_plan_responses_known_answers():
     assert plan_responses("RF", [{"time": 30.0, "text": "a"}], ends) == ({}, 1)
 
 
-def test_build_sft_example(tok):
+def _ten_second_ou(query_time: float, first_answer: float) -> EncodedSample:
+    """10 one-second chunks of patch codes; answers 'now red' and 'now blue' (at 8.25 s)."""
     s = Sample(
         id="s",
         video="v.mp4",
         task="OU",
         question="Q",
-        query_time=1.0,
-        answers=[Answer(time=3.25, text="now red"), Answer(time=8.25, text="now blue")],
+        query_time=query_time,
+        answers=[Answer(time=first_answer, text="now red"), Answer(time=8.25, text="now blue")],
     )
-    enc = EncodedSample(
-        s, [(float(k), k + 1.0) for k in range(10)], [[k % 64] * 16 for k in range(10)]
-    )
+    times = [(float(k), k + 1.0) for k in range(10)]
+    return EncodedSample(s, times, [[k % 64] * 16 for k in range(10)])
+
+
+def test_build_sft_example(tok):
+    enc = _ten_second_ou(1.0, 3.25)
     ex = build_sft_example(enc, tok)
     (row,) = ex.rows  # 10 turns: one window segment
     assert ex.response_times == [4.0, 9.0] and ex.response_texts == ["now red", "now blue"]
@@ -196,3 +200,30 @@ def test_the_models_own_chat_template_is_checked(tok):
     other.chat_template = LLAMA
     with pytest.raises(UserError, match="supports ChatML turns"):
         StreamDialogue(other, question="q?", query_time=0.0)
+
+
+def test_answer_rows_put_the_question_a_few_turns_before_each_answer(tok):
+    """sft.answer_window: per response one extra row under a short window, its answer text the
+    only target (hand-counted), so the decision balance CB-Stream sees is unchanged."""
+    from streampro.learners.sft import answer_rows, build_sft_data
+
+    enc = _ten_second_ou(0.0, 5.25)
+    short = build_sft_example(enc, tok, window_turns=3, window_slide=1)
+    rows = answer_rows(short.rows)
+    assert len(rows) == 2  # one slid segment per response; the silent ones are dropped
+    for row, (text, stamp) in zip(rows, [("now red", "<5s-6s>"), ("now blue", "<8s-9s>")]):
+        full = _dec(tok, row.input_ids)
+        assert full.count("<|frame|>") == 3 and full.rstrip().endswith("<|im_end|>")
+        assert full.index("user\nQ<|im_end|>") < full.index(stamp)  # the question, pinned
+        assert full.count("</Silence><|im_end|>") == 2  # 3 turns: 2 silent, then the answer
+        assert set(row.decision_class) == {T.CLASS_NONE}
+        targets = [i for i, m in zip(row.input_ids, row.loss_mask) if m]
+        assert targets == decision_ids(tok, "response", text)[1:]  # the text, not </Response>
+    plain = build_sft_data([enc], tok, window_turns=200, window_slide=50, max_seq_len=4096)
+    more = build_sft_data(
+        [enc], tok, window_turns=200, window_slide=50, max_seq_len=4096, answer_window=3
+    )
+    assert len(more.items) == len(plain.items) + 2
+    assert more.supervised == plain.supervised + sum(
+        len(decision_ids(tok, "response", t)) - 1 for t in ("now red", "now blue")
+    )

@@ -47,11 +47,13 @@ def test_sft_cli_smoke(ray_local, synth_dir, tiny_path, tmp_path) -> None:
 
     from streampro.cli import main
 
-    rc = main(["sft", "--config", SMOKE, *_overrides(synth_dir, tiny_path, tmp_path, "run")])
+    over = [*_overrides(synth_dir, tiny_path, tmp_path, "run"), "sft.answer_window=4"]
+    rc = main(["sft", "--config", SMOKE, *over])
     assert rc == 0
     run = tmp_path / "run"
     summary = json.loads((run / "sft_summary.json").read_text())
-    assert summary["steps"] == 2 and summary["data"]["examples"] == 7
+    # 7 dialogues (one per task) plus one answer row per response (sft.answer_window)
+    assert summary["steps"] == 2 and summary["data"]["examples"] > 7
     for key in ("val", "always_silent"):
         assert set(summary[key]) >= {"tasks", "dimensions", "avg", "w_avg"}
     assert summary["always_silent"]["w_avg"] == 0.0  # no response scores nothing
