@@ -48,7 +48,8 @@ def answer_logprob(model, example) -> tuple[float, int]:
 def attention_sums(model, example, question_ids: list[int]) -> torch.Tensor:
     """[L, H, 4] sums over answer-predicting queries of (entropy, max weight, weight on the
     question's tokens, 1); the model must run eager attention (weights are returned)."""
-    sums = None
+    c = model.config
+    sums = torch.zeros(c.num_hidden_layers, c.num_attention_heads, 4)
     q = len(question_ids)
     for row in example.rows:
         ids = row.input_ids
@@ -62,9 +63,8 @@ def attention_sums(model, example, question_ids: list[int]) -> torch.Tensor:
         a = torch.stack([x[0] for x in att])[:, :, queries].float()  # [L, H, Q, T]
         entropy = -(a * a.clamp_min(1e-12).log()).sum(-1)  # [L, H, Q]
         on_q = a[..., start : start + q].sum(-1)  # [L, H, Q]
-        stats = torch.stack([entropy, a.amax(-1), on_q, torch.ones_like(on_q)], -1).sum(2)
-        sums = stats if sums is None else sums + stats
-    return sums if sums is not None else torch.zeros(0)
+        sums += torch.stack([entropy, a.amax(-1), on_q, torch.ones_like(on_q)], -1).sum(2)
+    return sums
 
 
 def swapped_questions(encoded: list) -> list[str | None]:
@@ -100,7 +100,8 @@ def run(cfg: Config, out_path: str, *, manifest: str) -> dict:
     model = AutoModelForCausalLM.from_pretrained(
         folder, dtype=torch.float32, attn_implementation="eager"
     ).eval()
-    att = torch.zeros(0)
+    c = model.config
+    att = torch.zeros(c.num_hidden_layers, c.num_attention_heads, 4)  # attention_sums totals
     own_lp: dict[str, float] = defaultdict(float)
     swap_lp: dict[str, float] = defaultdict(float)
     tokens: dict[str, int] = defaultdict(int)
@@ -119,8 +120,7 @@ def run(cfg: Config, out_path: str, *, manifest: str) -> dict:
         swapped = dataclasses.replace(e, sample=dataclasses.replace(e.sample, question=other))
         ex = example(e)
         own, n = answer_logprob(model, ex)
-        part = attention_sums(model, ex, vocab(tokenizer).enc(e.sample.question))
-        att = part if not att.numel() else (att + part if part.numel() else att)
+        att += attention_sums(model, ex, vocab(tokenizer).enc(e.sample.question))
         own_lp[task] += own
         swap_lp[task] += answer_logprob(model, example(swapped))[0]
         tokens[task] += n
@@ -151,7 +151,7 @@ def run(cfg: Config, out_path: str, *, manifest: str) -> dict:
 
 def attention_table(sums: torch.Tensor) -> dict:
     """{"layer{l}": {"head{h}": {"entropy", "max_weight", "question_weight"}}}: means."""
-    if not sums.numel():
+    if not sums[..., 3].any():  # no answer token was scored
         return {}
     mean = sums[..., :3] / sums[..., 3:].clamp_min(1)  # [L, H, 3]
     names = ("entropy", "max_weight", "question_weight")

@@ -102,8 +102,9 @@ def build_sft_data(
 def answer_rows(rows: list) -> list:
     """The rows that answer, with only their answer text supervised: the decision token is
     neither a target nor counted by CB-Stream, so the decision balance stays the dialogue's.
-    Under a short window the question sits a few turns before the answer, so the policy learns
-    to copy from it (colour and shape in EU) without a long-range attention path first."""
+    Under a short window the question sits a few turns before the answer, meant to let the
+    policy learn to copy from it (EU's colour and shape); at the demo's budget it did not
+    (README, "Where the heads look")."""
     from dataclasses import replace
 
     from streampro.tokens import CLASS_NONE, CLASS_RESPONSE
