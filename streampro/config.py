@@ -138,6 +138,10 @@ class PolicyConfig:
     """Tiny policy: BPE vocabulary before special and frame tokens are added."""
     max_position_embeddings: int = 16384
     """Tiny policy: longest context (a full 200-turn window of patch-codec turns is ~8.3 k)."""
+    word_repeats: int = 0
+    """Tiny policy: times the tokenizer's corpus repeats StreamPro-Synth's words as they appear
+    mid-sentence, so each colour, shape or side is one token (" cyan"); 0 = the original
+    corpus, where " cyan" and " circle" are " c"+"yan" and " c"+"ircle"."""
 
 
 @dataclass

@@ -31,13 +31,21 @@ _WORDS = (
     "disappears seconds second s tell me when if anything happens each time after before "
     "which what where how many number announce report following goal "
 )
+# Words StreamPro-Synth's questions and answers use that the list above lacks (word_repeats only).
+_MORE_WORDS = "go pad pads hits hit off stops plan alert warn each when tell "
 
 
-def _corpus() -> list[str]:
-    lines = [T.SYSTEM_PROMPT, _WORDS, _WORDS.upper(), _WORDS.title()]
+def _corpus(word_repeats: int = 0) -> list[str]:
+    """The tokenizer's training text. `word_repeats` > 0 adds the words as they appear
+    mid-sentence (" cyan") that many times, plus _MORE_WORDS, so BPE spends merges on whole
+    words before rare number pieces (with 0, " cyan" and " circle" are " c"+"yan" and
+    " c"+"ircle")."""
+    words = _WORDS + _MORE_WORDS if word_repeats else _WORDS  # 0: the original corpus bytes
+    lines = [T.SYSTEM_PROMPT, words, words.upper(), words.title()]
+    lines += [" " + words] * word_repeats
     lines += [T.chunk_stamp(t, t + 1) for t in range(600)]
     lines += [f"{a}-{b} {a}.5 {a} to {b} seconds" for a in range(0, 200, 3) for b in (a + 4, a + 9)]
-    lines += [f"step {i}: {w}" for i, w in enumerate(_WORDS.split())]
+    lines += [f"step {i}: {w}" for i, w in enumerate(words.split())]
     return lines
 
 
@@ -52,6 +60,7 @@ def tiny_spec(
     max_position_embeddings: int,
     init_seed: int,
     codebook_size: int = T.DEFAULT_CODEBOOK_SIZE,
+    word_repeats: int = 0,
 ) -> dict:
     """Everything that determines the tiny policy's bytes (hashed into its folder name)."""
     return {
@@ -65,10 +74,11 @@ def tiny_spec(
         "max_position_embeddings": max_position_embeddings,
         "init_seed": init_seed,
         "codebook_size": codebook_size,
+        "word_repeats": word_repeats,
     }
 
 
-def build_tokenizer(bpe_vocab_size: int, codebook_size: int):
+def build_tokenizer(bpe_vocab_size: int, codebook_size: int, word_repeats: int = 0):
     """Train the byte-level BPE tokenizer and add decision, chat and frame tokens."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -81,7 +91,7 @@ def build_tokenizer(bpe_vocab_size: int, codebook_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus(word_repeats), trainer=trainer)
     specials = T.SPECIAL_TOKENS + T.frame_tokens(codebook_size)
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     return PreTrainedTokenizerFast(
@@ -99,7 +109,7 @@ def build_tiny(spec: dict, out_dir: str | os.PathLike) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     out = Path(out_dir)
-    tokenizer = build_tokenizer(spec["vocab_size"], spec["codebook_size"])
+    tokenizer = build_tokenizer(spec["vocab_size"], spec["codebook_size"], spec["word_repeats"])
     n_vocab = (len(tokenizer) + 63) // 64 * 64  # pad the embedding to a multiple of 64
     config = Qwen2Config(
         vocab_size=n_vocab,
@@ -174,4 +184,5 @@ def policy_path(policy_cfg, *, seed: int, codebook_size: int = T.DEFAULT_CODEBOO
         vocab_size=p.vocab_size,
         max_position_embeddings=p.max_position_embeddings,
         init_seed=seed,
+        word_repeats=p.word_repeats,
     )

@@ -119,6 +119,36 @@ def test_tiny_policy_builds_to_identical_files(tmp_path):
     assert not mismatch and not errors
 
 
+def test_word_repeats_makes_synth_words_single_tokens():
+    """policy.word_repeats: with 0 the tokenizer keeps its original merges, where " cyan" and
+    " circle" share the piece " c"; with 20 every colour, shape and side is one token."""
+    from streampro.tiny import build_tokenizer
+
+    def pieces(tok, text: str) -> list[str]:
+        return tok.convert_ids_to_tokens(tok.encode(text, add_special_tokens=False))
+
+    plain, words = build_tokenizer(1024, 64, 0), build_tokenizer(1024, 64, 20)
+    assert pieces(plain, " cyan circle") == ["Ġc", "yan", "Ġc", "ircle"]
+    answer = " magenta diamond from left"
+    assert pieces(words, answer) == ["Ġ" + w for w in answer.split()]
+    for w in [
+        "red",
+        "green",
+        "blue",
+        "yellow",
+        "orange",
+        "cyan",
+        "magenta",
+        "circle",
+        "square",
+        "triangle",
+        "top",
+        "bottom",
+    ]:
+        assert len(pieces(words, " " + w)) == 1, w
+    assert len(words) == len(plain)  # the same vocabulary size: only the merges differ
+
+
 def test_decision_and_special_tokens_are_single_ids(tiny_path):
     from transformers import AutoTokenizer
 
