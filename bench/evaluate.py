@@ -20,9 +20,10 @@ from streampro.rewards.judges import AccJudge, make_acc_judge
 
 
 def acc_judge_from_config(cfg: Config) -> AccJudge:
+    """The S_acc judge of evaluation: eval.acc_judge, or the reward's when that is empty."""
     r = cfg.reward
     return make_acc_judge(
-        r.acc_judge,
+        cfg.eval.acc_judge or r.acc_judge,
         llm_url=r.llm_url,
         llm_model=r.llm_model,
         api_key_env=r.llm_api_key_env,

@@ -1,6 +1,6 @@
 """S_acc judges (content correctness in [0, 1]) and the OpenAI-compatible HTTP client.
 
-`exact` (default) and the TG IoU are pure string rules; `embedding` is cosine similarity
+`exact` (default), `token_f1` and the TG IoU are pure string rules; `embedding` is cosine similarity
 from a local MiniLM; `llm` asks any OpenAI-compatible endpoint for a 0-5 score. Every judge
 is a plain object with `score(*, response, reference, question) -> float`; `inline` tells the
 reward pool's guard whether a call can be run on the calling thread (it cannot hang).
@@ -13,11 +13,12 @@ import os
 import re
 import threading
 import urllib.request
+from collections import Counter
 from typing import Protocol
 
 from streampro.errors import UserError
 
-ACC_JUDGES = ("exact", "embedding", "llm")
+ACC_JUDGES = ("exact", "token_f1", "embedding", "llm")
 
 _NOT_KEPT = re.compile(r"[^\w.\-\s]")  # \w = letters, digits and `_` (Unicode aware)
 _UNSIGNED = re.compile(r"\d+(?:\.\d+)?")
@@ -74,6 +75,22 @@ class ExactJudge:
 
     def score(self, *, response: str, reference: str, question: str = "") -> float:
         return 1.0 if normalize_text(response) == normalize_text(reference) else 0.0
+
+
+class TokenF1Judge:
+    """Word-overlap F1 of the normalised texts (SQuAD's answer F1): partial credit where `exact`
+    gives 0, e.g. 'green circle from top' vs 'green circle from left' = 0.75. Meant as a
+    denser GRPO reward; evaluate with `exact` (eval.acc_judge) so the benchmark stays as is."""
+
+    inline = True
+
+    def score(self, *, response: str, reference: str, question: str = "") -> float:
+        pred, ref = normalize_text(response).split(), normalize_text(reference).split()
+        common = sum((Counter(pred) & Counter(ref)).values())
+        if common == 0:
+            return 1.0 if not pred and not ref else 0.0
+        precision, recall = common / len(pred), common / len(ref)
+        return 2 * precision * recall / (precision + recall)
 
 
 class EmbeddingJudge:
@@ -210,9 +227,11 @@ def make_acc_judge(
     timeout_s: float = 30.0,
     embedding_model: str | None = None,
 ) -> AccJudge:
-    """The S_acc judge called `name` ('exact', 'embedding' or 'llm')."""
+    """The S_acc judge called `name` ('exact', 'token_f1', 'embedding' or 'llm')."""
     if name == "exact":
         return ExactJudge()
+    if name == "token_f1":
+        return TokenF1Judge()
     if name == "embedding":
         return EmbeddingJudge(embedding_model)
     if name == "llm":

@@ -280,7 +280,8 @@ class RewardConfig:
     tau: float = 8.0
     """R_turn tolerance in seconds, both sides (SPEC.md: 8)."""
     acc_judge: str = "exact"
-    """S_acc judge: 'exact', 'embedding' or 'llm'."""
+    """S_acc judge of the GRPO reward, and of evaluation unless eval.acc_judge is set: 'exact',
+    'token_f1' (word-overlap F1, partial credit), 'embedding' or 'llm'."""
     traj_judge: str = "rule"
     """Rubric judge: 'rule' or 'llm'."""
     llm_url: str = ""
@@ -359,6 +360,9 @@ class EvalConfig:
     """Greedy streaming decoding for evaluation (false: sample at rollout.temperature, seeded)."""
     samples_per_stream: int = 4
     """Sampled decoding (greedy false): episodes per stream; the scores are their mean."""
+    acc_judge: str = ""
+    """S_acc judge of every evaluation (SFT eval, GRPO val, test, `streampro eval`); empty =
+    reward.acc_judge. Set 'exact' when training on a denser reward such as 'token_f1'."""
 
 
 @dataclass
@@ -519,11 +523,26 @@ def check_config(cfg: Config, where: str) -> None:
             f"got {r.block_size}"
         )
     check_gpu_paths(cfg, where)
+    check_judges(cfg, where)
+
+
+def check_judges(cfg: Config, where: str) -> None:
+    """Known S_acc judge names, and an endpoint for 'llm': refused at load, before any work
+    (the reward pool would refuse them only once its actors start)."""
+    from streampro.rewards.judges import ACC_JUDGES  # string rules only: no torch, no network
+
     w = cfg.reward
-    if "llm" in (w.acc_judge, w.traj_judge) and not w.llm_url:
-        # the reward pool would refuse it only once actors start: refuse before any work
+    for name, judge, allowed in (
+        ("reward.acc_judge", w.acc_judge, ACC_JUDGES),
+        ("eval.acc_judge", cfg.eval.acc_judge, (*ACC_JUDGES, "")),
+    ):
+        if judge not in allowed:
+            raise ConfigError(
+                f"{where}: {name}: unknown judge {judge!r}; choose one of {', '.join(ACC_JUDGES)}"
+            )
+    if "llm" in (w.acc_judge, w.traj_judge, cfg.eval.acc_judge) and not w.llm_url:
         raise ConfigError(
-            f"{where}: reward.acc_judge/traj_judge 'llm' needs reward.llm_url (an "
+            f"{where}: reward.acc_judge/eval.acc_judge/traj_judge 'llm' needs reward.llm_url (an "
             "OpenAI-compatible base URL); set it, or use acc_judge=exact and traj_judge=rule"
         )
 

@@ -155,3 +155,22 @@ def test_embedding_judge():
     far = judge.score(response="blue circle", reference="red square from left")
     assert same == pytest.approx(1.0, abs=1e-5)
     assert 0.8 < close < 1.0 and 0.0 <= far < 0.5 < close
+
+
+def test_token_f1_judge_hand_values():
+    """Word-overlap F1 after the exact judge's normalisation (SQuAD's answer F1)."""
+    judge = make_acc_judge("token_f1")
+
+    def f1(response: str, reference: str) -> float:
+        return judge.score(response=response, reference=reference, question="")
+
+    assert f1("Green circle, from LEFT", "green circle from left") == 1.0
+    # 3 of 4 words shared both ways: P = R = 3/4
+    assert f1("green circle from top", "green circle from left") == pytest.approx(0.75)
+    # P = 2/2, R = 2/4: F1 = 2 * 1 * 0.5 / 1.5
+    assert f1("green circle", "green circle from left") == pytest.approx(2 / 3)
+    # repeated words count once per occurrence in the reference: P = 1/3, R = 1/1
+    assert f1("red red red", "red") == pytest.approx(0.5)
+    assert f1("blue square", "green circle") == 0.0
+    assert f1("", "green circle") == 0.0
+    assert judge.inline

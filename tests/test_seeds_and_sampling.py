@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from streampro.config import PolicyConfig, load_config
+from streampro.config import ConfigError, PolicyConfig, load_config
 from streampro.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +77,11 @@ def test_every_evaluation_uses_the_configured_judge():
     cfg = load_config(None, ["reward.acc_judge=llm", "reward.llm_url=http://127.0.0.1:9"])
     judge = eval_kwargs(cfg)["acc_judge"]
     assert type(judge).__name__ != "ExactJudge"
+    # a denser training reward, evaluated with the benchmark's exact judge
+    cfg = load_config(None, ["reward.acc_judge=token_f1", "eval.acc_judge=exact"])
+    assert isinstance(eval_kwargs(cfg)["acc_judge"], ExactJudge)
+    with pytest.raises(ConfigError, match="eval.acc_judge: unknown judge 'fuzzy'"):
+        load_config(None, ["eval.acc_judge=fuzzy"])
 
 
 def test_learner_logprobs_follow_the_sampling_temperature():
