@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml
 	# and break `import transformers`.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true
 	$(PY) -c "import torch, transformers, vllm, ray, deepspeed; print('setup ok: torch', torch.__version__, 'vllm', vllm.__version__)"
+	# DeepSpeed JIT-compiles its CPU shared-memory collectives on first use (~55 s on a 2-core
+	# AVX2 box, cached in ~/.cache/torch_extensions): pay it here, not in the first run.
+	$(PY) -c "from deepspeed.comm.torch import build_shm_op; assert build_shm_op() is not None"
 	touch $@
 
 demo: setup
