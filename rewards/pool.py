@@ -114,18 +114,26 @@ class RewardScorer:
 
 
 def check_judge_settings(
-    acc_judge: str | AccJudge, traj_judge: str | RubricJudge, llm_url: str
+    acc_judge: str | AccJudge,
+    traj_judge: str | RubricJudge,
+    llm_url: str,
+    *,
+    field: str = "reward.acc_judge",
 ) -> None:
     """The UserErrors RewardScorer would raise, checked before any actor starts (a failing
-    actor constructor would surface as a Ray traceback instead of a one-line error)."""
+    actor constructor would surface as a Ray traceback instead of a one-line error), and at
+    config load; `field` names the setting `acc_judge` came from."""
     if isinstance(acc_judge, str) and acc_judge not in ACC_JUDGES:
         raise UserError(
-            f"reward.acc_judge: unknown judge {acc_judge!r}; choose one of {', '.join(ACC_JUDGES)}"
+            f"{field}: unknown judge {acc_judge!r}; choose one of {', '.join(ACC_JUDGES)}"
         )
     if isinstance(traj_judge, str) and traj_judge not in RUBRIC_JUDGES:
         raise UserError(f"reward.traj_judge: unknown judge {traj_judge!r}; choose 'rule' or 'llm'")
     if "llm" in (acc_judge, traj_judge) and not llm_url:
-        raise UserError("reward.llm_url: the llm judge needs an OpenAI-compatible base URL")
+        raise UserError(
+            "the llm judge needs reward.llm_url (an OpenAI-compatible base URL); set it, "
+            "or use acc_judge=exact and traj_judge=rule"
+        )
 
 
 def _rubric_judges(

@@ -527,24 +527,17 @@ def check_config(cfg: Config, where: str) -> None:
 
 
 def check_judges(cfg: Config, where: str) -> None:
-    """Known S_acc judge names, and an endpoint for 'llm': refused at load, before any work
-    (the reward pool would refuse them only once its actors start)."""
-    from streampro.rewards.judges import ACC_JUDGES  # string rules only: no torch, no network
+    """The reward pool's judge checks, for the reward's judges and evaluation's, at load:
+    before any work rather than once the pool's actors start."""
+    from streampro.rewards.pool import check_judge_settings  # no torch, no Ray
 
-    w = cfg.reward
-    for name, judge, allowed in (
-        ("reward.acc_judge", w.acc_judge, ACC_JUDGES),
-        ("eval.acc_judge", cfg.eval.acc_judge, (*ACC_JUDGES, "")),
-    ):
-        if judge not in allowed:
-            raise ConfigError(
-                f"{where}: {name}: unknown judge {judge!r}; choose one of {', '.join(ACC_JUDGES)}"
-            )
-    if "llm" in (w.acc_judge, w.traj_judge, cfg.eval.acc_judge) and not w.llm_url:
-        raise ConfigError(
-            f"{where}: reward.acc_judge/eval.acc_judge/traj_judge 'llm' needs reward.llm_url (an "
-            "OpenAI-compatible base URL); set it, or use acc_judge=exact and traj_judge=rule"
-        )
+    w, judge = cfg.reward, cfg.eval.acc_judge
+    try:
+        check_judge_settings(w.acc_judge, w.traj_judge, w.llm_url)
+        if judge:
+            check_judge_settings(judge, w.traj_judge, w.llm_url, field="eval.acc_judge")
+    except UserError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def check_gpu_paths(cfg: Config, where: str) -> None:
