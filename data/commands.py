@@ -14,7 +14,12 @@ def synth_main(cfg: Config, args: argparse.Namespace) -> int:
     from streampro.data.synth import synth_split
 
     manifest = synth_split(
-        cfg.synth, split=args.split, out=args.out, seed=args.seed, per_task=args.per_task
+        cfg.synth,
+        split=args.split,
+        out=args.out,
+        seed=args.seed,
+        per_task=args.per_task,
+        workers=cfg.data.workers,
     )
     from streampro.data.schema import load_manifest
 

@@ -164,33 +164,42 @@ def encode_manifest(
     cache_dir: str | os.PathLike,
     skip_bad: bool = False,
     progress: bool = True,
+    workers: int = 0,
 ) -> list[EncodedSample]:
-    """Every sample of a manifest with its chunks encoded by `codec` (decoded once, cached).
+    """Every sample of a manifest with its chunks encoded by `codec` (decoded once, cached),
+    each distinct video in one of `workers` processes (0 = one per CPU).
 
     With skip_bad, invalid rows and undecodable videos are skipped, counted and logged;
     otherwise the first such problem raises (ManifestError lists all invalid rows).
     """
-    from tqdm import tqdm
+    from functools import partial
+
+    from streampro.data.parallel import ordered_map
 
     manifest_path = Path(manifest_path)
     samples, problems = load_manifest(manifest_path, skip_bad=skip_bad)
-    cache_dir = Path(cache_dir)
-    by_video: dict[Path, Entry | None] = {}
+    cdir = Path(cache_dir)
+    paths = dict.fromkeys(s.video_path(manifest_path.parent) for s in samples)
+    by_video = {p: _cached_or_error(p, codec=codec, fps=fps, cache_dir=cdir) for p in paths}
+    todo = [p for p, entry in by_video.items() if entry is None]
+    encoded = ordered_map(
+        partial(_encoded_or_error, codec=codec, fps=fps, cache_dir=cdir),
+        todo,
+        workers=workers,
+        desc=f"encode {manifest_path.name}",
+        progress=progress and bool(todo),
+    )
+    by_video.update(zip(todo, encoded))
     out: list[EncodedSample] = []
     bad_videos: list[str] = []
-    for s in tqdm(samples, desc=f"encode {manifest_path.name}", disable=not progress, leave=False):
-        vpath = s.video_path(manifest_path.parent)
-        if vpath not in by_video:
-            try:
-                by_video[vpath] = _encoded_video(vpath, codec, fps=fps, cache_dir=cache_dir)
-            except VideoError as e:
-                if not skip_bad:
-                    raise UserError(f"{manifest_path}: sample {s.id!r}: {e}") from None
-                by_video[vpath] = None
-                bad_videos.append(f"{s.id}: {e}")
-        entry = by_video[vpath]
-        if entry is None:
+    for s in samples:
+        entry = by_video[s.video_path(manifest_path.parent)]
+        if isinstance(entry, str):  # the video's VideoError message
+            if not skip_bad:
+                raise UserError(f"{manifest_path}: sample {s.id!r}: {entry}")
+            bad_videos.append(f"{s.id}: {entry}")
             continue
+        assert entry is not None  # every uncached video was encoded above
         times, codes, frames = _clip(entry, s.duration)
         out.append(EncodedSample(sample=s, times=times, codes=codes, frames=frames))
     skipped = len(samples) - len(out)
@@ -205,14 +214,26 @@ def encode_manifest(
     return out
 
 
-def _encoded_video(path: Path, codec: Codec, *, fps: float, cache_dir: Path) -> Entry:
+def _cache_file(path: Path, codec: Codec, *, fps: float, cache_dir: Path) -> Path:
+    return cache_dir / f"{cache_key(file_digest(path), fps=fps, codec=codec)}.parquet"
+
+
+def _cached_or_error(
+    path: Path, *, codec: Codec, fps: float, cache_dir: Path
+) -> Entry | str | None:
+    """A video's cached entry, its VideoError message, or None when it still needs encoding."""
     if not path.is_file():
-        raise VideoError(f"{path}: video not found")
-    key = cache_key(file_digest(path), fps=fps, codec=codec)
-    file = cache_dir / f"{key}.parquet"
-    cached = _read_cache(file) if file.is_file() else None
-    if cached is not None:
-        return cached
-    entry = encode_video(path, codec, fps=fps)
-    _write_cache(file, entry)
+        return f"{path}: video not found"
+    file = _cache_file(path, codec, fps=fps, cache_dir=cache_dir)
+    return _read_cache(file) if file.is_file() else None
+
+
+def _encoded_or_error(path: Path, *, codec: Codec, fps: float, cache_dir: Path) -> Entry | str:
+    """Decode and encode a video into the cache; its VideoError message instead of raising,
+    so one bad file does not stop a pool and skip_bad can count it."""
+    try:
+        entry = encode_video(path, codec, fps=fps)
+    except VideoError as e:
+        return str(e)
+    _write_cache(_cache_file(path, codec, fps=fps, cache_dir=cache_dir), entry)
     return entry

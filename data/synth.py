@@ -99,29 +99,57 @@ def synthesize(
     max_duration: float,
     tasks: tuple[str, ...] = TASK_ORDER,
     progress: bool = True,
+    workers: int = 0,
 ) -> list[Sample]:
-    """Render per_task samples of each task into out/videos and write both manifests."""
-    from tqdm import tqdm
+    """Render per_task samples of each task into out/videos and write both manifests.
+
+    `workers` processes render (0 = one per CPU); every video's bytes depend on its own
+    seed only, so any count gives the same split."""
+    from functools import partial
+
+    from streampro.data.parallel import ordered_map
 
     check_params(params, min_duration, max_duration)
     if per_task < 1:
         raise UserError(f"--per-task must be >= 1, got {per_task}")
     out = Path(out)
-    samples = []
     jobs = [(task, i) for task in tasks for i in range(per_task)]
-    for task, i in tqdm(jobs, desc=f"synth {out.name}", disable=not progress):
-        sample, scene = make_sample(task, i, seed, params, min_duration, max_duration)
-        assert sample.duration is not None  # make_sample always sets it
-        n_frames = int(sample.duration) * params.video_fps
-        write_video(
-            out / sample.video,
-            render(scene, n_frames, params.width, params.height),
-            fps=params.video_fps,
-        )
-        samples.append(sample)
+    render_one = partial(
+        _render_sample,
+        out=out,
+        seed=seed,
+        params=params,
+        min_duration=min_duration,
+        max_duration=max_duration,
+    )
+    samples = ordered_map(
+        render_one, jobs, workers=workers, desc=f"synth {out.name}", progress=progress
+    )
     write_manifest(samples, out / "manifest.jsonl")
     write_manifest(samples, out / "manifest.parquet")
     return samples
+
+
+def _render_sample(
+    job: tuple[str, int],
+    *,
+    out: Path,
+    seed: int,
+    params: SceneParams,
+    min_duration: float,
+    max_duration: float,
+) -> Sample:
+    """Render one (task, index) job's video under out/ and return its manifest row."""
+    task, i = job
+    sample, scene = make_sample(task, i, seed, params, min_duration, max_duration)
+    assert sample.duration is not None  # make_sample always sets it
+    n_frames = int(sample.duration) * params.video_fps
+    write_video(
+        out / sample.video,
+        render(scene, n_frames, params.width, params.height),
+        fps=params.video_fps,
+    )
+    return sample
 
 
 def scene_params(s: SynthConfig) -> SceneParams:
@@ -159,9 +187,10 @@ def synth_split(
     seed: int | None = None,
     per_task: int | None = None,
     progress: bool = True,
+    workers: int = 0,
 ) -> Path:
-    """Render one split (default folder `split_dir`, seed from the split's range);
-    returns the manifest.jsonl path."""
+    """Render one split (default folder `split_dir`, seed from the split's range) with
+    `workers` processes (0 = one per CPU); returns the manifest.jsonl path."""
     if split not in SPLIT_SEEDS:
         raise UserError(f"unknown split {split!r} (train, val or test)")
     folder = Path(out) if out else split_dir(s, split)
@@ -173,5 +202,6 @@ def synth_split(
         min_duration=s.min_duration,
         max_duration=s.max_duration,
         progress=progress,
+        workers=workers,
     )
     return folder / "manifest.jsonl"

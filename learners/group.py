@@ -434,13 +434,21 @@ def make_learner_group(cfg: Config, model_path: str, *, objective: str) -> Learn
     return RayLearnerGroup(
         model_path=model_path,
         num_ranks=lc.num_ranks,
-        num_cpus=lc.num_cpus,
+        num_cpus=rank_cpus(cfg, objective),
         num_gpus=lc.num_gpus,
         memory_gb=lc.memory_gb,
         placement=lc.placement,
         role_resource=cfg.cluster.role_resources,
         **settings,
     )
+
+
+def rank_cpus(cfg: Config, objective: str) -> float:
+    """CPUs of each learner rank for an objective: sft.num_cpus in SFT when set (SFT runs with
+    no rollout engine beside it), else learner.num_cpus."""
+    if objective == "sft" and cfg.sft.num_cpus > 0:
+        return cfg.sft.num_cpus
+    return cfg.learner.num_cpus
 
 
 def check_settings(**s) -> None:

@@ -296,7 +296,8 @@ class GRPOStep:
 def run_grpo(
     cfg: Config, run_dir: Path, *, init_model: str, rollout=None, start_val: dict | None = None
 ) -> dict:
-    """The GRPO stage. Returns {"hf": final policy folder, "val": scores, "steps": n}.
+    """The GRPO stage. Returns {"hf": final policy folder, "val": scores, "steps": n}; the
+    final policy's val predictions go to run_dir/val_predictions.jsonl.
 
     `rollout`: a running rollout group already holding init_model's weights (the caller keeps
     ownership and shuts it down); None starts one here. `start_val`: init_model's val scores
@@ -344,7 +345,8 @@ def run_grpo(
         groups, metrics, pending = _step(parts, step, pending, ahead)
         step += 1
         if c.eval_every and step % c.eval_every == 0:
-            val_scores = evaluate(rollout, val, **eval_kwargs(cfg))
+            last = run_dir / "val_predictions.jsonl" if step == steps_total else None
+            val_scores = evaluate(rollout, val, predictions_out=last, **eval_kwargs(cfg))
             metrics["val/w_avg"], metrics["val/avg"] = val_scores["w_avg"], val_scores["avg"]
         logger.log(step, metrics)
         if step % c.save_every == 0 or step == steps_total:
@@ -358,7 +360,9 @@ def run_grpo(
 
     hf = learner.export_hf(path=str(run_dir / "hf"))
     if val_scores is None or not (c.eval_every and step % c.eval_every == 0):
-        val_scores = evaluate(rollout, val, **eval_kwargs(cfg))  # the last step was not scored
+        val_scores = evaluate(  # the last step was not scored
+            rollout, val, predictions_out=run_dir / "val_predictions.jsonl", **eval_kwargs(cfg)
+        )
     summary = {"hf": hf, "steps": step, "val": val_scores}
     atomic_write_text(run_dir / "grpo_summary.json", json.dumps(summary, indent=2, sort_keys=True))
     logger.close()

@@ -338,8 +338,13 @@ class LearnerWorker:
         return choice, gflops
 
     def info(self) -> dict:
-        """What setup chose: the precision and the matmul GFLOP/s it measured (auto only)."""
-        return {"precision": self.precision, **self.matmul_gflops}
+        """What setup chose: the precision, the matmul GFLOP/s it measured (auto only) and the
+        torch threads this rank computes with."""
+        return {
+            "precision": self.precision,
+            "threads": torch.get_num_threads(),
+            **self.matmul_gflops,
+        }
 
     @staticmethod
     def _seed_all(seed: int) -> None:

@@ -114,6 +114,9 @@ class DataConfig:
     """Skip samples that fail validation or decoding (counted and reported) instead of failing."""
     cache_dir: str = ".cache/streampro/samples"
     """Arrow cache of decoded and tokenised samples."""
+    workers: int = 0
+    """Processes that render synth videos and decode/encode videos into the cache (0 = one
+    per CPU); a video's result depends on that video alone, so any count gives the same bytes."""
 
 
 @dataclass
@@ -165,7 +168,8 @@ class LearnerConfig:
     one sequence each (packed micro-batches still take varlen); 'dense' builds the
     block-diagonal [B, 1, T, T] mask (the slow reference)."""
     num_cpus: float = 1.0
-    """CPUs per rank."""
+    """CPUs per rank (a CPU rank runs floor(num_cpus) torch threads: Ray sets OMP_NUM_THREADS
+    from it); sft.num_cpus overrides it for SFT."""
     num_gpus: float = 0.0
     """GPUs per rank."""
     memory_gb: float = 0.0
@@ -211,6 +215,10 @@ class SFTConfig:
     """Passes over the train split."""
     max_steps: int = 0
     """Stop after this many optimiser steps (0 = no limit)."""
+    num_cpus: float = 0.0
+    """CPUs per learner rank during SFT (0 = learner.num_cpus). SFT runs alone, so a small
+    machine can give it the cores the rollout engines take during GRPO (a CPU rank runs
+    floor(num_cpus) torch threads: Ray sets OMP_NUM_THREADS from it)."""
     global_batch: int = 16
     """Sequences per optimiser step, all ranks together."""
     max_seq_len: int = 4096

@@ -24,7 +24,7 @@ def ensure_split(cfg: Config, split: str) -> Path:
     if not getattr(cfg.data, split) and not path.is_file():
         from streampro.data.synth import synth_split
 
-        synth_split(cfg.synth, split=split, out=path.parent, seed=None)
+        synth_split(cfg.synth, split=split, out=path.parent, workers=cfg.data.workers)
     return path
 
 
@@ -67,6 +67,7 @@ def encode_samples(cfg: Config, manifest: str | Path, *, progress: bool = True) 
         cache_dir=cfg.data.cache_dir,
         skip_bad=cfg.data.skip_bad,
         progress=progress,
+        workers=cfg.data.workers,
     )
 
 

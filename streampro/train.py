@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 
 from streampro.config import Config, atomic_write_text, make_run_dir
@@ -45,19 +46,13 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     atomic_write_text(pred_dir / "val_manifest.txt", str(ensure_split(cfg, "val").resolve()))
     rollout = make_rollout_group(cfg, sft["hf"])
 
-    def scores_of(stage: str) -> dict:
-        return {
-            split: evaluate(
-                rollout,
-                enc,
-                predictions_out=pred_dir / f"{stage}-{split}.jsonl",
-                **eval_kwargs(cfg),
-            )
-            for split, enc in (("val", val), ("test", test))
-        }
+    def scores_of(stage: str, split: str) -> dict:
+        enc = val if split == "val" else test
+        out = pred_dir / f"{stage}-{split}.jsonl"
+        return evaluate(rollout, enc, predictions_out=out, **eval_kwargs(cfg))
 
     t = time.perf_counter()
-    sft_scores = scores_of("sft")
+    sft_scores = {split: scores_of("sft", split) for split in ("val", "test")}
     timings["eval_sft"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -66,8 +61,10 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     )  # the SFT policy's val scores: GRPO's step 0
     timings["grpo"] = time.perf_counter() - t
 
+    # GRPO's last val pass scored the final weights (the engines still hold them): reuse it.
+    shutil.copyfile(run_dir / "grpo" / "val_predictions.jsonl", pred_dir / "grpo-val.jsonl")
     t = time.perf_counter()
-    grpo_scores = scores_of("grpo")  # the engines hold the last synced GRPO weights
+    grpo_scores = {"val": grpo["val"], "test": scores_of("grpo", "test")}
     timings["eval_grpo"] = time.perf_counter() - t
     rollout.shutdown()
 

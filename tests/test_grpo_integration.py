@@ -95,6 +95,10 @@ def test_grpo_two_steps_kill_and_resume(tmp_path, synth_smoke):
     assert (run_dir / "hf" / "config.json").is_file()
     summary = json.loads((run_dir / "grpo_summary.json").read_text())
     assert summary["steps"] == 2 and 0.0 <= summary["val"]["w_avg"] <= 1.0
+    assert (
+        len((run_dir / "val_predictions.jsonl").read_text().splitlines())
+        == summary["val"]["n_samples"]
+    )
 
 
 def test_grpo_async_dynamic_sampling_resume_keeps_the_data_order(tmp_path, synth_smoke):

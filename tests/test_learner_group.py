@@ -8,6 +8,7 @@ rank and by 2 Ray ranks; everything else compares against that reference run.
 from __future__ import annotations
 
 import pytest
+import ray
 import torch
 
 from streampro.learners.group import LocalLearnerGroup, RayLearnerGroup
@@ -109,8 +110,10 @@ def test_sft_metrics_use_global_counts(local_run) -> None:
 
 
 def test_ray_two_ranks_zero2_match_one_rank(local_run, ray_local, tiny_path, tmp_path) -> None:
-    group = RayLearnerGroup(model_path=tiny_path, num_ranks=2, num_cpus=1, **SETTINGS)
+    # 2 CPUs a rank -> 2 torch threads a rank (Ray's OMP_NUM_THREADS; sft.num_cpus relies on it)
+    group = RayLearnerGroup(model_path=tiny_path, num_ranks=2, num_cpus=2, **SETTINGS)
     try:
+        assert [i["threads"] for i in ray.get([a.info.remote() for a in group.actors])] == [2, 2]
         stats = run_steps(group)
         hf = group.export_hf(path=str(tmp_path / "hf"))
     finally:
@@ -179,3 +182,12 @@ def test_bad_batch_is_rejected_before_work(local_run, tiny_path) -> None:
         check_batch(batch, "grpo")
     with pytest.raises(ValueError, match="unknown objective"):
         check_batch(batch, "dpo")
+
+
+def test_sft_num_cpus_overrides_the_learner_cpus_in_sft_only() -> None:
+    from streampro.config import load_config
+    from streampro.learners.group import rank_cpus
+
+    cfg = load_config(None, ["learner.num_cpus=1", "sft.num_cpus=2"])
+    assert (rank_cpus(cfg, "sft"), rank_cpus(cfg, "grpo")) == (2, 1)
+    assert rank_cpus(load_config(None, ["learner.num_cpus=3"]), "sft") == 3  # 0 = learner's

@@ -256,6 +256,12 @@ def test_train_command_on_the_tiny_vl_config(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert {"val", "test"} <= set(summary["sft"]) and {"val", "test"} <= set(summary["grpo"])
+    # GRPO's final val pass is the summary's (not run twice), its predictions copied for report
+    grpo_val = json.loads((run / "grpo" / "grpo_summary.json").read_text())["val"]
+    assert summary["grpo"]["val"] == grpo_val
+    assert (run / "predictions" / "grpo-val.jsonl").read_text() == (
+        run / "grpo" / "val_predictions.jsonl"
+    ).read_text()
     steps = [json.loads(line) for line in (run / "grpo" / "metrics.jsonl").read_text().splitlines()]
     checks = [m["check/lp_diff_max"] for m in steps if "check/lp_diff_max" in m]
     assert len(checks) == 2 and max(checks) < 1e-3, checks
