@@ -178,18 +178,28 @@ def encode_manifest(
 
     manifest_path = Path(manifest_path)
     samples, problems = load_manifest(manifest_path, skip_bad=skip_bad)
-    cdir = Path(cache_dir)
     paths = dict.fromkeys(s.video_path(manifest_path.parent) for s in samples)
-    by_video = {p: _cached_or_error(p, codec=codec, fps=fps, cache_dir=cdir) for p in paths}
-    todo = [p for p, entry in by_video.items() if entry is None]
+    # each video's cache file, keyed by a digest of its bytes: computed once, here
+    files = {
+        p: Path(cache_dir) / f"{cache_key(file_digest(p), fps=fps, codec=codec)}.parquet"
+        for p in paths
+        if p.is_file()
+    }
+    by_video: dict[Path, Entry | str | None] = {
+        p: (_read_cache(files[p]) if files[p].is_file() else None)
+        if p in files
+        else f"{p}: video not found"
+        for p in paths
+    }
+    todo = [(p, files[p]) for p, entry in by_video.items() if entry is None]
     encoded = ordered_map(
-        partial(_encoded_or_error, codec=codec, fps=fps, cache_dir=cdir),
+        partial(_encoded_or_error, codec=codec, fps=fps),
         todo,
         workers=workers,
         desc=f"encode {manifest_path.name}",
         progress=progress and bool(todo),
     )
-    by_video.update(zip(todo, encoded))
+    by_video.update(zip((p for p, _ in todo), encoded))
     out: list[EncodedSample] = []
     bad_videos: list[str] = []
     for s in samples:
@@ -214,26 +224,13 @@ def encode_manifest(
     return out
 
 
-def _cache_file(path: Path, codec: Codec, *, fps: float, cache_dir: Path) -> Path:
-    return cache_dir / f"{cache_key(file_digest(path), fps=fps, codec=codec)}.parquet"
-
-
-def _cached_or_error(
-    path: Path, *, codec: Codec, fps: float, cache_dir: Path
-) -> Entry | str | None:
-    """A video's cached entry, its VideoError message, or None when it still needs encoding."""
-    if not path.is_file():
-        return f"{path}: video not found"
-    file = _cache_file(path, codec, fps=fps, cache_dir=cache_dir)
-    return _read_cache(file) if file.is_file() else None
-
-
-def _encoded_or_error(path: Path, *, codec: Codec, fps: float, cache_dir: Path) -> Entry | str:
-    """Decode and encode a video into the cache; its VideoError message instead of raising,
-    so one bad file does not stop a pool and skip_bad can count it."""
+def _encoded_or_error(job: tuple[Path, Path], *, codec: Codec, fps: float) -> Entry | str:
+    """Decode and encode a (video, cache file) job into the cache; its VideoError message
+    instead of raising, so one bad file does not stop a pool and skip_bad can count it."""
+    path, file = job
     try:
         entry = encode_video(path, codec, fps=fps)
     except VideoError as e:
         return str(e)
-    _write_cache(_cache_file(path, codec, fps=fps, cache_dir=cache_dir), entry)
+    _write_cache(file, entry)
     return entry

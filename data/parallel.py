@@ -9,8 +9,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -45,18 +46,17 @@ def ordered_map(
     main_file = getattr(sys.modules["__main__"], "__file__", None)
     if main_file and not os.path.isfile(main_file):
         n = 1  # a script read from stdin: spawned workers could not re-import it
-    with tqdm(total=len(items), desc=desc, disable=not progress) as bar:
-        if n <= 1 or len(items) < MIN_ITEMS:
-            out = []
-            for x in items:
-                out.append(fn(x))
-                bar.update(1)
-            return out
-        chunk = max(1, min(8, len(items) // (4 * n)))
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
-            out = []
-            for r in pool.map(fn, items, chunksize=chunk):
-                out.append(r)
-                bar.update(1)
-            return out
+    serial = n <= 1 or len(items) < MIN_ITEMS
+    with tqdm(total=len(items), desc=desc, disable=not progress) as bar, ExitStack() as stack:
+        results: Iterator[R]
+        if serial:
+            results = map(fn, items)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=n, mp_context=ctx))
+            results = pool.map(fn, items, chunksize=max(1, min(8, len(items) // (4 * n))))
+        out = []
+        for r in results:
+            out.append(r)
+            bar.update(1)
+        return out
