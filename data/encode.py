@@ -179,19 +179,18 @@ def encode_manifest(
     manifest_path = Path(manifest_path)
     samples, problems = load_manifest(manifest_path, skip_bad=skip_bad)
     paths = dict.fromkeys(s.video_path(manifest_path.parent) for s in samples)
-    # each video's cache file, keyed by a digest of its bytes: computed once, here
-    files = {
-        p: Path(cache_dir) / f"{cache_key(file_digest(p), fps=fps, codec=codec)}.parquet"
-        for p in paths
-        if p.is_file()
-    }
-    by_video: dict[Path, Entry | str | None] = {
-        p: (_read_cache(files[p]) if files[p].is_file() else None)
-        if p in files
-        else f"{p}: video not found"
-        for p in paths
-    }
-    todo = [(p, files[p]) for p, entry in by_video.items() if entry is None]
+    # Each video: its cached entry, its error, or a (video, cache file) job for the workers;
+    # the cache file is keyed by a digest of the video's bytes, computed once, here.
+    by_video: dict[Path, Entry | str | None] = {}
+    todo: list[tuple[Path, Path]] = []
+    for p in paths:
+        if not p.is_file():
+            by_video[p] = f"{p}: video not found"
+            continue
+        file = Path(cache_dir) / f"{cache_key(file_digest(p), fps=fps, codec=codec)}.parquet"
+        by_video[p] = _read_cache(file) if file.is_file() else None
+        if by_video[p] is None:
+            todo.append((p, file))
     encoded = ordered_map(
         partial(_encoded_or_error, codec=codec, fps=fps),
         todo,
