@@ -445,7 +445,7 @@ def make_learner_group(cfg: Config, model_path: str, *, objective: str) -> Learn
 
 def rank_cpus(cfg: Config, objective: str) -> float:
     """CPUs of each learner rank for an objective: sft.num_cpus in SFT when set (SFT runs with
-    no rollout engine beside it), else learner.num_cpus."""
+    no rollouts beside it), else learner.num_cpus."""
     if objective == "sft" and cfg.sft.num_cpus > 0:
         return cfg.sft.num_cpus
     return cfg.learner.num_cpus

@@ -216,9 +216,10 @@ class SFTConfig:
     max_steps: int = 0
     """Stop after this many optimiser steps (0 = no limit)."""
     num_cpus: float = 0.0
-    """CPUs per learner rank during SFT (0 = learner.num_cpus). SFT runs alone, so a small
-    machine can give it the cores the rollout engines take during GRPO (a CPU rank runs
-    floor(num_cpus) torch threads: Ray sets OMP_NUM_THREADS from it)."""
+    """CPUs per learner rank during SFT (0 = learner.num_cpus). SFT runs without rollouts (in
+    `streampro train` the engines only start up beside it, then idle), so a small machine can
+    give it the cores the engines take during GRPO (a CPU rank runs floor(num_cpus) torch
+    threads: Ray sets OMP_NUM_THREADS from it)."""
     global_batch: int = 16
     """Sequences per optimiser step, all ranks together."""
     max_seq_len: int = 4096

@@ -255,6 +255,9 @@ def test_train_command_on_the_tiny_vl_config(tmp_path):
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
+    # vLLM started on the initial weights behind SFT, then loaded SFT's: the lp checks below
+    # would fail if the engines still held the initial policy
+    assert summary["engines_started_during_sft"] is True
     assert {"val", "test"} <= set(summary["sft"]) and {"val", "test"} <= set(summary["grpo"])
     # GRPO's final val pass is the summary's (not run twice), its predictions copied for report
     grpo_val = json.loads((run / "grpo" / "grpo_summary.json").read_text())["val"]
