@@ -134,3 +134,20 @@ def test_sft_ablation_table(tmp_path) -> None:
     assert "| ce | 15.0 ± 7.1 | 30.0 ± 14.1 | 0.0 ± 0.0 | 6.6 |" in md
     plot(table, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_engines_start_behind_sft_only_where_both_fit(ray_local) -> None:
+    """`streampro train` starts vLLM during SFT only on CPUs and when the engines' CPUs plus
+    SFT's fit the cluster (the fixture's local Ray: 8 CPUs); otherwise SFT could wait forever
+    for a device or CPUs an engine holds."""
+    from streampro.train import _engines_fit_beside_sft
+
+    def fits(*overrides: str) -> bool:
+        return _engines_fit_beside_sft(load_config(SMOKE, list(overrides)))
+
+    assert fits("rollout.num_cpus=1", "sft.num_cpus=7")  # 1 + 7 = 8
+    assert not fits("rollout.num_cpus=1", "sft.num_cpus=8")
+    assert not fits("rollout.num_cpus=2", "rollout.num_actors=2", "sft.num_cpus=5")  # 4 + 5
+    assert fits("learner.in_process=true", "sft.num_cpus=8")  # SFT takes no Ray CPUs then
+    assert not fits("rollout.num_gpus=1")
+    assert not fits("learner.num_gpus=1")
