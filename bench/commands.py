@@ -20,15 +20,16 @@ BENCHES = (
     "baselines",
     "scaling",
     "question-use",
+    "reward-alignment",
 )
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
     name = args.name
-    if name in ("perf", "baselines", "scaling"):  # these write a folder (JSON, md, plots)
+    if name in ("perf", "baselines", "scaling", "reward-alignment"):  # a folder: JSON, md, plots
         from importlib import import_module
 
-        return import_module(f"streampro.bench.{name}").main(cfg, args)
+        return import_module(f"streampro.bench.{name.replace('-', '_')}").main(cfg, args)
     out = Path(args.out or f"runs/bench-{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     if name == "rollout":

@@ -29,7 +29,7 @@ from streampro.rewards.scoring import (
 from streampro.types import RewardResult, Trajectory
 
 if TYPE_CHECKING:
-    from streampro.config import Config
+    from streampro.config import Config, RewardConfig
     from streampro.rewards.api import RewardPoolAPI
 
 Item = tuple[dict, list[dict], list[str]]
@@ -58,6 +58,7 @@ class RewardScorer:
         w_turn: float = 0.45,
         w_traj: float = 0.45,
         tau: float = 8.0,
+        turn_match: str = "sum",
         acc_judge: str | AccJudge = "exact",
         traj_judge: str | RubricJudge = "rule",
         llm_url: str = "",
@@ -69,6 +70,7 @@ class RewardScorer:
     ) -> None:
         self.weights = {"w_fmt": w_fmt, "w_turn": w_turn, "w_traj": w_traj}
         self.tau, self.timeout_s, self.fallback_score = tau, timeout_s, fallback_score
+        self.turn_match = turn_match
         self.acc: AccJudge = (
             make_acc_judge(
                 acc_judge,
@@ -99,7 +101,7 @@ class RewardScorer:
         acc = GuardedAcc(self.acc, guard, self.fallback_score)
         judges = [GuardedRubric(j, guard) for j in self.rubric_judges]
         fmt = format_reward(step_outputs)
-        turn = turn_reward(sample, responses, self.tau, acc=acc)
+        turn = turn_reward(sample, responses, self.tau, acc=acc, match=self.turn_match)
         traj, no_verdict = traj_score(rubric_marks(sample, responses, judges), self.fallback_score)
         total = total_reward(fmt, turn, traj, **self.weights)
         return RewardResult(
@@ -236,14 +238,14 @@ class RayRewardPool:
         self.actors = []
 
 
-def make_reward_pool(cfg: Config) -> RewardPoolAPI:
-    """The pool the config asks for: in-process when reward.num_actors is 0, else on Ray."""
-    r = cfg.reward
-    scorer: dict[str, Any] = {
+def scorer_settings(r: RewardConfig) -> dict[str, Any]:
+    """`RewardScorer`'s keyword arguments from the reward section."""
+    return {
         "w_fmt": r.w_fmt,
         "w_turn": r.w_turn,
         "w_traj": r.w_traj,
         "tau": r.tau,
+        "turn_match": r.turn_match,
         "acc_judge": r.acc_judge,
         "traj_judge": r.traj_judge,
         "llm_url": r.llm_url,
@@ -253,6 +255,12 @@ def make_reward_pool(cfg: Config) -> RewardPoolAPI:
         "fallback_score": r.fallback_score,
         "threads": r.threads,
     }
+
+
+def make_reward_pool(cfg: Config) -> RewardPoolAPI:
+    """The pool the config asks for: in-process when reward.num_actors is 0, else on Ray."""
+    r = cfg.reward
+    scorer = scorer_settings(r)
     if r.num_actors == 0:
         return InProcessRewardPool(**scorer)
     return RayRewardPool(

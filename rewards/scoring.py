@@ -99,15 +99,27 @@ def format_reward(step_outputs: list[str]) -> float:
 # ---- R_turn -----------------------------------------------------------------------------
 
 
+TURN_MATCH = ("sum", "product")
+
+
 def turn_reward(
-    sample: dict, responses: list[dict], tau: float = 8.0, *, acc: AccJudge | None = None
+    sample: dict,
+    responses: list[dict],
+    tau: float = 8.0,
+    *,
+    acc: AccJudge | None = None,
+    match: str = "sum",
 ) -> float:
-    """R_turn in [0, 2]: GT-first matching with S' = S_time + S_acc, one tau on both sides.
+    """R_turn: GT-first matching with one tau on both sides. A match scores S' = S_time + S_acc
+    in [0, 2] (`match="sum"`, SPEC.md), or S_time * S_acc in [0, 1] (`"product"`: as
+    StreamPro-F1 scores a match, so a well-timed wrong answer earns nothing).
 
     Answers in window order each take, among the unmatched responses that reach them, the one
     with the largest S' (ties: the earliest). Proactive tasks (GP, RF, custom tasks of dimension
     PA) exclude responses after the window's end. R_turn = 2 * sum S' / (N_pred + N_gt); 1 when both are 0.
     """
+    if match not in TURN_MATCH:
+        raise ValueError(f"turn match must be one of {TURN_MATCH}, got {match!r}")
     judge = acc or _EXACT
     task, question = sample["task"], str(sample.get("question", ""))
     answers = sorted_answers(sample)
@@ -122,7 +134,12 @@ def turn_reward(
         for i, (t, text) in enumerate(resp):
             if taken[i] or not reaches(t, ans, tau, tau) or (no_late and t > ans.hi):
                 continue
-            s = s_time(t, ans, tau, tau) + content_score(text, ans, task, judge, question)
+            st = s_time(t, ans, tau, tau)
+            if match == "product" and st == 0.0:
+                s = 0.0  # nothing to gain: spare the judge call
+            else:
+                sa = content_score(text, ans, task, judge, question)
+                s = st * sa if match == "product" else st + sa
             if s > best_s:  # strict: the earliest response wins a tie
                 best_i, best_s = i, s
         if best_i >= 0:

@@ -111,15 +111,23 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
         "name",
         help=(
             "rollout | sft-ablation | grpo-async | autoscale | serve | perf | baselines | "
-            "scaling | question-use"
+            "scaling | question-use | reward-alignment"
         ),
     )
     p.add_argument(
-        "--out", default=None, help="JSON result file (perf, baselines, scaling: a folder)"
+        "--out",
+        default=None,
+        help="JSON result file (perf, baselines, scaling, reward-alignment: a folder)",
     )
     p.add_argument("--quick", action="store_true", help="perf: tiny sizes, no vLLM or Ray")
     p.add_argument(
-        "--manifest", default=None, help="baselines, question-use: the manifest to score"
+        "--manifest",
+        default=None,
+        help="baselines, question-use: the manifest to score; reward-alignment: the training "
+        "manifest (default: the run's training split)",
+    )
+    p.add_argument(
+        "--run", default=None, help="reward-alignment: a grpo or train run folder to read"
     )
 
 

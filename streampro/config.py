@@ -288,6 +288,10 @@ class RewardConfig:
     """Weight of R_traj (SPEC.md: 0.45)."""
     tau: float = 8.0
     """R_turn tolerance in seconds, both sides (SPEC.md: 8)."""
+    turn_match: str = "sum"
+    """How R_turn scores a matched response: 'sum', S_time + S_acc in [0, 2] (SPEC.md), or
+    'product', S_time * S_acc in [0, 1], as StreamPro-F1 scores a match (a well-timed wrong
+    answer earns nothing; see `streampro bench reward-alignment`)."""
     acc_judge: str = "exact"
     """S_acc judge of the GRPO reward, and of evaluation unless eval.acc_judge is set: 'exact',
     'token_f1' (word-overlap F1, partial credit), 'embedding' or 'llm'."""
@@ -530,6 +534,10 @@ def check_config(cfg: Config, where: str) -> None:
         raise ConfigError(
             f"{where}: rollout.block_size must be a multiple of 32 with images (vLLM), "
             f"got {r.block_size}"
+        )
+    if cfg.reward.turn_match not in ("sum", "product"):
+        raise ConfigError(
+            f"{where}: reward.turn_match must be 'sum' or 'product', got {cfg.reward.turn_match!r}"
         )
     check_gpu_paths(cfg, where)
     check_judges(cfg, where)

@@ -172,6 +172,41 @@ def test_turn_reward_gt_first_best_score_and_ties():
     assert turn_reward(one, []) == 0.0
 
 
+PRODUCT_CASES = [
+    (
+        "EU",
+        [{"start": 10.0, "end": 14.0, "text": "red square from left"}],
+        [(19.0, "red square from left")],
+        0.75,
+    ),  # dt 2: 0.75 * 1
+    (
+        "AA",
+        [{"time": 30.0, "text": "teleport"}],
+        [(26.0, "flicker")],
+        0.0,
+    ),  # well timed, wrong: 0.5 * 0
+    ("TG", [{"time": 31.0, "text": "4-9", "span": [4.0, 9.0]}], [(36.0, "5 to 9")], 0.75 * 0.8),
+    ("OU", [{"time": 20.0, "text": "green"}], [(25.0, "green"), (30.0, "green")], 2 * 0.75 / 3),
+]
+
+
+@pytest.mark.parametrize(
+    "task,answers,responses,expected", PRODUCT_CASES, ids=[c[0] for c in PRODUCT_CASES]
+)
+def test_turn_reward_product_hand_values(task, answers, responses, expected):
+    # S = S_time * S_acc per match; R_turn = 2 * sum S / (N_pred + N_gt) in [0, 1]
+    got = turn_reward(sample(task, answers), resp(*responses), match="product")
+    assert got == pytest.approx(expected)
+
+
+def test_turn_reward_product_matching_and_silence():
+    two = sample("OU", [{"time": 20.0, "text": "x"}, {"time": 26.0, "text": "x"}])
+    assert turn_reward(two, resp((23.0, "x"), (21.0, "x")), match="product") == 1.0
+    assert turn_reward(sample("AA", []), [], match="product") == 1.0  # silence was right
+    with pytest.raises(ValueError, match="turn match"):
+        turn_reward(two, [], match="max")
+
+
 def test_turn_reward_proactive_excludes_late_responses():
     late = resp((42.0, "pick up the key"))
     gp = sample("GP", [{"time": 40.0, "text": "pick up the key"}])  # window [37, 40]

@@ -46,6 +46,7 @@ def test_run_seed_sets_the_tiny_policy_weights(tmp_path):
         ("rollout.top_p=0.9", "rollout.top_p=0.9 is not supported"),
         ("rollout.temperature=0", "rollout.temperature must be > 0"),
         ("data.window_slide=300", "data.window_slide must be in [1, data.window_turns]"),
+        ("reward.turn_match=max", "reward.turn_match must be 'sum' or 'product'"),
     ],
 )
 def test_unsupported_sampling_is_refused_at_load(override, message):
