@@ -76,13 +76,16 @@ def write_trajectories(
 def read_trajectories(path: str | os.PathLike) -> list[Trajectory]:
     """The trajectories of a file written by `write_trajectories`."""
     rows = pq.read_table(path, columns=SCHEMA.names).to_pylist()
-    return [
-        Trajectory(
-            sample_id=r["sample_id"],
-            episode=r["episode"],
-            segments=[Segment(**g) for g in r["segments"]],
-            version=r["version"],
-            steps=[Step(**s) for s in r["steps"]],
-        )
-        for r in rows
-    ]
+    return [trajectory_from_row(r) for r in rows]
+
+
+def trajectory_from_row(r: dict) -> Trajectory:
+    """The `Trajectory` of one row of such a file (as `to_pylist()` gives it; extra columns
+    are ignored)."""
+    return Trajectory(
+        sample_id=r["sample_id"],
+        episode=r["episode"],
+        segments=[Segment(**g) for g in r["segments"]],
+        version=r["version"],
+        steps=[Step(**s) for s in r["steps"]],
+    )

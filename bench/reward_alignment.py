@@ -30,35 +30,21 @@ import numpy as np
 from streampro.config import Config, atomic_write_text
 from streampro.errors import UserError
 
-# name -> RewardScorer settings over the run's own (or None: a logged column)
-VARIANTS: dict[str, dict | None] = {
-    "as trained": None,
-    "R_fmt": None,
-    "R_turn": None,
-    "R_traj": None,
-    "turn sum tau 4": {"turn_match": "sum", "tau": 4.0, "w_fmt": 0.0, "w_turn": 1.0, "w_traj": 0.0},
-    "turn product tau 8": {
-        "turn_match": "product",
-        "tau": 8.0,
-        "w_fmt": 0.0,
-        "w_turn": 1.0,
-        "w_traj": 0.0,
-    },
-    "turn product tau 4": {
-        "turn_match": "product",
-        "tau": 4.0,
-        "w_fmt": 0.0,
-        "w_turn": 1.0,
-        "w_traj": 0.0,
-    },
-    "R with turn product tau 8": {"turn_match": "product", "tau": 8.0},
-    "R with turn product tau 4": {"turn_match": "product", "tau": 4.0},
-}
+# logged columns of the GRPO run, by the name the report gives them
 LOGGED = {
     "as trained": "reward",
     "R_fmt": "reward_fmt",
     "R_turn": "reward_turn",
     "R_traj": "reward_traj",
+}
+TURN_ONLY = {"w_fmt": 0.0, "w_turn": 1.0, "w_traj": 0.0}
+# re-scored variants: RewardScorer settings over the run's own reward section
+VARIANTS: dict[str, dict] = {
+    "turn sum tau 4": {**TURN_ONLY, "turn_match": "sum", "tau": 4.0},
+    "turn product tau 8": {**TURN_ONLY, "turn_match": "product", "tau": 8.0},
+    "turn product tau 4": {**TURN_ONLY, "turn_match": "product", "tau": 4.0},
+    "R with turn product tau 8": {"turn_match": "product", "tau": 8.0},
+    "R with turn product tau 4": {"turn_match": "product", "tau": 4.0},
 }
 
 
@@ -107,13 +93,14 @@ def score_rows(files: list[str], samples: dict[str, dict], cfg: Config) -> tuple
     and how many rows name a sample the manifest lacks (skipped, counted)."""
     import pyarrow.parquet as pq
 
+    from streampro.actors.records import trajectory_from_row
     from streampro.bench.evaluate import acc_judge_from_config
     from streampro.bench.f1 import prf, sample_stats
     from streampro.rewards.pool import RewardScorer, scorer_settings
 
     judge = acc_judge_from_config(cfg)  # the evaluation's S_acc judge, for F1
     base = scorer_settings(cfg.reward)
-    scorers = {k: RewardScorer(**(base | v)) for k, v in VARIANTS.items() if v is not None}
+    scorers = {k: RewardScorer(**(base | v)) for k, v in VARIANTS.items()}
     rows, skipped = [], 0
     for path in files:
         for t in pq.read_table(path).to_pylist():
@@ -121,17 +108,15 @@ def score_rows(files: list[str], samples: dict[str, dict], cfg: Config) -> tuple
             if s is None:
                 skipped += 1
                 continue
-            resp = [
-                {"time": x["time"], "text": x["text"]}
-                for x in t["steps"]
-                if x["decision"] == "response"
-            ]
+            traj = trajectory_from_row(t)
+            resp = traj.responses()
             f1 = prf(*sample_stats(s, resp, judge))[2]
             row = {"step": t["step"], "round": t.get("round", 0), "sample": t["sample_id"]}
             row |= {"task": s["task"], "f1": f1}
             row |= {k: t[col] for k, col in LOGGED.items()}
-            raw = [x["raw"] for x in t["steps"]]
-            row |= {k: sc.score_item(s, resp, raw).total for k, sc in scorers.items()}
+            row |= {
+                k: sc.score_item(s, resp, traj.step_outputs()).total for k, sc in scorers.items()
+            }
             rows.append(row)
     return rows, skipped
 
@@ -158,7 +143,7 @@ def run(cfg: Config, run_dir: str, manifest: str | None, out: str) -> dict:
     for x in rows:
         groups_by[(x["step"], x["round"], x["sample"])].append(x)  # one GRPO group
     groups = [{"task": g[0]["task"], "rows": g} for g in groups_by.values() if len(g) > 1]
-    keys = [*VARIANTS, "f1"]
+    keys = [*LOGGED, *VARIANTS, "f1"]
     per_step: dict[int, list[dict]] = defaultdict(list)
     for x in rows:
         per_step[x["step"]].append(x)

@@ -134,12 +134,8 @@ def turn_reward(
         for i, (t, text) in enumerate(resp):
             if taken[i] or not reaches(t, ans, tau, tau) or (no_late and t > ans.hi):
                 continue
-            st = s_time(t, ans, tau, tau)
-            if match == "product" and st == 0.0:
-                s = 0.0  # nothing to gain: spare the judge call
-            else:
-                sa = content_score(text, ans, task, judge, question)
-                s = st * sa if match == "product" else st + sa
+            st, sa = s_time(t, ans, tau, tau), content_score(text, ans, task, judge, question)
+            s = st * sa if match == "product" else st + sa
             if s > best_s:  # strict: the earliest response wins a tie
                 best_i, best_s = i, s
         if best_i >= 0:

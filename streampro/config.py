@@ -535,7 +535,9 @@ def check_config(cfg: Config, where: str) -> None:
             f"{where}: rollout.block_size must be a multiple of 32 with images (vLLM), "
             f"got {r.block_size}"
         )
-    if cfg.reward.turn_match not in ("sum", "product"):
+    from streampro.rewards.scoring import TURN_MATCH  # no torch, no Ray
+
+    if cfg.reward.turn_match not in TURN_MATCH:
         raise ConfigError(
             f"{where}: reward.turn_match must be 'sum' or 'product', got {cfg.reward.turn_match!r}"
         )
