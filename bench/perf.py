@@ -11,6 +11,7 @@ reward, grpo), one after another, so their peak RSS is the role's own. Sections:
             transformers KV-cache loop (bench/hf_batched.py), same streams and steps (the
             tiny policy at issue 15's 64 streams); and of the plain transformers loop that
             runs streams one after another (actors/hf_loop.py, 2 streams give its rate);
+            each in its steady state (bench/rollout.py `timed_pass`, `engine_warm_up`);
   sync      weight-sync seconds (HF export + engine reload) against model size;
   grpo      one GRPO step's phases, sync vs async (bench/grpo_async.py), and each role's
             busy share of the step;
@@ -329,9 +330,11 @@ def rollout_run(cfg: Config, model_path: str, work: str, streams: int, steps: in
         HF_STREAMS,
         _local_group,
         _measure,
+        engine_warm_up,
         sequential_hf_run,
         silence_biased_policy,
         synthetic_streams,
+        timed_pass,
     )
 
     sampling = Sampling(
@@ -341,12 +344,11 @@ def rollout_run(cfg: Config, model_path: str, work: str, streams: int, steps: in
         seed=cfg.run.seed,
     )
     policy = silence_biased_policy(model_path, Path(work) / "policy")
-    load = synthetic_streams(streams, steps, seed=cfg.run.seed)
     hf = BatchedHFStreamPolicy(
         policy, window_turns=cfg.data.window_turns, max_answer_tokens=cfg.rollout.max_answer_tokens
     )
     out: dict[str, Any] = {"streams": streams, "steps": steps}
-    hf_m = _measure(hf, load, sampling)
+    hf_m = timed_pass(hf, streams, steps, seed=cfg.run.seed, sampling=sampling)
     out["transformers_batched_kv"] = {"decisions_per_s": round(hf_m["decisions_per_s"], 2)}
     del hf
     seq_m = sequential_hf_run(policy, cfg, steps, sampling)
@@ -357,8 +359,8 @@ def rollout_run(cfg: Config, model_path: str, work: str, streams: int, steps: in
     for prefix in (False, True):
         group = _local_group(policy, cfg, [streams], prefix=prefix)
         try:
-            group.generate(samples=synthetic_streams(1, 3, seed=99), n=1, sampling=sampling)
-            m = _measure(group, load, sampling)
+            engine_warm_up(group, sampling)
+            m = _measure(group, synthetic_streams(streams, steps, seed=cfg.run.seed), sampling)
             key = "vllm_prefix_cache" if prefix else "vllm_no_prefix_cache"
             out[key] = {
                 "decisions_per_s": round(m["decisions_per_s"], 2),

@@ -1,9 +1,12 @@
-"""bench/rollout.py helpers: each decision's prompt length read back from the segments, and the
-attention-per-round timing on the policy's head shapes."""
+"""bench/rollout.py helpers: each decision's prompt length read back from the segments, the
+attention-per-round timing on the policy's head shapes, and the warm-then-timed protocol."""
 
 from __future__ import annotations
 
-from streampro.bench.rollout import attention_ms, prompt_lengths
+from types import SimpleNamespace
+
+from streampro.actors.api import Sampling
+from streampro.bench.rollout import attention_ms, prompt_lengths, synthetic_streams, timed_pass
 from streampro.types import Segment, Trajectory
 
 
@@ -19,3 +22,33 @@ def test_prompt_lengths_are_where_each_generated_run_starts() -> None:
 
 def test_attention_ms_runs_on_the_policy_shapes(tiny_path) -> None:
     assert attention_ms(tiny_path, streams=2, context=64, new_tokens=8) > 0.0
+
+
+class _RecordingLoop:
+    """A rollout loop that records what it was given and stays silent at every chunk."""
+
+    def __init__(self) -> None:
+        self.calls: list[list] = []
+
+    def generate(self, *, samples: list, n: int, sampling) -> list:
+        self.calls.append(samples)
+        silent = SimpleNamespace(decision="silence")
+        return [
+            SimpleNamespace(steps=[silent] * len(s.times), num_generated=len(s.times))
+            for s in samples
+        ]
+
+    def take_latencies(self) -> list:
+        return []
+
+
+def test_timed_pass_times_the_seeded_load_after_a_pass_over_other_streams() -> None:
+    loop = _RecordingLoop()
+    sampling = Sampling(temperature=1.0, top_p=1.0, max_answer_tokens=4, seed=3)
+    m = timed_pass(loop, 3, 5, seed=3, sampling=sampling)
+    warm, timed = loop.calls
+    assert [len(s.times) for s in warm] == [len(s.times) for s in timed] == [5, 5, 5]
+    assert [s.codes for s in timed] == [s.codes for s in synthetic_streams(3, 5, seed=3)]
+    assert all(w.codes != t.codes for w, t in zip(warm, timed))  # other streams, same shapes
+    assert [len(c) for s in warm for c in s.codes] == [len(c) for s in timed for c in s.codes]
+    assert m["silence_rate"] == 1.0 and m["gen_tokens_per_step"] == 1.0
