@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streampro.config import Config, atomic_write_text, make_run_dir
+from streampro.config import Config, GRPOConfig, atomic_write_text, make_run_dir
 from streampro.learners.grpo_loss import equal_reward_groups, group_advantages
 from streampro.learners.packing import PackItem, collate, plan_rows, select_rows
 from streampro.learners.state import Checkpoints, DataCursor
@@ -60,6 +60,11 @@ def build_batch(
     ]
     rows = plan_rows([len(i.input_ids) for i in items], max_len=0, pack=False)
     return collate(items, rows, pad_id=pad_id)
+
+
+def keeps_weights(c: GRPOConfig) -> bool:
+    """Async GRPO keeps each published version on the learner for the agreement check."""
+    return c.async_mode and c.logprob_check_every > 0
 
 
 def behaviour_version(trajs: list[Trajectory]) -> int:
@@ -191,8 +196,9 @@ class GRPOStep:
         out.cursor = self.cursor.state()
         return out
 
-    def learn(self, groups: Groups) -> dict[str, float]:
-        """Group advantages, old (and reference) logprobs, then mini-batch clipped updates."""
+    def learn(self, groups: Groups, *, step: int = 0) -> dict[str, float]:
+        """Group advantages, old (and reference) logprobs, then mini-batch clipped updates;
+        the agreement check when due at `step` (`grpo.logprob_check_every`)."""
         c = self.cfg.grpo
         trajs, rewards = groups.kept()  # [K*G], [K, G]
         if not trajs:
@@ -200,14 +206,16 @@ class GRPOStep:
         adv, stats = group_advantages(rewards, mode=c.advantage, eps=c.adv_eps)  # [K, G]
         batch = build_batch(trajs, adv.view(-1), pad_id=self.pad_id, samples=self.train)
         sampler = batch["old_logprobs"]  # [R, T] vLLM's
+        check: dict[str, float] = {}
         if not c.async_mode:
             # On-policy: recompute old logprobs with the learner (as verl does), so the ratio
             # starts at exactly 1; in async mode the behaviour logprobs of vLLM are the baseline.
             batch["old_logprobs"] = self.learner.logprobs(batch=batch)
-            learner = batch["old_logprobs"]
-        else:  # the learner has moved on: score under the weights the rollout sampled from
+            check = self.check_agreement(sampler, batch["old_logprobs"], batch["loss_mask"])
+        elif c.logprob_check_every and step % c.logprob_check_every == 0:
+            # the learner has moved on: score under the weights the rollout sampled from
             learner = self.learner.logprobs(batch=batch, version=behaviour_version(trajs))
-        check = self.check_agreement(sampler, learner, batch["loss_mask"])
+            check = self.check_agreement(sampler, learner, batch["loss_mask"])
         if c.kl_coef != 0.0:
             batch["ref_logprobs"] = self.learner.logprobs(batch=batch, reference=True)
         n = batch["input_ids"].shape[0]
@@ -241,7 +249,7 @@ class GRPOStep:
         With rollout.weight_transfer_backend=nccl (GPU) learner rank 0 broadcasts them instead.
         In async mode the learner also keeps them, to score the next batch under them."""
         path = self.run_dir / "weights" / f"v{version:06d}"
-        if self.cfg.grpo.async_mode:
+        if keeps_weights(self.cfg.grpo):
             self.learner.keep_weights(version=version)
         if self.cfg.rollout.weight_transfer_backend == "nccl":
             self.send_weights(version)
@@ -331,7 +339,7 @@ def run_grpo(
         pad_id=_pad_id(init_model),
     )
     step = _resume(cfg, parts, ckpts, logger) if cfg.run.resume == "auto" else 0
-    if c.async_mode and step == 0:
+    if keeps_weights(c) and step == 0:
         learner.keep_weights(version=0)  # what the engines hold: step 0's behaviour weights
     if c.eval_every and step == 0:  # the starting point of the val curve
         start = start_val or evaluate(rollout, val, **eval_kwargs(cfg))
@@ -382,7 +390,7 @@ def _step(
     pending = ahead.submit(parts.collect, step + 1) if ahead is not None else None
 
     t1 = time.perf_counter()
-    learn_stats = parts.learn(groups)
+    learn_stats = parts.learn(groups, step=step)
     t_learn = time.perf_counter() - t1
 
     t2 = time.perf_counter()

@@ -357,6 +357,11 @@ class GRPOConfig:
     logprob_check_max: float = 1e-3
     """Warn (once) when the max |vLLM - learner| logprob on generated tokens, measured every
     step under the sampling weights, exceeds this (0 = never warn; the metrics are logged)."""
+    logprob_check_every: int = 1
+    """Run that check at every N-th step (steps 0, N, 2N, ...; 0 = never). Free in synchronous
+    mode (it compares the recomputed old logprobs), so it runs at every step there; with
+    async_mode each check costs the learner a forward pass over the batch under the weights
+    its rollout sampled from, and checking at fewer steps shortens a learn-bound step."""
     eval_every: int = 0
     """Val F1 every N steps (0 = at the end only)."""
     save_every: int = 10
@@ -540,6 +545,11 @@ def check_config(cfg: Config, where: str) -> None:
     if cfg.reward.turn_match not in TURN_MATCH:
         raise ConfigError(
             f"{where}: reward.turn_match must be 'sum' or 'product', got {cfg.reward.turn_match!r}"
+        )
+    if cfg.grpo.logprob_check_every < 0:
+        raise ConfigError(
+            f"{where}: grpo.logprob_check_every must be >= 0 (0 = never), "
+            f"got {cfg.grpo.logprob_check_every}"
         )
     check_gpu_paths(cfg, where)
     check_judges(cfg, where)

@@ -104,7 +104,8 @@ def test_grpo_two_steps_kill_and_resume(tmp_path, synth_smoke):
 def test_grpo_async_dynamic_sampling_resume_keeps_the_data_order(tmp_path, synth_smoke):
     """Async mode + dynamic sampling, killed after step 1 while step 2's rollout is in flight:
     the resumed run redraws that batch, so the samples drawn over all three steps (kept and
-    replaced groups alike) follow the seeded data order without a gap."""
+    replaced groups alike) follow the seeded data order without a gap. The agreement check
+    runs at every second step (steps 0 and 2 of 0-2), the resumed version's too."""
     import pyarrow.parquet as pq
 
     from streampro.learners.state import DataCursor
@@ -117,11 +118,18 @@ def test_grpo_async_dynamic_sampling_resume_keeps_the_data_order(tmp_path, synth
         "grpo.async_mode=true",
         "grpo.dynamic_sampling=true",
         "grpo.max_resample_rounds=2",
+        "grpo.logprob_check_every=2",
     )
     _run_killed_after_step_1(tmp_path, run_dir, cmd)
     _resume(cmd)
     rows = _metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3]
+    # checked at steps 0 and 2 when they had a group to learn from (else learn returns early)
+    checked = [i % 2 == 0 and r["adv/kept_groups"] > 0 for i, r in enumerate(rows)]
+    assert ["check/lp_diff_max" in r for r in rows] == checked, [
+        r.get("adv/kept_groups") for r in rows
+    ]
+    assert checked[0]
 
     ids = [
         json.loads(x)["id"]
