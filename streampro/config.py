@@ -355,8 +355,9 @@ class GRPOConfig:
     async_mode: bool = False
     """Roll out step k+1 while the learner trains step k (one step off-policy)."""
     logprob_check_max: float = 1e-3
-    """Warn (once) when the max |vLLM - learner| logprob on generated tokens, measured every
-    step under the sampling weights, exceeds this (0 = never warn; the metrics are logged)."""
+    """Warn (once) when the max |vLLM - learner| logprob on generated tokens, measured under
+    the sampling weights at each check (`logprob_check_every`), exceeds this (0 = never warn;
+    the metrics are logged)."""
     logprob_check_every: int = 1
     """Run that check at every N-th step (steps 0, N, 2N, ...; 0 = never). Free in synchronous
     mode (it compares the recomputed old logprobs), so it runs at every step there; with

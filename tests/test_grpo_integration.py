@@ -104,8 +104,9 @@ def test_grpo_two_steps_kill_and_resume(tmp_path, synth_smoke):
 def test_grpo_async_dynamic_sampling_resume_keeps_the_data_order(tmp_path, synth_smoke):
     """Async mode + dynamic sampling, killed after step 1 while step 2's rollout is in flight:
     the resumed run redraws that batch, so the samples drawn over all three steps (kept and
-    replaced groups alike) follow the seeded data order without a gap. The agreement check
-    runs at every second step (steps 0 and 2 of 0-2), the resumed version's too."""
+    replaced groups alike) follow the seeded data order without a gap. With
+    logprob_check_every=2 the agreement check runs at steps 0 and 2 (of 0-2) when they have a
+    group to learn from, and never at step 1."""
     import pyarrow.parquet as pq
 
     from streampro.learners.state import DataCursor
