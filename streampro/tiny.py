@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from streampro import tokens as T
@@ -135,24 +136,38 @@ def build_tiny(spec: dict, out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def ensure_tiny(spec: dict, cache_dir: str | os.PathLike) -> Path:
-    """The tiny policy's folder, built once per spec (content-addressed, atomic rename)."""
+def build_once(
+    spec: dict,
+    cache_dir: str | os.PathLike,
+    *,
+    name: str,
+    marker: str,
+    build: Callable[[dict, Path], Path],
+) -> Path:
+    """`cache_dir/{name}-{hash of spec}`, built once by `build(spec, folder)` (content-addressed):
+    into a temporary folder that is renamed into place, so no reader sees a half-built one.
+    `marker` is the file whose presence says the folder is complete."""
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    final = Path(cache_dir) / f"tiny-{digest}"
-    if (final / "streampro_tiny.json").is_file():
+    final = Path(cache_dir) / f"{name}-{digest}"
+    if (final / marker).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
     try:
-        build_tiny(spec, tmp)
+        build(spec, tmp)
         try:
             os.rename(tmp, final)
         except OSError:  # another process built it first
-            if not (final / "streampro_tiny.json").is_file():
+            if not (final / marker).is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def ensure_tiny(spec: dict, cache_dir: str | os.PathLike) -> Path:
+    """The tiny policy's folder, built once per spec."""
+    return build_once(spec, cache_dir, name="tiny", marker="streampro_tiny.json", build=build_tiny)
 
 
 def resolve_policy(

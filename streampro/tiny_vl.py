@@ -14,11 +14,8 @@ KV head), mrope_section [8, 12, 12] (sums to head_dim / 2); vision depth 2, hidd
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from streampro import tokens as T
@@ -278,23 +275,12 @@ def build_tiny_vl(spec: dict, out_dir: str | os.PathLike) -> Path:
 
 
 def ensure_tiny_vl(spec: dict, cache_dir: str | os.PathLike) -> Path:
-    """The tiny-vl folder, built once per spec (content-addressed, atomic rename)."""
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-    final = Path(cache_dir) / f"{NAME}-{digest}"
-    if (final / "streampro_tiny_vl.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-vl-", dir=final.parent))
-    try:
-        build_tiny_vl(spec, tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process built it first
-            if not (final / "streampro_tiny_vl.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    """The tiny-vl folder, built once per spec."""
+    from streampro.tiny import build_once
+
+    return build_once(
+        spec, cache_dir, name=NAME, marker="streampro_tiny_vl.json", build=build_tiny_vl
+    )
 
 
 def policy_path(policy_cfg, *, seed: int) -> str:
