@@ -254,6 +254,7 @@ def _local_group(model: str, cfg, counts: list[int], *, prefix: bool):
         kv_cache_gb=r.kv_cache_gb,
         max_num_seqs=max(r.max_num_seqs, max(counts)),
         max_model_len=r.max_model_len,
+        enforce_eager=r.enforce_eager,
         seed=cfg.run.seed,
     )
 

@@ -52,3 +52,19 @@ def test_timed_pass_times_the_seeded_load_after_a_pass_over_other_streams() -> N
     assert all(w.codes != t.codes for w, t in zip(warm, timed))  # other streams, same shapes
     assert [len(c) for s in warm for c in s.codes] == [len(c) for s in timed for c in s.codes]
     assert m["silence_rate"] == 1.0 and m["gen_tokens_per_step"] == 1.0
+
+
+def test_bench_engines_take_the_rollout_config(monkeypatch) -> None:
+    # The bench builds its own engines: they must honour rollout.* like the trainer's do.
+    from streampro.actors import rollout
+    from streampro.bench.rollout import _local_group
+    from streampro.config import load_config
+
+    built: list[dict] = []
+    monkeypatch.setattr(rollout, "LocalRolloutGroup", lambda model, **kw: built.append(kw))
+    overrides = ["rollout.enforce_eager=false", "rollout.block_size=64", "rollout.max_num_seqs=8"]
+    cfg = load_config("configs/default.yaml", overrides)
+    _local_group("m", cfg, [4, 16], prefix=False)
+    (kw,) = built
+    assert kw["enforce_eager"] is False and kw["block_size"] == 64
+    assert kw["enable_prefix_caching"] is False and kw["max_num_seqs"] == 16  # the largest load
