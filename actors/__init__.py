@@ -12,6 +12,7 @@ from typing import Any
 _EXPORTS = {
     "Sampling": "streampro.actors.api",
     "RolloutGroupAPI": "streampro.actors.api",
+    "WorkerSpec": "streampro.actors.api",
     "StreamEpisode": "streampro.actors.episode",
     "DecisionEngine": "streampro.actors.engine",
     "RolloutWorker": "streampro.actors.rollout",

@@ -13,6 +13,7 @@ from streampro.types import Trajectory
 WEIGHT_TRANSFER = "weight-transfer"
 
 if TYPE_CHECKING:
+    from streampro.config import Config, RolloutConfig
     from streampro.data.encode import EncodedSample
 
 
@@ -25,6 +26,37 @@ class Sampling:
     max_answer_tokens: int = 24
     seed: int = 0
     """Base seed; episode i of sample j derives its own from it."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a rollout worker (one vLLM engine and its episode loop) is built from: the
+    trainer, Serve, the benches and the tests build it once and the groups pass it on."""
+
+    model_path: str
+    rollout: RolloutConfig
+    """The engine's settings and `max_answer_tokens`; a Ray group also reads its actors' here."""
+    dtype: str = "float32"
+    """policy.dtype."""
+    seed: int = 0
+    """run.seed (the engine's seed)."""
+    window_turns: int = 200
+    """data.window_turns: the context window, and so the frames a prompt holds."""
+    window_slide: int = 0
+    """data.window_slide."""
+
+    @classmethod
+    def of(cls, cfg: Config, model_path: str) -> WorkerSpec:
+        """The spec a config gives for the policy at `model_path`."""
+        d = cfg.data
+        return cls(
+            model_path,
+            cfg.rollout,
+            dtype=cfg.policy.dtype,
+            seed=cfg.run.seed,
+            window_turns=d.window_turns,
+            window_slide=d.window_slide,
+        )
 
 
 class RolloutGroupAPI(Protocol):

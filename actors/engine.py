@@ -22,6 +22,7 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 
 from streampro.actors.api import WEIGHT_TRANSFER
 from streampro.actors.vlm_worker import WORKER_EXTENSION
+from streampro.config import RolloutConfig
 from streampro.errors import UserError
 
 
@@ -54,29 +55,24 @@ class Decision:
 
 
 class DecisionEngine:
-    """An `AsyncLLM` with the settings a streaming decision needs; flat constructor args."""
+    """An `AsyncLLM` with the settings a streaming decision needs: the engine fields of
+    `rollout` (prefix caching, block size, KV size, context, batch, parallelism, eager,
+    weight transfer), plus the policy's dtype, the run's seed and the frames a prompt holds."""
 
     def __init__(
         self,
         model_path: str,
+        rollout: RolloutConfig,
         *,
         dtype: str = "float32",
-        enable_prefix_caching: bool = True,
-        block_size: int = 32,
-        kv_cache_gb: float = 1.0,
-        max_model_len: int = 0,
-        max_num_seqs: int = 256,
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.5,
-        enforce_eager: bool = True,
         seed: int = 0,
-        weight_transfer_backend: str = "",
         max_images: int = 200,
     ) -> None:
         from vllm.platforms import current_platform
 
         from streampro.hf_policy import load_processor
 
+        r = rollout
         # reload_vlm_weights: reload_weights + a repack of tied LM heads (any model)
         kw: dict = {"worker_extension_cls": WORKER_EXTENSION}
         # A VLM folder: frames go in as images (at most max_images per prompt, the window)
@@ -85,12 +81,13 @@ class DecisionEngine:
             from streampro.actors.vlm_prompt import vlm_engine_kwargs
 
             kw |= vlm_engine_kwargs(
-                max_images=max_images, block_size=block_size, on_cpu=current_platform.is_cpu()
+                max_images=max_images, block_size=r.block_size, on_cpu=current_platform.is_cpu()
             )
+        max_model_len = r.max_model_len
         self.max_model_len = max_model_len or _model_max_len(model_path)
         if current_platform.is_cpu():
             # The CPU worker reads the KV size from here (or VLLM_CPU_KVCACHE_SPACE).
-            kw["kv_cache_memory_bytes"] = int(kv_cache_gb * (1 << 30))
+            kw["kv_cache_memory_bytes"] = int(r.kv_cache_gb * (1 << 30))
             # vLLM 0.32 CPU fails on a seeded request whose prefill is split over steps
             # ("CPU Generator does not use offset"), e.g. 64 new streams at once: so prefill
             # whole prompts only, with a token budget of one full context.
@@ -98,27 +95,27 @@ class DecisionEngine:
             kw["enable_chunked_prefill"] = False
             kw["max_num_batched_tokens"] = max(max_model_len, 2048)
         else:
-            kw["gpu_memory_utilization"] = gpu_memory_utilization
-            if tensor_parallel_size > 1:
+            kw["gpu_memory_utilization"] = r.gpu_memory_utilization
+            if r.tensor_parallel_size > 1:
                 # TP workers as Ray actors in this actor's placement group (one GPU per
                 # bundle, actors/rollout.py _engine_placement). Ray hid every GPU from this
                 # GPU-less actor; vLLM must see the node's to place its workers (as OpenRLHF)
                 kw["distributed_executor_backend"] = "ray"
                 if _in_placement_group():
                     os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        if weight_transfer_backend:  # GPU path: NCCL broadcast from learner rank 0
+        if r.weight_transfer_backend:  # GPU path: NCCL broadcast from learner rank 0
             from vllm.config import WeightTransferConfig
 
-            kw["weight_transfer_config"] = WeightTransferConfig(backend=weight_transfer_backend)
+            kw["weight_transfer_config"] = WeightTransferConfig(backend=r.weight_transfer_backend)
         args = AsyncEngineArgs(
             model=model_path,
             dtype=dtype,
-            enforce_eager=enforce_eager,
-            enable_prefix_caching=enable_prefix_caching,
-            block_size=block_size or None,  # CPU default is 128: too coarse for ~25-token steps
+            enforce_eager=r.enforce_eager,
+            enable_prefix_caching=r.enable_prefix_caching,
+            block_size=r.block_size or None,  # CPU default is 128: too coarse for ~25-token steps
             max_model_len=max_model_len or None,
-            max_num_seqs=max_num_seqs,
-            tensor_parallel_size=tensor_parallel_size,
+            max_num_seqs=r.max_num_seqs,
+            tensor_parallel_size=r.tensor_parallel_size,
             seed=seed,
             # logprobs of the distribution sampled from (logits / temperature, after top-p),
             # which is what the learner recomputes; vLLM's default reports raw-logit logprobs

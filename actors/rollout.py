@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
-from streampro.actors.api import WEIGHT_TRANSFER, RolloutGroupAPI, Sampling
+from streampro.actors.api import WEIGHT_TRANSFER, RolloutGroupAPI, Sampling, WorkerSpec
 from streampro.actors.engine import DecisionEngine, decision_params
 from streampro.actors.engine_session import DecisionSession
 from streampro.actors.episode import (
@@ -54,49 +54,23 @@ def vlm_frame_rules(processor, tokenizer) -> tuple[list[str], Callable[[int, int
 class RolloutWorker:
     """One vLLM engine plus the episode loop; async methods (a Ray async actor runs them)."""
 
-    def __init__(
-        self,
-        model_path: str,
-        *,
-        window_turns: int = 200,
-        window_slide: int = 0,
-        max_answer_tokens: int = 24,
-        dtype: str = "float32",
-        enable_prefix_caching: bool = True,
-        block_size: int = 32,
-        kv_cache_gb: float = 1.0,
-        max_model_len: int = 0,
-        max_num_seqs: int = 256,
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.5,
-        enforce_eager: bool = True,
-        seed: int = 0,
-        weight_transfer_backend: str = "",
-    ) -> None:
+    def __init__(self, spec: WorkerSpec) -> None:
         from transformers import AutoTokenizer
 
         self.engine = DecisionEngine(
-            model_path,
-            dtype=dtype,
-            enable_prefix_caching=enable_prefix_caching,
-            block_size=block_size,
-            kv_cache_gb=kv_cache_gb,
-            max_model_len=max_model_len,
-            max_num_seqs=max_num_seqs,
-            tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            enforce_eager=enforce_eager,
-            seed=seed,
-            weight_transfer_backend=weight_transfer_backend,
-            max_images=window_turns,
+            spec.model_path,
+            spec.rollout,
+            dtype=spec.dtype,
+            seed=spec.seed,
+            max_images=spec.window_turns,  # a prompt holds at most one frame per turn
         )
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.banned, self.image_tokens = vlm_frame_rules(self.engine.processor, self.tokenizer)
-        self.window_turns, self.window_slide = window_turns, window_slide
-        self.max_answer_tokens = max_answer_tokens
+        self.window_turns, self.window_slide = spec.window_turns, spec.window_slide
+        self.max_answer_tokens = spec.rollout.max_answer_tokens
         self.version = 0
-        self.source = model_path
+        self.source = spec.model_path
         # (step index, seconds) of each decision since last taken; bounded if nobody takes them
         self.latencies: deque[tuple[int, float]] = deque(maxlen=MAX_LATENCIES)
         self.inflight = 0  # decision requests now in the engine (the fault test waits on it)
@@ -223,7 +197,7 @@ class RolloutWorker:
 class LocalRolloutGroup:
     """One `RolloutWorker` in this process, its event loop on a background thread."""
 
-    def __init__(self, model_path: str, **worker_kwargs: Any) -> None:
+    def __init__(self, spec: WorkerSpec) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="rollout-loop", daemon=True
@@ -231,7 +205,7 @@ class LocalRolloutGroup:
         self._thread.start()
 
         async def build() -> RolloutWorker:  # created on the loop that will drive it
-            return RolloutWorker(model_path, **worker_kwargs)
+            return RolloutWorker(spec)
 
         self.worker = self._run(build())
 
@@ -315,18 +289,15 @@ class RayRolloutGroup:
 
     def __init__(
         self,
-        model_path: str,
+        spec: WorkerSpec,
         *,
-        num_actors: int = 1,
-        num_cpus: float = 1.0,
-        num_gpus: float = 0.0,
-        memory_gb: float = 0.0,
-        max_restarts: int = 2,
         max_retries_per_sample: int = -1,
         restart_timeout_s: float = 600.0,
         env_vars: dict[str, str] | None = None,
-        **worker_kwargs: Any,
     ) -> None:
+        r = spec.rollout
+        num_actors, num_cpus, num_gpus = r.num_actors, r.num_cpus, r.num_gpus
+        max_restarts = r.max_restarts
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
         opts: dict[str, Any] = {
@@ -334,12 +305,12 @@ class RayRolloutGroup:
             "num_gpus": num_gpus,
             "max_restarts": max_restarts,
         }
-        if memory_gb > 0:
-            opts["memory"] = int(memory_gb * (1 << 30))
+        if r.memory_gb > 0:
+            opts["memory"] = int(r.memory_gb * (1 << 30))
         if env_vars:
             opts["runtime_env"] = {"env_vars": dict(env_vars)}
         self.restart_timeout_s = restart_timeout_s
-        self.tp = int(worker_kwargs.get("tensor_parallel_size", 1))
+        self.tp = r.tensor_parallel_size
         self.pgs: list = []  # one per engine when tp > 1 on GPUs
         self.actors: list = []
         for _ in range(num_actors):
@@ -347,12 +318,12 @@ class RayRolloutGroup:
             # an engine's bundles declare no memory: the actor must not ask for any there
             placed = {k: v for k, v in opts.items() if not (placement and k == "memory")}
             placed |= placement
-            self.actors.append(RolloutActor.options(**placed).remote(model_path, **worker_kwargs))
+            self.actors.append(RolloutActor.options(**placed).remote(spec))
         # A sample is re-run at most this often (default: once per allowed restart + 1).
         self.max_attempts = (
             max_retries_per_sample if max_retries_per_sample >= 0 else max_restarts * num_actors
         ) + 1
-        self.version, self.source = 0, model_path
+        self.version, self.source = 0, spec.model_path
         self.reruns = 0  # samples re-run after an actor died (cumulative)
         ray.get([a.ready.remote() for a in self.actors])
 
@@ -466,26 +437,4 @@ class RayRolloutGroup:
 
 def make_rollout_group(cfg: Config, model_path: str) -> RolloutGroupAPI:
     """The rollout group a config asks for (a RayRolloutGroup; Ray must be initialised)."""
-    r, d = cfg.rollout, cfg.data
-    return RayRolloutGroup(
-        model_path,
-        num_actors=r.num_actors,
-        num_cpus=r.num_cpus,
-        num_gpus=r.num_gpus,
-        memory_gb=r.memory_gb,
-        max_restarts=r.max_restarts,
-        window_turns=d.window_turns,
-        window_slide=d.window_slide,
-        max_answer_tokens=r.max_answer_tokens,
-        dtype=cfg.policy.dtype,
-        enable_prefix_caching=r.enable_prefix_caching,
-        block_size=r.block_size,
-        kv_cache_gb=r.kv_cache_gb,
-        max_model_len=r.max_model_len,
-        max_num_seqs=r.max_num_seqs,
-        tensor_parallel_size=r.tensor_parallel_size,
-        gpu_memory_utilization=r.gpu_memory_utilization,
-        enforce_eager=r.enforce_eager,
-        seed=cfg.run.seed,
-        weight_transfer_backend=r.weight_transfer_backend,
-    )
+    return RayRolloutGroup(WorkerSpec.of(cfg, model_path))

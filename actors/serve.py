@@ -43,6 +43,7 @@ _STARTED: dict[str, int | None] = {"port": None}  # Serve started by local_deplo
 
 
 def _engine_app(cfg: Config, checkpoint: str) -> Any:
+    from streampro.actors.api import WorkerSpec
     from streampro.actors.serve_engine import PolicyEngine
     from streampro.cluster.resources import actor_options
 
@@ -65,18 +66,7 @@ def _engine_app(cfg: Config, checkpoint: str) -> Any:
         ),
         max_ongoing_requests=r.max_num_seqs,
         **scaling,
-    ).bind(
-        checkpoint,
-        engine=s.engine,
-        dtype=cfg.policy.dtype,
-        kv_cache_gb=r.kv_cache_gb,
-        gpu_memory_utilization=r.gpu_memory_utilization,
-        enforce_eager=r.enforce_eager,
-        max_num_seqs=r.max_num_seqs,
-        block_size=r.block_size,
-        max_images=cfg.data.window_turns,
-        seed=cfg.run.seed,
-    )
+    ).bind(WorkerSpec.of(cfg, checkpoint), engine=s.engine)
 
 
 def check_serve_config(cfg: Config) -> None:

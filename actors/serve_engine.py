@@ -16,6 +16,7 @@ session sends the same context frames at every step) and passes them to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import threading
 from collections import OrderedDict
@@ -24,6 +25,7 @@ from typing import Any
 
 from ray import serve
 
+from streampro.actors.api import WorkerSpec
 from streampro.actors.episode import stop_token_ids
 from streampro.errors import UserError
 
@@ -138,20 +140,7 @@ def hf_refuses_vlm(model_path: str) -> str:
 class PolicyEngine:
     """Stateless: a prompt in, one decision (generated ids + logprobs) out."""
 
-    def __init__(
-        self,
-        model_path: str,
-        *,
-        engine: str = "vllm",
-        dtype: str = "float32",
-        kv_cache_gb: float = 1.0,
-        gpu_memory_utilization: float = 0.5,
-        enforce_eager: bool = True,
-        max_num_seqs: int = 256,
-        block_size: int = 32,
-        max_images: int = 200,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, spec: WorkerSpec, *, engine: str = "vllm") -> None:
         self.engine = engine
         self._frames = FrameCache()
         if engine == "vllm":
@@ -160,22 +149,20 @@ class PolicyEngine:
             from streampro.actors.engine import DecisionEngine
             from streampro.actors.rollout import vlm_frame_rules
 
+            # the rollout engine's settings; a served policy never takes NCCL weight pushes
+            settings = dataclasses.replace(spec.rollout, weight_transfer_backend="")
             self._vllm = DecisionEngine(
-                model_path,
-                dtype=dtype,
-                kv_cache_gb=kv_cache_gb,
-                gpu_memory_utilization=gpu_memory_utilization,
-                enforce_eager=enforce_eager,
-                max_num_seqs=max_num_seqs,
-                block_size=block_size,
-                seed=seed,
-                max_images=max_images,  # data.window_turns: the frames a context holds
+                spec.model_path,
+                settings,
+                dtype=spec.dtype,
+                seed=spec.seed,
+                max_images=spec.window_turns,  # a context holds at most one frame per turn
             )
-            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
             self._stop = stop_token_ids(tokenizer)
             self._banned, _ = vlm_frame_rules(self._vllm.processor, tokenizer)
         else:
-            self._hf = _HFDecider(model_path, dtype=dtype)
+            self._hf = _HFDecider(spec.model_path, dtype=spec.dtype)
 
     @serve.multiplexed(max_num_models_per_replica=AFFINITY_SESSIONS)
     async def _session(self, session_id: str) -> str:

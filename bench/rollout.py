@@ -19,6 +19,7 @@ writes the maximum answer length every step, which no streaming policy does.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import shutil
@@ -241,22 +242,17 @@ def _measure(group, streams: list, sampling: Sampling) -> dict:
 
 
 def _local_group(model: str, cfg, counts: list[int], *, prefix: bool):
+    """An engine with the config's rollout settings, in fp32 like the bench's transformers
+    loops (equal precision), sized for the largest load."""
+    from streampro.actors.api import WorkerSpec
     from streampro.actors.rollout import LocalRolloutGroup
 
     r = cfg.rollout
-    return LocalRolloutGroup(
-        model,
-        window_turns=cfg.data.window_turns,
-        window_slide=cfg.data.window_slide,
-        max_answer_tokens=r.max_answer_tokens,
-        enable_prefix_caching=prefix,
-        block_size=r.block_size,
-        kv_cache_gb=r.kv_cache_gb,
-        max_num_seqs=max(r.max_num_seqs, max(counts)),
-        max_model_len=r.max_model_len,
-        enforce_eager=r.enforce_eager,
-        seed=cfg.run.seed,
+    settings = dataclasses.replace(
+        r, enable_prefix_caching=prefix, max_num_seqs=max(r.max_num_seqs, max(counts))
     )
+    spec = WorkerSpec.of(cfg, model)
+    return LocalRolloutGroup(dataclasses.replace(spec, rollout=settings, dtype="float32"))
 
 
 def _vllm_runs(

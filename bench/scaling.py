@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -67,27 +68,18 @@ def step_shape(streams: int, group_size: int) -> tuple[int, int]:
 
 
 def _rollout_group(cfg: Config, model: str, actors: int):
+    from streampro.actors.api import WorkerSpec
     from streampro.actors.rollout import RayRolloutGroup
 
-    r, d = cfg.rollout, cfg.data
-    return RayRolloutGroup(
-        model,
+    r = cfg.rollout
+    settings = dataclasses.replace(
+        r,
         num_actors=actors,
-        num_cpus=r.num_cpus,
-        memory_gb=r.memory_gb,
         max_restarts=0,
-        env_vars=ACTOR_ENV,
-        window_turns=d.window_turns,
-        window_slide=d.window_slide,
-        max_answer_tokens=r.max_answer_tokens,
-        dtype=cfg.policy.dtype,
-        enable_prefix_caching=r.enable_prefix_caching,
-        block_size=r.block_size,
-        kv_cache_gb=r.kv_cache_gb,
-        max_model_len=r.max_model_len,
         max_num_seqs=max(r.max_num_seqs, max(cfg.bench.scaling_streams)),
-        seed=cfg.run.seed,
     )
+    spec = dataclasses.replace(WorkerSpec.of(cfg, model), rollout=settings)
+    return RayRolloutGroup(spec, env_vars=ACTOR_ENV)
 
 
 def grpo_step(cfg: Config, parts: dict, point: dict[str, int], work: Path) -> dict[str, Any]:

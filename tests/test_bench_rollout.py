@@ -60,11 +60,15 @@ def test_bench_engines_take_the_rollout_config(monkeypatch) -> None:
     from streampro.bench.rollout import _local_group
     from streampro.config import load_config
 
-    built: list[dict] = []
-    monkeypatch.setattr(rollout, "LocalRolloutGroup", lambda model, **kw: built.append(kw))
+    built: list = []
+    monkeypatch.setattr(rollout, "LocalRolloutGroup", built.append)
     overrides = ["rollout.enforce_eager=false", "rollout.block_size=64", "rollout.max_num_seqs=8"]
     cfg = load_config("configs/default.yaml", overrides)
     _local_group("m", cfg, [4, 16], prefix=False)
-    (kw,) = built
-    assert kw["enforce_eager"] is False and kw["block_size"] == 64
-    assert kw["enable_prefix_caching"] is False and kw["max_num_seqs"] == 16  # the largest load
+    (spec,) = built
+    r = spec.rollout
+    assert spec.model_path == "m" and r.enforce_eager is False and r.block_size == 64
+    assert r.enable_prefix_caching is False and r.max_num_seqs == 16  # the largest load
+    assert spec.dtype == "float32"  # as the bench's transformers loops
+    assert spec.window_turns == cfg.data.window_turns and spec.seed == cfg.run.seed
+    assert cfg.rollout.max_num_seqs == 8  # the config itself is left as it was

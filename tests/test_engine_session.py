@@ -12,8 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streampro.actors.api import Sampling
+from streampro.actors.api import Sampling, WorkerSpec
 from streampro.bench.rollout import logprob_max_abs_diff, silence_biased_policy, synthetic_streams
+from streampro.config import RolloutConfig
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +29,13 @@ def test_sessions_fall_back_when_the_kv_cache_is_short(policy, monkeypatch):
 
     # vLLM CPU takes VLLM_CPU_KVCACHE_SPACE (GiB, set for every test) over kv_cache_gb
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
-    group = LocalRolloutGroup(
-        policy,
-        window_turns=200,
+    settings = RolloutConfig(
         max_answer_tokens=4,
         kv_cache_gb=0.004,  # ~4 k tokens of the tiny policy's KV (1 KiB a token)
         max_num_seqs=16,
         max_model_len=2048,
     )
+    group = LocalRolloutGroup(WorkerSpec(policy, settings, window_turns=200))
     try:
         engine = group.worker.engine
         cap = engine_session.kv_capacity(engine)

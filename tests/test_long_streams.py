@@ -12,9 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streampro.actors.api import Sampling
+from streampro.actors.api import Sampling, WorkerSpec
 from streampro.actors.episode import request_seed
 from streampro.bench.rollout import silence_biased_policy, synthetic_streams
+from streampro.config import RolloutConfig
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +35,10 @@ def recorded(policy):
     whole prompt, ("delta", ids) for a session input appending to what the session holds."""
     from streampro.actors.rollout import LocalRolloutGroup
 
-    group = LocalRolloutGroup(
-        policy,
-        window_turns=WINDOW,
-        window_slide=SLIDE,
-        max_answer_tokens=4,
-        kv_cache_gb=0.25,
-        max_num_seqs=16,
-        max_model_len=2048,
+    settings = RolloutConfig(
+        max_answer_tokens=4, kv_cache_gb=0.25, max_num_seqs=16, max_model_len=2048
     )
+    group = LocalRolloutGroup(WorkerSpec(policy, settings, window_turns=WINDOW, window_slide=SLIDE))
     prompts: dict[int, tuple[str, list[int]]] = {}
     llm = group.worker.engine.llm
     generate = llm.generate
@@ -152,9 +148,10 @@ def test_learner_step_synced_to_vllm_and_kept_weights(tiny_path, tmp_path):
 
     samples = synthetic_streams(2, 6, seed=3)
     sampling = Sampling(temperature=0.7, seed=1, max_answer_tokens=4)
-    group = LocalRolloutGroup(
-        tiny_path, max_answer_tokens=4, kv_cache_gb=0.25, max_num_seqs=16, max_model_len=4096
+    settings = RolloutConfig(
+        max_answer_tokens=4, kv_cache_gb=0.25, max_num_seqs=16, max_model_len=4096
     )
+    group = LocalRolloutGroup(WorkerSpec(tiny_path, settings))
     learner = LocalLearnerGroup(
         model_path=tiny_path, lr=1e-2, temperature=0.7, precision="fp32", micro_batch=4
     )

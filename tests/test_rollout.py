@@ -15,18 +15,22 @@ import time
 import pytest
 import torch
 
-from streampro.actors.api import Sampling
+from streampro.actors.api import Sampling, WorkerSpec
 from streampro.bench.rollout import perturbed_copy, silence_biased_policy, synthetic_streams
+from streampro.config import RolloutConfig
 
 pytestmark = pytest.mark.slow
 
 MAX_ANSWER = 6
-ENGINE = {
-    "max_answer_tokens": MAX_ANSWER,
-    "kv_cache_gb": 0.25,
-    "max_num_seqs": 64,
-    "max_model_len": 4096,
-}
+SETTINGS = RolloutConfig(
+    num_actors=1,
+    num_cpus=1,
+    max_restarts=1,
+    max_answer_tokens=MAX_ANSWER,
+    kv_cache_gb=0.25,
+    max_num_seqs=64,
+    max_model_len=4096,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,7 @@ def policy(tiny_path, tmp_path_factory) -> str:
 def group(ray_local, policy):
     from streampro.actors.rollout import RayRolloutGroup
 
-    g = RayRolloutGroup(policy, num_actors=1, num_cpus=1, max_restarts=1, **ENGINE)
+    g = RayRolloutGroup(WorkerSpec(policy, SETTINGS))
     yield g
     g.shutdown()
 
@@ -150,7 +154,7 @@ def test_local_group_and_transformers_loop_agree_with_ray(group, policy):
     sampled = Sampling(seed=9, max_answer_tokens=MAX_ANSWER)
     ray_greedy = group.generate(samples=samples, n=1, sampling=greedy)
     ray_sampled = group.generate(samples=samples, n=2, sampling=sampled)
-    local = LocalRolloutGroup(policy, **ENGINE)
+    local = LocalRolloutGroup(WorkerSpec(policy, SETTINGS))
     try:
         assert [_ids(t) for t in local.generate(samples=samples, n=1, sampling=greedy)] == [
             _ids(t) for t in ray_greedy

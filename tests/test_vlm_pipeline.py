@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from streampro.actors.api import Sampling
+from streampro.actors.api import Sampling, WorkerSpec
+from streampro.config import RolloutConfig
 
 pytestmark = pytest.mark.slow
 
@@ -67,15 +68,11 @@ def image_streams(n: int, steps: int, *, seed: int) -> list:
 def rollout(vl_policy):
     from streampro.actors.rollout import LocalRolloutGroup
 
+    settings = RolloutConfig(
+        max_answer_tokens=4, kv_cache_gb=0.25, max_num_seqs=16, max_model_len=4096, block_size=32
+    )
     group = LocalRolloutGroup(
-        vl_policy,
-        window_turns=WINDOW,
-        window_slide=SLIDE,
-        max_answer_tokens=4,
-        kv_cache_gb=0.25,
-        max_num_seqs=16,
-        max_model_len=4096,
-        block_size=32,
+        WorkerSpec(vl_policy, settings, window_turns=WINDOW, window_slide=SLIDE)
     )
     yield group
     group.shutdown()

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from streampro.actors.api import WorkerSpec
 from streampro.actors.weight_transfer import call_with_timeout, engine_rank_offsets
-from streampro.config import ConfigError, load_config
+from streampro.config import ConfigError, RolloutConfig, load_config
 from streampro.learners.weight_sync import (
     GatheredWeights,
     SendItem,
@@ -343,9 +344,10 @@ def test_engine_side_of_a_weight_transfer_sync(tiny_path) -> None:
     from streampro.actors.rollout import LocalRolloutGroup
     from streampro.bench.rollout import synthetic_streams
 
-    group = LocalRolloutGroup(
-        tiny_path, max_answer_tokens=4, kv_cache_gb=0.25, max_num_seqs=8, max_model_len=2048
+    settings = RolloutConfig(
+        max_answer_tokens=4, kv_cache_gb=0.25, max_num_seqs=8, max_model_len=2048
     )
+    group = LocalRolloutGroup(WorkerSpec(tiny_path, settings))
     try:
         assert group.weight_sync_client(timeout_s=60).world_size == 2
         samples = synthetic_streams(1, 4, seed=2)
