@@ -27,6 +27,7 @@ from ray import serve
 
 from streampro.actors.api import WorkerSpec
 from streampro.actors.episode import stop_token_ids
+from streampro.config import RolloutConfig
 from streampro.errors import UserError
 
 # Sessions a replica counts as "its own" for routing; older ones are forgotten (LRU) and
@@ -136,6 +137,12 @@ def hf_refuses_vlm(model_path: str) -> str:
     )
 
 
+def served_engine_settings(rollout: RolloutConfig) -> RolloutConfig:
+    """The rollout engine's settings for a Serve replica: on the replica's own devices
+    (serve.num_gpus), so no tensor-parallel placement group, and no NCCL weight pushes."""
+    return dataclasses.replace(rollout, tensor_parallel_size=1, weight_transfer_backend="")
+
+
 @serve.deployment(name="PolicyEngine")
 class PolicyEngine:
     """Stateless: a prompt in, one decision (generated ids + logprobs) out."""
@@ -149,11 +156,9 @@ class PolicyEngine:
             from streampro.actors.engine import DecisionEngine
             from streampro.actors.rollout import vlm_frame_rules
 
-            # the rollout engine's settings; a served policy never takes NCCL weight pushes
-            settings = dataclasses.replace(spec.rollout, weight_transfer_backend="")
             self._vllm = DecisionEngine(
                 spec.model_path,
-                settings,
+                served_engine_settings(spec.rollout),
                 dtype=spec.dtype,
                 seed=spec.seed,
                 max_images=spec.window_turns,  # a context holds at most one frame per turn

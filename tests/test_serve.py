@@ -569,3 +569,18 @@ def test_racing_requests_of_one_session_one_wins_the_other_gets_409(served):
     r = httpx.post(url, json=body, headers=AUTH)  # the log has exactly 3 steps: step 4 fits
     assert r.status_code == 200 and r.json()["decisions"][0]["time"] == 4.0, r.text
     assert httpx.delete(f"{served}/v1/sessions/{sid}", headers=AUTH).status_code == 204
+
+
+def test_a_served_engine_takes_the_rollout_settings_on_its_own_devices():
+    """Serve builds its engine from the rollout's settings, but a replica holds its own
+    devices (serve.num_gpus) and never takes NCCL weight pushes."""
+    from streampro.actors.serve_engine import served_engine_settings
+    from streampro.config import RolloutConfig
+
+    r = RolloutConfig(
+        tensor_parallel_size=2, weight_transfer_backend="nccl", max_model_len=4096, block_size=64
+    )
+    s = served_engine_settings(r)
+    assert (s.tensor_parallel_size, s.weight_transfer_backend) == (1, "")
+    assert (s.max_model_len, s.block_size) == (4096, 64)
+    assert r.tensor_parallel_size == 2  # the rollout's own config is left as it was
