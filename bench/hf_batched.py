@@ -29,12 +29,18 @@ class BatchedHFStreamPolicy:
     """One transformers causal LM running all streams of a call together (one KV cache)."""
 
     def __init__(
-        self, model_path: str, *, window_turns: int = 200, max_answer_tokens: int = 24
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        window_turns: int = 200,
+        max_answer_tokens: int = 24,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+        dt = getattr(torch, dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dt).eval()
         self.window_turns = window_turns
         self.max_answer_tokens = max_answer_tokens
         self.stop_ids = set(stop_token_ids(self.tokenizer))

@@ -325,11 +325,11 @@ def rollout_run(cfg: Config, model_path: str, work: str, streams: int, steps: in
     """Decisions/s of the transformers loops (batched; sequential) and vLLM with and without
     the prefix cache on the same streams; then the weight sync of the cached engine."""
     from streampro.actors.api import Sampling
-    from streampro.bench.hf_batched import BatchedHFStreamPolicy
     from streampro.bench.rollout import (
         HF_STREAMS,
         _local_group,
         _measure,
+        batched_hf_loop,
         engine_warm_up,
         sequential_hf_run,
         silence_biased_policy,
@@ -344,9 +344,7 @@ def rollout_run(cfg: Config, model_path: str, work: str, streams: int, steps: in
         seed=cfg.run.seed,
     )
     policy = silence_biased_policy(model_path, Path(work) / "policy")
-    hf = BatchedHFStreamPolicy(
-        policy, window_turns=cfg.data.window_turns, max_answer_tokens=cfg.rollout.max_answer_tokens
-    )
+    hf = batched_hf_loop(policy, cfg)
     out: dict[str, Any] = {"streams": streams, "steps": steps}
     hf_m = timed_pass(hf, streams, steps, seed=cfg.run.seed, sampling=sampling)
     out["transformers_batched_kv"] = {"decisions_per_s": round(hf_m["decisions_per_s"], 2)}

@@ -141,7 +141,8 @@ def perturbed_copy(src: str, dst: str | Path, *, scale: float = 0.05, seed: int 
 
 
 def logprob_max_abs_diff(model_path: str, trajs: list) -> float:
-    """Max |vLLM sampling logprob - transformers logprob| over the generated tokens."""
+    """Max |vLLM sampling logprob - transformers logprob| over the generated tokens, against
+    the fp32 model (what the learner scores): ~1e-2 when the engine runs in bf16."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -242,8 +243,8 @@ def _measure(group, streams: list, sampling: Sampling) -> dict:
 
 
 def _local_group(model: str, cfg, counts: list[int], *, prefix: bool):
-    """An engine with the config's rollout settings, in fp32 like the bench's transformers
-    loops (equal precision), sized for the largest load."""
+    """An engine with the config's rollout settings, in `bench.dtype` like the bench's
+    transformers loops (equal precision), sized for the largest load."""
     from streampro.actors.api import WorkerSpec
     from streampro.actors.rollout import LocalRolloutGroup
 
@@ -252,7 +253,7 @@ def _local_group(model: str, cfg, counts: list[int], *, prefix: bool):
         r, enable_prefix_caching=prefix, max_num_seqs=max(r.max_num_seqs, max(counts))
     )
     spec = WorkerSpec.of(cfg, model)
-    return LocalRolloutGroup(dataclasses.replace(spec, rollout=settings, dtype="float32"))
+    return LocalRolloutGroup(dataclasses.replace(spec, rollout=settings, dtype=cfg.bench.dtype))
 
 
 def _vllm_runs(
@@ -332,6 +333,7 @@ def sequential_hf_run(model: str, cfg, steps: int, sampling: Sampling) -> dict:
 
     hf = HFStreamPolicy(
         model,
+        dtype=cfg.bench.dtype,
         window_turns=cfg.data.window_turns,
         window_slide=cfg.data.window_slide,
         max_answer_tokens=cfg.rollout.max_answer_tokens,
@@ -339,16 +341,24 @@ def sequential_hf_run(model: str, cfg, steps: int, sampling: Sampling) -> dict:
     return timed_pass(hf, HF_STREAMS, steps, seed=cfg.run.seed, sampling=sampling)
 
 
+def batched_hf_loop(model: str, cfg):
+    """bench/hf_batched.py's loop with the config's window, answer length and `bench.dtype`."""
+    from streampro.bench.hf_batched import BatchedHFStreamPolicy
+
+    return BatchedHFStreamPolicy(
+        model,
+        dtype=cfg.bench.dtype,
+        window_turns=cfg.data.window_turns,
+        max_answer_tokens=cfg.rollout.max_answer_tokens,
+    )
+
+
 def _batched_hf_runs(model: str, cfg, counts: list[int], steps: int, sampling: Sampling) -> dict:
     """bench/hf_batched.py at every stream count (it runs streams in lockstep, one KV cache);
     it cannot follow a window slide, so streams longer than the window are not run."""
-    from streampro.bench.hf_batched import BatchedHFStreamPolicy
-
     if steps > cfg.data.window_turns:
         return {"skipped": f"{steps}-step streams outgrow the {cfg.data.window_turns}-turn window"}
-    hf = BatchedHFStreamPolicy(
-        model, window_turns=cfg.data.window_turns, max_answer_tokens=cfg.rollout.max_answer_tokens
-    )
+    hf = batched_hf_loop(model, cfg)
     rates = {}
     for s in counts:
         m = timed_pass(hf, s, steps, seed=cfg.run.seed, sampling=sampling)
@@ -388,6 +398,7 @@ def _result(
             "streams": counts,
             "steps": steps,
             "policy": f"tiny, P(silence)~{P_SILENCE}",
+            "dtype": cfg.bench.dtype,
             "block_size": cfg.rollout.block_size,
             "max_answer_tokens": cfg.rollout.max_answer_tokens,
         },

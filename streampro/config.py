@@ -456,6 +456,9 @@ class BenchConfig:
     baselines: bool = True
     """`bench rollout` also runs the transformers KV-cache loop and vLLM without prefix caching
     (their cost grows with the window: turn off for long streams)."""
+    dtype: str = "float32"
+    """Weights of every rollout loop `bench rollout` and `bench perf` time (vLLM and both
+    transformers loops, so they compare at equal precision): float32 or bfloat16."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds of `bench sft-ablation`."""
     scaling_streams: list[int] = field(default_factory=lambda: [16, 32, 64])
@@ -552,6 +555,10 @@ def check_config(cfg: Config, where: str) -> None:
         raise ConfigError(
             f"{where}: grpo.logprob_check_every must be >= 0 (0 = never), "
             f"got {cfg.grpo.logprob_check_every}"
+        )
+    if cfg.bench.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(
+            f"{where}: bench.dtype must be 'float32' or 'bfloat16', got {cfg.bench.dtype!r}"
         )
     check_gpu_paths(cfg, where)
     check_judges(cfg, where)

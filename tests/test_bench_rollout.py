@@ -72,3 +72,31 @@ def test_bench_engines_take_the_rollout_config(monkeypatch) -> None:
     assert spec.dtype == "float32"  # as the bench's transformers loops
     assert spec.window_turns == cfg.data.window_turns and spec.seed == cfg.run.seed
     assert cfg.rollout.max_num_seqs == 8  # the config itself is left as it was
+
+
+def test_bench_dtype_reaches_every_loop(monkeypatch, tiny_path) -> None:
+    # bench.dtype: vLLM and both transformers loops run at the same precision
+    import torch
+
+    from streampro.actors import hf_loop, rollout
+    from streampro.bench.rollout import HF_STREAMS, _local_group, batched_hf_loop, sequential_hf_run
+    from streampro.config import load_config
+
+    cfg = load_config("configs/default.yaml", ["bench.dtype=bfloat16"])
+    built: list = []
+    monkeypatch.setattr(rollout, "LocalRolloutGroup", built.append)
+    _local_group("m", cfg, [4], prefix=True)
+    assert built[0].dtype == "bfloat16"
+    assert {p.dtype for p in batched_hf_loop(tiny_path, cfg).model.parameters()} == {torch.bfloat16}
+    loops: list = []
+
+    class Recorded(hf_loop.HFStreamPolicy):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            loops.append(self)
+
+    monkeypatch.setattr(hf_loop, "HFStreamPolicy", Recorded)
+    sampling = Sampling(temperature=1.0, top_p=1.0, max_answer_tokens=4, seed=0)
+    m = sequential_hf_run(tiny_path, cfg, 3, sampling)
+    assert {p.dtype for p in loops[0].model.parameters()} == {torch.bfloat16}
+    assert len(m["trajs"]) == HF_STREAMS and all(len(t.steps) == 3 for t in m["trajs"])

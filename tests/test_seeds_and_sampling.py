@@ -48,6 +48,7 @@ def test_run_seed_sets_the_tiny_policy_weights(tmp_path):
         ("data.window_slide=300", "data.window_slide must be in [1, data.window_turns]"),
         ("reward.turn_match=max", "reward.turn_match must be 'sum' or 'product'"),
         ("grpo.logprob_check_every=-1", "grpo.logprob_check_every must be >= 0"),
+        ("bench.dtype=float16", "bench.dtype must be 'float32' or 'bfloat16'"),
     ],
 )
 def test_unsupported_sampling_is_refused_at_load(override, message):
