@@ -10,7 +10,7 @@ reused from the prefix cache or an open stream session, actors/engine_session.py
 weight-sync time and the logprob agreement with transformers after a sync. `attention`: the
 milliseconds of attention alone that one round of decisions needs at the step-5 and the last
 step's context (torch SDPA on the policy's shapes), the part of a step that must grow with
-the stream whatever the engine does.
+the stream whatever the engine does. Every loop runs in `bench.dtype` (equal precision).
 
 The workload is a stream policy that stays silent at ~90% of steps (the tiny policy with
 its `</Silence>` logit raised, see `silence_biased_policy`): an untrained random policy
