@@ -417,6 +417,7 @@ def make_learner_group(cfg: Config, model_path: str, *, objective: str) -> Learn
         clip_high=cfg.grpo.clip_high,
         kl_coef=cfg.grpo.kl_coef,
         kl_estimator=cfg.grpo.kl_estimator,
+        entropy_coef=cfg.grpo.entropy_coef,
         loss_agg=cfg.grpo.loss_agg,
         temperature=cfg.rollout.temperature,
         freeze_vision=lc.freeze_vision,

@@ -99,10 +99,13 @@ def policy_loss(
     ref_logprobs: torch.Tensor | None = None,  # [B, T]
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
+    entropy: torch.Tensor | None = None,  # [B, T] of the current policy, differentiable
+    entropy_coef: float = 0.0,
     loss_agg: str = "token_mean",
     normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO-clip surrogate with separate low/high clip (DAPO clip-higher) plus optional KL."""
+    """PPO-clip surrogate with separate low/high clip (DAPO clip-higher), plus an optional
+    KL penalty and an optional entropy bonus (-entropy_coef x entropy per token)."""
     mask = mask.to(logprobs.dtype)
     ratio = torch.exp(logprobs - old_logprobs)  # [B, T]
     surr1 = ratio * advantages
@@ -115,6 +118,10 @@ def policy_loss(
             raise ValueError("kl_coef != 0 needs ref_logprobs")
         kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)  # [B, T]
         per_token = pg + kl_coef * kl
+    if entropy_coef != 0.0:
+        if entropy is None:
+            raise ValueError("entropy_coef != 0 needs the entropy")
+        per_token = per_token - entropy_coef * entropy
     loss = aggregate(per_token, mask, loss_agg=loss_agg, normalizer=normalizer)
 
     with torch.no_grad():

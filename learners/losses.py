@@ -46,6 +46,7 @@ def shifted_logprobs(
     *,
     position_ids: torch.Tensor | None = None,  # [B, T] packed rows: 0 starts a sequence
     with_entropy: bool = False,
+    entropy_grad: bool = False,
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per-token logprobs, entropies and argmax predictions, aligned to the predicted token.
@@ -55,7 +56,8 @@ def shifted_logprobs(
 
     Returns (logprobs [B, T], entropy [B, T] or None, predicted ids [B, T]); the first token
     of every sequence (column 0, and position_ids == 0 in packed rows) holds 0 (entropy 0,
-    prediction -1): nothing of its own sequence predicts it.
+    prediction -1): nothing of its own sequence predicts it. The entropy is a statistic
+    (no gradient) unless `entropy_grad` (a loss term: GRPO's entropy bonus).
     """
     if temperature <= 0.0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -67,11 +69,12 @@ def shifted_logprobs(
     lp = logp.gather(-1, target).squeeze(-1)  # [B, T-1]
     zero = lp.new_zeros(lp.shape[0], 1)  # [B, 1] (not lp[:, :1]: empty when T == 1)
     logprobs = torch.cat([zero, lp], dim=1)  # [B, T]
-    with torch.no_grad():  # statistics only: keep them out of the autograd graph
-        entropy = None
-        if with_entropy:
+    entropy = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             ent = -(logp.exp() * logp).sum(-1)  # [B, T-1]
-            entropy = torch.cat([zero.detach(), ent], dim=1)
+        entropy = torch.cat([zero.detach(), ent], dim=1)
+    with torch.no_grad():
         pred = logits[:, :-1].argmax(-1)  # [B, T-1]
         pred = torch.cat([pred.new_full((pred.shape[0], 1), -1), pred], dim=1)  # [B, T]
     if position_ids is not None:
@@ -87,13 +90,15 @@ def token_logprobs(
     targets: torch.Tensor,  # [N] the scored tokens
     *,
     with_entropy: bool = False,
+    entropy_grad: bool = False,
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Logprob, entropy and argmax of the scored tokens only: `shifted_logprobs` restricted to
     the N positions a loss or metric reads (the learner gathers their hidden states first).
 
     Returns (logprobs [N], entropy [N] or None, predicted ids [N]); same maths and dtype
-    (fp32 log-softmax of logits / temperature) as `shifted_logprobs`, so values are equal.
+    (fp32 log-softmax of logits / temperature) as `shifted_logprobs`, so values are equal;
+    the entropy carries a gradient only with `entropy_grad`.
     """
     if temperature <= 0.0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -102,10 +107,13 @@ def token_logprobs(
         scaled = scaled / temperature
     logp = torch.log_softmax(scaled, dim=-1)  # [N, V]
     lp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N]
-    with torch.no_grad():  # statistics only: keep them out of the autograd graph
-        # banned ids (-inf logits) add 0, not 0 * -inf = NaN
-        finite = logp.clamp_min(torch.finfo(logp.dtype).min)
-        entropy = -(logp.exp() * finite).sum(-1) if with_entropy else None  # [N]
+    entropy = None
+    if with_entropy:  # a statistic (no graph) unless a loss term needs its gradient
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            # banned ids (-inf logits) add 0, not 0 * -inf = NaN
+            finite = logp.clamp_min(torch.finfo(logp.dtype).min)
+            entropy = -(logp.exp() * finite).sum(-1)  # [N]
+    with torch.no_grad():
         pred = logits.argmax(-1)  # [N]
     return lp, entropy, pred
 

@@ -126,6 +126,7 @@ def score_vlm_tokens(
     banned: Sequence[int],
     temperature: float,
     with_entropy: bool,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """`learners.worker.score_tokens` for a VLM micro-batch (one sequence per row, its frames
     in mb["frames"]): logprobs [B, T], entropy [B, T] or None, argmax [B, T] of the tokens in
@@ -152,7 +153,11 @@ def score_vlm_tokens(
     if banned:
         logits = logits.index_fill(-1, torch.tensor(list(banned), device=device), float("-inf"))
     lp_n, ent_n, pred_n = scored_logprobs(
-        logits, mb["input_ids"][rows, cols], with_entropy=with_entropy, temperature=temperature
+        logits,
+        mb["input_ids"][rows, cols],
+        with_entropy=with_entropy,
+        entropy_grad=entropy_grad,
+        temperature=temperature,
     )
     shape, idx = mb["input_ids"].shape, (rows, cols)
     lp = lp_n.new_zeros(shape).index_put(idx, lp_n)  # [B, T], differentiable

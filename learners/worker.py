@@ -78,6 +78,7 @@ class LearnerSettings:
     clip_high: float = 0.2
     kl_coef: float = 0.0
     kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
     loss_agg: str = "token_mean"
 
 
@@ -108,16 +109,18 @@ def score_tokens(
     dtype: torch.dtype,
     temperature: float,
     with_entropy: bool,
+    entropy_grad: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Logprobs [B, T], entropy [B, T] (or None) and argmax [B, T] of the tokens in `need`
-    ([B, T] bool); 0 (argmax -1) elsewhere. Only the scored tokens' hidden states meet the
-    LM head: about 3% of GRPO positions, the rest is frames and prompt."""
+    """Logprobs [B, T], entropy [B, T] (or None; differentiable with `entropy_grad`) and
+    argmax [B, T] of the tokens in `need` ([B, T] bool); 0 (argmax -1) elsewhere. Only the
+    scored tokens' hidden states meet the LM head: about 3% of GRPO positions."""
     if attention == "dense":
         return shifted_logprobs(
             dense_logits(model, mb, dtype),
             mb["input_ids"],
             position_ids=mb["position_ids"],
             with_entropy=with_entropy,
+            entropy_grad=entropy_grad,
             temperature=temperature,
         )
     lay = flat_layout(mb, need)
@@ -144,7 +147,11 @@ def score_tokens(
         )
         logits = out.logits[0]  # [N, V]
     lp_n, ent_n, pred_n = token_logprobs(
-        logits, lay.targets, with_entropy=with_entropy, temperature=temperature
+        logits,
+        lay.targets,
+        with_entropy=with_entropy,
+        entropy_grad=entropy_grad,
+        temperature=temperature,
     )
     shape, idx = mb["input_ids"].shape, (lay.rows, lay.cols)
     lp = lp_n.new_zeros(shape).index_put(idx, lp_n)  # [B, T], differentiable
@@ -277,7 +284,14 @@ class LearnerWorker:
         return model
 
     def _score(
-        self, model, mb: Batch, need: torch.Tensor, *, temperature: float, with_entropy: bool
+        self,
+        model,
+        mb: Batch,
+        need: torch.Tensor,
+        *,
+        temperature: float,
+        with_entropy: bool,
+        entropy_grad: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """score_tokens for this rank's model (the VLM path when the policy has a processor)."""
         if self.vlm is not None:
@@ -292,6 +306,7 @@ class LearnerWorker:
                 banned=banned,
                 temperature=temperature,
                 with_entropy=with_entropy,
+                entropy_grad=entropy_grad,
             )
         return score_tokens(
             model,
@@ -301,6 +316,7 @@ class LearnerWorker:
             dtype=self.dtype,
             temperature=temperature,
             with_entropy=with_entropy,
+            entropy_grad=entropy_grad,
         )
 
     def _ds_config(self) -> dict:
@@ -358,6 +374,8 @@ class LearnerWorker:
         """Forward/backward every micro-batch, then one optimiser step. Returns summed stats."""
         self.engine.train()
         sums: dict[str, float] = defaultdict(float)
+        # the entropy bonus differentiates the entropy; otherwise it is a statistic
+        entropy_grad = objective == "grpo" and self.s.entropy_coef != 0.0
         for mb in micro_batches:
             mb = {k: v.to(self.device) for k, v in mb.items()}
             if self.vlm is not None:  # a vision token is never a target (a dialogue bug)
@@ -369,6 +387,7 @@ class LearnerWorker:
                 mb,
                 mb["loss_mask"] > 0,
                 with_entropy=True,
+                entropy_grad=entropy_grad,
                 temperature=self.s.temperature if objective == "grpo" else 1.0,
             )
             if objective == "sft":
@@ -390,7 +409,7 @@ class LearnerWorker:
                     sums[f"sum/{k}"] += v
                 sums["sum/nll"] += st["nll_sum"]
             else:
-                loss, st = self._grpo_loss(lp, mb, totals)
+                loss, st = self._grpo_loss(lp, ent, mb, totals)
                 n = st["tokens"]
                 for k, v in st.items():
                     if k == "ratio_max":
@@ -413,7 +432,7 @@ class LearnerWorker:
         return dict(sums)
 
     def _grpo_loss(
-        self, lp: torch.Tensor, mb: Batch, totals: dict[str, float]
+        self, lp: torch.Tensor, ent: torch.Tensor | None, mb: Batch, totals: dict[str, float]
     ) -> tuple[torch.Tensor, dict]:
         from streampro.learners.grpo_loss import policy_loss
 
@@ -428,6 +447,8 @@ class LearnerWorker:
             ref_logprobs=ref,
             kl_coef=self.s.kl_coef,
             kl_estimator=self.s.kl_estimator,
+            entropy=ent if self.s.entropy_coef != 0.0 else None,
+            entropy_coef=self.s.entropy_coef,
             loss_agg=self.s.loss_agg,
             normalizer=totals["normalizer"],
         )

@@ -346,6 +346,9 @@ class GRPOConfig:
     """KL coefficient to the reference (0 skips the reference model)."""
     kl_estimator: str = "k3"
     """'k1', 'k2' or 'k3'."""
+    entropy_coef: float = 0.0
+    """Entropy bonus: the loss subtracts entropy_coef x the mean entropy of the sampling
+    distribution at the generated tokens (as verl's entropy_coeff), against entropy collapse."""
     loss_agg: str = "token_mean"
     """'token_mean' (over the global batch) or 'seq_mean'."""
     dynamic_sampling: bool = False

@@ -92,6 +92,18 @@ def test_kl_estimators_hand_values_and_zero_coef_needs_no_reference():
     assert loss.item() == pytest.approx(0.1 * (0.5 + math.log(2) - 1))
 
 
+def test_entropy_bonus_hand_values():
+    # zero advantages: the loss is the bonus alone, -coef x the token-mean entropy
+    z, mask = torch.zeros(1, 3), torch.tensor([[1.0, 1.0, 0.0]])
+    ent = torch.tensor([[1.0, 2.0, 9.0]])  # the masked token does not count
+    loss, _ = policy_loss(z, z, z, mask, entropy=ent, entropy_coef=0.1)
+    assert loss.item() == pytest.approx(-0.1 * 1.5)
+    loss, _ = policy_loss(z, z, z, mask, entropy=ent, entropy_coef=0.0)  # off: ignored
+    assert loss.item() == 0.0
+    with pytest.raises(ValueError, match="needs the entropy"):
+        policy_loss(z, z, z, mask, entropy_coef=0.1)
+
+
 def test_aggregation_token_mean_and_seq_mean_and_global_normaliser():
     x = torch.tensor([[1.0, 1.0, 1.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
     m = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])

@@ -93,6 +93,22 @@ def test_first_grpo_step_is_the_advantage_mean(local_run) -> None:
     assert got["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and got["clip_frac"] == 0.0
 
 
+def test_entropy_bonus_alone_is_its_hand_value_and_raises_the_entropy(tiny_path) -> None:
+    # zero advantages: the policy term has no gradient, the loss is -coef x mean entropy
+    coef = 0.5
+    group = LocalLearnerGroup(model_path=tiny_path, **SETTINGS, entropy_coef=coef)
+    try:
+        batch = make_batch(2, "grpo")
+        batch["advantages"] = torch.zeros_like(batch["advantages"])
+        batch["old_logprobs"] = group.logprobs(batch=batch)
+        first = group.train_step(batch=batch, objective="grpo")
+        second = group.train_step(batch=batch, objective="grpo")
+    finally:
+        group.shutdown()
+    assert first["loss"] == pytest.approx(-coef * first["entropy"], rel=1e-5)
+    assert second["entropy"] > first["entropy"]
+
+
 def test_sft_metrics_use_global_counts(local_run) -> None:
     batch = make_batch(0, "sft")
     sup = batch["loss_mask"] > 0

@@ -51,6 +51,30 @@ def test_token_logprobs_equal_full_vocab_reference(temperature: float) -> None:
     assert torch.equal(pred, ref_pred[b, t])
 
 
+def test_entropy_carries_a_gradient_only_when_asked() -> None:
+    from streampro.learners.losses import shifted_logprobs, token_logprobs
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, 11, generator=g, requires_grad=True)  # [N, V]
+    targets = torch.randint(0, 11, (5,), generator=g)
+    _, ent, _ = token_logprobs(logits, targets, with_entropy=True, temperature=0.7)
+    assert not ent.requires_grad  # a statistic by default
+    _, ent, _ = token_logprobs(
+        logits, targets, with_entropy=True, entropy_grad=True, temperature=0.7
+    )
+    (grad,) = torch.autograd.grad(ent.sum(), logits)
+    p = torch.softmax(logits / 0.7, -1)  # reference: H = -sum p log p of logits / T
+    (ref,) = torch.autograd.grad(-(p * p.log()).sum(), logits)
+    torch.testing.assert_close(grad, ref)
+    _, ent_b, _ = shifted_logprobs(  # the dense path: the same values and gradient
+        logits[None], torch.cat([targets[:1], targets[:-1]])[None], with_entropy=True,
+        entropy_grad=True, temperature=0.7,
+    )  # fmt: skip
+    (grad_b,) = torch.autograd.grad(ent_b.sum(), logits)
+    torch.testing.assert_close(grad_b[:-1], ref[:-1])  # the last row predicts no token
+    assert grad_b[-1].abs().max() == 0.0
+
+
 def test_flat_layout_indexes_the_scored_tokens() -> None:
     # row 0 packs two sequences (3 + 2 tokens), row 1 holds one of 4 tokens then padding
     batch = {
