@@ -91,7 +91,7 @@ class DecisionEngine:
             # vLLM 0.32 CPU fails on a seeded request whose prefill is split over steps
             # ("CPU Generator does not use offset"), e.g. 64 new streams at once: so prefill
             # whole prompts only, with a token budget of one full context.
-            max_model_len = max_model_len or _model_max_len(model_path)
+            max_model_len = self.max_model_len  # read from the model once, above
             kw["enable_chunked_prefill"] = False
             kw["max_num_batched_tokens"] = max(max_model_len, 2048)
         else:
