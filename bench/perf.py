@@ -345,7 +345,7 @@ def rollout_run(cfg: Config, model_path: str, work: str, streams: int, steps: in
     )
     policy = silence_biased_policy(model_path, Path(work) / "policy")
     hf = batched_hf_loop(policy, cfg)
-    out: dict[str, Any] = {"streams": streams, "steps": steps}
+    out: dict[str, Any] = {"streams": streams, "steps": steps, "dtype": cfg.bench.dtype}
     hf_m = timed_pass(hf, streams, steps, seed=cfg.run.seed, sampling=sampling)
     out["transformers_batched_kv"] = {"decisions_per_s": round(hf_m["decisions_per_s"], 2)}
     del hf
