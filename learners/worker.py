@@ -418,7 +418,7 @@ class LearnerWorker:
                         sums[f"sum/{k}"] += v * n  # token-weighted, divided by the total later
             mask = mb["loss_mask"]
             sums["sum/tokens"] += float(mask.sum())
-            sums["sum/entropy"] += float((ent * mask).sum())
+            sums["sum/entropy"] += float((ent.detach() * mask).sum())
             sums["sum/loss"] += float(loss.detach())
             # ZeRO averages gradients over ranks; the loss is already a share of the global
             # mean, so scale by world size to make the reduced gradient the global one.
