@@ -447,7 +447,7 @@ class LearnerWorker:
             ref_logprobs=ref,
             kl_coef=self.s.kl_coef,
             kl_estimator=self.s.kl_estimator,
-            entropy=ent if self.s.entropy_coef != 0.0 else None,
+            entropy=ent,  # read only when entropy_coef != 0
             entropy_coef=self.s.entropy_coef,
             loss_agg=self.s.loss_agg,
             normalizer=totals["normalizer"],
