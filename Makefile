@@ -36,10 +36,11 @@ browser:
 test: setup browser
 	$(VENV)/bin/python -m pytest -q -x tests $(PYTEST_ARGS)
 
-# ruff lint and format, then mypy on the typed core ([tool.mypy] in pyproject.toml).
+# ruff lint and format, the import graph's layers, then mypy on every package.
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) .ci/importgraph.py
 	$(PY) .ci/typecheck.py
 
 clean:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from streampro.data.window import Window
 from streampro.types import Trajectory
 
 # `sync_weights(source=WEIGHT_TRANSFER)`: the learner already pushed the weights through
@@ -17,15 +18,26 @@ if TYPE_CHECKING:
     from streampro.data.encode import EncodedSample
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sampling:
     """Per-call sampling settings of an episode's decisions."""
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_answer_tokens: int = 24
-    seed: int = 0
+    temperature: float
+    """0 = greedy."""
+    top_p: float
+    max_answer_tokens: int
+    seed: int
     """Base seed; episode i of sample j derives its own from it."""
+
+    @classmethod
+    def from_config(cls, rollout: RolloutConfig, *, seed: int) -> Sampling:
+        """Rollout sampling: `rollout.temperature`, `top_p` and `max_answer_tokens`."""
+        return cls(rollout.temperature, rollout.top_p, rollout.max_answer_tokens, seed)
+
+    @classmethod
+    def greedy(cls, rollout: RolloutConfig, *, seed: int = 0) -> Sampling:
+        """Greedy decoding with the rollout's answer length."""
+        return cls(0.0, 1.0, rollout.max_answer_tokens, seed)
 
 
 @dataclass(frozen=True)
@@ -36,26 +48,22 @@ class WorkerSpec:
     model_path: str
     rollout: RolloutConfig
     """The engine's settings and `max_answer_tokens`; a Ray group also reads its actors' here."""
-    dtype: str = "float32"
+    dtype: str
     """policy.dtype."""
-    seed: int = 0
+    seed: int
     """run.seed (the engine's seed)."""
-    window_turns: int = 200
-    """data.window_turns: the context window, and so the frames a prompt holds."""
-    window_slide: int = 0
-    """data.window_slide."""
+    window: Window
+    """The context window, and so the frames a prompt holds."""
 
     @classmethod
     def of(cls, cfg: Config, model_path: str) -> WorkerSpec:
         """The spec a config gives for the policy at `model_path`."""
-        d = cfg.data
         return cls(
             model_path,
             cfg.rollout,
             dtype=cfg.policy.dtype,
             seed=cfg.run.seed,
-            window_turns=d.window_turns,
-            window_slide=d.window_slide,
+            window=Window.from_config(cfg.data),
         )
 
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray
+from PIL import Image
+from transformers import AutoConfig
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import TokensPrompt
@@ -21,9 +24,11 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from streampro.actors.api import WEIGHT_TRANSFER
+from streampro.actors.vlm_prompt import image_prompt
 from streampro.actors.vlm_worker import WORKER_EXTENSION
 from streampro.config import RolloutConfig
 from streampro.errors import UserError
+from streampro.hf_policy import load_processor
 
 
 class PrefixCacheCounter(StatLoggerBase):
@@ -69,8 +74,6 @@ class DecisionEngine:
         max_images: int = 200,
     ) -> None:
         from vllm.platforms import current_platform
-
-        from streampro.hf_policy import load_processor
 
         r = rollout
         # reload_vlm_weights: reload_weights + a repack of tied LM heads (any model)
@@ -165,9 +168,6 @@ class DecisionEngine:
             if images:
                 raise UserError("frames were given as images but the policy is a text model")
             return TokensPrompt(prompt_token_ids=prompt_ids)
-        from PIL import Image
-
-        from streampro.actors.vlm_prompt import image_prompt
 
         pil = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in images]
         return image_prompt(
@@ -196,14 +196,11 @@ class DecisionEngine:
 
 
 def _in_placement_group() -> bool:
-    import ray
-
     return ray.is_initialized() and ray.util.get_current_placement_group() is not None
 
 
 def _model_max_len(model_path: str) -> int:
     """The model's own context limit (text config of a VLM)."""
-    from transformers import AutoConfig
 
     cfg = AutoConfig.from_pretrained(model_path)
     cfg = getattr(cfg, "text_config", None) or cfg

@@ -7,19 +7,24 @@ finished episode is a `Trajectory` the rewards and the learner accept (in `info`
 observation: {"frame": the chunk's frame codes, "time": [start, end]}
 action:      0 = silence, 1 + i = respond with the sample's candidate answer i
              (a number past the sample's candidates is an invalid step: format reward 0)
-reward:      0 per step; at the end the trajectory's total reward (SPEC.md section 3).
+reward:      0 per step; at the end the trajectory's total reward (docs/method.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 from streampro.actors.episode import StreamEpisode, sample_chunks
+from streampro.config import RewardConfig
+from streampro.data.dialogue import decision_ids, vocab
+from streampro.data.encode import EncodedSample
+from streampro.data.window import Window
+from streampro.rewards import RewardScorer
 from streampro.types import Trajectory
 
 MAX_SECONDS = 1e7  # upper bound of the time observation (about 4 months of stream)
@@ -28,9 +33,7 @@ RewardFn = Callable[[dict, Trajectory], float]
 
 def default_reward_fn() -> RewardFn:
     """R = 0.1 R_fmt + 0.45 R_turn + 0.45 R_traj with the rule judges (streampro.rewards)."""
-    from streampro.rewards import RewardScorer
-
-    scorer = RewardScorer()
+    scorer = RewardScorer(RewardConfig())
     return lambda sample, traj: (
         scorer.score_item(sample, traj.responses(), traj.step_outputs()).total
     )
@@ -44,7 +47,7 @@ def candidate_answers(encoded) -> list[str]:
 class StreamEnv(gym.Env):
     """One episode = one sample's stream; `reset(options={"index": i})` picks sample i."""
 
-    metadata: ClassVar[dict] = {"render_modes": []}
+    metadata = {"render_modes": []}  # noqa: RUF012  (gymnasium's own instance attribute)
 
     def __init__(
         self,
@@ -53,8 +56,7 @@ class StreamEnv(gym.Env):
         *,
         max_candidates: int = 8,
         codebook_size: int = 64,
-        window_turns: int = 200,
-        window_slide: int = 0,
+        window: Window,
         reward_fn: RewardFn | None = None,
     ) -> None:
         if not samples:
@@ -70,17 +72,18 @@ class StreamEnv(gym.Env):
                 )
         self.samples = samples
         self.tokenizer = tokenizer
-        self.window_turns, self.window_slide = window_turns, window_slide
+        self.window = window
         self.reward_fn = reward_fn or default_reward_fn()
+        self._frame_size = tpf.pop()
         self.observation_space = spaces.Dict(
             {
-                "frame": spaces.MultiDiscrete(np.full(tpf.pop(), codebook_size, dtype=np.int64)),
+                "frame": spaces.MultiDiscrete(np.full(self._frame_size, codebook_size, np.int64)),
                 "time": spaces.Box(0.0, MAX_SECONDS, shape=(2,), dtype=np.float32),
             }
         )
         self.action_space = spaces.Discrete(1 + max_candidates)
         self._episode: StreamEpisode | None = None
-        self._sample = None
+        self._sample: EncodedSample | None = None
         self._chunks: list = []
         self._t = 0
         self._count = 0
@@ -98,33 +101,31 @@ class StreamEnv(gym.Env):
         index = options.get("index")
         if index is None:
             index = int(self.np_random.integers(len(self.samples)))
-        self._sample = self.samples[index]
-        self._chunks = sample_chunks(self._sample)
+        sample = self._sample = self.samples[index]
+        self._chunks = sample_chunks(sample)
         if not self._chunks:
-            raise ValueError(f"sample {self._sample.sample.id!r} has no chunks")
+            raise ValueError(f"sample {sample.sample.id!r} has no chunks")
         self._episode = StreamEpisode.for_sample(
             self.tokenizer,
-            self._sample,
+            sample,
             episode=self._count,
-            window_turns=self.window_turns,
-            window_slide=self.window_slide,
+            window=self.window,
         )
         self._count += 1
         self._t = 0
         self._episode.add_chunk(self._chunks[0])
         return self._obs(), {
-            "sample_id": self._sample.sample.id,
-            "candidates": candidate_answers(self._sample),
+            "sample_id": sample.sample.id,
+            "candidates": candidate_answers(sample),
         }
 
     def step(self, action: int):
-        from streampro.data.dialogue import decision_ids, vocab
-
-        if self._episode is None:
+        if self._episode is None or self._sample is None:
             raise RuntimeError("call reset() before step()")
+        sample = self._sample
         if not self.action_space.contains(action):
             raise ValueError(f"action {action!r} is outside {self.action_space}")
-        cands = candidate_answers(self._sample)
+        cands = candidate_answers(sample)
         a = int(action)
         if a == 0:
             ids = decision_ids(self.tokenizer, "silence")
@@ -140,10 +141,10 @@ class StreamEnv(gym.Env):
             self._episode.add_chunk(self._chunks[self._t])
             return self._obs(), 0.0, False, False, info
         traj = self._episode.trajectory()
-        reward = float(self.reward_fn(self._sample.sample.to_dict(), traj))
+        reward = float(self.reward_fn(sample.sample.to_dict(), traj))
         info["trajectory"] = traj
         last = {
-            "frame": np.zeros(self.observation_space["frame"].shape, dtype=np.int64),
+            "frame": np.zeros(self._frame_size, dtype=np.int64),
             "time": np.asarray([self._chunks[-1].end] * 2, dtype=np.float32),
         }
         self._episode = None

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from streampro import tokens as T
+from streampro.data.dialogue import StreamDialogue, frame_token_counts, parse_decision
+from streampro.data.window import Window
 from streampro.types import Segment, Step, Trajectory
 
 # (prompt ids, step index) -> (generated ids, their sampling logprobs)
@@ -59,7 +61,6 @@ class Chunk:
 def sample_chunks(encoded, image_tokens: Callable[[int, int], int] | None = None) -> list[Chunk]:
     """The chunks of an `EncodedSample` (streampro.data.encode), in stream order;
     `image_tokens(h, w)` sizes frames' placeholders (image codec)."""
-    from streampro.data.dialogue import frame_token_counts
 
     if len(encoded.times) != len(encoded.codes):
         raise ValueError(
@@ -85,12 +86,9 @@ class StreamEpisode:
         question: str,
         query_time: float,
         episode: int = 0,
-        window_turns: int = 200,
-        window_slide: int = 0,
+        window: Window,
         version: int = 0,
     ) -> None:
-        from streampro.data.dialogue import StreamDialogue  # the one dialogue layout
-
         self.tokenizer = tokenizer
         self.sample_id = sample_id
         self.episode = episode
@@ -99,8 +97,7 @@ class StreamEpisode:
             tokenizer,
             question=question,
             query_time=query_time,
-            window_turns=window_turns,
-            window_slide=window_slide,
+            window=window,
         )
         self.steps: list[Step] = []
         # aligned with the full dialogue; segments cut them (data/window.py)
@@ -119,8 +116,7 @@ class StreamEpisode:
         encoded,
         *,
         episode: int = 0,
-        window_turns: int = 200,
-        window_slide: int = 0,
+        window: Window,
         version: int = 0,
     ) -> StreamEpisode:
         s = encoded.sample
@@ -130,8 +126,7 @@ class StreamEpisode:
             question=s.question,
             query_time=float(s.query_time),
             episode=episode,
-            window_turns=window_turns,
-            window_slide=window_slide,
+            window=window,
             version=version,
         )
 
@@ -164,7 +159,6 @@ class StreamEpisode:
         self, gen_ids: Sequence[int], logprobs: Sequence[float], *, version: int | None = None
     ) -> Step:
         """Append the policy's decision (as generated) and record it as a Step."""
-        from streampro.data.dialogue import parse_decision
 
         if self._pending is None:
             raise RuntimeError("add_decision called before add_chunk")

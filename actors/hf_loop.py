@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from streampro.actors.api import Sampling
 from streampro.actors.episode import (
@@ -21,6 +22,7 @@ from streampro.actors.episode import (
     sample_chunks,
     stop_token_ids,
 )
+from streampro.data.window import Window
 from streampro.types import Trajectory
 
 
@@ -60,13 +62,10 @@ class HFStreamPolicy:
         model_path: str,
         *,
         dtype: str = "float32",
-        window_turns: int = 200,
-        window_slide: int = 0,
+        window: Window,
         max_answer_tokens: int = 24,
         device: str = "cpu",
     ) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = (
             AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
@@ -74,7 +73,7 @@ class HFStreamPolicy:
             .eval()
         )
         self.device = device
-        self.window_turns, self.window_slide = window_turns, window_slide
+        self.window = window
         self.max_answer_tokens = max_answer_tokens
         self.stop_ids = set(stop_token_ids(self.tokenizer))
         self.latencies: list[tuple[int, float]] = []
@@ -97,18 +96,15 @@ class HFStreamPolicy:
         self, encoded, *, sample_index: int = 0, episode: int = 0, sampling: Sampling | None = None
     ) -> Trajectory:
         """One episode; greedy unless `sampling` says otherwise."""
-        from transformers import DynamicCache
-
-        sampling = sampling or Sampling(temperature=0.0)
+        sampling = sampling or Sampling(0.0, 1.0, self.max_answer_tokens, 0)
         ep = StreamEpisode.for_sample(
             self.tokenizer,
             encoded,
             episode=episode,
-            window_turns=self.window_turns,
-            window_slide=self.window_slide,
+            window=self.window,
         )
         max_tokens = max_decision_tokens(min(sampling.max_answer_tokens, self.max_answer_tokens))
-        cache, fed = DynamicCache(), []  # fed: the token ids whose keys/values are cached
+        cache, fed = DynamicCache(), list[int]()  # fed: the token ids whose keys/values are cached
         for step, chunk in enumerate(sample_chunks(encoded)):
             t0 = time.perf_counter()
             prompt = ep.add_chunk(chunk)

@@ -16,10 +16,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
+from transformers import AutoTokenizer
 
 from streampro.actors.api import WEIGHT_TRANSFER, RolloutGroupAPI, Sampling, WorkerSpec
 from streampro.actors.engine import DecisionEngine, decision_params
@@ -32,11 +33,12 @@ from streampro.actors.episode import (
     sample_chunks,
     stop_token_ids,
 )
+from streampro.actors.weight_transfer import EngineSyncClient
+from streampro.cluster.resources import engine_placement_group, in_placement_group
 from streampro.config import Config
+from streampro.hf_policy import image_token_count, vision_tokens
+from streampro.timeouts import run_with_timeout
 from streampro.types import Trajectory
-
-if TYPE_CHECKING:
-    from streampro.actors.weight_transfer import EngineSyncClient
 
 MAX_LATENCIES = 1 << 20
 T = TypeVar("T")
@@ -46,7 +48,6 @@ def vlm_frame_rules(processor, tokenizer) -> tuple[list[str], Callable[[int, int
     """(tokens never sampled, frame -> placeholder size) of a VLM policy; ([], None) for text."""
     if processor is None:
         return [], None
-    from streampro.hf_policy import image_token_count, vision_tokens
 
     return list(vision_tokens(tokenizer)), functools.partial(image_token_count, processor)
 
@@ -55,19 +56,17 @@ class RolloutWorker:
     """One vLLM engine plus the episode loop; async methods (a Ray async actor runs them)."""
 
     def __init__(self, spec: WorkerSpec) -> None:
-        from transformers import AutoTokenizer
-
         self.engine = DecisionEngine(
             spec.model_path,
             spec.rollout,
             dtype=spec.dtype,
             seed=spec.seed,
-            max_images=spec.window_turns,  # a prompt holds at most one frame per turn
+            max_images=spec.window.turns,  # a prompt holds at most one frame per turn
         )
         self.tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
         self.stop_ids = stop_token_ids(self.tokenizer)
         self.banned, self.image_tokens = vlm_frame_rules(self.engine.processor, self.tokenizer)
-        self.window_turns, self.window_slide = spec.window_turns, spec.window_slide
+        self.window = spec.window
         self.max_answer_tokens = spec.rollout.max_answer_tokens
         self.version = 0
         self.source = spec.model_path
@@ -130,8 +129,7 @@ class RolloutWorker:
             self.tokenizer,
             encoded,
             episode=episode,
-            window_turns=self.window_turns,
-            window_slide=self.window_slide,
+            window=self.window,
             version=self.version,
         )
         max_tokens = max_decision_tokens(min(sampling.max_answer_tokens, self.max_answer_tokens))
@@ -254,15 +252,11 @@ class LocalEngineClient:
         self.world_size = 1 + self._call(group.worker.engine_world_size, "engine_world_size")
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
-        from streampro.actors.weight_transfer import call_with_timeout
-
         async def run() -> Any:
             out = fn()
             return await out if asyncio.iscoroutine(out) else out
 
-        return call_with_timeout(
-            lambda: self.group._run(run()), timeout_s=self.timeout_s, what=what
-        )
+        return run_with_timeout(lambda: self.group._run(run()), timeout_s=self.timeout_s, what=what)
 
     def init_weight_transfer_engine(self, init_info: dict) -> None:
         info = {**init_info, "rank_offset": 1}
@@ -333,7 +327,6 @@ class RayRolloutGroup:
         the actor sits in bundle 0 without a GPU and its workers inherit the group."""
         if self.tp <= 1 or num_gpus <= 0:
             return {}
-        from streampro.cluster.resources import engine_placement_group, in_placement_group
 
         pg = engine_placement_group(self.tp, num_cpus=num_cpus, num_gpus=1.0)
         self.pgs.append(pg)
@@ -410,8 +403,6 @@ class RayRolloutGroup:
         return time.perf_counter() - t0
 
     def weight_sync_client(self, *, timeout_s: float) -> EngineSyncClient:
-        from streampro.actors.weight_transfer import EngineSyncClient
-
         sizes = ray.get([a.engine_world_size.remote() for a in self.actors], timeout=timeout_s)
         return EngineSyncClient(self.actors, sizes, timeout_s=timeout_s)
 

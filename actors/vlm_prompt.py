@@ -28,7 +28,7 @@ from streampro.actors.vlm_worker import WORKER_EXTENSION
 from streampro.errors import UserError
 from streampro.hf_policy import image_token_count
 
-# vLLM CPU with images needs whole 32-token blocks (DESIGN.md, "Real VLMs on CPU").
+# vLLM CPU with images needs whole 32-token blocks (docs/vlm.md).
 CPU_BLOCK_MULTIPLE = 32
 
 

@@ -11,19 +11,19 @@ rank 0, see learners/weight_sync.py):
     receive) concurrently with rank 0's packed broadcast of every parameter, then
     `finish_weight_update` (vLLM's layerwise reload processes the new weights).
 Every call to an engine has a timeout and raises `TimeoutError`; the broadcast itself is
-bounded by `call_with_timeout` in the caller (a dead peer leaves NCCL blocked forever).
+bounded by `streampro.timeouts.run_with_timeout` in the caller (a dead peer leaves NCCL
+blocked forever, and NCCL has no timeout of its own here).
 
 vLLM is imported lazily (this module is imported by learner ranks, which only need it on GPU).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Protocol, TypeVar
 
+import ray
 import torch
-
-from streampro.timeouts import run_with_timeout
 
 T = TypeVar("T")
 
@@ -42,16 +42,6 @@ def engine_rank_offsets(world_sizes: list[int]) -> tuple[list[int], int]:
         offsets.append(nxt)
         nxt += w
     return offsets, nxt
-
-
-def call_with_timeout(fn: Callable[[], T], *, timeout_s: float, what: str) -> T:
-    """fn() on a daemon thread; its result, its exception, or TimeoutError after timeout_s.
-
-    A peer that died leaves an NCCL call blocked for good, and NCCL has no timeout of its
-    own here: the caller gets an error instead of a hang. The blocked thread stays behind
-    (a daemon: it does not keep the process alive); the transfer group is unusable after
-    this and the run must stop (the group's shutdown kills the ranks)."""
-    return run_with_timeout(fn, timeout_s=timeout_s, what=what)
 
 
 class EngineActor(Protocol):
@@ -77,8 +67,6 @@ class EngineSyncClient:
         self.offsets, self.world_size = engine_rank_offsets(world_sizes)
 
     def _wait(self, refs: list, what: str) -> None:
-        import ray
-
         try:
             ray.get(refs, timeout=self.timeout_s)
         except ray.exceptions.GetTimeoutError:

@@ -11,7 +11,7 @@ are not the LLM, on one manifest.
   the last response). It decides *when* to speak; what it says is StreamEnv's first
   candidate answer of the sample, so its content is the sample's own (an upper bound on
   content; timing is what it learns). Trained on the config's train split, a minute or two.
-Scores come from bench/f1.py. Writes baselines.json and baselines.md atomically.
+Scores come from rewards/f1.py. Writes baselines.json and baselines.md atomically.
 """
 
 from __future__ import annotations
@@ -21,32 +21,50 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsFloat, TypedDict
 
+import gymnasium as gym
 import numpy as np
+import ray
+import torch
+from gymnasium import spaces
+from ray.rllib.algorithms.ppo import PPOConfig
+from transformers import AutoTokenizer
 
+from streampro.actors.env import StreamEnv
+from streampro.actors.policy_eval import Predictions
 from streampro.config import Config, atomic_write_text
+from streampro.data.dialogue import build_sft_example
+from streampro.data.encode import EncodedSample
+from streampro.data.pipeline import encode_samples, load_split, policy_folder
+from streampro.data.window import Window
 from streampro.errors import UserError
+from streampro.rewards.f1 import score_predictions
 
 
-def encode(cfg: Config, manifest: str | Path) -> list:
-    from streampro.pipeline import encode_samples
-
+def encode(cfg: Config, manifest: str | Path) -> list[EncodedSample]:
     if not Path(manifest).is_file():
         raise UserError(f"{manifest}: manifest not found")
     return encode_samples(cfg, manifest, progress=False)
 
 
-def most_frequent_texts(encoded: list) -> dict[str, str]:
+def stream_seconds(e: EncodedSample) -> float:
+    """The stream's length: the manifest's duration, else where its last chunk ends."""
+    if e.sample.duration is not None:
+        return float(e.sample.duration)
+    return float(e.times[-1][1]) if e.times else 0.0
+
+
+def most_frequent_texts(encoded: list[EncodedSample]) -> dict[str, str]:
     """Task -> its most frequent answer text (ties: the first seen)."""
-    counts: dict[str, Counter] = {}
+    counts: dict[str, Counter[str]] = {}
     for e in encoded:
         for a in e.sample.answers:
             counts.setdefault(e.sample.task, Counter())[a.text] += 1
     return {task: c.most_common(1)[0][0] for task, c in counts.items()}
 
 
-def every_chunk(encoded: list, texts: dict[str, str]) -> dict[str, list[dict]]:
+def every_chunk(encoded: list[EncodedSample], texts: dict[str, str]) -> Predictions:
     return {
         e.sample.id: [{"time": float(end), "text": texts[e.sample.task]} for _, end in e.times]
         for e in encoded
@@ -54,12 +72,12 @@ def every_chunk(encoded: list, texts: dict[str, str]) -> dict[str, list[dict]]:
     }
 
 
-def fixed_period(encoded: list, texts: dict[str, str]) -> tuple[dict[str, list[dict]], float]:
+def fixed_period(encoded: list[EncodedSample], texts: dict[str, str]) -> tuple[Predictions, float]:
     """Respond every P seconds (chunk ends), P = total stream seconds / total answers."""
-    seconds = sum(e.sample.duration for e in encoded)
+    seconds = sum(stream_seconds(e) for e in encoded)
     answers = max(sum(len(e.sample.answers) for e in encoded), 1)
     period = max(1.0, round(seconds / answers))
-    preds = {}
+    preds: Predictions = {}
     for e in encoded:
         if e.sample.task in texts:
             ends = [float(end) for _, end in e.times]
@@ -69,13 +87,11 @@ def fixed_period(encoded: list, texts: dict[str, str]) -> tuple[dict[str, list[d
     return preds, period
 
 
-def oracle(encoded: list, tokenizer, *, window_turns: int) -> dict[str, list[dict]]:
+def oracle(encoded: list[EncodedSample], tokenizer: Any, *, window: Window) -> Predictions:
     """The SFT targets' responses: where and what the data layer trains the policy to say."""
-    from streampro.data.dialogue import build_sft_example
-
-    preds = {}
+    preds: Predictions = {}
     for e in encoded:
-        ex = build_sft_example(e, tokenizer, window_turns=window_turns)
+        ex = build_sft_example(e, tokenizer, window=window)
         preds[e.sample.id] = [
             {"time": t, "text": x} for t, x in zip(ex.response_times, ex.response_texts)
         ]
@@ -84,28 +100,23 @@ def oracle(encoded: list, tokenizer, *, window_turns: int) -> dict[str, list[dic
 
 def run(
     cfg: Config, manifest: str, out_dir: str, *, ppo_seconds: float = 90.0, ppo: bool = True
-) -> dict:
+) -> dict[str, Any]:
     """Every baseline on one manifest; writes DIR/baselines.json and baselines.md."""
-    from transformers import AutoTokenizer
-
-    from streampro.bench.f1 import score_predictions
-    from streampro.tiny import policy_path
-
     encoded = encode(cfg, manifest)
     if not encoded:
         raise UserError(f"{manifest}: no samples to score")
     rows = [e.sample.to_dict() for e in encoded]
-    tok = AutoTokenizer.from_pretrained(policy_path(cfg.policy, seed=cfg.run.seed))
+    tok = AutoTokenizer.from_pretrained(policy_folder(cfg))
     texts = most_frequent_texts(encoded)
     period_preds, period = fixed_period(encoded, texts)
-    preds: dict[str, dict[str, list[dict]]] = {
+    preds: dict[str, Predictions] = {
         "always_silent": {},
         "most_frequent_every_chunk": every_chunk(encoded, texts),
         "fixed_period": period_preds,
-        "oracle": oracle(encoded, tok, window_turns=cfg.data.window_turns),
+        "oracle": oracle(encoded, tok, window=Window.from_config(cfg.data)),
     }
     result: dict[str, Any] = {"manifest": str(manifest), "samples": len(rows), "baselines": {}}
-    info: dict[str, Any] = {"fixed_period": {"period_s": period}}
+    info: dict[str, dict[str, Any]] = {"fixed_period": {"period_s": period}}
     if ppo:
         t0 = time.perf_counter()
         ppo_preds, ppo_info = ppo_trigger(cfg, encoded, tok, seconds=ppo_seconds)
@@ -128,7 +139,7 @@ def run(
     return result
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict[str, Any]) -> str:
     tasks = sorted({t for b in result["baselines"].values() for t in b["tasks"]})
     lines = [
         f"# Baselines on {result['manifest']} ({result['samples']} samples), StreamPro-F1 x100",
@@ -145,66 +156,68 @@ def markdown(result: dict) -> str:
 # ---- the RLlib PPO trigger policy -----------------------------------------------------------
 
 
-def trigger_env_class():
+class TriggerConfig(TypedDict):
+    """`TriggerEnv`'s env_config (RLlib builds the env from it)."""
+
+    samples: list[EncodedSample]
+    tokenizer: Any
+    codebook_size: int
+    window: Window
+
+
+class TriggerEnv(gym.Env[np.ndarray, int]):
     """A gymnasium wrapper of StreamEnv: Box features in, {silence, respond} out."""
-    import gymnasium as gym
-    from gymnasium import spaces
 
-    from streampro.actors.env import StreamEnv
+    def __init__(self, config: TriggerConfig) -> None:
+        samples = config["samples"]
+        self.env = StreamEnv(
+            samples,
+            config["tokenizer"],
+            codebook_size=config["codebook_size"],
+            window=config["window"],
+        )
+        self.k = len(samples[0].codes[0])  # tokens per frame (StreamEnv checks they agree)
+        self.codebook = float(config["codebook_size"])
+        self.durations = {e.sample.id: stream_seconds(e) for e in samples}
+        self.observation_space = spaces.Box(-1.0, 2.0, shape=(self.k + 3,), dtype=np.float32)
+        self.action_space = spaces.Discrete(2)
+        self.prev: np.ndarray | None = None
+        self.last = 0.0
+        self.duration = 1.0
 
-    class TriggerEnv(gym.Env):
-        def __init__(self, config: dict) -> None:
-            self.env = StreamEnv(
-                config["samples"],
-                config["tokenizer"],
-                codebook_size=config["codebook_size"],
-                window_turns=config["window_turns"],
-            )
-            self.k = int(self.env.observation_space["frame"].shape[0])
-            self.codebook = float(config["codebook_size"])
-            self.observation_space = spaces.Box(-1.0, 2.0, shape=(self.k + 3,), dtype=np.float32)
-            self.action_space = spaces.Discrete(2)
+    def _features(self, obs: dict[str, np.ndarray]) -> np.ndarray:  # [k + 3]
+        frame = obs["frame"].astype(np.float32)
+        changed = float((frame != self.prev).mean()) if self.prev is not None else 0.0
+        self.prev = frame
+        t = float(obs["time"][1]) / max(self.duration, 1.0)
+        since = min(float(obs["time"][1]) - self.last, 60.0) / 60.0
+        return np.concatenate([frame / self.codebook, [changed, t, since]]).astype(np.float32)
 
-        def _features(self, obs: dict) -> np.ndarray:  # [k + 3]
-            frame = obs["frame"].astype(np.float32)
-            changed = float((frame != self.prev).mean()) if self.prev is not None else 0.0
-            self.prev = frame
-            t = float(obs["time"][1]) / max(self.duration, 1.0)
-            since = min(float(obs["time"][1]) - self.last, 60.0) / 60.0
-            return np.concatenate([frame / self.codebook, [changed, t, since]]).astype(np.float32)
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.prev, self.last = None, 0.0
+        self.duration = self.durations[info["sample_id"]]
+        return self._features(obs), info
 
-        def reset(self, *, seed=None, options=None):
-            obs, info = self.env.reset(seed=seed, options=options)
-            self.prev, self.last = None, 0.0
-            self.duration = float(self.env._sample.sample.duration)
-            return self._features(obs), info
-
-        def step(self, action):
-            obs, reward, done, trunc, info = self.env.step(int(action))
-            if int(action) == 1:
-                self.last = float(info["time"])
-            return self._features(obs), reward, done, trunc, info
-
-    return TriggerEnv
+    def step(self, action: int) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, done, trunc, info = self.env.step(int(action))
+        if int(action) == 1:
+            self.last = float(info["time"])
+        return self._features(obs), reward, done, trunc, info
 
 
 def ppo_trigger(
-    cfg: Config, encoded: list, tokenizer, *, seconds: float
-) -> tuple[dict[str, list[dict]], dict]:
+    cfg: Config, encoded: list[EncodedSample], tokenizer: Any, *, seconds: float
+) -> tuple[Predictions, dict[str, Any]]:
     """Train PPO on the train split for about `seconds`, then run it greedily on `encoded`."""
-    import ray
-    import torch
-    from ray.rllib.algorithms.ppo import PPOConfig
-
-    from streampro.pipeline import load_split
-
     train = [e for e in load_split(cfg, "train") if e.codes]
-    env_cls = trigger_env_class()
-    env_config = {
+    env_config: TriggerConfig = {
         "samples": train,
         "tokenizer": tokenizer,
         "codebook_size": cfg.data.codebook_size,
-        "window_turns": cfg.data.window_turns,
+        "window": Window.from_config(cfg.data),
     }
     started = not ray.is_initialized()
     if started:
@@ -212,7 +225,7 @@ def ppo_trigger(
     try:
         algo = (
             PPOConfig()
-            .environment(env_cls, env_config=env_config)
+            .environment(TriggerEnv, env_config=dict(env_config))
             .env_runners(num_env_runners=0)
             .training(
                 lr=3e-4,
@@ -233,11 +246,12 @@ def ppo_trigger(
             if ret is not None:
                 returns.append(round(float(ret), 4))
         module = algo.get_module()
-        env = env_cls({**env_config, "samples": encoded})
-        preds = {}
+        env = TriggerEnv({**env_config, "samples": encoded})
+        preds: Predictions = {}
         for i, e in enumerate(encoded):
             obs, _ = env.reset(options={"index": i})
-            done, info = False, {}
+            done = False
+            info: dict[str, Any] = {}
             while not done:
                 with torch.no_grad():
                     out = module.forward_inference({"obs": torch.as_tensor(obs)[None]})

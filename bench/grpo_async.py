@@ -5,20 +5,22 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
+from typing import Any
 
+from streampro.cluster.local import init_from_config
 from streampro.config import Config
+from streampro.data.pipeline import policy_folder
+from streampro.learners.grpo_loop import run_grpo
 from streampro.metrics import read_metrics
 
+PHASES = ("time/rollout", "time/reward", "time/wait", "time/learn", "time/sync")
 
-def run(cfg: Config, out_path: str) -> dict:
-    from streampro.cluster.local import init_from_config
-    from streampro.learners.grpo_loop import run_grpo
-    from streampro.tiny import policy_path
 
+def run(cfg: Config, out_path: str) -> dict[str, Any]:
     init_from_config(cfg.cluster)
-    model = policy_path(cfg.policy, seed=cfg.run.seed, codebook_size=cfg.data.codebook_size)
+    model = policy_folder(cfg)
     root = Path(out_path).with_suffix("")
-    result: dict = {
+    result: dict[str, Any] = {
         "config": {
             "group_size": cfg.grpo.group_size,
             "batch_samples": cfg.grpo.batch_samples,
@@ -41,10 +43,7 @@ def run(cfg: Config, out_path: str) -> dict:
         result[mode] = {
             "wall_s": time.perf_counter() - t,
             "step_s_mean": sum(steady) / len(steady),
-            "phase_s_mean": {
-                k: sum(r[k] for r in rows) / len(rows)
-                for k in ("time/rollout", "time/reward", "time/wait", "time/learn", "time/sync")
-            },
+            "phase_s_mean": {k: sum(r[k] for r in rows) / len(rows) for k in PHASES},
             "reward_mean": sum(r["reward/total"] for r in rows) / len(rows),
         }
     result["speedup_step"] = result["sync"]["step_s_mean"] / result["async"]["step_s_mean"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from streampro.actors.api import Sampling
 from streampro.actors.episode import (
@@ -23,6 +24,9 @@ from streampro.actors.episode import (
     stop_token_ids,
 )
 from streampro.actors.hf_loop import sample_token
+from streampro.data.encode import EncodedSample
+from streampro.data.window import Window
+from streampro.types import Trajectory
 
 
 class BatchedHFStreamPolicy:
@@ -33,15 +37,13 @@ class BatchedHFStreamPolicy:
         model_path: str,
         *,
         dtype: str = "float32",
-        window_turns: int = 200,
+        window: Window,
         max_answer_tokens: int = 24,
     ) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         dt = getattr(torch, dtype)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dt).eval()
-        self.window_turns = window_turns
+        self.window = window
         self.max_answer_tokens = max_answer_tokens
         self.stop_ids = set(stop_token_ids(self.tokenizer))
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
@@ -52,13 +54,13 @@ class BatchedHFStreamPolicy:
         return out
 
     @torch.inference_mode()
-    def generate(self, *, samples: list, n: int, sampling: Sampling) -> list:
+    def generate(
+        self, *, samples: list[EncodedSample], n: int, sampling: Sampling
+    ) -> list[Trajectory]:
         """n episodes per sample, all in one batch; order as RolloutGroupAPI."""
-        from transformers import DynamicCache
-
         jobs = [(i, e, s) for i, s in enumerate(samples) for e in range(n)]
         eps = [
-            StreamEpisode.for_sample(self.tokenizer, s, episode=e, window_turns=self.window_turns)
+            StreamEpisode.for_sample(self.tokenizer, s, episode=e, window=self.window)
             for i, e, s in jobs
         ]
         chunks = [sample_chunks(s) for _, _, s in jobs]
@@ -74,7 +76,9 @@ class BatchedHFStreamPolicy:
             for k, ep in enumerate(eps):
                 prompt = ep.add_chunk(chunks[k][step])
                 if prompt[: len(fed[k])] != fed[k]:
-                    raise ValueError("the dialogue window slid: use streams under window_turns")
+                    raise ValueError(
+                        "the dialogue window slid: use streams of at most window.turns steps"
+                    )
                 new.append(prompt[len(fed[k]) :])
                 fed[k] = list(prompt)
             logits, cache, mask = self._feed(new, fed, cache, mask)
@@ -109,7 +113,9 @@ class BatchedHFStreamPolicy:
             self.latencies.append((step, time.perf_counter() - t0))
         return [ep.trajectory() for ep in eps]
 
-    def _feed(self, new: list[list[int]], fed: list[list[int]], cache, mask: torch.Tensor):
+    def _feed(
+        self, new: list[list[int]], fed: list[list[int]], cache: DynamicCache, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
         """Append each stream's new tokens (left-padded to the longest); next-token logits
         [B, V] at the last column, the cache and the grown attention mask [B, cached]."""
         m = max(len(x) for x in new)

@@ -6,10 +6,12 @@ reward, grpo), one after another, so their peak RSS is the role's own. Sections:
   learner   tokens/s and MFU (model FLOPs / time / peak of the dtype in use) of SFT and GRPO
             updates on the tiny policy and a ~30 M-parameter bench size: packed (varlen) vs
             padded rows, fp32 vs bf16 (bf16 only where its peak is at least half fp32's),
-            and the pre-issue-15 path (dense mask, full-vocab logprobs, 4-row micro-batches);
+            and the dense reference path (dense mask, full-vocab logprobs, 4-row
+            micro-batches); each case is a `make_learner_group` of the config with the
+            case's learner settings;
   rollout   decisions/s of vLLM with and without prefix caching and of a batched
             transformers KV-cache loop (bench/hf_batched.py), same streams and steps (the
-            tiny policy at issue 15's 64 streams); and of the plain transformers loop that
+            tiny policy at 64 streams); and of the plain transformers loop that
             runs streams one after another (actors/hf_loop.py, 2 streams give its rate);
             each in its steady state (bench/rollout.py `timed_pass`, `engine_warm_up`);
   sync      weight-sync seconds (HF export + engine reload) against model size;
@@ -25,18 +27,55 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import multiprocessing as mp
 import os
+import platform
+import random
 import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from streampro.actors.api import Sampling
+from streampro.actors.episode import StreamEpisode, sample_chunks
+from streampro.bench import grpo_async
+from streampro.bench.rollout import (
+    HF_STREAMS,
+    _local_group,
+    _measure,
+    batched_hf_loop,
+    engine_warm_up,
+    perturbed_copy,
+    sequential_hf_run,
+    silence_biased_policy,
+    synthetic_streams,
+    timed_pass,
+)
 from streampro.config import Config, atomic_write_text
+from streampro.data.dialogue import decision_ids
+from streampro.data.pipeline import policy_folder
+from streampro.data.window import Window
+from streampro.learners.api import Batch
+from streampro.learners.attention import matmul_gflops, pick_precision
+from streampro.learners.group import make_learner_group
+from streampro.learners.packing import PackItem, collate, plan_rows
+from streampro.rewards.pool import InProcessRewardPool
+from streampro.tiny import resolve_policy
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from streampro.actors.rollout import LocalRolloutGroup
 
 # ~30 M parameters (10 layers x 3.0 M + embeddings) of the built-in Qwen2 architecture
 BENCH_30M = {
@@ -55,16 +94,14 @@ QUICK_SMALL = {
 }
 
 
-def sizes(cfg: Config, quick: bool) -> dict[str, dict]:
+def sizes(cfg: Config, quick: bool) -> dict[str, dict[str, int]]:
     """Policy shapes measured: the configured tiny policy and the bench size."""
     p = cfg.policy
     tiny = {k: getattr(p, k) for k in BENCH_30M}
     return {"tiny": tiny, "bench30m" if not quick else "small": QUICK_SMALL if quick else BENCH_30M}
 
 
-def build_policy(cfg: Config, shape: dict, cache_dir: str) -> str:
-    from streampro.tiny import resolve_policy
-
+def build_policy(cfg: Config, shape: dict[str, int], cache_dir: str) -> str:
     p = cfg.policy
     return resolve_policy(
         "tiny",
@@ -83,13 +120,17 @@ def _peak_rss_mb() -> dict[str, float]:
     return {"self": round(own, 1), "children": round(kids, 1)}
 
 
-def in_child(fn, *args, **kwargs) -> dict:
+Section = Callable[..., dict[str, Any]]
+"""A section's measure: JSON-able results (run in its own process by `in_child`)."""
+
+
+def in_child(fn: Section, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Run fn in a fresh spawned process (one role at a time); adds its peak RSS."""
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as ex:
         return ex.submit(_child, fn, args, kwargs).result()
 
 
-def _child(fn, args, kwargs) -> dict:
+def _child(fn: Section, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     out = fn(*args, **kwargs)
     out["peak_rss_mb"] = _peak_rss_mb()
@@ -102,10 +143,6 @@ def _child(fn, args, kwargs) -> dict:
 def peak_section(quick: bool) -> dict[str, float]:
     """Square-matmul GFLOP/s, fp32 and bf16 timed in alternation, best of 5 short trials
     (a busy neighbour lowers a trial; the best is the machine's)."""
-    import torch
-
-    from streampro.learners.attention import matmul_gflops
-
     n, sec, trials = (256, 0.05, 2) if quick else (1024, 0.3, 5)
     fp32 = bf16 = 0.0
     for _ in range(trials):
@@ -125,12 +162,19 @@ def peak_section(quick: bool) -> dict[str, float]:
 # ---- learner --------------------------------------------------------------------------------
 
 
-def synthetic_batch(objective: str, lengths: list[int], *, pack: bool, seed: int) -> dict:
+class LearnerCase(TypedDict):
+    """One measured learner configuration."""
+
+    name: str
+    objective: str
+    layout: str
+    """'packed' or 'padded' rows."""
+    settings: dict[str, Any]
+    """learner.* fields of the case (precision, attention, micro-batching)."""
+
+
+def synthetic_batch(objective: str, lengths: list[int], *, pack: bool, seed: int) -> Batch:
     """Dialogue-like rows: SFT supervises ~10% of tokens (decisions + text), GRPO ~3%."""
-    import torch
-
-    from streampro.learners.packing import PackItem, collate, plan_rows
-
     g = torch.Generator().manual_seed(seed)
     p = 0.10 if objective == "sft" else 0.03
     items = []
@@ -148,12 +192,10 @@ def synthetic_batch(objective: str, lengths: list[int], *, pack: bool, seed: int
     return collate(items, rows, pad_id=0)
 
 
-def model_flops(model_path: str, batch: dict) -> float:
+def model_flops(model_path: str, batch: Batch) -> float:
     """Training FLOPs the model needs for a batch: 6 x params per token and 6 x L^2 x d_attn
     of causal attention per layer and sequence, except the last layer's queries, MLP and
     the LM head, needed at scored tokens only (what a loss or metric reads)."""
-    from transformers import AutoConfig
-
     c = AutoConfig.from_pretrained(model_path)
     d, layers, v = c.hidden_size, c.num_hidden_layers, c.vocab_size
     hd = getattr(c, "head_dim", None) or d // c.num_attention_heads
@@ -178,16 +220,27 @@ def model_flops(model_path: str, batch: dict) -> float:
     return 6.0 * need * tokens + 6.0 * v * d * scored + attn_need
 
 
-def learner_run(model_path: str, cases: list[dict], lengths: list[int], steps: int) -> dict:
-    """Each case: one LocalLearnerGroup, a warm-up step, then `steps` timed steps."""
-    from streampro.learners.group import LocalLearnerGroup
+def case_config(cfg: Config, case: LearnerCase) -> Config:
+    """The config of one case: its learner settings, in process (one rank), lr 1e-5 and no
+    KL reference (the synthetic batches carry no reference logprobs)."""
+    c = copy.deepcopy(cfg)
+    c.learner = dataclasses.replace(c.learner, in_process=True, num_ranks=1, **case["settings"])
+    c.sft.lr = c.grpo.lr = 1e-5
+    c.grpo.kl_coef = 0.0
+    return c
 
+
+def learner_run(
+    cfg: Config, model_path: str, cases: list[LearnerCase], lengths: list[int], steps: int
+) -> dict[str, Any]:
+    """Each case: one learner group (`make_learner_group`), a warm-up step, then `steps` timed
+    steps."""
     out: dict[str, Any] = {}
     for case in cases:
         name, objective = case["name"], case["objective"]
         pack = case["layout"] == "packed"
         batches = [synthetic_batch(objective, lengths, pack=pack, seed=k) for k in range(steps + 1)]
-        group = LocalLearnerGroup(model_path=model_path, lr=1e-5, **case["settings"])
+        group = make_learner_group(case_config(cfg, case), model_path, objective=objective)
         try:
             group.train_step(batch=batches[0], objective=objective)  # warm-up
             times = []
@@ -195,7 +248,6 @@ def learner_run(model_path: str, cases: list[dict], lengths: list[int], steps: i
                 t0 = time.perf_counter()
                 group.train_step(batch=b, objective=objective)
                 times.append(time.perf_counter() - t0)
-            precision = group.worker.info()["precision"]
         finally:
             group.shutdown()
         # the batches are alike: the fastest step is the one least disturbed by neighbours
@@ -205,7 +257,8 @@ def learner_run(model_path: str, cases: list[dict], lengths: list[int], steps: i
         out[name] = {
             "objective": objective,
             "layout": case["layout"],
-            "precision": precision,
+            # explicit, never 'auto': the rank runs the precision it is given
+            "precision": case["settings"]["precision"],
             "attention": case["settings"]["attention"],
             "step_s": round(best, 4),
             "step_s_mean": round(sum(times) / steps, 4),
@@ -215,9 +268,9 @@ def learner_run(model_path: str, cases: list[dict], lengths: list[int], steps: i
     return out
 
 
-def learner_cases(peak: dict, *, reference: bool) -> list[dict]:
+def learner_cases(peak: dict[str, float], *, reference: bool) -> list[LearnerCase]:
     precisions = ["fp32"] + (["bf16"] if peak["bf16_gflops"] >= 0.5 * peak["fp32_gflops"] else [])
-    cases = []
+    cases: list[LearnerCase] = []
     for objective in ("sft", "grpo"):
         for prec in precisions:
             for layout, attention in (("packed", "varlen"), ("padded", "padded")):
@@ -235,7 +288,7 @@ def learner_cases(peak: dict, *, reference: bool) -> list[dict]:
                         "settings": settings,
                     }
                 )
-        if reference:  # the learner before issue 15: dense mask, full vocab, 4-row batches
+        if reference:  # the dense reference path: dense mask, full vocab, 4-row batches
             settings = {
                 "precision": "fp32",
                 "attention": "dense",
@@ -253,9 +306,11 @@ def learner_cases(peak: dict, *, reference: bool) -> list[dict]:
     return cases
 
 
-def learner_section(cfg: Config, paths: dict[str, str], peak: dict, quick: bool) -> dict:
+def learner_section(
+    cfg: Config, paths: dict[str, str], peak: dict[str, float], quick: bool
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    plan = {
+    plan: dict[str, tuple[list[int], int]] = {
         "tiny": ([64, 48, 80, 56] if quick else [1500, 1100, 1900, 1300] * 4, 1 if quick else 3),
         "bench30m": ([512] * 8, 3),
         "small": ([64, 48, 80, 56], 1),
@@ -263,7 +318,7 @@ def learner_section(cfg: Config, paths: dict[str, str], peak: dict, quick: bool)
     for size, path in paths.items():
         lengths, steps = plan[size]
         cases = learner_cases(peak, reference=size == "tiny")
-        res = in_child(learner_run, path, cases, lengths, steps)
+        res = in_child(learner_run, cfg, path, cases, lengths, steps)
         rss = res.pop("peak_rss_mb")
         for r in res.values():
             p = peak["bf16_gflops"] if r["precision"] == "bf16" else peak["fp32_gflops"]
@@ -288,12 +343,8 @@ def learner_section(cfg: Config, paths: dict[str, str], peak: dict, quick: bool)
     return out
 
 
-def _auto_precision(path: str) -> dict:
+def _auto_precision(path: str) -> dict[str, Any]:
     """What `learner.precision: auto` picks for this model on this machine (and why)."""
-    from transformers import AutoConfig
-
-    from streampro.learners.attention import pick_precision
-
     c = AutoConfig.from_pretrained(path)
     choice, measured = pick_precision(
         "auto", hidden=c.hidden_size, intermediate=c.intermediate_size
@@ -302,8 +353,6 @@ def _auto_precision(path: str) -> dict:
 
 
 def _params(path: str) -> int:
-    from safetensors import safe_open
-
     n = 0
     with safe_open(str(Path(path) / "model.safetensors"), framework="pt") as f:
         for k in f.keys():  # noqa: SIM118 (safe_open is not a dict)
@@ -311,7 +360,7 @@ def _params(path: str) -> int:
     return n
 
 
-def _prod(shape) -> int:
+def _prod(shape: Iterable[int]) -> int:
     out = 1
     for s in shape:
         out *= int(s)
@@ -321,28 +370,12 @@ def _prod(shape) -> int:
 # ---- rollout and weight sync ----------------------------------------------------------------
 
 
-def rollout_run(cfg: Config, model_path: str, work: str, streams: int, steps: int) -> dict:
+def rollout_run(
+    cfg: Config, model_path: str, work: str, streams: int, steps: int
+) -> dict[str, Any]:
     """Decisions/s of the transformers loops (batched; sequential) and vLLM with and without
     the prefix cache on the same streams; then the weight sync of the cached engine."""
-    from streampro.actors.api import Sampling
-    from streampro.bench.rollout import (
-        HF_STREAMS,
-        _local_group,
-        _measure,
-        batched_hf_loop,
-        engine_warm_up,
-        sequential_hf_run,
-        silence_biased_policy,
-        synthetic_streams,
-        timed_pass,
-    )
-
-    sampling = Sampling(
-        temperature=cfg.rollout.temperature,
-        top_p=cfg.rollout.top_p,
-        max_answer_tokens=cfg.rollout.max_answer_tokens,
-        seed=cfg.run.seed,
-    )
+    sampling = Sampling.from_config(cfg.rollout, seed=cfg.run.seed)
     policy = silence_biased_policy(model_path, Path(work) / "policy")
     hf = batched_hf_loop(policy, cfg)
     out: dict[str, Any] = {"streams": streams, "steps": steps, "dtype": cfg.bench.dtype}
@@ -383,13 +416,8 @@ def rollout_run(cfg: Config, model_path: str, work: str, streams: int, steps: in
     return out
 
 
-def _sync(group, policy: str, work: str) -> dict[str, float]:
+def _sync(group: LocalRolloutGroup, policy: str, work: str) -> dict[str, float]:
     """Export (what the learner writes) and reload (what every engine does) of new weights."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from streampro.bench.rollout import perturbed_copy
-
     new = perturbed_copy(policy, Path(work) / "v1")
     model = AutoModelForCausalLM.from_pretrained(new, dtype=torch.float32)
     t0 = time.perf_counter()
@@ -403,7 +431,7 @@ def _sync(group, policy: str, work: str) -> dict[str, float]:
     }
 
 
-def rollout_section(cfg: Config, paths: dict[str, str], quick: bool, work: str) -> dict:
+def rollout_section(cfg: Config, paths: dict[str, str], quick: bool, work: str) -> dict[str, Any]:
     if quick:
         return {"skipped": "--quick does not start vLLM"}
     out: dict[str, Any] = {}
@@ -417,10 +445,8 @@ def rollout_section(cfg: Config, paths: dict[str, str], quick: bool, work: str) 
 # ---- GRPO step phases and the reward pool ---------------------------------------------------
 
 
-def grpo_run(cfg: Config, work: str) -> dict:
-    from streampro.bench.grpo_async import run
-
-    res = run(cfg, str(Path(work) / "grpo.json"))
+def grpo_run(cfg: Config, work: str) -> dict[str, Any]:
+    res = grpo_async.run(cfg, str(Path(work) / "grpo.json"))
     for mode in ("sync", "async"):
         if mode in res:
             ph = res[mode]["phase_s_mean"]
@@ -434,7 +460,7 @@ def grpo_run(cfg: Config, work: str) -> dict:
     return res
 
 
-def grpo_section(cfg: Config, quick: bool, work: str) -> dict:
+def grpo_section(cfg: Config, quick: bool, work: str) -> dict[str, Any]:
     if quick:
         return {"skipped": "--quick does not start Ray"}
     c = copy.deepcopy(cfg)
@@ -443,22 +469,13 @@ def grpo_section(cfg: Config, quick: bool, work: str) -> dict:
     return in_child(grpo_run, c, work)
 
 
-def reward_run(cfg: Config, n_items: int) -> dict:
-    import random
-
-    from transformers import AutoTokenizer
-
-    from streampro.actors.episode import StreamEpisode, sample_chunks
-    from streampro.bench.rollout import synthetic_streams
-    from streampro.data.dialogue import decision_ids
-    from streampro.rewards.pool import make_reward_pool
-    from streampro.tiny import policy_path
-
-    tok = AutoTokenizer.from_pretrained(policy_path(cfg.policy, seed=cfg.run.seed))
+def reward_run(cfg: Config, n_items: int) -> dict[str, Any]:
+    tok = AutoTokenizer.from_pretrained(policy_folder(cfg))
+    window = Window.from_config(cfg.data)
     rng = random.Random(0)
     samples, trajs = [], []
     for enc in synthetic_streams(n_items, 30, seed=cfg.run.seed):
-        ep = StreamEpisode.for_sample(tok, enc)
+        ep = StreamEpisode.for_sample(tok, enc, window=window)
         for chunk in sample_chunks(enc):
             ep.add_chunk(chunk)
             kind = "silence" if rng.random() < 0.9 else "response"
@@ -470,9 +487,7 @@ def reward_run(cfg: Config, n_items: int) -> dict:
             ep.add_decision(ids, [0.0] * len(ids))
         samples.append(enc.sample.to_dict())
         trajs.append(ep.trajectory())
-    c = copy.deepcopy(cfg)
-    c.reward.num_actors = 0  # in process: the scorer's own speed, no transport
-    pool = make_reward_pool(c)
+    pool = InProcessRewardPool(cfg.reward)  # the scorer's own speed, no transport
     try:
         t0 = time.perf_counter()
         pool.score(samples=samples, trajectories=trajs)
@@ -489,7 +504,7 @@ def reward_run(cfg: Config, n_items: int) -> dict:
 # ---- report ---------------------------------------------------------------------------------
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict[str, Any]) -> str:
     pk = result["peak"]
     lines = [
         "# streampro bench perf",
@@ -551,8 +566,8 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(result: dict, out: Path) -> list[str]:
-    import matplotlib
+def plots(result: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib  # lazy: only the plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -599,15 +614,13 @@ def plots(result: dict, out: Path) -> list[str]:
     return made
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     fig.savefig(tmp, dpi=90)
     os.replace(tmp, path)
 
 
-def run(cfg: Config, out_dir: str, *, quick: bool = False) -> dict:
-    import platform
-
+def run(cfg: Config, out_dir: str, *, quick: bool = False) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -22,15 +22,23 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from streampro.bench.baselines import encode
 from streampro.config import Config
+from streampro.data.dialogue import SFTExample, build_sft_example, vocab
+from streampro.data.encode import EncodedSample
+from streampro.data.pipeline import policy_folder
+from streampro.data.window import Window
 from streampro.errors import UserError
 
 
-def answer_logprob(model, example) -> tuple[float, int]:
+def answer_logprob(model: PreTrainedModel, example: SFTExample) -> tuple[float, int]:
     """Sum of log p over an SFT example's answer-text targets (loss_mask 1, not a decision
     token), teacher-forced row by row; and how many such tokens."""
     total, count = 0.0, 0
@@ -45,7 +53,9 @@ def answer_logprob(model, example) -> tuple[float, int]:
     return total, count
 
 
-def attention_sums(model, example, question_ids: list[int]) -> torch.Tensor:
+def attention_sums(
+    model: PreTrainedModel, example: SFTExample, question_ids: list[int]
+) -> torch.Tensor:
     """[L, H, 4] sums over answer-predicting queries of (entropy, max weight, weight on the
     question's tokens, 1); the model must run eager attention (weights are returned)."""
     c = model.config
@@ -67,7 +77,7 @@ def attention_sums(model, example, question_ids: list[int]) -> torch.Tensor:
     return sums
 
 
-def swapped_questions(encoded: list) -> list[str | None]:
+def swapped_questions(encoded: Sequence[EncodedSample]) -> list[str | None]:
     """For each sample, the question of the next sample of its task (cyclic) that differs
     from its own; None when the task has no other question."""
     by_task: dict[str, list[int]] = defaultdict(list)
@@ -84,14 +94,8 @@ def swapped_questions(encoded: list) -> list[str | None]:
     return out
 
 
-def run(cfg: Config, out_path: str, *, manifest: str) -> dict:
+def run(cfg: Config, out_path: str, *, manifest: str) -> dict[str, Any]:
     """The gains per task (the dispatcher writes them to out_path, as for every JSON bench)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from streampro.bench.baselines import encode
-    from streampro.data.dialogue import build_sft_example, vocab
-    from streampro.pipeline import policy_folder
-
     if cfg.data.codec != "patch":
         raise UserError("bench question-use scores text policies only (data.codec=patch)")
     encoded = encode(cfg, manifest)
@@ -108,9 +112,10 @@ def run(cfg: Config, out_path: str, *, manifest: str) -> dict:
     samples: dict[str, int] = defaultdict(int)
     skipped: dict[str, int] = defaultdict(int)
 
-    def example(e):
-        return build_sft_example(e, tokenizer, window_turns=cfg.data.window_turns,
-                                 window_slide=cfg.data.window_slide)  # fmt: skip
+    window = Window.from_config(cfg.data)
+
+    def example(e: EncodedSample) -> SFTExample:
+        return build_sft_example(e, tokenizer, window=window)
 
     for e, other in zip(encoded, swapped_questions(encoded)):
         task = e.sample.task
@@ -149,7 +154,7 @@ def run(cfg: Config, out_path: str, *, manifest: str) -> dict:
     }
 
 
-def attention_table(sums: torch.Tensor) -> dict:
+def attention_table(sums: torch.Tensor) -> dict[str, dict[str, dict[str, float]]]:
     """{"layer{l}": {"head{h}": {"entropy", "max_weight", "question_weight"}}}: means."""
     if not sums[..., 3].any():  # no answer token was scored
         return {}

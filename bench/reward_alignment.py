@@ -20,15 +20,25 @@ Offline and fast: it re-scores rows, it does not run the policy.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
-from streampro.config import Config, atomic_write_text
+from streampro.actors.records import trajectory_from_row
+from streampro.config import Config, atomic_write_text, load_config
+from streampro.data.pipeline import split_manifest
+from streampro.data.schema import load_manifest
 from streampro.errors import UserError
+from streampro.report import plot_curves
+from streampro.rewards.f1 import prf, sample_stats
+from streampro.rewards.judges import eval_acc_judge
+from streampro.rewards.pool import RewardScorer
 
 # logged columns of the GRPO run, by the name the report gives them
 LOGGED = {
@@ -37,9 +47,9 @@ LOGGED = {
     "R_turn": "reward_turn",
     "R_traj": "reward_traj",
 }
-TURN_ONLY = {"w_fmt": 0.0, "w_turn": 1.0, "w_traj": 0.0}
-# re-scored variants: RewardScorer settings over the run's own reward section
-VARIANTS: dict[str, dict] = {
+TURN_ONLY: dict[str, Any] = {"w_fmt": 0.0, "w_turn": 1.0, "w_traj": 0.0}
+# re-scored variants: reward fields replaced in the run's own reward section
+VARIANTS: dict[str, dict[str, Any]] = {
     "turn sum tau 4": {**TURN_ONLY, "turn_match": "sum", "tau": 4.0},
     "turn product tau 8": {**TURN_ONLY, "turn_match": "product", "tau": 8.0},
     "turn product tau 4": {**TURN_ONLY, "turn_match": "product", "tau": 4.0},
@@ -57,9 +67,12 @@ def group_stats(rewards: np.ndarray, f1: np.ndarray) -> tuple[float | None, floa
     return float(np.corrcoef(rewards, f1)[0, 1]), signal
 
 
-def summarise(groups: list[dict], key: str) -> dict:
+def summarise(groups: list[dict[str, Any]], key: str) -> dict[str, Any]:
     """Alignment of one reward column with `f1` over the groups ({task, rows})."""
-    corrs, signals, by_task, flat = [], [], defaultdict(list), 0
+    corrs: list[float] = []
+    signals: list[float] = []
+    by_task: dict[str, list[float]] = defaultdict(list)
+    flat = 0
     for g in groups:
         r = np.array([x[key] for x in g["rows"]])
         f = np.array([x["f1"] for x in g["rows"]])
@@ -88,20 +101,15 @@ def trajectory_files(run: Path) -> list[str]:
     )
 
 
-def score_rows(files: list[str], samples: dict[str, dict], cfg: Config) -> tuple[list[dict], int]:
+def score_rows(
+    files: list[str], samples: dict[str, dict[str, Any]], cfg: Config
+) -> tuple[list[dict[str, Any]], int]:
     """One row per logged trajectory: its step, task, logged rewards, F1 and variant rewards;
     and how many rows name a sample the manifest lacks (skipped, counted)."""
-    import pyarrow.parquet as pq
-
-    from streampro.actors.records import trajectory_from_row
-    from streampro.bench.evaluate import acc_judge_from_config
-    from streampro.bench.f1 import prf, sample_stats
-    from streampro.rewards.pool import RewardScorer, scorer_settings
-
-    judge = acc_judge_from_config(cfg)  # the evaluation's S_acc judge, for F1
-    base = scorer_settings(cfg.reward)
-    scorers = {k: RewardScorer(**(base | v)) for k, v in VARIANTS.items()}
-    rows, skipped = [], 0
+    judge = eval_acc_judge(cfg.eval, cfg.reward)  # the evaluation's S_acc judge, for F1
+    scorers = {k: RewardScorer(dataclasses.replace(cfg.reward, **v)) for k, v in VARIANTS.items()}
+    rows: list[dict[str, Any]] = []
+    skipped = 0
     for path in files:
         for t in pq.read_table(path).to_pylist():
             s = samples.get(t["sample_id"])
@@ -111,7 +119,11 @@ def score_rows(files: list[str], samples: dict[str, dict], cfg: Config) -> tuple
             traj = trajectory_from_row(t)
             resp = traj.responses()
             f1 = prf(*sample_stats(s, resp, judge))[2]
-            row = {"step": t["step"], "round": t.get("round", 0), "sample": t["sample_id"]}
+            row: dict[str, Any] = {
+                "step": t["step"],
+                "round": t.get("round", 0),
+                "sample": t["sample_id"],
+            }
             row |= {"task": s["task"], "f1": f1}
             row |= {k: t[col] for k, col in LOGGED.items()}
             row |= {
@@ -121,14 +133,9 @@ def score_rows(files: list[str], samples: dict[str, dict], cfg: Config) -> tuple
     return rows, skipped
 
 
-def run(cfg: Config, run_dir: str, manifest: str | None, out: str) -> dict:
+def run(cfg: Config, run_dir: str, manifest: str | None, out: str) -> dict[str, Any]:
     """Scores the run's trajectories; the run's own config.yaml (its reward, its training
     split) replaces `cfg` where the folder has one."""
-    from streampro.bench.evaluate import load_manifest_rows
-    from streampro.bench.report import plot_curves
-    from streampro.config import load_config
-    from streampro.pipeline import split_manifest
-
     run_path = Path(run_dir)
     files = trajectory_files(run_path)
     own = run_path / "config.yaml"
@@ -137,14 +144,14 @@ def run(cfg: Config, run_dir: str, manifest: str | None, out: str) -> dict:
     path = Path(manifest) if manifest else split_manifest(cfg, "train")
     if not path.is_file():
         raise UserError(f"{path}: training manifest not found (pass --manifest M)")
-    samples = {s["id"]: s for s in load_manifest_rows(path)[0]}
+    samples = {s.id: s.to_dict() for s in load_manifest(path)[0]}
     rows, skipped = score_rows(files, samples, cfg)
-    groups_by: dict[tuple, list[dict]] = defaultdict(list)
+    groups_by: dict[tuple[int, int, str], list[dict[str, Any]]] = defaultdict(list)
     for x in rows:
         groups_by[(x["step"], x["round"], x["sample"])].append(x)  # one GRPO group
     groups = [{"task": g[0]["task"], "rows": g} for g in groups_by.values() if len(g) > 1]
     keys = [*LOGGED, *VARIANTS, "f1"]
-    per_step: dict[int, list[dict]] = defaultdict(list)
+    per_step: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for x in rows:
         per_step[x["step"]].append(x)
     curve = [
@@ -179,7 +186,7 @@ def run(cfg: Config, run_dir: str, manifest: str | None, out: str) -> dict:
     return result
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Reward vs StreamPro-F1 within GRPO groups: {result['run']}",
         "",

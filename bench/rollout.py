@@ -28,27 +28,63 @@ import time
 from itertools import pairwise
 from pathlib import Path
 from statistics import mean, median
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
 
-from streampro.actors.api import Sampling
+import torch
+from tqdm import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from streampro import tokens as T
+from streampro.actors.api import Sampling, WorkerSpec
+from streampro.actors.episode import StreamEpisode, sample_chunks
+from streampro.actors.hf_loop import HFStreamPolicy, score_logprobs
+from streampro.bench.hf_batched import BatchedHFStreamPolicy
+from streampro.config import Config
+from streampro.data.dialogue import decision_ids
+from streampro.data.encode import EncodedSample
+from streampro.data.pipeline import policy_folder
+from streampro.data.schema import Answer, Sample
+from streampro.data.window import Window
+from streampro.types import Trajectory
 
 if TYPE_CHECKING:
-    import torch
+    from streampro.actors.rollout import LocalRolloutGroup
 
 P_SILENCE = 0.9  # share of silent steps of the benchmark policy
 POSITIONS = (1, 5, 10, 20, 30, 40, 50, 60, 100, 200, 300, 400, 500, 600)  # 1-based steps reported
 HF_STREAMS = 2  # the transformers loop runs streams one after another: 2 give its rate
 WARM_SEED = 10_007  # seed offset of the untimed pass's streams (other streams, same shapes)
+PROBE_STEPS = 12  # chunks of each probe stream `silence_biased_policy` calibrates on
+
+
+class StreamLoop(Protocol):
+    """What the timed passes drive: a rollout group or a transformers loop."""
+
+    def generate(
+        self, *, samples: list[EncodedSample], n: int, sampling: Sampling
+    ) -> list[Trajectory]: ...
+
+    def take_latencies(self) -> list[tuple[int, float]]: ...
+
+
+class Measure(TypedDict):
+    """One timed pass of a loop over a load."""
+
+    decisions_per_s: float
+    latencies: list[tuple[int, float]]
+    """(0-based step, seconds) of every decision."""
+    silence_rate: float
+    gen_tokens_per_step: float
+    trajs: list[Trajectory]
+    prefix_cache_hit_rate: NotRequired[float]
+    """vLLM passes only."""
 
 
 def synthetic_streams(
     n: int, steps: int, *, seed: int = 0, tokens_per_frame: int = 16, codebook_size: int = 64
-) -> list:
+) -> list[EncodedSample]:
     """n EncodedSamples of `steps` 1-s chunks with seeded random frame codes (same token
     counts as real patch-codec frames; content does not change the cost)."""
-    from streampro.data.encode import EncodedSample
-    from streampro.data.schema import Answer, Sample
-
     out = []
     for i in range(n):
         rng = random.Random(seed * 1_000_003 + i)
@@ -69,16 +105,13 @@ def synthetic_streams(
     return out
 
 
-def _decision_hidden(model, tokenizer, probes: list) -> torch.Tensor:  # [P, D]
+def _decision_hidden(
+    model: PreTrainedModel, tokenizer: Any, probes: list[EncodedSample], window: Window
+) -> torch.Tensor:  # [P, D]
     """Final (post-norm) hidden state at each probe stream's decision positions."""
-    import torch
-
-    from streampro.actors.episode import StreamEpisode, sample_chunks
-    from streampro.data.dialogue import decision_ids
-
     hs = []
     for enc in probes:
-        ep = StreamEpisode.for_sample(tokenizer, enc)
+        ep = StreamEpisode.for_sample(tokenizer, enc, window=window)
         for chunk in sample_chunks(enc):
             ep.add_chunk(chunk)
             ep.add_decision(decision_ids(tokenizer, "silence"), [0.0])
@@ -95,18 +128,15 @@ def silence_biased_policy(
 ) -> str:
     """Copy the policy at `src` to `dst` with an untied `</Silence>` output row, scaled so
     that the mean P(`</Silence>`) at decision positions of random streams is `p_silence`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from streampro import tokens as T
-
     tok = AutoTokenizer.from_pretrained(src)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     sil = tok.convert_tokens_to_ids(T.SILENCE)
     emb = model.get_input_embeddings().weight.detach()
     model.lm_head.weight = torch.nn.Parameter(emb.clone())  # untie: only the output row moves
     model.config.tie_word_embeddings = False
-    h = _decision_hidden(model, tok, synthetic_streams(4, 12, seed=seed + 7919))  # [P, D]
+    probes = synthetic_streams(4, PROBE_STEPS, seed=seed + 7919)
+    whole = Window(PROBE_STEPS, PROBE_STEPS)  # each probe stream in one segment
+    h = _decision_hidden(model, tok, probes, whole)  # [P, D]
     u = h.mean(0)
     direction = u / u.dot(u)  # logit of </Silence> ~ gamma at typical decision states
     weight = model.lm_head.weight.detach()
@@ -127,9 +157,6 @@ def silence_biased_policy(
 
 def perturbed_copy(src: str, dst: str | Path, *, scale: float = 0.05, seed: int = 0) -> str:
     """`src` with seeded Gaussian noise on every weight: what a learner step publishes."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -140,14 +167,9 @@ def perturbed_copy(src: str, dst: str | Path, *, scale: float = 0.05, seed: int 
     return str(dst)
 
 
-def logprob_max_abs_diff(model_path: str, trajs: list) -> float:
+def logprob_max_abs_diff(model_path: str, trajs: list[Trajectory]) -> float:
     """Max |vLLM sampling logprob - transformers logprob| over the generated tokens, against
     the fp32 model (what the learner scores): ~1e-2 when the engine runs in bf16."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from streampro.actors.hf_loop import score_logprobs
-
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     worst = 0.0
     for seg in (g for t in trajs for g in t.segments):
@@ -157,7 +179,7 @@ def logprob_max_abs_diff(model_path: str, trajs: list) -> float:
     return worst
 
 
-def prompt_lengths(trajs: list) -> dict[int, float]:
+def prompt_lengths(trajs: list[Trajectory]) -> dict[int, float]:
     """Mean prompt length (tokens) of each step's decision, by 0-based step: where the step's
     generated run starts in its segment row (the row is exactly what vLLM was prompted with)."""
     per: dict[int, list[int]] = {}
@@ -175,9 +197,6 @@ def attention_ms(model_path: str, streams: int, context: int, new_tokens: int) -
     `streams` streams appends `new_tokens` that attend to their whole context, in every layer
     (torch SDPA, the policy's head shapes, one thread as in vLLM's CPU worker; best of 3).
     What a round must compute before any engine overhead; it grows with the context."""
-    import torch
-    from transformers import AutoConfig
-
     c = AutoConfig.from_pretrained(model_path)
     heads, kv = c.num_attention_heads, c.num_key_value_heads
     d = c.hidden_size // heads
@@ -209,7 +228,9 @@ def _by_position(latencies: list[tuple[int, float]], steps: int) -> dict[str, fl
     return {str(p): round(1000 * mean(per[p]), 2) for p in wanted if p in per}
 
 
-def timed_pass(group, count: int, steps: int, *, seed: int, sampling: Sampling) -> dict:
+def timed_pass(
+    group: StreamLoop, count: int, steps: int, *, seed: int, sampling: Sampling
+) -> Measure:
     """`_measure` of a transformers loop on `count` seeded streams of `steps` chunks, after an
     untimed pass over other streams of the same shapes: its first pass over a load runs at
     ~55-60% of later ones (glibc hands its growing KV buffers back to the OS and page-faults
@@ -220,14 +241,14 @@ def timed_pass(group, count: int, steps: int, *, seed: int, sampling: Sampling) 
     return _measure(group, synthetic_streams(count, steps, seed=seed), sampling)
 
 
-def engine_warm_up(group, sampling: Sampling) -> None:
+def engine_warm_up(group: StreamLoop, sampling: Sampling) -> None:
     """A vLLM engine's warm-up: one 3-step stream. Its KV cache is allocated up front, so a
     first pass over a load already runs at the rate of later ones (611 vs 596-657 decisions/s
     in four repeats of 64 streams x 20 steps)."""
     group.generate(samples=synthetic_streams(1, 3, seed=99), n=1, sampling=sampling)
 
 
-def _measure(group, streams: list, sampling: Sampling) -> dict:
+def _measure(group: StreamLoop, streams: list[EncodedSample], sampling: Sampling) -> Measure:
     group.take_latencies()  # drop those of earlier calls (warm-up)
     t0 = time.perf_counter()
     trajs = group.generate(samples=streams, n=1, sampling=sampling)
@@ -242,10 +263,10 @@ def _measure(group, streams: list, sampling: Sampling) -> dict:
     }
 
 
-def _local_group(model: str, cfg, counts: list[int], *, prefix: bool):
+def _local_group(model: str, cfg: Config, counts: list[int], *, prefix: bool) -> LocalRolloutGroup:
     """An engine with the config's rollout settings, in `bench.dtype` like the bench's
     transformers loops (equal precision), sized for the largest load."""
-    from streampro.actors.api import WorkerSpec
+    # lazy: actors.rollout imports vLLM, which only the benches that start engines need
     from streampro.actors.rollout import LocalRolloutGroup
 
     r = cfg.rollout
@@ -257,11 +278,15 @@ def _local_group(model: str, cfg, counts: list[int], *, prefix: bool):
 
 
 def _vllm_runs(
-    group, cfg, counts: list[int], steps: int, sampling: Sampling, *, prefix: bool
-) -> dict:
-    from tqdm import tqdm
-
-    res: dict = {}
+    group: LocalRolloutGroup,
+    cfg: Config,
+    counts: list[int],
+    steps: int,
+    sampling: Sampling,
+    *,
+    prefix: bool,
+) -> dict[int, Measure]:
+    res: dict[int, Measure] = {}
     engine_warm_up(group, sampling)
     for s in tqdm(counts, desc=f"vllm prefix={'on' if prefix else 'off'}"):
         before = group.cache_stats()
@@ -273,26 +298,16 @@ def _vllm_runs(
     return res
 
 
-def run(cfg, out_path: str) -> dict:
+def run(cfg: Config, out_path: str) -> dict[str, Any]:
     """The whole benchmark; returns the JSON-able result (the dispatcher writes it)."""
-    from streampro.tiny import policy_path
-
     steps, counts = int(cfg.bench.steps), sorted(int(s) for s in cfg.bench.streams)
-    sampling = Sampling(
-        temperature=cfg.rollout.temperature,
-        top_p=cfg.rollout.top_p,
-        max_answer_tokens=cfg.rollout.max_answer_tokens,
-        seed=cfg.run.seed,
-    )
+    sampling = Sampling.from_config(cfg.rollout, seed=cfg.run.seed)
     work = Path(tempfile.mkdtemp(prefix="bench-rollout-", dir=Path(out_path).parent))
-    model = silence_biased_policy(
-        policy_path(cfg.policy, seed=cfg.run.seed, codebook_size=cfg.data.codebook_size),
-        work / "policy",
-    )
+    model = silence_biased_policy(policy_folder(cfg), work / "policy")
 
-    hf_m: dict | None = None
-    hf_b: dict | None = None
-    off: dict | None = None
+    hf_m: Measure | None = None
+    hf_b: dict[str, Any] | None = None
+    off: dict[int, Measure] | None = None
     try:
         if cfg.bench.baselines:
             hf_m = sequential_hf_run(model, cfg, steps, sampling)
@@ -317,7 +332,7 @@ def run(cfg, out_path: str) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = _result(cfg, counts, steps, on, off, hf_m, sync_s, diff)
-    if hf_b is not None:  # the batched loop at the same loads (issue 15's baseline)
+    if hf_b is not None:  # the batched transformers loop at the same loads
         result["baselines"]["transformers_batched_kv"] = hf_b
         b = hf_b["decisions_per_s"].get(str(counts[-1]))
         result["targets"]["speedup_vs_transformers_batched"] = _ratio(
@@ -326,38 +341,36 @@ def run(cfg, out_path: str) -> dict:
     return {**result, "attention": floor}
 
 
-def sequential_hf_run(model: str, cfg, steps: int, sampling: Sampling) -> dict:
+def sequential_hf_run(model: str, cfg: Config, steps: int, sampling: Sampling) -> Measure:
     """The plain transformers KV-cache loop (actors/hf_loop.py): it runs streams one after
     another, so HF_STREAMS of them give its rate."""
-    from streampro.actors.hf_loop import HFStreamPolicy
-
     hf = HFStreamPolicy(
         model,
         dtype=cfg.bench.dtype,
-        window_turns=cfg.data.window_turns,
-        window_slide=cfg.data.window_slide,
+        window=Window.from_config(cfg.data),
         max_answer_tokens=cfg.rollout.max_answer_tokens,
     )
     return timed_pass(hf, HF_STREAMS, steps, seed=cfg.run.seed, sampling=sampling)
 
 
-def batched_hf_loop(model: str, cfg):
+def batched_hf_loop(model: str, cfg: Config) -> BatchedHFStreamPolicy:
     """bench/hf_batched.py's loop with the config's window, answer length and `bench.dtype`."""
-    from streampro.bench.hf_batched import BatchedHFStreamPolicy
-
     return BatchedHFStreamPolicy(
         model,
         dtype=cfg.bench.dtype,
-        window_turns=cfg.data.window_turns,
+        window=Window.from_config(cfg.data),
         max_answer_tokens=cfg.rollout.max_answer_tokens,
     )
 
 
-def _batched_hf_runs(model: str, cfg, counts: list[int], steps: int, sampling: Sampling) -> dict:
+def _batched_hf_runs(
+    model: str, cfg: Config, counts: list[int], steps: int, sampling: Sampling
+) -> dict[str, Any]:
     """bench/hf_batched.py at every stream count (it runs streams in lockstep, one KV cache);
     it cannot follow a window slide, so streams longer than the window are not run."""
-    if steps > cfg.data.window_turns:
-        return {"skipped": f"{steps}-step streams outgrow the {cfg.data.window_turns}-turn window"}
+    window = Window.from_config(cfg.data)
+    if steps > window.turns:
+        return {"skipped": f"{steps}-step streams outgrow the {window.turns}-turn window"}
     hf = batched_hf_loop(model, cfg)
     rates = {}
     for s in counts:
@@ -366,7 +379,9 @@ def _batched_hf_runs(model: str, cfg, counts: list[int], steps: int, sampling: S
     return {"decisions_per_s": rates}
 
 
-def _attention_floor(model: str, trajs: list, streams: int, steps: int) -> dict:
+def _attention_floor(
+    model: str, trajs: list[Trajectory], streams: int, steps: int
+) -> dict[str, Any]:
     """Attention alone per round of decisions at the step-5 and last-step contexts of the
     measured streams (`attention_ms`), with the turn's mean new tokens."""
     ctx = prompt_lengths(trajs)
@@ -384,16 +399,23 @@ def _attention_floor(model: str, trajs: list, streams: int, steps: int) -> dict:
 
 
 def _result(
-    cfg, counts: list[int], steps: int, on: dict, off: dict | None, hf_m: dict | None,
-    sync_s: float, diff: float,
-) -> dict:  # fmt: skip
+    cfg: Config,
+    counts: list[int],
+    steps: int,
+    on: dict[int, Measure],
+    off: dict[int, Measure] | None,
+    hf_m: Measure | None,
+    sync_s: float,
+    diff: float,
+) -> dict[str, Any]:
     """The JSON of one run; baselines (and the ratios to them) only when they ran."""
 
-    def rate(m: dict) -> dict:
+    def rate(m: dict[int, Measure]) -> dict[str, float]:
         return {str(s): round(v["decisions_per_s"], 2) for s, v in m.items()}
 
     top = counts[-1]
-    result = {
+    window = Window.from_config(cfg.data)
+    result: dict[str, Any] = {
         "config": {
             "streams": counts,
             "steps": steps,
@@ -412,7 +434,7 @@ def _result(
         "gen_tokens_per_step": round(on[top]["gen_tokens_per_step"], 3),
         "sync_seconds": round(sync_s, 4),
         "logprob_max_abs_diff": diff,
-        "window": {"turns": cfg.data.window_turns, "slide": cfg.data.window_slide},
+        "window": dataclasses.asdict(window),
     }
     lat = result["latency_by_position"][str(top)]
     result["targets"] = {

@@ -26,10 +26,26 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from transformers import AutoTokenizer
+
+from streampro.actors.api import RolloutGroupAPI, WorkerSpec
+from streampro.bench.rollout import silence_biased_policy, synthetic_streams
+from streampro.cluster.local import init_from_config
 from streampro.config import Config, atomic_write_text
+from streampro.data.pipeline import policy_folder
+from streampro.data.window import Window
 from streampro.errors import UserError
+from streampro.learners.api import LearnerGroupAPI
+from streampro.learners.group import make_learner_group
+from streampro.learners.grpo_loop import GRPOStep
+from streampro.learners.state import DataCursor
+from streampro.rewards.api import RewardPoolAPI
+from streampro.rewards.pool import make_reward_pool
+
+if TYPE_CHECKING:
+    from streampro.actors.rollout import RayRolloutGroup
 
 AXES = ("streams", "length", "actors")
 AXIS_LABEL = {
@@ -67,8 +83,20 @@ def step_shape(streams: int, group_size: int) -> tuple[int, int]:
     return streams // g, g
 
 
-def _rollout_group(cfg: Config, model: str, actors: int):
-    from streampro.actors.api import WorkerSpec
+@dataclasses.dataclass
+class Parts:
+    """The run's parts a sweep point steps: the rollout group changes with the actor count."""
+
+    model: str
+    pad_id: int
+    learner: LearnerGroupAPI
+    pool: RewardPoolAPI
+    rollout: RolloutGroupAPI | None = None
+    version: int = 0
+
+
+def _rollout_group(cfg: Config, model: str, actors: int) -> RayRolloutGroup:
+    # lazy: actors.rollout imports vLLM, which only the benches that start engines need
     from streampro.actors.rollout import RayRolloutGroup
 
     r = cfg.rollout
@@ -82,32 +110,36 @@ def _rollout_group(cfg: Config, model: str, actors: int):
     return RayRolloutGroup(spec, env_vars=ACTOR_ENV)
 
 
-def grpo_step(cfg: Config, parts: dict, point: dict[str, int], work: Path) -> dict[str, Any]:
-    """One synchronous GRPO step at `point`: phase seconds and rollout decisions/s."""
-    from streampro.bench.rollout import synthetic_streams
-    from streampro.learners.grpo_loop import GRPOStep, _pad_id
-    from streampro.learners.state import DataCursor
+def _pad_id(model_path: str) -> int:
+    """The id the learner pads rows with: the tokenizer's pad token, else its EOS."""
+    tok = AutoTokenizer.from_pretrained(model_path)
+    return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
 
+
+def grpo_step(cfg: Config, parts: Parts, point: dict[str, int], work: Path) -> dict[str, Any]:
+    """One synchronous GRPO step at `point`: phase seconds and rollout decisions/s."""
+    if parts.rollout is None:
+        raise ValueError("grpo_step needs a running rollout group (parts.rollout)")
     c = copy.deepcopy(cfg)
     c.grpo.batch_samples, c.grpo.group_size = step_shape(point["streams"], cfg.grpo.group_size)
     train = synthetic_streams(c.grpo.batch_samples, point["length"], seed=cfg.run.seed)
     step = GRPOStep(
         cfg=c,
         train=train,
-        rollout=parts["rollout"],
-        pool=parts["pool"],
-        learner=parts["learner"],
+        rollout=parts.rollout,
+        pool=parts.pool,
+        learner=parts.learner,
         cursor=DataCursor(len(train), cfg.run.seed),
         run_dir=work,
-        pad_id=_pad_id(parts["model"]),
+        pad_id=parts.pad_id,
     )
-    parts["version"] += 1
+    parts.version += 1
     t0 = time.perf_counter()
-    groups = step.collect(parts["version"])
+    groups = step.collect(parts.version)
     t1 = time.perf_counter()
     learned = step.learn(groups)
     t2 = time.perf_counter()
-    step.publish(parts["version"])
+    step.publish(parts.version)
     t3 = time.perf_counter()
     decisions = sum(len(t.steps) for t in groups.trajs)
     phases = {
@@ -133,12 +165,6 @@ def grpo_step(cfg: Config, parts: dict, point: dict[str, int], work: Path) -> di
 
 def run(cfg: Config, out_dir: str) -> dict[str, Any]:
     """Every point of the sweep; writes scaling.json and the plots into `out_dir`."""
-    from streampro.bench.rollout import silence_biased_policy
-    from streampro.cluster.local import init_from_config
-    from streampro.learners.group import make_learner_group
-    from streampro.rewards.pool import make_reward_pool
-    from streampro.tiny import policy_path
-
     points = plan(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -151,16 +177,13 @@ def run(cfg: Config, out_dir: str) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     try:
         init_from_config(c.cluster)
-        model = silence_biased_policy(
-            policy_path(c.policy, seed=c.run.seed, codebook_size=c.data.codebook_size),
-            work / "policy",
-        )
+        model = silence_biased_policy(policy_folder(c), work / "policy")
         pool = make_reward_pool(c)
         learner = make_learner_group(c, model, objective="grpo")
-        parts: dict[str, Any] = {"model": model, "version": 0, "learner": learner, "pool": pool}
+        parts = Parts(model=model, pad_id=_pad_id(model), learner=learner, pool=pool)
         try:
             for actors in sorted({p["actors"] for p in points}):
-                parts["rollout"] = _rollout_group(c, model, actors)
+                rollout = parts.rollout = _rollout_group(c, model, actors)
                 try:
                     warm = {"streams": 1, "length": 3, "actors": actors}
                     grpo_step(c, parts, warm, work)  # engine and learner warm-up, not reported
@@ -171,7 +194,8 @@ def run(cfg: Config, out_dir: str) -> dict[str, Any]:
                         # the points so far, so that a long sweep cut short keeps them
                         _write(out, _result(c, rows, time.perf_counter() - t_start), plot=False)
                 finally:
-                    parts["rollout"].shutdown()
+                    rollout.shutdown()
+                    parts.rollout = None
         finally:
             learner.shutdown()
             pool.shutdown()
@@ -204,7 +228,7 @@ def _result(cfg: Config, rows: list[dict[str, Any]], wall: float) -> dict[str, A
         "config": {
             "base": base,
             "group_size": cfg.grpo.group_size,
-            "window": {"turns": cfg.data.window_turns, "slide": cfg.data.window_slide},
+            "window": dataclasses.asdict(Window.from_config(cfg.data)),
             "policy": "built-in tiny, P(silence)~0.9, lr 0 (the same policy at every point)",
             "actor_env": ACTOR_ENV,
             "learner_in_process": cfg.learner.in_process,
@@ -217,7 +241,7 @@ def _result(cfg: Config, rows: list[dict[str, Any]], wall: float) -> dict[str, A
 
 def plots(result: dict[str, Any], out: Path) -> list[str]:
     """One PNG per axis: rollout decisions/s (left) and the GRPO step's phases (right)."""
-    import matplotlib
+    import matplotlib  # lazy: only the plots need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

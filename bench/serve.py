@@ -15,10 +15,16 @@ import contextlib
 import os
 import time
 from collections import Counter
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 
+from streampro.actors.serve.deploy import local_deployment, resolve_checkpoint
+from streampro.client import AsyncStreamSession, ServeError, encode_png
 from streampro.config import Config
 
 STREAM_CHUNKS = 120  # a session's length before it closes and a new one opens
@@ -26,9 +32,21 @@ FRAME_SIZE = 128  # synth-like frames
 N_FRAMES = 16  # distinct frames cycled through (PNG-encoded once)
 
 
-def _frames(seed: int = 0) -> list[str]:
-    from streampro.client import encode_png
+@dataclass
+class Record:
+    """What one level's sessions saw, counted together."""
 
+    sent: int = 0
+    """Chunks pushed."""
+    decided: int = 0
+    """Decisions back."""
+    lat: list[float] = field(default_factory=list)
+    """Seconds of every push that came back."""
+    status: Counter[int | str] = field(default_factory=Counter)
+    """Errors by HTTP status, or by exception name for a transport failure."""
+
+
+def _frames(seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     return [
         encode_png(rng.integers(0, 256, (FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8))
@@ -36,45 +54,48 @@ def _frames(seed: int = 0) -> list[str]:
     ]
 
 
-async def _session_loop(http, url, token, frames, deadline, rec) -> None:
-    from streampro.client import AsyncStreamSession, ServeError
-
+async def _session_loop(
+    http: httpx.AsyncClient,
+    url: str,
+    token: str | None,
+    frames: list[str],
+    deadline: float,
+    rec: Record,
+) -> None:
     while time.monotonic() < deadline:
         try:
             s = await AsyncStreamSession.open(
                 url, "tell me when it changes", http=http, token=token
             )
         except ServeError as e:
-            rec["status"][e.status] += 1
+            rec.status[e.status] += 1
             continue
         except Exception as e:  # noqa: BLE001 (counted: a transport failure is an error too)
-            rec["status"][type(e).__name__] += 1
+            rec.status[type(e).__name__] += 1
             continue
         k = 0
         while k < STREAM_CHUNKS and time.monotonic() < deadline:
-            rec["sent"] += 1
+            rec.sent += 1
             t0 = time.perf_counter()
             try:
                 out = await s.push([{"start": k, "end": k + 1, "image": frames[k % len(frames)]}])
             except ServeError as e:
-                rec["status"][e.status] += 1
+                rec.status[e.status] += 1
                 break
             except Exception as e:  # noqa: BLE001
-                rec["status"][type(e).__name__] += 1
+                rec.status[type(e).__name__] += 1
                 break
-            rec["lat"].append(time.perf_counter() - t0)
-            rec["decided"] += len(out)
+            rec.lat.append(time.perf_counter() - t0)
+            rec.decided += len(out)
             k += 1
         with contextlib.suppress(Exception):
             await s.close()
 
 
-async def measure(url: str, sessions: int, duration_s: float, token: str | None) -> dict:
+async def measure(url: str, sessions: int, duration_s: float, token: str | None) -> dict[str, Any]:
     """One level: `sessions` concurrent streams for `duration_s` seconds."""
-    import httpx
-
     frames = _frames()
-    rec = {"sent": 0, "decided": 0, "lat": [], "status": Counter()}
+    rec = Record()
     limits = httpx.Limits(max_connections=sessions * 2)
     async with httpx.AsyncClient(timeout=120.0, limits=limits) as http:
         t0 = time.monotonic()
@@ -83,24 +104,24 @@ async def measure(url: str, sessions: int, duration_s: float, token: str | None)
             *(_session_loop(http, url, token, frames, deadline, rec) for _ in range(sessions))
         )
         wall = time.monotonic() - t0
-    lat = np.asarray(rec["lat"]) * 1000.0
+    lat = np.asarray(rec.lat) * 1000.0
     pct = {f"p{q}_ms": float(np.percentile(lat, q)) if lat.size else None for q in (50, 95, 99)}
-    errors = {str(k): v for k, v in sorted(rec["status"].items(), key=str)}
+    errors = {str(k): v for k, v in sorted(rec.status.items(), key=str)}
     return {
         "sessions": sessions,
         "duration_s": round(wall, 3),
-        "chunks_sent": rec["sent"],
-        "decisions": rec["decided"],
-        "chunks_per_s": rec["decided"] / wall if wall > 0 else 0.0,
+        "chunks_sent": rec.sent,
+        "decisions": rec.decided,
+        "chunks_per_s": rec.decided / wall if wall > 0 else 0.0,
         **pct,
         "errors": errors,
-        "errors_5xx": sum(v for k, v in rec["status"].items() if str(k).startswith("5")),
-        "lost_chunks": rec["sent"] - rec["decided"],
+        "errors_5xx": sum(v for k, v in rec.status.items() if str(k).startswith("5")),
+        "lost_chunks": rec.sent - rec.decided,
     }
 
 
-def _plot(levels: list[dict], out: Path) -> None:
-    import matplotlib
+def _plot(levels: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib  # lazy: only the plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -120,12 +141,11 @@ def _plot(levels: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def run(cfg: Config, out: str) -> dict:
+def run(cfg: Config, out: str) -> dict[str, Any]:
     """Every level of serve.bench_sessions; the plot goes beside the JSON (same name, .png)."""
-    from streampro.actors.serve import local_deployment, resolve_checkpoint
-
     s = cfg.serve
     token = s.auth_token or os.environ.get(s.auth_token_env, "") or None
+    where: AbstractContextManager[str]
     if s.bench_endpoint:
         where = contextlib.nullcontext(s.bench_endpoint)
     else:

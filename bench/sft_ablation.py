@@ -12,20 +12,21 @@ import copy
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
+from streampro.cluster.local import init_from_config
 from streampro.config import Config, atomic_write_text
+from streampro.learners.sft import run_sft
 
 LOSSES = ("ce", "focal", "cb_stream")
 PAPER_W_AVG = {"ce": 6.6, "focal": 14.2, "cb_stream": 16.3}
 
 
-def _one_run(cfg: Config, loss: str, seed: int, root: Path) -> dict:
-    from streampro.learners.sft import run_sft
-
+def _one_run(cfg: Config, loss: str, seed: int, root: Path) -> dict[str, Any]:
     run_dir = root / f"{loss}-seed{seed}"
     done = run_dir / "sft_summary.json"
     if done.is_file():
-        summary = json.loads(done.read_text())
+        summary: dict[str, Any] = json.loads(done.read_text())
         if "val" in summary:
             return summary
     c = copy.deepcopy(cfg)
@@ -40,9 +41,9 @@ def _mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def summarize(results: dict[str, list[dict]]) -> dict:
+def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per loss, F1 x100 over its runs: {"w_avg": [mean, sd], "dims": {D: [mean, sd]}, "runs"}."""
-    table: dict[str, dict] = {}
+    table: dict[str, dict[str, Any]] = {}
     for loss, runs in results.items():
         dims = sorted({d for r in runs for d in r["val"]["dimensions"]})
         table[loss] = {
@@ -56,7 +57,7 @@ def summarize(results: dict[str, list[dict]]) -> dict:
     return table
 
 
-def markdown(table: dict, silent_w_avg: float) -> str:
+def markdown(table: dict[str, dict[str, Any]], silent_w_avg: float) -> str:
     dims = sorted({d for row in table.values() for d in row["dims"]})
     head = "| loss | val W-Avg | " + " | ".join(dims) + " | paper W-Avg (3B) |"
     lines = [head, "|" + "---|" * (len(dims) + 3)]
@@ -73,8 +74,8 @@ def markdown(table: dict, silent_w_avg: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(table: dict, path: Path) -> None:
-    import matplotlib
+def plot(table: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib  # lazy: only the plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -97,10 +98,8 @@ def plot(table: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def run(cfg: Config, out_path: str) -> dict:
+def run(cfg: Config, out_path: str) -> dict[str, Any]:
     """Train every loss x seed (cfg.bench.seeds), then write OUT.md and OUT.png beside OUT."""
-    from streampro.cluster.local import init_from_config
-
     out = Path(out_path)
     root = out.with_suffix("")  # runs/bench-sft-ablation/ next to runs/bench-sft-ablation.json
     root.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,21 +22,16 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
+import ray
+from ray._private import services
+from ray.actor import ActorHandle
+
 from streampro.cluster.resources import ROLES, actor_options
+from streampro.config import Config
+from streampro.timeouts import free_ports
 
 FAKE_HEAD_NODE_ID = "f" * 51 + "00000"  # the fake provider's fixed head id (autoscaler v2)
 FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on this machine (bound together, then released)."""
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def fake_cluster_config(
@@ -106,10 +100,9 @@ class FakeAutoscalingCluster:
         idle_timeout_s: float = 3.0,
         roles: tuple[str, ...] = ("rollout", "reward"),
     ) -> None:
-        from ray._private import services
-
-        self.ip = services.get_node_ip_address()
-        self.gcs_port, self.dash_port, *self._ports = free_ports(8)
+        self.ip: str = services.get_node_ip_address()
+        # the head's daemons listen on every interface: free there, not only on loopback
+        self.gcs_port, self.dash_port, *self._ports = free_ports(8, host="0.0.0.0")
         self.address = f"{self.ip}:{self.gcs_port}"
         self.temp_dir = tempfile.mkdtemp(prefix="spr-as-", dir="/tmp")  # short: unix sockets
         node_types = {f"{r}-node": {"CPU": node_cpus, r: 1.0} for r in roles}
@@ -122,7 +115,7 @@ class FakeAutoscalingCluster:
         )
         self._pgid: int | None = None
 
-    def start(self) -> FakeAutoscalingCluster:
+    def start(self) -> Self:
         cfg_path = Path(self.temp_dir) / "autoscaler.json"
         cfg_path.write_text(json.dumps(self.config))
         client, agent, agent_grpc, renv, metrics, nm = self._ports
@@ -201,10 +194,15 @@ def _signal_group(pgid: int, sig: int, timeout_s: float) -> bool:
     return True
 
 
+class RolloutLike:
+    """Stands in for a rollout actor: the same resource request, no engine."""
+
+    def node_id(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
+
+
 def node_counts() -> dict[str, int]:
     """Alive worker nodes per role (by the role resource they offer) of the connected cluster."""
-    import ray
-
     counts = {r: 0 for r in ROLES}
     for node in ray.nodes():
         if node["Alive"]:
@@ -226,8 +224,6 @@ def autoscale_demo(
 
     Returns the node-count timeline ({"t", "phase", role: count}) and a summary.
     """
-    import ray
-
     ray.init(address=address, namespace="streampro-autoscale", log_to_driver=False)
     t0 = time.monotonic()
     timeline: list[dict[str, Any]] = []
@@ -239,15 +235,11 @@ def autoscale_demo(
             timeline.append({"t": round(time.monotonic() - t0, 2), "phase": phase, **counts})
         return counts
 
-    @ray.remote
-    class RolloutLike:  # stands in for a RolloutActor: same resource request, no engine
-        def node_id(self) -> str:
-            return ray.get_runtime_context().get_node_id()
-
     try:
         sample("start")
         opts = actor_options("rollout", num_cpus=actor_cpus, custom=True)
-        actors = [RolloutLike.options(**opts).remote() for _ in range(num_actors)]
+        actor_cls = ray.remote(RolloutLike).options(**opts)
+        actors: list[ActorHandle] = [actor_cls.remote() for _ in range(num_actors)]
         refs = [a.node_id.remote() for a in actors]
         while len(ray.wait(refs, num_returns=len(refs), timeout=poll_s)[0]) < len(refs):
             sample("scale-up")
@@ -278,7 +270,7 @@ def autoscale_demo(
     }
 
 
-def run(cfg: Any, out: str) -> dict[str, Any]:
+def run(cfg: Config, out: str) -> dict[str, Any]:
     """`streampro bench autoscale`: the demo on a fresh fake cluster (the CLI writes `out`)."""
     # 10 s idle timeout: with 3 s a freshly started node was once removed before the actor
     # placed on it had started (CI, fresh clone: "actor cancelled before it started running")

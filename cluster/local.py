@@ -12,7 +12,15 @@ import logging
 import os
 from typing import Any
 
+import ray
+
+try:  # Ray 2.60's token auth lives in a private module: a Ray without it has no token auth
+    from ray._private.authentication import authentication_token_setup as _token_auth
+except ImportError:
+    _token_auth = None
+
 from streampro.cluster.resources import LOCAL_ROLE_RESOURCES, ROLES
+from streampro.config import ClusterConfig
 from streampro.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -47,12 +55,10 @@ def init_ray(
     num_cpus/num_gpus 0 = detect. role_resources None = one unit of every role's custom
     resource ({} = none). runtime_env None = the CPU env vars above for local workers.
     """
-    import ray
-
     if ray.is_initialized():
         return
     if is_attach(address):
-        _attach(ray, address, namespace, runtime_env, log_to_driver)
+        _attach(address, namespace, runtime_env, log_to_driver)
         return
     env = {k: os.environ.get(k, v) for k, v in WORKER_ENV.items()}
     ray.init(
@@ -72,17 +78,13 @@ def enable_token_auth_if_available() -> bool:
     """Ray 2.60 token auth: a cluster started with a token (~/.ray/auth_token, RAY_AUTH_TOKEN,
     RAY_AUTH_TOKEN_PATH) rejects clients that do not send it, and clients only send it when
     RAY_AUTH_MODE=token. Enable it the way `ray start` does, unless RAY_AUTH_MODE is set."""
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # a Ray without token auth
+    if _token_auth is None:
         return False
-    return maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    return bool(_token_auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False))
 
 
 def _attach(
-    ray: Any, address: str, namespace: str, runtime_env: dict[str, Any] | None, log_to_driver: bool
+    address: str, namespace: str, runtime_env: dict[str, Any] | None, log_to_driver: bool
 ) -> None:
     enable_token_auth_if_available()
     try:
@@ -107,7 +109,9 @@ def _attach(
         )
 
 
-def init_from_config(cluster_cfg: Any, *, runtime_env: dict[str, Any] | None = None) -> None:
+def init_from_config(
+    cluster_cfg: ClusterConfig, *, runtime_env: dict[str, Any] | None = None
+) -> None:
     """init_ray from a ClusterConfig (the one place that unpacks it)."""
     init_ray(
         address=cluster_cfg.address,

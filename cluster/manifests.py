@@ -15,11 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
 
 KUBERAY_DIR = Path(__file__).resolve().parent / "kuberay"
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are 60k lines: use libyaml
 CRD_ENV = "STREAMPRO_KUBERAY_CRDS"
+
+Schemas = dict[tuple[str, str], dict[str, Any]]
+"""(apiVersion, kind) -> the CRD version's openAPIV3Schema."""
 
 
 def find_crds_dir() -> Path | None:
@@ -30,9 +34,9 @@ def find_crds_dir() -> Path | None:
     return next((p for p in candidates if p.is_dir() and any(p.glob("*.yaml"))), None)
 
 
-def load_crd_schemas(crds_dir: Path) -> dict[tuple[str, str], dict]:
+def load_crd_schemas(crds_dir: Path) -> Schemas:
     """(apiVersion, kind) -> openAPIV3Schema, for every version of every CRD in the folder."""
-    schemas: dict[tuple[str, str], dict] = {}
+    schemas: Schemas = {}
     for path in sorted(crds_dir.glob("*.yaml")):
         for crd in yaml.load_all(path.read_text(), Loader=_Loader):
             if not crd or crd.get("kind") != "CustomResourceDefinition":
@@ -43,7 +47,7 @@ def load_crd_schemas(crds_dir: Path) -> dict[tuple[str, str], dict]:
     return schemas
 
 
-def manifest_docs(folder: Path = KUBERAY_DIR) -> Iterator[tuple[str, dict]]:
+def manifest_docs(folder: Path = KUBERAY_DIR) -> Iterator[tuple[str, dict[str, Any]]]:
     """("file.yaml#index", document) for every YAML document in the folder."""
     for path in sorted(folder.glob("*.yaml")):
         for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
@@ -51,7 +55,7 @@ def manifest_docs(folder: Path = KUBERAY_DIR) -> Iterator[tuple[str, dict]]:
                 yield f"{path.name}#{i}", doc
 
 
-def unknown_fields(obj: Any, schema: dict, where: str = "") -> list[str]:
+def unknown_fields(obj: Any, schema: dict[str, Any], where: str = "") -> list[str]:
     """Paths of fields the structural schema does not declare (what Kubernetes would prune)."""
     if schema.get("x-kubernetes-preserve-unknown-fields"):
         return []
@@ -71,10 +75,8 @@ def unknown_fields(obj: Any, schema: dict, where: str = "") -> list[str]:
     return out
 
 
-def validate(doc: dict, schemas: dict[tuple[str, str], dict]) -> list[str]:
+def validate(doc: dict[str, Any], schemas: Schemas) -> list[str]:
     """Problems of one KubeRay document ([] = valid); core kinds (PVC, ...) get basic checks."""
-    import jsonschema
-
     key = (doc.get("apiVersion", ""), doc.get("kind", ""))
     if not doc.get("metadata", {}).get("name"):
         return ["metadata.name: missing"]

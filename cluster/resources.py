@@ -4,7 +4,8 @@ A pending actor's request is the autoscaler's demand, so the custom resource (`{
 0.001}`) is what sends rollout engines to the rollout worker group and learner ranks to the
 learner group. The local Ray (`cluster.local.init_ray`) and the KubeRay manifests provide
 these resources; everything else only calls `actor_options` / the placement-group helpers.
-Ray is imported lazily, so this module is importable without it.
+Ray is imported only inside the placement-group helpers: rewards/ imports this module and
+imports with torch alone (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def role_placement_group(
 ) -> PlacementGroup:
     """A placement group of `num_bundles` equal bundles for one role (not waited on:
     `ray.get(pg.ready())` blocks until placed, which with an autoscaler may mean new nodes)."""
-    from ray.util.placement_group import placement_group
+    from ray.util.placement_group import placement_group  # lazy: rewards/ imports this module
 
     if num_bundles < 1:
         raise ValueError(f"num_bundles must be >= 1, got {num_bundles}")
@@ -141,6 +142,7 @@ def in_placement_group(
 ) -> dict[str, Any]:
     """`.options(**...)` kwargs that schedule an actor into bundle `bundle_index` of `pg`;
     the actor's own num_cpus/num_gpus are taken from that bundle."""
+    # lazy: rewards/ imports this module
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     return {

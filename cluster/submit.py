@@ -19,7 +19,10 @@ from typing import Any, TextIO
 
 import aiohttp
 import yaml
+from ray.exceptions import AuthenticationError
+from ray.job_submission import JobSubmissionClient
 
+from streampro.cli import COMMANDS
 from streampro.cluster.local import enable_token_auth_if_available
 from streampro.config import Config
 from streampro.errors import UserError
@@ -61,8 +64,6 @@ def load_runtime_env(path: str | Path | None) -> dict[str, Any]:
 
 def build_entrypoint(argv: list[str]) -> str:
     """`python -m streampro.cli CMD ARGS` for `-- CMD ARGS`; CMD must be a streampro command."""
-    from streampro.cli import COMMANDS
-
     args = argv[1:] if argv[:1] == ["--"] else list(argv)
     if not args:
         raise UserError("no command to submit: use `streampro submit [flags] -- <command> [args]`")
@@ -72,11 +73,8 @@ def build_entrypoint(argv: list[str]) -> str:
     return shlex.join(["python", "-m", "streampro.cli", *args])
 
 
-def make_client(address: str | None) -> Any:
+def make_client(address: str | None) -> JobSubmissionClient:
     """A JobSubmissionClient; address None = RAY_API_SERVER_ADDRESS / RAY_ADDRESS / local."""
-    from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobSubmissionClient
-
     try:
         try:
             return JobSubmissionClient(address)
@@ -92,7 +90,9 @@ def make_client(address: str | None) -> Any:
         ) from None
 
 
-def wait_job(client: Any, job_id: str, *, out: TextIO = sys.stdout, poll_s: float = 0.5) -> str:
+def wait_job(
+    client: JobSubmissionClient, job_id: str, *, out: TextIO = sys.stdout, poll_s: float = 0.5
+) -> str:
     """Stream the job's logs to `out` until it ends; returns its final status name."""
 
     async def tail() -> None:
@@ -113,7 +113,7 @@ def wait_job(client: Any, job_id: str, *, out: TextIO = sys.stdout, poll_s: floa
     return status
 
 
-def _job_error(client: Any, job_id: str) -> str:
+def _job_error(client: JobSubmissionClient, job_id: str) -> str:
     info = client.get_job_info(job_id)
     msg = (info.message or "").strip().splitlines()
     code = getattr(info, "driver_exit_code", None)
@@ -121,13 +121,13 @@ def _job_error(client: Any, job_id: str) -> str:
     return f"{first}" + (f" (exit code {code})" if code not in (None, 0) else "")
 
 
-def _status(client: Any, job_id: str) -> int:
+def _status(client: JobSubmissionClient, job_id: str) -> int:
     info = client.get_job_info(job_id)
     print(f"{job_id}: {info.status.value}" + (f": {info.message}" if info.message else ""))
     return 0
 
 
-def _stop(client: Any, job_id: str) -> int:
+def _stop(client: JobSubmissionClient, job_id: str) -> int:
     if client.stop_job(job_id):
         print(f"{job_id}: stop requested")
     else:

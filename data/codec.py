@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 
 from streampro.errors import UserError
 
@@ -120,7 +121,6 @@ class ImageCodec:
 
     def encode(self, frame: np.ndarray) -> np.ndarray:
         """H x W x 3 uint8 -> the resized frame (uint8, sides multiples of factor)."""
-        from PIL import Image
 
         h, w = self.size_for(frame.shape[0], frame.shape[1])
         if (h, w) == frame.shape[:2]:

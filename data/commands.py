@@ -7,12 +7,16 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from tqdm import tqdm
+
 from streampro.config import Config
+from streampro.data.rubric import parse_checkpoint
+from streampro.data.schema import load_manifest
+from streampro.data.synth import synth_split
+from streampro.data.video import VideoError, chunk_count_for, count_chunks
 
 
 def synth_main(cfg: Config, args: argparse.Namespace) -> int:
-    from streampro.data.synth import synth_split
-
     manifest = synth_split(
         cfg.synth,
         split=args.split,
@@ -21,7 +25,6 @@ def synth_main(cfg: Config, args: argparse.Namespace) -> int:
         per_task=args.per_task,
         workers=cfg.data.workers,
     )
-    from streampro.data.schema import load_manifest
 
     samples, _ = load_manifest(manifest)
     _print_summary(samples, manifest)
@@ -50,9 +53,6 @@ def _check_videos(
     samples, manifest: Path, fps: float
 ) -> tuple[list[str], set[str], dict[str, int]]:
     """Decode every video once: (problems, ids of bad samples, chunks per task)."""
-    from tqdm import tqdm
-
-    from streampro.data.video import VideoError, chunk_count_for, count_chunks
 
     problems: list[str] = []
     bad: set[str] = set()
@@ -89,8 +89,6 @@ def data_main(cfg: Config, args: argparse.Namespace) -> int:
         from streampro.data.streamo import import_main
 
         return import_main(args)
-    from streampro.data.rubric import parse_checkpoint
-    from streampro.data.schema import load_manifest
 
     manifest = Path(args.manifest)
     samples, problems = load_manifest(manifest, skip_bad=True)  # collect every problem

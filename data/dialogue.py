@@ -1,4 +1,4 @@
-"""The streaming dialogue (SPEC.md section 1) as token ids: the ONE layout used by SFT targets,
+"""The streaming dialogue (docs/method.md) as token ids: the ONE layout used by SFT targets,
 rollout prompts and serving.
 
 Layout, concatenated segment by segment (never re-tokenised as one string):
@@ -72,6 +72,7 @@ class _Vocab:
         never trained on."""
         if not getattr(self.tok, "chat_template", None):
             return  # the tiny policy: no template, the layout is its own
+        # data/ imports with torch alone; hf_policy brings transformers
         from streampro.hf_policy import turn_markers
 
         m = turn_markers(self.tok)
@@ -176,11 +177,10 @@ class StreamDialogue:
         *,
         question: str,
         query_time: float,
-        window_turns: int = 200,
-        window_slide: int = 0,
+        window: Window,
         system_prompt: str = T.SYSTEM_PROMPT,
     ) -> None:
-        self.window = Window(window_turns, window_slide or max(1, window_turns // 4))
+        self.window = window
         self.v = vocab(tokenizer)
         self.query_time = query_time
         v = self.v
@@ -370,8 +370,7 @@ def build_sft_example(
     encoded: EncodedSample,
     tokenizer,
     *,
-    window_turns: int = 200,
-    window_slide: int = 0,
+    window: Window,
     image_tokens: Callable[[int, int], int] | None = None,
 ) -> SFTExample:
     """The SFT dialogue of one encoded sample: respond where `plan_responses` says, else silence.
@@ -388,8 +387,7 @@ def build_sft_example(
         tokenizer,
         question=s.question,
         query_time=s.query_time,
-        window_turns=window_turns,
-        window_slide=window_slide,
+        window=window,
     )
     times, texts = [], []
     sizes = frame_token_counts(encoded, image_tokens)

@@ -9,17 +9,23 @@ version. Samples sharing a video share its entry; a changed video gets a new key
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
 
 from streampro.data.codec import ImageCodec, PatchTokenCodec
+from streampro.data.parallel import ordered_map
 from streampro.data.schema import Sample, load_manifest
-from streampro.data.video import VideoError, read_chunks
+from streampro.data.video import VideoError, probe, read_chunks
 from streampro.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -62,7 +68,6 @@ def cache_key(video_digest: str, *, fps: float, codec: Codec) -> str:
 
 def _decode_size(path: Path, grid: int) -> tuple[int, int] | None:
     """Shrink big frames in the decoder (patch means barely change; decoding gets cheaper)."""
-    from streampro.data.video import probe
 
     info = probe(path)
     scale = DECODE_SIZE / max(info.width, info.height)
@@ -95,9 +100,6 @@ def encode_video(path: str | os.PathLike, codec: Codec, *, fps: float) -> Entry:
 
 
 def _png(frame: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="PNG")
@@ -105,18 +107,12 @@ def _png(frame: np.ndarray) -> bytes:
 
 
 def _unpng(data: bytes) -> np.ndarray:
-    import io
-
-    from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def _read_cache(path: Path) -> Entry | None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     try:
         t = pq.read_table(path).to_pydict()
     except (pa.ArrowException, OSError, ValueError):  # missing or corrupt entry: rebuild it
@@ -128,9 +124,6 @@ def _read_cache(path: Path) -> Entry | None:
 
 
 def _write_cache(path: Path, entry: Entry) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     times, codes, frames = entry
     path.parent.mkdir(parents=True, exist_ok=True)
     cols = {
@@ -172,9 +165,6 @@ def encode_manifest(
     With skip_bad, invalid rows and undecodable videos are skipped, counted and logged;
     otherwise the first such problem raises (ManifestError lists all invalid rows).
     """
-    from functools import partial
-
-    from streampro.data.parallel import ordered_map
 
     manifest_path = Path(manifest_path)
     samples, problems = load_manifest(manifest_path, skip_bad=skip_bad)

@@ -14,6 +14,8 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from typing import TypeVar
 
+from tqdm import tqdm
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -40,7 +42,6 @@ def ordered_map(
     fn must be a module-level function (or a functools.partial of one): workers are spawned,
     never forked, since the caller may hold Ray's or vLLM's threads.
     """
-    from tqdm import tqdm
 
     n = min(available_cpus() if workers <= 0 else workers, len(items))
     main_file = getattr(sys.modules["__main__"], "__file__", None)

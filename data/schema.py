@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
+import pyarrow as pa
+
 from streampro.errors import UserError
 from streampro.tasks import TASKS, ResolvedAnswer, resolve_answer
 
@@ -262,8 +264,6 @@ def validate_row(d: Any) -> list[str]:
 
 
 def _parquet_schema():
-    import pyarrow as pa
-
     f64, pair = pa.float64(), pa.list_(pa.float64())
     answer = pa.struct(
         [

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,7 +245,6 @@ def import_streamo(
 
 def import_main(args) -> int:
     """`streampro data import-streamo FILE --out manifest.jsonl [--video-root DIR]`."""
-    import sys
 
     if not args.out:
         raise UserError("import-streamo needs --out (a .jsonl or .parquet manifest)")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from streampro.data.parallel import ordered_map
 from streampro.data.rubric import build_rubric
 from streampro.data.schema import Sample, write_manifest
 from streampro.data.synth_scene import Scene, SceneParams, render
@@ -105,9 +107,6 @@ def synthesize(
 
     `workers` processes render (0 = one per CPU); every video's bytes depend on its own
     seed only, so any count gives the same split."""
-    from functools import partial
-
-    from streampro.data.parallel import ordered_map
 
     check_params(params, min_duration, max_duration)
     if per_task < 1:

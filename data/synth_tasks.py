@@ -1,4 +1,4 @@
-"""The seven StreamPro-Synth task generators (SPEC.md section 5).
+"""The seven StreamPro-Synth task generators (docs/method.md).
 
 Each `make_xx(rng, p, duration, query_time)` returns a Scene whose answers follow from its
 timelines: an event's `time` (or `start`) is the first frame that shows it, always one frame

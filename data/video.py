@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
 
 from streampro.errors import UserError
@@ -47,8 +48,6 @@ class VideoInfo:
 
 
 def _open(path: Path):
-    import av
-
     if not path.is_file():
         raise VideoError(f"{path}: video not found")
     try:
@@ -98,7 +97,6 @@ def read_chunks(
     Raises VideoError naming the file when it cannot be opened, fails mid-stream or ends
     more than TRUNCATION_SLACK_S before its declared duration (a truncated file).
     """
-    import av
 
     if not fps > 0:
         raise UserError(f"fps must be > 0, got {fps}")
@@ -168,7 +166,6 @@ def write_video(
     The default (H.264 in MP4, X264_OPTIONS, bitexact muxing) gives identical bytes for
     identical frames. Other codecs (libvpx-vp9, mjpeg, mpeg4 ...) serve the tests.
     """
-    import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from streampro.config import DataConfig
 
 V = TypeVar("V")
 
@@ -27,8 +30,13 @@ V = TypeVar("V")
 class Window:
     """How many turns a context holds and how many leave at once when it is full."""
 
-    turns: int = 200
-    slide: int = 50
+    turns: int
+    slide: int
+
+    @classmethod
+    def from_config(cls, data: DataConfig) -> Window:
+        """The window of `data.window_turns` / `data.window_slide`."""
+        return cls(data.window_turns, data.window_slide)
 
     def __post_init__(self) -> None:
         if self.turns < 1:

@@ -20,7 +20,9 @@ Batch = dict[str, torch.Tensor]
 
 class LearnerGroupAPI(Protocol):
     def train_step(self, *, batch: Batch, objective: str) -> dict[str, float]:
-        """One optimiser step on the global batch ('sft' or 'grpo'); returns reduced metrics."""
+        """One optimiser step on the global batch; returns reduced metrics. `objective` ('sft'
+        or 'grpo') names what the batch is for: a group trains the one it was built for
+        (`make_learner_group(objective=...)`) and refuses the other."""
         ...
 
     def logprobs(

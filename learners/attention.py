@@ -15,10 +15,14 @@ A 4-D additive mask, when one is passed, is used as is (the dense reference path
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface
 
 ATTN_IMPL = "streampro_causal"
 _REGISTERED = False
@@ -35,8 +39,6 @@ def segment_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:  # ([B, T, H, Dh], None)
     """Causal SDPA per segment of a one-row layout, or over whole rows when no segments."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     kwargs.pop("is_causal", None)
     if streampro_segments is None or attention_mask is not None:
         return sdpa_attention_forward(
@@ -67,9 +69,6 @@ def register_attention() -> str:
     """Register ATTN_IMPL with transformers (idempotent); returns its name."""
     global _REGISTERED
     if not _REGISTERED:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface
-
         AttentionInterface.register(ATTN_IMPL, segment_attention)
         AttentionMaskInterface.register(ATTN_IMPL, _no_mask)
         _REGISTERED = True
@@ -157,7 +156,8 @@ def install_selective_forward(model: torch.nn.Module) -> bool:
         return _selective_forward(model, streampro_keep=streampro_keep, **kwargs)
 
     model.forward = forward
-    model.streampro_selective = True
+    # a plain flag (Module.__setattr__ is typed for tensors and submodules only)
+    object.__setattr__(model, "streampro_selective", True)
     return True
 
 
@@ -198,10 +198,6 @@ def _last_layer_at(
     keep: torch.Tensor,  # [N]
 ) -> torch.Tensor:  # [1, N, D]
     """A Llama/Qwen2 decoder layer whose queries (and so output, MLP) are only at keep."""
-    import sys
-
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     a = layer.self_attn
     rope = sys.modules[type(a).__module__].apply_rotary_pos_emb
     m, n, hd = h.shape[1], keep.numel(), a.head_dim

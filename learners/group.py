@@ -1,9 +1,12 @@
 """Learner groups: `LocalLearnerGroup` (one in-process rank) and `RayLearnerGroup` (K Ray actors).
 
-Both implement learners/api.py `LearnerGroupAPI` with the same LearnerWorker, so they run
-identical maths; only the transport differs. A group computes the step's global totals
-(CB-Stream class counts, the token or sequence normaliser) BEFORE splitting the batch over
-ranks and micro-batches, so a step's loss and gradient do not depend on the split.
+Both are one `LearnerGroup`: the verbs of learners/api.py `LearnerGroupAPI` written once over
+a list of rank handles and a `get` that waits for what they started. A handle is a
+`LearnerWorker` in this process (`LocalRank`: `rank.train.remote(...)` runs the call at once,
+`get` unboxes the result) or a Ray actor handle of one (`get` is `ray.get` with a deadline),
+so both groups run the same maths and the same transport code. A group computes the step's
+global totals (CB-Stream class counts, the token or sequence normaliser) BEFORE splitting the
+batch over ranks and micro-batches, so a step's loss and gradient do not depend on the split.
 """
 
 from __future__ import annotations
@@ -11,23 +14,32 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
+import ray
 import torch
+from ray.util.placement_group import remove_placement_group
 
-from streampro.config import Config
-from streampro.errors import UserError
+from streampro.cluster.resources import in_placement_group, learner_placement_group
+from streampro.config import Config, GRPOConfig, LearnerConfig, SFTConfig
 from streampro.learners.api import Batch, LearnerGroupAPI
+from streampro.learners.losses import cb_stream_weights, finish_decision_metrics
 from streampro.learners.packing import assign_rows, materialize
-from streampro.learners.worker import ATTENTION_MODES, LearnerSettings, LearnerWorker
+from streampro.learners.worker import OBJECTIVES, LearnerSpec, LearnerWorker
 from streampro.tokens import CLASS_RESPONSE, CLASS_SILENCE
 
-OBJECTIVES = ("sft", "grpo")
 _REQUIRED = {"sft": ("decision_class",), "grpo": ("advantages", "old_logprobs")}
 _BASE_KEYS = ("input_ids", "position_ids", "seq_ids", "loss_mask")
-# Seconds a group waits for its ranks beyond the sync timeout they enforce themselves.
+CALL_TIMEOUT_S = 3600.0
+"""Longest a Ray rank may take over one verb (a step, a checkpoint, an export) before the
+group gives up on it: past this a rank is stuck (e.g. in a collective a dead peer left)."""
 _SYNC_MARGIN_S = 60.0
+"""Seconds a group waits for its ranks beyond the sync timeout they enforce themselves."""
+_SHUTDOWN_S = 30.0
+_PLACEMENT_S = 600.0
 
 
 def check_batch(batch: Batch, objective: str) -> None:
@@ -44,16 +56,17 @@ def check_batch(batch: Batch, objective: str) -> None:
             )
 
 
-def step_totals(batch: Batch, *, objective: str, loss_agg: str = "token_mean") -> dict[str, float]:
-    """Global quantities of the whole step: class counts and the loss normaliser."""
+def step_totals(batch: Batch, objective: SFTConfig | GRPOConfig) -> dict[str, float]:
+    """Global quantities of the whole step: class counts and the loss normaliser (GRPO:
+    tokens or, with `grpo.loss_agg=seq_mean`, sequences)."""
     mask = batch["loss_mask"] > 0  # [B, T]
     totals: dict[str, float] = {"tokens": float(mask.sum())}
-    if objective == "sft":
+    if isinstance(objective, SFTConfig):
         dc = batch["decision_class"]
         totals["n_silence"] = float((mask & (dc == CLASS_SILENCE)).sum())
         totals["n_response"] = float((mask & (dc == CLASS_RESPONSE)).sum())
         totals["normalizer"] = totals["tokens"]
-    elif loss_agg == "seq_mean":
+    elif objective.loss_agg == "seq_mean":
         if int(batch["seq_ids"].max()) > 0:
             raise ValueError(
                 "loss_agg='seq_mean' needs one sequence per row (do not pack GRPO batches)"
@@ -65,7 +78,10 @@ def step_totals(batch: Batch, *, objective: str, loss_agg: str = "token_mean") -
 
 
 def reduce_stats(
-    per_rank: list[dict[str, float]], *, objective: str, totals: dict[str, float]
+    per_rank: list[dict[str, float]],
+    objective: SFTConfig | GRPOConfig,
+    *,
+    totals: dict[str, float],
 ) -> dict[str, float]:
     """Add rank sums, then turn them into the step's metrics (global means)."""
     acc: dict[str, float] = {}
@@ -85,16 +101,14 @@ def reduce_stats(
         "grad_norm": acc.get("last/grad_norm", 0.0),
         "lr": acc.get("last/lr", 0.0),
     }
-    if objective == "sft":
-        from streampro.learners.losses import cb_stream_weights, finish_decision_metrics
-
+    if isinstance(objective, SFTConfig):
         out["nll"] = acc.get("sum/nll", 0.0) / n
         out.update(
             finish_decision_metrics({k[4:]: v for k, v in acc.items() if k.startswith("sum/")})
         )
         out["n_silence"], out["n_response"] = totals["n_silence"], totals["n_response"]
         out["w_silence"], out["w_response"] = cb_stream_weights(
-            int(totals["n_silence"]), int(totals["n_response"])
+            int(totals["n_silence"]), int(totals["n_response"]), objective.beta
         )
     else:
         for k, v in acc.items():
@@ -105,14 +119,14 @@ def reduce_stats(
 
 
 def plan_micro_batches(
-    batch: Batch, settings: LearnerSettings, world_size: int
+    batch: Batch, learner: LearnerConfig, world_size: int
 ) -> list[list[list[int]]]:
     """Rows per rank per micro-batch, by tokens (micro_batch_tokens > 0) or by row count."""
     return assign_rows(
         batch,
         world_size=world_size,
-        micro_batch=settings.micro_batch,
-        micro_batch_tokens=settings.micro_batch_tokens,
+        micro_batch=learner.micro_batch,
+        micro_batch_tokens=learner.micro_batch_tokens,
     )
 
 
@@ -148,208 +162,213 @@ def _publish(tmp: Path, path: str) -> None:
         os.rename(tmp, final)
 
 
-class LocalLearnerGroup:
-    """World size 1 in this process: DeepSpeed over a single gloo rank (same code as Ray ranks)."""
+# ---- the transport: rank handles and the `get` that waits for them -------------------------
 
-    sync_timeout_s = 0.0  # set by init_weight_sync
+P = ParamSpec("P")
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
-    def __init__(self, *, model_path: str, **settings) -> None:
-        """settings: the flat fields of LearnerSettings (zero_stage, precision, lr, ...)."""
-        self.settings = LearnerSettings(**settings)
-        self.world_size = 1
-        self.worker = LearnerWorker(
-            model_path=model_path, rank=0, world_size=1, settings=self.settings
+
+class Pending(Protocol[T_co]):
+    """A call started on a rank: a Ray ObjectRef, or in process the finished call (`Done`)."""
+
+
+@dataclass(frozen=True)
+class Done(Generic[T_co]):
+    """The result of a call a `LocalRank` ran at once."""
+
+    value: T_co
+
+
+class Verb(Protocol[P, T_co]):
+    """One verb of a rank: `rank.train.remote(...)` starts it; the group's `get` waits."""
+
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> Pending[T_co]: ...
+
+
+class RankHandle(Protocol):
+    """A learner rank as a group drives it: the verbs of `LearnerWorker`, each behind
+    `.remote` (a Ray actor handle of a LearnerWorker, or a `LocalRank`)."""
+
+    @property
+    def address(self) -> Verb[[], tuple[str, int]]: ...
+    @property
+    def setup(self) -> Verb[..., None]: ...
+    @property
+    def info(self) -> Verb[[], dict]: ...
+    @property
+    def train(self) -> Verb[..., dict[str, float]]: ...
+    @property
+    def logprobs(self) -> Verb[..., list[torch.Tensor]]: ...
+    @property
+    def keep_weights(self) -> Verb[..., None]: ...
+    @property
+    def save(self) -> Verb[..., None]: ...
+    @property
+    def load(self) -> Verb[..., dict]: ...
+    @property
+    def export_hf(self) -> Verb[..., None]: ...
+    @property
+    def init_weight_sync(self) -> Verb[..., None]: ...
+    @property
+    def send_weights(self) -> Verb[..., float]: ...
+    @property
+    def shutdown(self) -> Verb[[], None]: ...
+
+
+class Get(Protocol):
+    """Wait for calls started on the ranks: their results in order, or an error naming
+    `what` (TimeoutError past `timeout_s` where the transport can bound the wait)."""
+
+    def __call__(
+        self, started: Sequence[Pending[T]], /, *, what: str, timeout_s: float
+    ) -> list[T]: ...
+
+
+class _Now(Generic[P, T]):
+    """A worker method behind `.remote`: runs the call at once, in this process."""
+
+    def __init__(self, fn: Callable[P, T]) -> None:
+        self.fn = fn
+
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> Done[T]:
+        return Done(self.fn(*args, **kwargs))
+
+
+class LocalRank:
+    """A LearnerWorker in this process as a rank handle (no Ray, no copies)."""
+
+    def __init__(self, worker: LearnerWorker) -> None:
+        self.worker = worker
+        self.address = _Now(worker.address)
+        self.setup = _Now(worker.setup)
+        self.info = _Now(worker.info)
+        self.train = _Now(worker.train)
+        self.logprobs = _Now(worker.logprobs)
+        self.keep_weights = _Now(worker.keep_weights)
+        self.save = _Now(worker.save)
+        self.load = _Now(worker.load)
+        self.export_hf = _Now(worker.export_hf)
+        self.init_weight_sync = _Now(worker.init_weight_sync)
+        self.send_weights = _Now(worker.send_weights)
+        self.shutdown = _Now(worker.shutdown)
+
+
+def local_get(started: Sequence[Pending[T]], *, what: str, timeout_s: float) -> list[T]:
+    """In process every call has run by the time it is started: nothing to wait for, so no
+    deadline either (the weight sync bounds its own NCCL steps, learners/weight_sync.py)."""
+    out: list[T] = []
+    for call in started:
+        if not isinstance(call, Done):
+            raise TypeError(f"{what}: {type(call).__name__} is not an in-process result")
+        out.append(call.value)
+    return out
+
+
+def wait_refs(refs: Sequence[Pending[T]], *, what: str, timeout_s: float) -> list[T]:
+    """The Ray `get`: ray.get with a deadline that raises TimeoutError naming the step (as
+    streampro.timeouts.run_with_timeout words it), so a stuck rank never hangs the driver."""
+    try:
+        return ray.get(list(refs), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(f"{what} did not finish within {timeout_s:g} s") from None
+
+
+# ---- the group ------------------------------------------------------------------------------
+
+
+class LearnerGroup:
+    """`LearnerGroupAPI` over rank handles: every verb is written here once, for both the
+    in-process and the Ray group; subclasses only start and release their ranks."""
+
+    def __init__(self, spec: LearnerSpec, ranks: Sequence[RankHandle], get: Get) -> None:
+        self.spec = spec
+        self.ranks = list(ranks)
+        self.world_size = len(self.ranks)
+        self._get = get
+        self.sync_timeout_s = 0.0  # set by init_weight_sync
+
+    def _all(
+        self, started: Sequence[Pending[T]], what: str, timeout_s: float = CALL_TIMEOUT_S
+    ) -> list[T]:
+        return self._get(started, what=what, timeout_s=timeout_s)
+
+    def _start(self, model_path: str) -> None:
+        """Rank 0's address is the rendezvous (127.0.0.1 when every rank is on one node);
+        every rank then joins torch.distributed and builds its engine."""
+        addrs = self._all([r.address.remote() for r in self.ranks], "learner rank addresses")
+        one_node = len({ip for ip, _ in addrs}) == 1
+        master = "127.0.0.1" if one_node else addrs[0][0]
+        port = addrs[0][1]
+        self._all(
+            [r.setup.remote(master_addr=master, master_port=port) for r in self.ranks],
+            f"learner setup of {model_path}",
         )
-        _, port = self.worker.address()
-        self.worker.setup(master_addr="127.0.0.1", master_port=port)
+
+    def info(self) -> list[dict]:
+        """What each rank's setup chose: precision, matmul GFLOP/s (auto) and torch threads."""
+        return self._all([r.info.remote() for r in self.ranks], "learner info")
 
     def train_step(self, *, batch: Batch, objective: str) -> dict[str, float]:
         check_batch(batch, objective)
-        totals = step_totals(batch, objective=objective, loss_agg=self.settings.loss_agg)
-        plan = plan_micro_batches(batch, self.settings, self.world_size)
-        stats = self.worker.train(
-            micro_batches=[materialize(batch, r) for r in plan[0]],
-            objective=objective,
-            totals=totals,
-        )
-        return reduce_stats([stats], objective=objective, totals=totals)
-
-    def logprobs(
-        self, *, batch: Batch, reference: bool = False, version: int | None = None
-    ) -> torch.Tensor:
-        plan = plan_micro_batches(batch, self.settings, self.world_size)
-        lps = self.worker.logprobs(
-            micro_batches=[materialize(batch, r) for r in plan[0]],
-            reference=reference,
-            version=version,
-        )
-        return _scatter_logprobs(batch, plan, [lps])
-
-    def keep_weights(self, *, version: int) -> None:
-        self.worker.keep_weights(version=version)
-
-    def save_checkpoint(self, *, path: str, client_state: dict | None = None) -> None:
-        tmp = _tmp_sibling(path)
-        self.worker.save(path=str(tmp), client_state=dict(client_state or {}))
-        _publish(tmp, path)
-
-    def load_checkpoint(self, *, path: str) -> dict:
-        return self.worker.load(path=path)
-
-    def export_hf(self, *, path: str) -> str:
-        tmp = _tmp_sibling(path)
-        self.worker.export_hf(path=str(tmp))
-        _publish(tmp, path)
-        return str(path)
-
-    def init_weight_sync(self, *, client: Any, dtype: str, timeout_s: float) -> None:
-        from streampro.actors.weight_transfer import call_with_timeout
-
-        ip, port = self.worker.address()
-        call_with_timeout(
-            lambda: self.worker.init_weight_sync(
-                master_address=ip,
-                master_port=port,
-                world_size=client.world_size,
-                client=client,
-                dtype=dtype,
-                timeout_s=timeout_s,
-            ),
-            timeout_s=timeout_s + _SYNC_MARGIN_S,
-            what="learner init_weight_sync",
-        )
-        self.sync_timeout_s = timeout_s
-
-    def send_weights(self, *, version: int) -> float:
-        return self.worker.send_weights(version=version)  # bounded inside (call_with_timeout)
-
-    def shutdown(self) -> None:
-        self.worker.shutdown()
-
-
-class RayLearnerGroup:
-    """K Ray actors in one placement group, each a rank of one DeepSpeed data-parallel engine."""
-
-    sync_timeout_s = 0.0  # set by init_weight_sync
-
-    def __init__(
-        self,
-        *,
-        model_path: str,
-        num_ranks: int,
-        num_cpus: float = 1.0,
-        num_gpus: float = 0.0,
-        memory_gb: float = 0.0,
-        placement: str = "PACK",
-        role_resource: bool = False,
-        **settings,
-    ) -> None:
-        """settings: the flat fields of LearnerSettings; role_resource asks for the 'learner'
-        custom resource so an autoscaler starts nodes of the learner worker group."""
-        import ray
-
-        from streampro.cluster.resources import in_placement_group, learner_placement_group
-
-        self.settings = LearnerSettings(**settings)
-        self.world_size = num_ranks
-        self.pg = learner_placement_group(
-            num_ranks, num_cpus, num_gpus, placement, memory_gb=memory_gb, custom=role_resource
-        )
-        ray.get(self.pg.ready(), timeout=600)
-        env = {"TOKENIZERS_PARALLELISM": "false"}
-        if num_gpus == 0:
-            env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed must not look for CUDA on a CPU rank
-        remote_cls = ray.remote(LearnerWorker)
-        self.actors = [
-            remote_cls.options(
-                num_cpus=num_cpus,
-                num_gpus=num_gpus,
-                runtime_env={"env_vars": env},
-                **in_placement_group(self.pg, i),
-            ).remote(model_path=model_path, rank=i, world_size=num_ranks, settings=self.settings)
-            for i in range(num_ranks)
-        ]
-        try:
-            addrs = ray.get([a.address.remote() for a in self.actors])
-            one_node = len({ip for ip, _ in addrs}) == 1
-            master = "127.0.0.1" if one_node else addrs[0][0]
-            port = addrs[0][1]
-            ray.get([a.setup.remote(master_addr=master, master_port=port) for a in self.actors])
-        except BaseException:
-            self.shutdown()  # a failed start must not leave actors and bundles behind
-            raise
-
-    def train_step(self, *, batch: Batch, objective: str) -> dict[str, float]:
-        import ray
-
-        check_batch(batch, objective)
-        totals = step_totals(batch, objective=objective, loss_agg=self.settings.loss_agg)
-        plan = plan_micro_batches(batch, self.settings, self.world_size)
-        refs = [
-            a.train.remote(
-                micro_batches=[materialize(batch, r) for r in plan[k]],
-                objective=objective,
-                totals=totals,
+        if objective != self.spec.name:
+            raise ValueError(
+                f"this learner group trains {self.spec.name!r}, not {objective!r} "
+                "(a group is built for one objective: make_learner_group(objective=...))"
             )
-            for k, a in enumerate(self.actors)
+        obj = self.spec.objective
+        totals = step_totals(batch, obj)
+        plan = plan_micro_batches(batch, self.spec.learner, self.world_size)
+        started = [
+            r.train.remote(
+                micro_batches=[materialize(batch, rows) for rows in plan[k]], totals=totals
+            )
+            for k, r in enumerate(self.ranks)
         ]
-        return reduce_stats(ray.get(refs), objective=objective, totals=totals)
+        return reduce_stats(self._all(started, f"learner {objective} step"), obj, totals=totals)
 
     def logprobs(
         self, *, batch: Batch, reference: bool = False, version: int | None = None
     ) -> torch.Tensor:
-        import ray
-
-        plan = plan_micro_batches(batch, self.settings, self.world_size)
-        refs = [
-            a.logprobs.remote(
-                micro_batches=[materialize(batch, r) for r in plan[k]],
+        plan = plan_micro_batches(batch, self.spec.learner, self.world_size)
+        started = [
+            r.logprobs.remote(
+                micro_batches=[materialize(batch, rows) for rows in plan[k]],
                 reference=reference,
                 version=version,
             )
-            for k, a in enumerate(self.actors)
+            for k, r in enumerate(self.ranks)
         ]
-        return _scatter_logprobs(batch, plan, ray.get(refs))
+        return _scatter_logprobs(batch, plan, self._all(started, "learner logprobs"))
 
     def keep_weights(self, *, version: int) -> None:
-        import ray
-
-        ray.get([a.keep_weights.remote(version=version) for a in self.actors])
+        self._all([r.keep_weights.remote(version=version) for r in self.ranks], "keep_weights")
 
     def save_checkpoint(self, *, path: str, client_state: dict | None = None) -> None:
-        import ray
-
         tmp = _tmp_sibling(path)  # ranks write into one shared folder (same node or shared FS)
-        ray.get(
-            [
-                a.save.remote(path=str(tmp), client_state=dict(client_state or {}))
-                for a in self.actors
-            ]
+        state = dict(client_state or {})
+        self._all(
+            [r.save.remote(path=str(tmp), client_state=state) for r in self.ranks],
+            f"learner checkpoint {path}",
         )
         _publish(tmp, path)
 
     def load_checkpoint(self, *, path: str) -> dict:
-        import ray
-
-        return ray.get([a.load.remote(path=path) for a in self.actors])[0]
+        return self._all([r.load.remote(path=path) for r in self.ranks], f"learner load {path}")[0]
 
     def export_hf(self, *, path: str) -> str:
-        import ray
-
         tmp = _tmp_sibling(path)
-        ray.get([a.export_hf.remote(path=str(tmp)) for a in self.actors])
+        self._all([r.export_hf.remote(path=str(tmp)) for r in self.ranks], f"export {path}")
         _publish(tmp, path)
         return str(path)
 
     def init_weight_sync(self, *, client: Any, dtype: str, timeout_s: float) -> None:
-        from streampro.learners.weight_sync import wait_refs
-
         # rank 0 hosts the NCCL rendezvous on its own node
-        ip, port = wait_refs(
-            [self.actors[0].address.remote()], timeout_s=timeout_s, what="learner rank 0 address"
+        ip, port = self._all(
+            [self.ranks[0].address.remote()], "learner rank 0 address", timeout_s=timeout_s
         )[0]
-        refs = [
-            a.init_weight_sync.remote(
+        started = [
+            r.init_weight_sync.remote(
                 master_address=ip,
                 master_port=port,
                 world_size=client.world_size,
@@ -357,118 +376,108 @@ class RayLearnerGroup:
                 dtype=dtype,
                 timeout_s=timeout_s,
             )
-            for a in self.actors
+            for r in self.ranks
         ]
-        # the ranks time out themselves (call_with_timeout) and say where; this is the backstop
-        wait_refs(refs, timeout_s=timeout_s + _SYNC_MARGIN_S, what="learner init_weight_sync")
+        # the ranks time out themselves (run_with_timeout) and say where; this is the backstop
+        self._all(started, "learner init_weight_sync", timeout_s=timeout_s + _SYNC_MARGIN_S)
         self.sync_timeout_s = timeout_s
 
     def send_weights(self, *, version: int) -> float:
-        from streampro.learners.weight_sync import wait_refs
-
         if not self.sync_timeout_s:
             raise RuntimeError("send_weights before init_weight_sync")
-        refs = [a.send_weights.remote(version=version) for a in self.actors]
+        started = [r.send_weights.remote(version=version) for r in self.ranks]
         what = f"learner send_weights v{version}"
-        return wait_refs(refs, timeout_s=self.sync_timeout_s + _SYNC_MARGIN_S, what=what)[0]
+        return self._all(started, what, timeout_s=self.sync_timeout_s + _SYNC_MARGIN_S)[0]
 
     def shutdown(self) -> None:
-        import ray
-        from ray.util.placement_group import remove_placement_group
-
-        try:  # a rank stuck in a collective after a peer failed must not block shutdown
-            ray.get([a.shutdown.remote() for a in self.actors], timeout=30)
-        except (ray.exceptions.RayError, TimeoutError) as e:  # the actors are killed below
+        """Free every rank's engine; a rank stuck in a collective after a peer failed must not
+        block it (`_release` then ends the ranks). A second call finds nothing to do."""
+        try:
+            self._all([r.shutdown.remote() for r in self.ranks], "learner shutdown", _SHUTDOWN_S)
+        except (ray.exceptions.RayError, TimeoutError) as e:  # the ranks are released below
             warnings.warn(
                 f"learner shutdown: {type(e).__name__}: {e}; killing the ranks", stacklevel=2
             )
         finally:
-            for a in self.actors:
-                ray.kill(a)
-            self.actors = []  # idempotent: a second shutdown finds nothing to release
-            if self.pg is not None:
-                remove_placement_group(self.pg)
-                self.pg = None
+            self._release()
+            self.ranks = []
+
+    def _release(self) -> None:
+        """What the group holds beyond its ranks' engines (Ray: the actors and their bundles)."""
+
+
+class LocalLearnerGroup(LearnerGroup):
+    """World size 1 in this process: DeepSpeed over a single gloo rank (same code as Ray ranks)."""
+
+    def __init__(self, *, model_path: str, spec: LearnerSpec) -> None:
+        self.worker = LearnerWorker(model_path=model_path, rank=0, world_size=1, spec=spec)
+        super().__init__(spec, [LocalRank(self.worker)], local_get)
+        self._start(model_path)
+
+
+class RayLearnerGroup(LearnerGroup):
+    """`learner.num_ranks` Ray actors in one placement group, each a rank of one DeepSpeed
+    data-parallel engine, with the CPUs, GPUs, memory and placement of `spec`."""
+
+    def __init__(self, *, model_path: str, spec: LearnerSpec, role_resource: bool = False) -> None:
+        """role_resource asks for the 'learner' custom resource so an autoscaler starts nodes
+        of the learner worker group (cluster.role_resources)."""
+        super().__init__(spec, [], wait_refs)  # the ranks join once their actors exist
+        lc = spec.learner
+        env = {"TOKENIZERS_PARALLELISM": "false"}
+        if lc.num_gpus == 0:
+            env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed must not look for CUDA on a CPU rank
+        self.pg: Any = learner_placement_group(
+            lc.num_ranks,
+            spec.num_cpus,
+            lc.num_gpus,
+            lc.placement,
+            memory_gb=lc.memory_gb,
+            custom=role_resource,
+        )
+        try:
+            wait_refs([self.pg.ready()], what="learner placement group", timeout_s=_PLACEMENT_S)
+            remote_cls = ray.remote(LearnerWorker)
+            self.ranks = [
+                remote_cls.options(
+                    num_cpus=spec.num_cpus,
+                    num_gpus=lc.num_gpus,
+                    runtime_env={"env_vars": env},
+                    **in_placement_group(self.pg, i),
+                ).remote(model_path=model_path, rank=i, world_size=lc.num_ranks, spec=spec)
+                for i in range(lc.num_ranks)
+            ]
+            self.world_size = lc.num_ranks
+            self._start(model_path)
+        except BaseException:
+            self.shutdown()  # a failed start must not leave actors and bundles behind
+            raise
+
+    @property
+    def actors(self) -> list[Any]:
+        """The ranks' Ray actor handles."""
+        return self.ranks
+
+    def _release(self) -> None:
+        for a in self.ranks:
+            ray.kill(a)
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+            self.pg = None
 
 
 def make_learner_group(cfg: Config, model_path: str, *, objective: str) -> LearnerGroupAPI:
-    """The learner group of a config, with the lr, schedule and loss of the objective."""
-    lc = cfg.learner
-    if objective == "sft":
-        stage = {"lr": cfg.sft.lr, "warmup_steps": cfg.sft.warmup_steps, "with_reference": False}
-    elif objective == "grpo":
-        stage = {"lr": cfg.grpo.lr, "warmup_steps": 0, "with_reference": cfg.grpo.kl_coef != 0.0}
-    else:
-        raise ValueError(f"unknown objective {objective!r} (one of {', '.join(OBJECTIVES)})")
-    settings = dict(
-        zero_stage=lc.zero_stage,
-        precision=lc.precision,
-        micro_batch=lc.micro_batch,
-        micro_batch_tokens=lc.micro_batch_tokens,
-        attention=lc.attention,
-        weight_decay=lc.weight_decay,
-        grad_clip=lc.grad_clip,
-        seed=cfg.run.seed,
-        sft_loss=cfg.sft.loss,
-        beta=cfg.sft.beta,
-        lambda_text=cfg.sft.lambda_text,
-        focal_gamma=cfg.sft.focal_gamma,
-        clip_low=cfg.grpo.clip_low,
-        clip_high=cfg.grpo.clip_high,
-        kl_coef=cfg.grpo.kl_coef,
-        kl_estimator=cfg.grpo.kl_estimator,
-        entropy_coef=cfg.grpo.entropy_coef,
-        loss_agg=cfg.grpo.loss_agg,
-        temperature=cfg.rollout.temperature,
-        freeze_vision=lc.freeze_vision,
-        lora_rank=lc.lora_rank,
-        lora_alpha=lc.lora_alpha,
-        **stage,
-    )
-    check_settings(**settings)
-    if lc.in_process:
-        if lc.num_ranks != 1:
-            raise UserError(
-                f"learner.in_process=true needs learner.num_ranks=1, got {lc.num_ranks}"
-            )
-        return LocalLearnerGroup(model_path=model_path, **settings)
+    """The learner group of a config for `objective` ('sft' or 'grpo'): in this process with
+    `learner.in_process=true`, else Ray actors."""
+    spec = LearnerSpec.from_config(cfg, objective=objective)
+    if spec.learner.in_process:
+        return LocalLearnerGroup(model_path=model_path, spec=spec)
     return RayLearnerGroup(
-        model_path=model_path,
-        num_ranks=lc.num_ranks,
-        num_cpus=rank_cpus(cfg, objective),
-        num_gpus=lc.num_gpus,
-        memory_gb=lc.memory_gb,
-        placement=lc.placement,
-        role_resource=cfg.cluster.role_resources,
-        **settings,
+        model_path=model_path, spec=spec, role_resource=cfg.cluster.role_resources
     )
 
 
 def rank_cpus(cfg: Config, objective: str) -> float:
-    """CPUs of each learner rank for an objective: sft.num_cpus in SFT when set (SFT runs with
-    no rollouts beside it), else learner.num_cpus."""
-    if objective == "sft" and cfg.sft.num_cpus > 0:
-        return cfg.sft.num_cpus
-    return cfg.learner.num_cpus
-
-
-def check_settings(**s) -> None:
-    """Config values a rank would only reject minutes later, as one-line UserErrors now."""
-    from streampro.learners.losses import SFT_LOSSES
-
-    if s["zero_stage"] not in (0, 1, 2, 3):
-        raise UserError(f"learner.zero_stage must be 0-3, got {s['zero_stage']}")
-    if s["precision"] not in ("fp32", "bf16", "auto"):
-        raise UserError(f"learner.precision must be fp32, bf16 or auto, got {s['precision']!r}")
-    if s["attention"] not in ATTENTION_MODES:
-        raise UserError(
-            f"learner.attention must be one of {', '.join(ATTENTION_MODES)}, got {s['attention']!r}"
-        )
-    if s["micro_batch_tokens"] < 0:
-        raise UserError(f"learner.micro_batch_tokens must be >= 0, got {s['micro_batch_tokens']}")
-    if s["micro_batch"] < 1:
-        raise UserError(f"learner.micro_batch must be >= 1, got {s['micro_batch']}")
-    if s["sft_loss"] not in SFT_LOSSES:
-        raise UserError(f"sft.loss must be one of {', '.join(SFT_LOSSES)}, got {s['sft_loss']!r}")
-    if not 0.0 <= s["beta"] < 1.0:
-        raise UserError(f"sft.beta must be in [0, 1), got {s['beta']}")
+    """CPUs of each learner rank for an objective (`LearnerSpec.num_cpus`): sft.num_cpus in
+    SFT when set, else learner.num_cpus."""
+    return LearnerSpec.from_config(cfg, objective=objective).num_cpus

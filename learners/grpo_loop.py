@@ -1,8 +1,10 @@
 """`streampro grpo`: B samples x G streaming episodes -> rewards -> group advantages ->
-clipped updates on the DeepSpeed group -> weight sync to the vLLM engines. (SPEC.md section 3)
+clipped updates on the DeepSpeed group -> weight sync to the vLLM engines. The method is
+docs/method.md, stage 2.
 
-`run_grpo` reads top to bottom; one step is `GRPOStep.collect` (rollout + reward, with
-dynamic sampling), `learn` (old/ref logprobs + clipped updates) and `publish` (weight sync).
+`run_grpo` reads top to bottom on the stage skeleton (learners/stage.py: resume, metrics,
+checkpoints, progress); one step is `GRPOStep.collect` (rollout + reward, with dynamic
+sampling), `learn` (old/ref logprobs + clipped updates) and `publish` (weight sync).
 """
 
 from __future__ import annotations
@@ -15,14 +17,26 @@ import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from transformers import AutoTokenizer
 
+from streampro.actors.api import WEIGHT_TRANSFER, RolloutGroupAPI, Sampling
+from streampro.actors.policy_eval import PolicyEval
+from streampro.actors.records import write_trajectories
+from streampro.cluster.local import init_from_config
 from streampro.config import Config, GRPOConfig, atomic_write_text, make_run_dir
+from streampro.data.pipeline import load_split, policy_folder
+from streampro.learners.api import LearnerGroupAPI
+from streampro.learners.group import make_learner_group
 from streampro.learners.grpo_loss import equal_reward_groups, group_advantages
 from streampro.learners.packing import PackItem, collate, plan_rows, select_rows
-from streampro.learners.state import Checkpoints, DataCursor
+from streampro.learners.stage import Stage
+from streampro.learners.state import DataCursor
+from streampro.rewards.api import RewardPoolAPI
+from streampro.rewards.pool import make_reward_pool
 from streampro.types import RewardResult, Trajectory
 
 
@@ -83,8 +97,9 @@ def logprob_agreement(
     *,
     tol: float = 1e-2,
 ) -> dict[str, float]:
-    """How far the learner's logprobs are from the sampler's on the generated tokens
-    (DESIGN.md step 5): mean and max absolute difference, and the share above `tol`."""
+    """How far the learner's logprobs are from the sampler's on the generated tokens (the
+    agreement check, docs/architecture.md "One GRPO step"): mean and max absolute difference,
+    and the share above `tol`."""
     diff = (sampler - learner).abs()[mask.bool()]  # [N]
     if diff.numel() == 0:
         return {"check/lp_diff_mean": 0.0, "check/lp_diff_max": 0.0, "check/lp_diff_share": 0.0}
@@ -141,9 +156,9 @@ class GRPOStep:
         *,
         cfg: Config,
         train: list,
-        rollout,
-        pool,
-        learner,
+        rollout: RolloutGroupAPI,
+        pool: RewardPoolAPI,
+        learner: LearnerGroupAPI,
         cursor: DataCursor,
         run_dir: Path,
         pad_id: int,
@@ -162,17 +177,12 @@ class GRPOStep:
     def collect(self, step: int) -> Groups:
         """B groups of G episodes, scored. With dynamic sampling, groups whose rewards are all
         equal are dropped and replaced by fresh samples, for up to `max_resample_rounds` rounds."""
-        from streampro.actors.api import Sampling
-
         c = self.cfg.grpo
         out, need = Groups(g=c.group_size), c.batch_samples
         for rnd in range(1 + (c.max_resample_rounds if c.dynamic_sampling else 0)):
             batch = [self.train[i] for i in self.cursor.take(need)]
-            sampling = Sampling(
-                temperature=self.cfg.rollout.temperature,
-                top_p=self.cfg.rollout.top_p,
-                max_answer_tokens=self.cfg.rollout.max_answer_tokens,
-                seed=self.cfg.run.seed * 100003 + step + 1_000_003 * rnd,
+            sampling = Sampling.from_config(
+                self.cfg.rollout, seed=self.cfg.run.seed * 100003 + step + 1_000_003 * rnd
             )
             t = time.perf_counter()
             trajs = self.rollout.generate(samples=batch, n=c.group_size, sampling=sampling)
@@ -262,8 +272,6 @@ class GRPOStep:
     def send_weights(self, version: int) -> None:
         """NCCL sync (learners/weight_sync.py): the transfer group is opened on first use,
         then each version is broadcast; the engines then drop their caches and take it."""
-        from streampro.actors.api import WEIGHT_TRANSFER
-
         timeout = self.cfg.rollout.weight_sync_timeout_s
         if not self.nccl_open:
             client = self.rollout.weight_sync_client(timeout_s=timeout)
@@ -275,10 +283,8 @@ class GRPOStep:
 
     def record(self, step: int, groups: Groups) -> dict[str, float]:
         """Every generated trajectory of the step, with rewards, round and kept flag, as Parquet."""
-        from streampro.actors.records import write_trajectories
-
         res, g = groups.results, groups.g
-        extra = {
+        extra: dict[str, list[Any]] = {
             "step": [step] * len(res),
             "reward": [r.total for r in res],
             "reward_fmt": [r.fmt for r in res],
@@ -302,7 +308,12 @@ class GRPOStep:
 
 
 def run_grpo(
-    cfg: Config, run_dir: Path, *, init_model: str, rollout=None, start_val: dict | None = None
+    cfg: Config,
+    run_dir: Path,
+    *,
+    init_model: str,
+    rollout: RolloutGroupAPI | None = None,
+    start_val: dict | None = None,
 ) -> dict:
     """The GRPO stage. Returns {"hf": final policy folder, "val": scores, "steps": n}; the
     final policy's val predictions go to run_dir/val_predictions.jsonl.
@@ -311,23 +322,17 @@ def run_grpo(
     ownership and shuts it down); None starts one here. `start_val`: init_model's val scores
     when the caller has them (the step-0 point of the val curve), else evaluated here.
     """
-    from tqdm import tqdm
-
-    from streampro.actors.rollout import make_rollout_group
-    from streampro.bench.policy_eval import eval_kwargs, evaluate
-    from streampro.learners.group import make_learner_group
-    from streampro.metrics import MetricsLogger
-    from streampro.pipeline import load_split
-    from streampro.rewards.pool import make_reward_pool
-
     c = cfg.grpo
     train, val = load_split(cfg, "train"), load_split(cfg, "val", limit=cfg.eval.max_samples)
     steps_total = c.max_steps or c.epochs * max(len(train) // c.batch_samples, 1)
+    policy_eval = PolicyEval.from_config(cfg)
     learner = make_learner_group(cfg, init_model, objective="grpo")
     own_rollout = rollout is None
-    rollout = make_rollout_group(cfg, init_model) if own_rollout else rollout
+    if rollout is None:
+        from streampro.actors.rollout import make_rollout_group  # imports vLLM: only here
+
+        rollout = make_rollout_group(cfg, init_model)
     pool = make_reward_pool(cfg)
-    logger, ckpts = MetricsLogger(run_dir), Checkpoints(run_dir, c.keep_checkpoints)
     parts = GRPOStep(
         cfg=cfg,
         train=train,
@@ -338,44 +343,62 @@ def run_grpo(
         run_dir=run_dir,
         pad_id=_pad_id(init_model),
     )
-    step = _resume(cfg, parts, ckpts, logger) if cfg.run.resume == "auto" else 0
-    if keeps_weights(c) and step == 0:
-        learner.keep_weights(version=0)  # what the engines hold: step 0's behaviour weights
-    if c.eval_every and step == 0:  # the starting point of the val curve
-        start = start_val or evaluate(rollout, val, **eval_kwargs(cfg))
-        logger.log(0, {"val/w_avg": start["w_avg"], "val/avg": start["avg"]})
+    try:
+        with Stage(
+            "grpo",
+            run_dir,
+            learner,
+            total=steps_total,
+            save_every=c.save_every,
+            keep=c.keep_checkpoints,
+            log_every=1,  # every step: its rollout and reward metrics
+        ) as stage:
+            if cfg.run.resume == "auto" and (state := stage.resume()) is not None:
+                # The cursor was saved before the next step's draws, so an async run redraws
+                # the batch that was in flight (now sampled from the checkpoint's weights).
+                parts.cursor.restore(state["cursor"])
+                parts.publish(state["version"])
+            if keeps_weights(c) and stage.step == 0:
+                learner.keep_weights(version=0)  # what the engines hold: step 0's behaviour
+            if c.eval_every and stage.step == 0:  # the starting point of the val curve
+                start = start_val or policy_eval.run(rollout, val)
+                stage.log(0, {"val/w_avg": start["w_avg"], "val/avg": start["avg"]})
 
-    # Async mode: step k+1's rollouts run in this thread while the learner trains step k.
-    executor, pending, val_scores = ThreadPoolExecutor(max_workers=1), None, None
-    bar = tqdm(total=steps_total, initial=step, desc="grpo", dynamic_ncols=True)
-    while step < steps_total:
-        ahead = executor if c.async_mode and step + 1 < steps_total else None
-        groups, metrics, pending = _step(parts, step, pending, ahead)
-        step += 1
-        if c.eval_every and step % c.eval_every == 0:
-            last = run_dir / "val_predictions.jsonl" if step == steps_total else None
-            val_scores = evaluate(rollout, val, predictions_out=last, **eval_kwargs(cfg))
-            metrics["val/w_avg"], metrics["val/avg"] = val_scores["w_avg"], val_scores["avg"]
-        logger.log(step, metrics)
-        if step % c.save_every == 0 or step == steps_total:
-            ckpts.save(learner, step, {"step": step, "version": step, "cursor": groups.cursor})
-        bar.set_postfix(
-            reward=f"{metrics['reward/total']:.3f}", resp=f"{metrics['rollout/response_rate']:.2f}"
-        )
-        bar.update(1)
-    bar.close()
-    executor.shutdown()
+            # Async mode: step k+1's rollouts run in this thread while the learner trains step k.
+            executor, pending, val_scores = ThreadPoolExecutor(max_workers=1), None, None
+            try:
+                for step in stage.steps():  # step k publishes policy version k
+                    ahead = executor if c.async_mode and step < steps_total else None
+                    groups, metrics, pending = _step(parts, step - 1, pending, ahead)
+                    if c.eval_every and step % c.eval_every == 0:
+                        last = run_dir / "val_predictions.jsonl" if step == steps_total else None
+                        val_scores = policy_eval.run(rollout, val, predictions_out=last)
+                        metrics["val/w_avg"] = val_scores["w_avg"]
+                        metrics["val/avg"] = val_scores["avg"]
+                    stage.end_step(
+                        step,
+                        metrics,
+                        state={"version": step, "cursor": groups.cursor},
+                        postfix={
+                            "reward": f"{metrics['reward/total']:.3f}",
+                            "resp": f"{metrics['rollout/response_rate']:.2f}",
+                        },
+                    )
+            finally:
+                executor.shutdown()
 
-    hf = learner.export_hf(path=str(run_dir / "hf"))
-    if val_scores is None or not (c.eval_every and step % c.eval_every == 0):
-        val_scores = evaluate(  # the last step was not scored
-            rollout, val, predictions_out=run_dir / "val_predictions.jsonl", **eval_kwargs(cfg)
-        )
-    summary = {"hf": hf, "steps": step, "val": val_scores}
-    atomic_write_text(run_dir / "grpo_summary.json", json.dumps(summary, indent=2, sort_keys=True))
-    logger.close()
-    for part in (learner, pool) + ((rollout,) if own_rollout else ()):
-        part.shutdown()
+        step = stage.step
+        hf = learner.export_hf(path=str(run_dir / "hf"))
+        if val_scores is None or not (c.eval_every and step % c.eval_every == 0):
+            val_scores = policy_eval.run(  # the last step was not scored
+                rollout, val, predictions_out=run_dir / "val_predictions.jsonl"
+            )
+        summary = {"hf": hf, "steps": step, "val": val_scores}
+        text = json.dumps(summary, indent=2, sort_keys=True)
+        atomic_write_text(run_dir / "grpo_summary.json", text)
+    finally:
+        for part in (learner, pool) + ((rollout,) if own_rollout else ()):
+            part.shutdown()
     return summary
 
 
@@ -409,37 +432,16 @@ def _step(
     return groups, metrics, pending
 
 
-def _resume(cfg: Config, parts: GRPOStep, ckpts: Checkpoints, logger) -> int:
-    """Restore learner, data cursor and engine weights from the last checkpoint; its step."""
-    last = ckpts.latest()
-    if last is None:
-        return 0
-    parts.learner.load_checkpoint(path=str(last))
-    state = json.loads((last / "client_state.json").read_text())
-    logger.truncate_after(state["step"])
-    # The cursor was saved before the next step's draws, so an async run redraws the batch
-    # that was in flight (now sampled from the checkpoint's weights).
-    parts.cursor.epoch, parts.cursor.pos = state["cursor"]["epoch"], state["cursor"]["pos"]
-    parts.publish(state["version"])
-    print(f"resumed from {last} at step {state['step']}")
-    return int(state["step"])
-
-
 def _wait(fut: Future) -> None:
     fut.exception()  # block until done; a failure is raised where the result is taken
 
 
 def _pad_id(model_path: str) -> int:
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(model_path)
     return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    from streampro.cluster.local import init_from_config
-    from streampro.pipeline import policy_folder
-
     run_dir = make_run_dir(cfg, "grpo")
     init_from_config(cfg.cluster)
     summary = run_grpo(cfg, run_dir, init_model=policy_folder(cfg))

@@ -1,12 +1,15 @@
-"""GRPO maths (SPEC.md section 3): group advantages, the clipped policy loss, KL estimators.
+"""GRPO maths (docs/method.md, stage 2): group advantages, the clipped policy loss, KL estimators.
 
 Pure functions: tensors in, `(value, stats)` out. Everything is masked to policy-generated
-tokens (decisions and answer text); frame and prompt tokens never carry gradient.
+tokens (decisions and answer text); frame and prompt tokens never carry gradient. The
+hyperparameters come from `GRPOConfig`, where their defaults are written (once).
 """
 
 from __future__ import annotations
 
 import torch
+
+from streampro.config import GRPOConfig
 
 
 def equal_reward_groups(rewards: torch.Tensor) -> torch.Tensor:  # [B, G] -> [B] bool
@@ -17,10 +20,10 @@ def equal_reward_groups(rewards: torch.Tensor) -> torch.Tensor:  # [B, G] -> [B]
 def group_advantages(
     rewards: torch.Tensor,  # [B, G]
     *,
-    mode: str = "grpo",
-    eps: float = 1e-6,
+    mode: str,
+    eps: float,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Advantage of each trajectory relative to its group.
+    """Advantage of each trajectory relative to its group (`grpo.advantage`, `grpo.adv_eps`).
 
     grpo:   (r - mean_g) / (std_g + eps)       (std with Bessel's correction, as TRL/verl)
     drgrpo: r - mean_g                          (Dr. GRPO: no std scaling)
@@ -52,7 +55,7 @@ def group_advantages(
 def kl_penalty(
     logprobs: torch.Tensor,  # [B, T] current policy
     ref_logprobs: torch.Tensor,  # [B, T] frozen reference
-    estimator: str = "k3",
+    estimator: str,
 ) -> torch.Tensor:  # [B, T]
     """Per-token estimate of KL(pi || ref) from samples of pi (Schulman's k1, k2, k3)."""
     log_ratio = ref_logprobs - logprobs  # log(ref / pi)
@@ -93,36 +96,33 @@ def policy_loss(
     old_logprobs: torch.Tensor,  # [B, T] behaviour policy (sampling logprobs)
     advantages: torch.Tensor,  # [B, T] sequence advantage broadcast over its tokens
     mask: torch.Tensor,  # [B, T] 1 on policy-generated tokens
+    grpo: GRPOConfig,
     *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    ref_logprobs: torch.Tensor | None = None,  # [B, T]
-    kl_coef: float = 0.0,
-    kl_estimator: str = "k3",
-    entropy: torch.Tensor | None = None,  # [B, T] of the current policy, differentiable
-    entropy_coef: float = 0.0,
-    loss_agg: str = "token_mean",
+    ref_logprobs: torch.Tensor | None = None,  # [B, T], read only when grpo.kl_coef != 0
+    entropy: torch.Tensor | None = None,  # [B, T] differentiable, read when entropy_coef != 0
     normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO-clip surrogate with separate low/high clip (DAPO clip-higher), plus an optional
-    KL penalty and an optional entropy bonus (-entropy_coef x entropy per token)."""
+    """PPO-clip surrogate with separate low/high clip (DAPO clip-higher: `grpo.clip_low`,
+    `grpo.clip_high`), plus an optional KL penalty (`kl_coef`, `kl_estimator`) and an
+    optional entropy bonus (-`entropy_coef` x entropy per token), aggregated by `loss_agg`
+    over `normalizer` (the global batch's; None: this batch is the global one)."""
     mask = mask.to(logprobs.dtype)
     ratio = torch.exp(logprobs - old_logprobs)  # [B, T]
     surr1 = ratio * advantages
-    surr2 = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages
+    surr2 = ratio.clamp(1.0 - grpo.clip_low, 1.0 + grpo.clip_high) * advantages
     pg = -torch.minimum(surr1, surr2)  # [B, T]
     per_token = pg
     kl = None
-    if kl_coef != 0.0:
+    if grpo.kl_coef != 0.0:
         if ref_logprobs is None:
             raise ValueError("kl_coef != 0 needs ref_logprobs")
-        kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)  # [B, T]
-        per_token = pg + kl_coef * kl
-    if entropy_coef != 0.0:
+        kl = kl_penalty(logprobs, ref_logprobs, grpo.kl_estimator)  # [B, T]
+        per_token = pg + grpo.kl_coef * kl
+    if grpo.entropy_coef != 0.0:
         if entropy is None:
             raise ValueError("entropy_coef != 0 needs the entropy")
-        per_token = per_token - entropy_coef * entropy
-    loss = aggregate(per_token, mask, loss_agg=loss_agg, normalizer=normalizer)
+        per_token = per_token - grpo.entropy_coef * entropy
+    loss = aggregate(per_token, mask, loss_agg=grpo.loss_agg, normalizer=normalizer)
 
     with torch.no_grad():
         n = mask.sum().clamp(min=1.0)

@@ -1,6 +1,7 @@
-"""SFT losses (SPEC.md section 2): plain CE, focal on decision tokens, and CB-Stream.
+"""SFT losses: plain CE, focal on decision tokens, and CB-Stream (docs/method.md, stage 1).
 
-Pure functions over `[B, T]` tensors, importable with torch alone. Alignment follows
+Pure functions over `[B, T]` tensors. Hyperparameters come from `SFTConfig`, where their
+defaults are written (once); no function here has a default of its own. Alignment follows
 learners/api.py: `logprobs[:, t] = log p(input_ids[:, t] | tokens < t)` and position 0 is 0,
 so one mask, one class tensor and one logprob tensor all index the predicted token t.
 Every loss is a masked *sum* divided by a global normaliser (the number of supervised tokens
@@ -14,12 +15,11 @@ import math
 
 import torch
 
+from streampro.config import SFT_LOSSES, SFTConfig
 from streampro.tokens import CLASS_RESPONSE, CLASS_SILENCE
 
-SFT_LOSSES = ("ce", "focal", "cb_stream")
 
-
-def cb_stream_weights(n_silence: int, n_response: int, beta: float = 0.9999) -> tuple[float, float]:
+def cb_stream_weights(n_silence: int, n_response: int, beta: float) -> tuple[float, float]:
     """Class-balanced weights (Cui et al. 2019) of the two decision classes, summing to |S| = 2.
 
     E_k = (1 - beta^n_k) / (1 - beta); w_k = (1/E_k) / sum_j (1/E_j) * 2. A class with no
@@ -137,17 +137,15 @@ def sft_loss(
     logprobs: torch.Tensor,  # [B, T] log p(y_t | < t)
     loss_mask: torch.Tensor,  # [B, T] float 0/1 supervised tokens
     decision_class: torch.Tensor,  # [B, T] long
+    sft: SFTConfig,
     *,
-    kind: str,
     n_silence: int,
     n_response: int,
     normalizer: float,
-    beta: float = 0.9999,
-    lambda_text: float = 2.0,
-    focal_gamma: float = 2.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """SFT loss of one micro-batch: sum_i w_i * l_i / N, N = supervised tokens of the global step.
 
+    `sft.loss` picks the loss (`sft.beta`, `sft.lambda_text` and `sft.focal_gamma` its knobs):
     ce:        w_i = 1,                               l_i = -log p
     focal:     decisions l_i = (1 - p)^gamma * -log p, text l_i = -log p, w_i = 1
     cb_stream: w_i = cb_stream_weights(n_silence, n_response) on decisions, lambda_text on text
@@ -156,19 +154,23 @@ def sft_loss(
     mask = loss_mask.to(logprobs.dtype)
     nll = -logprobs  # [B, T]
     is_decision = decision_class >= 0  # [B, T]
-    if kind == "ce":
+    if sft.loss == "ce":
         per_token = nll
-    elif kind == "focal":
-        focal = (1.0 - logprobs.exp()).clamp(min=0.0).pow(focal_gamma) * nll
+    elif sft.loss == "focal":
+        focal = (1.0 - logprobs.exp()).clamp(min=0.0).pow(sft.focal_gamma) * nll
         per_token = torch.where(is_decision, focal, nll)
-    elif kind == "cb_stream":
-        w_s, w_r = cb_stream_weights(n_silence, n_response, beta)
+    elif sft.loss == "cb_stream":
+        w_s, w_r = cb_stream_weights(n_silence, n_response, sft.beta)
         w = token_weights(
-            decision_class, w_silence=w_s, w_response=w_r, w_text=lambda_text, dtype=logprobs.dtype
+            decision_class,
+            w_silence=w_s,
+            w_response=w_r,
+            w_text=sft.lambda_text,
+            dtype=logprobs.dtype,
         )
         per_token = w * nll
     else:
-        raise ValueError(f"unknown SFT loss {kind!r} (one of {', '.join(SFT_LOSSES)})")
+        raise ValueError(f"unknown SFT loss {sft.loss!r} (one of {', '.join(SFT_LOSSES)})")
     loss = (per_token * mask).sum() / max(float(normalizer), 1.0)
     with torch.no_grad():
         stats = {"nll_sum": float((nll * mask).sum()), "tokens": float(mask.sum())}

@@ -2,8 +2,9 @@
 
 Reads top to bottom in `run_sft`: encode the train split -> SFT dialogues (the data layer's
 builder) -> packed batches in a seeded order -> `train_step(objective='sft')` -> metrics,
-checkpoints, `resume=auto` -> HF export -> greedy streaming eval on val with StreamPro-F1,
-next to the always-silent baseline -> RUN_DIR/sft_summary.json. (SPEC.md section 2)
+checkpoints, `resume=auto` (the stage skeleton, learners/stage.py) -> HF export -> greedy
+streaming eval on val with StreamPro-F1, next to the always-silent baseline ->
+RUN_DIR/sft_summary.json. The method is docs/method.md, stage 1.
 """
 
 from __future__ import annotations
@@ -13,12 +14,28 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from transformers import AutoTokenizer
+
+from streampro.actors.api import RolloutGroupAPI
+from streampro.actors.policy_eval import PolicyEval, always_silent
+from streampro.cluster.local import init_from_config
 from streampro.config import Config, atomic_write_text, make_run_dir
+from streampro.data.dialogue import SFTRow, build_sft_example
+from streampro.data.encode import EncodedSample
+from streampro.data.pipeline import load_split, policy_folder
+from streampro.data.window import Window
 from streampro.errors import UserError
+from streampro.hf_policy import frame_tokens_fn
+from streampro.learners.api import LearnerGroupAPI
+from streampro.learners.group import make_learner_group
 from streampro.learners.packing import PackItem, collate, plan_rows
+from streampro.learners.stage import Stage
+from streampro.learners.state import DataCursor
+from streampro.rewards.f1 import write_scores
+from streampro.tokens import CLASS_NONE, CLASS_RESPONSE
 
 
 @dataclass
@@ -35,11 +52,10 @@ class SFTData:
 
 
 def build_sft_data(
-    encoded: list,
+    encoded: list[EncodedSample],
     tokenizer,
     *,
-    window_turns: int,
-    window_slide: int,
+    window: Window,
     max_seq_len: int,
     image_tokens: Callable[[int, int], int] | None = None,
     answer_window: int = 0,
@@ -50,27 +66,15 @@ def build_sft_data(
     (a cut placeholder would stand for no image): one too long is an error.
 
     `answer_window` > 0 adds, per response, its text again under a window of that many turns
-    (`answer_rows`)."""
-    from streampro.data.dialogue import build_sft_example
-
+    sliding by 1 (`answer_rows`)."""
     items, truncated, unplaced = [], 0, 0
     for enc in encoded:
-        ex = build_sft_example(
-            enc,
-            tokenizer,
-            window_turns=window_turns,
-            window_slide=window_slide,
-            image_tokens=image_tokens,
-        )
+        ex = build_sft_example(enc, tokenizer, window=window, image_tokens=image_tokens)
         unplaced += ex.unplaced
         rows = ex.rows
         if answer_window > 0:
             short = build_sft_example(
-                enc,
-                tokenizer,
-                window_turns=answer_window,
-                window_slide=1,
-                image_tokens=image_tokens,
+                enc, tokenizer, window=Window(answer_window, 1), image_tokens=image_tokens
             )
             rows = rows + answer_rows(short.rows)
         for row in rows:
@@ -99,16 +103,12 @@ def build_sft_data(
     )
 
 
-def answer_rows(rows: list) -> list:
+def answer_rows(rows: list[SFTRow]) -> list[SFTRow]:
     """The rows that answer, with only their answer text supervised: the decision token is
     neither a target nor counted by CB-Stream, so the decision balance stays the dialogue's.
     Under a short window the question sits a few turns before the answer, meant to let the
     policy learn to copy from it (EU's colour and shape); at the demo's budget it did not
     (README, "Where the heads look")."""
-    from dataclasses import replace
-
-    from streampro.tokens import CLASS_NONE, CLASS_RESPONSE
-
     out = []
     for row in rows:
         if CLASS_RESPONSE not in row.decision_class:
@@ -138,38 +138,10 @@ def total_steps(n_examples: int, *, epochs: int, global_batch: int, max_steps: i
     return min(steps, max_steps) if max_steps > 0 else steps
 
 
-def _check(cfg: Config) -> None:
-    """Config values that would otherwise fail minutes in, as one-line errors up front."""
-    from streampro.learners.losses import SFT_LOSSES
-
-    s = cfg.sft
-    if s.loss not in SFT_LOSSES:
-        raise UserError(f"sft.loss must be one of {', '.join(SFT_LOSSES)}, got {s.loss!r}")
-    if cfg.run.resume not in ("auto", "never"):
-        raise UserError(f"run.resume must be 'auto' or 'never', got {cfg.run.resume!r}")
-    if s.global_batch < 1 or s.epochs < 1 or s.max_seq_len < 2:
-        raise UserError(
-            "sft.global_batch and sft.epochs must be >= 1 and sft.max_seq_len >= 2, got "
-            f"{s.global_batch}, {s.epochs}, {s.max_seq_len}"
-        )
-    if s.save_every < 1 or s.keep_checkpoints < 1:
-        raise UserError(
-            f"sft.save_every and sft.keep_checkpoints must be >= 1, got {s.save_every}, "
-            f"{s.keep_checkpoints}"
-        )
-
-
 def run_sft(
     cfg: Config, run_dir: str | Path, *, init_model: str | None = None, evaluate: bool = True
 ) -> dict:
     """The SFT stage. Returns the summary: {"hf", "steps", "val", "always_silent", "data", ...}."""
-    from transformers import AutoTokenizer
-
-    from streampro.hf_policy import frame_tokens_fn
-    from streampro.learners.group import make_learner_group
-    from streampro.pipeline import load_split, policy_folder
-
-    _check(cfg)
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -182,8 +154,7 @@ def run_sft(
     data = build_sft_data(
         train,
         tokenizer,
-        window_turns=cfg.data.window_turns,
-        window_slide=cfg.data.window_slide,
+        window=Window.from_config(cfg.data),
         max_seq_len=s.max_seq_len,
         image_tokens=frame_tokens_fn(model_path),
         answer_window=s.answer_window,
@@ -224,93 +195,92 @@ def run_sft(
     return summary
 
 
-def _train(cfg: Config, group, data: SFTData, run_dir: Path, *, pad_id: int, evaluate: bool):
+def _train(
+    cfg: Config,
+    group: LearnerGroupAPI,
+    data: SFTData,
+    run_dir: Path,
+    *,
+    pad_id: int,
+    evaluate: bool,
+) -> tuple[int, dict[str, float], RolloutGroupAPI | None]:
     """The step loop (resuming from the last checkpoint with run.resume=auto).
 
     Returns (steps done, last metrics, the mid-run rollout group or None).
     """
-    from tqdm import tqdm
-
-    from streampro.learners.state import Checkpoints, DataCursor
-    from streampro.metrics import MetricsLogger
-
     s = cfg.sft
     steps = total_steps(
         len(data.items), epochs=s.epochs, global_batch=s.global_batch, max_steps=s.max_steps
     )
-    ckpts = Checkpoints(run_dir, s.keep_checkpoints)
-    cursor, step, rollout, last = DataCursor(len(data.items), cfg.run.seed), 0, None, {}
-    logger = MetricsLogger(run_dir)
-    if cfg.run.resume == "auto" and (found := ckpts.latest()) is not None:
-        group.load_checkpoint(path=str(found))
-        state = json.loads((found / "client_state.json").read_text())
-        step = state["step"]
-        cursor.epoch, cursor.pos = state["cursor"]["epoch"], state["cursor"]["pos"]
-        logger.truncate_after(step)
-        print(f"sft: resumed from {found} at step {step}")
-    bar = tqdm(total=steps, initial=step, desc="sft", dynamic_ncols=True)
-    try:
-        while step < steps:
+    cursor = DataCursor(len(data.items), cfg.run.seed)
+    rollout: RolloutGroupAPI | None = None
+    last: dict[str, float] = {}
+    with Stage(
+        "sft",
+        run_dir,
+        group,
+        total=steps,
+        save_every=s.save_every,
+        keep=s.keep_checkpoints,
+        log_every=cfg.run.log_every,
+    ) as stage:
+        if cfg.run.resume == "auto" and (state := stage.resume()) is not None:
+            cursor.restore(state["cursor"])
+        for step in stage.steps():
             t0 = time.perf_counter()
             idx = cursor.take(s.global_batch)
             batch = make_batch(data, idx, max_seq_len=s.max_seq_len, pack=s.pack, pad_id=pad_id)
             stats = group.train_step(batch=batch, objective="sft")
-            step += 1
             last = {f"train/{k}": v for k, v in stats.items()}
             last["train/rows"] = float(batch["input_ids"].shape[0])
             last["time/step"] = time.perf_counter() - t0
             if evaluate and s.eval_every and step % s.eval_every == 0 and step < steps:
                 rollout, scores = _eval_now(cfg, group, rollout, run_dir, step)
                 last["val/w_avg"], last["val/avg"] = scores["w_avg"], scores["avg"]
-            if step % cfg.run.log_every == 0 or step == steps:
-                logger.log(step, last)
-            if step % s.save_every == 0 or step == steps:
-                ckpts.save(group, step, {"step": step, "cursor": cursor.state()})
-            bar.set_postfix(
-                loss=f"{stats['loss']:.3f}",
-                acc=f"{stats['decision_acc']:.2f}",
-                resp=f"{stats['response_recall']:.2f}",
+            stage.end_step(
+                step,
+                last,
+                state={"cursor": cursor.state()},
+                postfix={
+                    "loss": f"{stats['loss']:.3f}",
+                    "acc": f"{stats['decision_acc']:.2f}",
+                    "resp": f"{stats['response_recall']:.2f}",
+                },
             )
-            bar.update(1)
-    finally:
-        bar.close()
-        logger.close()
-    return step, last, rollout
+    return stage.step, last, rollout
 
 
-def _eval_now(cfg: Config, group, rollout, run_dir: Path, step: int):
+def _rollout_group(cfg: Config, path: str) -> RolloutGroupAPI:
+    """A rollout group on the policy at `path` (only SFT's evaluation needs one)."""
+    from streampro.actors.rollout import make_rollout_group  # imports vLLM: only here
+
+    return make_rollout_group(cfg, path)
+
+
+def _eval_now(
+    cfg: Config, group: LearnerGroupAPI, rollout: RolloutGroupAPI | None, run_dir: Path, step: int
+) -> tuple[RolloutGroupAPI, dict]:
     """Mid-run val score: export, then (re)load the weights into one long-lived rollout group."""
-    from streampro.actors.rollout import make_rollout_group
-    from streampro.bench.policy_eval import eval_kwargs, evaluate
-    from streampro.pipeline import load_split
-
     path = group.export_hf(path=str(run_dir / "weights" / "latest"))
     if rollout is None:
-        rollout = make_rollout_group(cfg, path)
+        rollout = _rollout_group(cfg, path)
     else:
         rollout.sync_weights(version=step, source=path)
     val = load_split(cfg, "val", limit=cfg.eval.max_samples)
-    return rollout, evaluate(rollout, val, **eval_kwargs(cfg))
+    return rollout, PolicyEval.from_config(cfg).run(rollout, val)
 
 
-def _final_eval(cfg: Config, rollout, hf: str, run_dir: Path) -> dict:
-    """Greedy streaming decoding of the exported policy on val, and the always-silent baseline."""
-    from streampro.actors.rollout import make_rollout_group
-    from streampro.bench.f1 import write_scores
-    from streampro.bench.policy_eval import always_silent, eval_kwargs, evaluate
-    from streampro.pipeline import load_split
-
+def _final_eval(cfg: Config, rollout: RolloutGroupAPI | None, hf: str, run_dir: Path) -> dict:
+    """Streaming decoding of the exported policy on val (eval.greedy), and the always-silent
+    baseline."""
     val = load_split(cfg, "val", limit=cfg.eval.max_samples)
     if rollout is None:
-        rollout = make_rollout_group(cfg, hf)
+        rollout = _rollout_group(cfg, hf)
     else:
         rollout.sync_weights(version=1 << 30, source=hf)
     try:
-        scores = evaluate(
-            rollout,
-            val,
-            **eval_kwargs(cfg),
-            predictions_out=run_dir / "val_predictions.jsonl",
+        scores = PolicyEval.from_config(cfg).run(
+            rollout, val, predictions_out=run_dir / "val_predictions.jsonl"
         )
     finally:
         rollout.shutdown()
@@ -319,9 +289,6 @@ def _final_eval(cfg: Config, rollout, hf: str, run_dir: Path) -> dict:
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    from streampro.cluster.local import init_from_config
-
-    _check(cfg)
     run_dir = make_run_dir(cfg, "sft")
     print(f"run folder: {run_dir}")
     init_from_config(cfg.cluster)  # the val evaluation runs vLLM in Ray actors

@@ -1,4 +1,5 @@
-"""Run state shared by the SFT and GRPO loops: the seeded data cursor and checkpoint rotation."""
+"""Run state shared by the SFT and GRPO loops: the seeded data cursor and checkpoint rotation
+(driven by learners/stage.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from streampro.config import atomic_write_text
+from streampro.learners.api import LearnerGroupAPI
 
 
 @dataclass
@@ -35,6 +37,10 @@ class DataCursor:
     def state(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos}
 
+    def restore(self, state: dict) -> None:
+        """Continue from a `state()` saved with a checkpoint."""
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
 
 class Checkpoints:
     """RUN_DIR/checkpoints/step_XXXXXX folders (atomic via the learner), pruned to the last K."""
@@ -47,7 +53,7 @@ class Checkpoints:
         done = sorted(p for p in self.root.glob("step_*") if (p / "client_state.json").is_file())
         return done[-1] if done else None
 
-    def save(self, learner, step: int, state: dict) -> Path:
+    def save(self, learner: LearnerGroupAPI, step: int, state: dict) -> Path:
         path = self.root / f"step_{step:06d}"
         learner.save_checkpoint(path=str(path), client_state=state)
         # client_state.json is written last: its presence marks a complete checkpoint.

@@ -16,9 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from PIL import Image
 
 from streampro import vl_compat
 from streampro.errors import UserError
+from streampro.learners.losses import token_logprobs as scored_logprobs
+from streampro.learners.packing import row_frames
 
 
 def _runs(ids: Sequence[int], token: int) -> list[int]:
@@ -133,11 +136,6 @@ def score_vlm_tokens(
     `need`, under the model's own mRoPE positions. Only the needed columns meet the LM head.
     `banned` ids (vision tokens, never sampled) get -inf logits, as vLLM's bad_words gave them.
     """
-    from PIL import Image
-
-    from streampro.learners.losses import token_logprobs as scored_logprobs
-    from streampro.learners.packing import row_frames
-
     real = mb["seq_ids"] >= 0  # [B, T]
     seqs = [ids[r].tolist() for ids, r in zip(mb["input_ids"], real)]
     frames = [[Image.fromarray(f) for f in row] for row in row_frames(mb)]

@@ -20,11 +20,15 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers.core_model_loading import revert_weight_conversion
+
+from streampro.actors.weight_transfer import NcclSender
+from streampro.timeouts import run_with_timeout
 
 LORA_A, LORA_B, BASE = ".lora_A.default.weight", ".lora_B.default.weight", ".base_layer."
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -104,8 +108,6 @@ def checkpoint_names(model: torch.nn.Module, names: list[str]) -> dict[str, str]
     Each name gets a one-element tensor holding its index; a renaming keeps it, so the
     reverted dict says which name became which key. A conversion that is more than a
     rename (fusing or splitting tensors) has no one-to-one answer: refused."""
-    from transformers.core_model_loading import revert_weight_conversion
-
     probe = {n: torch.tensor([float(i)]) for i, n in enumerate(names)}
     out: dict[str, str] = {}
     for key, t in revert_weight_conversion(model, probe).items():
@@ -151,6 +153,7 @@ class GatheredWeights:
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for group in self.groups:
             ps = [self.params[n] for it in group for n in it.params]
+            out: list[tuple[str, torch.Tensor]]
             with _gathered(ps):
                 if not self.sender:  # vLLM only iterates a non-sender's source
                     out = [(it.name, self.params[it.params[0]]) for it in group]
@@ -172,11 +175,11 @@ class GatheredWeights:
         return w.to(dtype=self.dtype, copy=True).contiguous()
 
 
-def _gathered(params: list[torch.Tensor]) -> contextlib.AbstractContextManager:
+def _gathered(params: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager:
     """ZeRO-3: the whole parameters for the duration (a collective); else nothing to do."""
     if not any(hasattr(p, "ds_id") for p in params):
         return contextlib.nullcontext()
-    import deepspeed
+    import deepspeed  # only ZeRO-3 parameters get here: a rank that already runs DeepSpeed
 
     return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
@@ -204,15 +207,13 @@ class WeightSender:
         dtype: str,
         lora_scale: float = 0.0,
     ) -> None:
-        from streampro.actors.weight_transfer import NcclSender, call_with_timeout
-
         if dtype not in _DTYPES:
             raise ValueError(f"weight sync dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         self.rank, self.timeout_s = rank, group.timeout_s
         self.source = GatheredWeights(
             module, dtype=_DTYPES[dtype], lora_scale=lora_scale, sender=rank == 0
         )
-        self.sender = call_with_timeout(
+        self.sender = run_with_timeout(
             lambda: NcclSender(
                 rank=rank,
                 master_address=group.master_address,
@@ -227,10 +228,8 @@ class WeightSender:
 
     def send(self, *, version: int) -> float:
         """Broadcast every parameter (rank 0) / join the gathers (others); returns seconds."""
-        from streampro.actors.weight_transfer import call_with_timeout
-
         t0 = time.perf_counter()
-        call_with_timeout(
+        run_with_timeout(
             self.sender.send,
             timeout_s=self.timeout_s,
             what=f"sending weights v{version} from learner rank {self.rank}",
@@ -239,13 +238,3 @@ class WeightSender:
 
     def shutdown(self) -> None:
         self.sender.shutdown()
-
-
-def wait_refs(refs: list, *, timeout_s: float, what: str) -> list:
-    """ray.get with a deadline that raises TimeoutError naming the step (never hangs)."""
-    import ray
-
-    try:
-        return ray.get(refs, timeout=timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        raise TimeoutError(f"weight sync: {what} did not finish within {timeout_s:g} s") from None

@@ -1,10 +1,9 @@
 """One rank of the learner group: the policy under a DeepSpeed engine (ZeRO 0-3, fp32/bf16).
 
 The same class runs in-process (LocalLearnerGroup, world size 1) and as a Ray actor
-(RayLearnerGroup, one per rank), so both groups execute identical maths. A rank only sees
-its micro-batches plus the step's global totals (class counts, token counts), computed by
-the group before splitting. DeepSpeed is imported lazily: building a Ray group in the
-driver must not pull it in.
+(RayLearnerGroup, one per rank), so both groups execute identical maths. A rank is built
+from its config nodes (`LearnerSpec`) and only sees its micro-batches plus the step's global
+totals (class counts, token counts), computed by the group before splitting.
 """
 
 from __future__ import annotations
@@ -13,27 +12,36 @@ import contextlib
 import os
 import random
 import shutil
-import socket
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import ray
 import torch
+import torch.distributed as dist
+from peft import LoraConfig, inject_adapter_in_model
+from transformers import AutoConfig, AutoModelForCausalLM
 
+from streampro.config import Config, GRPOConfig, LearnerConfig, SFTConfig
+from streampro.hf_policy import load_model, load_processor, vision_tokens
 from streampro.learners.api import Batch
 from streampro.learners.attention import (
     install_selective_forward,
     pick_precision,
     register_attention,
 )
+from streampro.learners.grpo_loss import policy_loss
 from streampro.learners.losses import decision_counts, sft_loss, shifted_logprobs, token_logprobs
 from streampro.learners.packing import attention_bias, flat_layout
+from streampro.learners.vlm_inputs import check_loss_mask, score_vlm_tokens
+from streampro.learners.weight_sync import SyncGroup, WeightSender
+from streampro.timeouts import free_port
 
-ATTENTION_MODES = ("varlen", "padded", "dense")
+OBJECTIVES = ("sft", "grpo")
 
 _CKPT_TAG = "state"
 # Files of an HF folder that are weights or config; everything else (tokenizer) is copied.
@@ -41,51 +49,57 @@ _WEIGHT_FILES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.
 
 
 @dataclass(frozen=True)
-class LearnerSettings:
-    """Flat hyperparameters every rank needs (the groups take them as keyword arguments)."""
+class LearnerSpec:
+    """What a rank is built from: the config nodes of the learner and of its stage's objective.
 
-    zero_stage: int = 2
-    precision: str = "fp32"
-    """fp32, bf16, or auto (bf16 where a start-up matmul measurement finds it faster)."""
-    micro_batch: int = 4
-    micro_batch_tokens: int = 0
-    """> 0: micro-batches hold rows up to this many real tokens (else micro_batch rows)."""
-    attention: str = "varlen"
-    """varlen (sequences end to end, causal SDPA per sequence), padded (causal SDPA over
-    rows of one sequence each) or dense (block-diagonal [B, 1, T, T] mask: the reference)."""
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    warmup_steps: int = 0
-    seed: int = 0
-    with_reference: bool = False
-    # SFT objective
-    sft_loss: str = "cb_stream"
-    beta: float = 0.9999
-    lambda_text: float = 2.0
-    focal_gamma: float = 2.0
-    # GRPO objective
-    temperature: float = 1.0
-    """Sampling temperature of the rollouts: GRPO logprobs are those of logits / temperature."""
-    freeze_vision: bool = False
-    """VLM policies: keep the vision tower's weights fixed (only the language model trains)."""
-    lora_rank: int = 0
-    """> 0: train LoRA adapters of this rank on the language model's linear layers (peft), the
-    base weights fixed; exports merge them, so engines always receive whole weights."""
-    lora_alpha: float = 16.0
-    """LoRA scale numerator: the adapter's update is (lora_alpha / lora_rank) * B @ A."""
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    entropy_coef: float = 0.0
-    loss_agg: str = "token_mean"
+    Every hyperparameter is read from these nodes where it is used (`spec.learner.zero_stage`,
+    `spec.objective.lr`, ...): its default is the config dataclass's, written once."""
 
+    learner: LearnerConfig
+    objective: SFTConfig | GRPOConfig
+    """The stage's node: its lr and loss (and, for SFT, the lr warm-up)."""
+    seed: int
+    """run.seed (a rank seeds itself with seed + rank)."""
+    temperature: float
+    """rollout.temperature: GRPO logprobs (and every `logprobs()`) are those of logits /
+    temperature, the distribution vLLM sampled from."""
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    @classmethod
+    def from_config(cls, cfg: Config, *, objective: str) -> LearnerSpec:
+        """The spec of a config's learner for `objective` ('sft' or 'grpo'); the nodes are
+        copied, so later edits of `cfg` do not reach a built group."""
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r} (one of {', '.join(OBJECTIVES)})")
+        node = cfg.sft if objective == "sft" else cfg.grpo
+        return cls(
+            learner=replace(cfg.learner),
+            objective=replace(node),
+            seed=cfg.run.seed,
+            temperature=cfg.rollout.temperature,
+        )
+
+    @property
+    def name(self) -> str:
+        """'sft' or 'grpo': the only objective a group of this spec trains."""
+        return "sft" if isinstance(self.objective, SFTConfig) else "grpo"
+
+    @property
+    def warmup_steps(self) -> int:
+        """Linear lr warm-up steps: `sft.warmup_steps`; GRPO has none."""
+        return self.objective.warmup_steps if isinstance(self.objective, SFTConfig) else 0
+
+    @property
+    def with_reference(self) -> bool:
+        """A frozen reference model: only for GRPO with a KL term (`grpo.kl_coef != 0`)."""
+        return isinstance(self.objective, GRPOConfig) and self.objective.kl_coef != 0.0
+
+    @property
+    def num_cpus(self) -> float:
+        """CPUs of each Ray rank: `sft.num_cpus` in SFT when set (SFT runs with no rollouts
+        beside it), else `learner.num_cpus`."""
+        if isinstance(self.objective, SFTConfig) and self.objective.num_cpus > 0:
+            return self.objective.num_cpus
+        return self.learner.num_cpus
 
 
 def dense_logits(model, mb: Batch, dtype: torch.dtype) -> torch.Tensor:  # [B, T, V]
@@ -167,9 +181,10 @@ LORA_TARGETS = r"^(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj
 
 def add_lora(model: torch.nn.Module, *, rank: int, alpha: float) -> None:
     """Inject LoRA adapters (peft) in place; only they train. B starts at 0: same outputs."""
-    from peft import LoraConfig, inject_adapter_in_model
-
-    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS)
+    # peft annotates lora_alpha as int but scales by lora_alpha / r: a float is taken as is
+    cfg = LoraConfig(
+        r=rank, lora_alpha=cast(int, alpha), lora_dropout=0.0, target_modules=LORA_TARGETS
+    )
     inject_adapter_in_model(cfg, model)
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name)
@@ -195,27 +210,25 @@ def merge_lora(state: dict[str, torch.Tensor], *, scale: float) -> dict[str, tor
 class LearnerWorker:
     """A data-parallel rank. Verbs are keyword-only; the group calls them on every rank."""
 
-    def __init__(self, *, model_path: str, rank: int, world_size: int, settings: LearnerSettings):
+    def __init__(self, *, model_path: str, rank: int, world_size: int, spec: LearnerSpec) -> None:
         self.model_path = model_path
         self.rank = rank
         self.world_size = world_size
-        self.s = settings
-        self.engine = None
-        self.ref_model = None
+        self.spec = spec
+        self.engine: Any = None  # the DeepSpeed engine (setup)
+        self.ref_model: torch.nn.Module | None = None
         self.vlm: tuple[Any, list[int]] | None = None  # a VLM's (processor, banned ids)
         self._kept: dict[int, dict[str, torch.Tensor]] = {}  # policy version -> weights
         self._sender: Any = None  # learners/weight_sync.py WeightSender (init_weight_sync)
 
     def address(self) -> tuple[str, int]:
         """This rank's node IP and a free port (rank 0's become the rendezvous)."""
-        import ray
-
         ip = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
         return ip, free_port()
 
     def setup(self, *, master_addr: str, master_port: int) -> None:
         """Join torch.distributed via env:// and build the DeepSpeed engine."""
-        import deepspeed
+        import deepspeed  # here, not at the top: a driver that only builds actors never needs it
 
         # torch's c10d warns on every ZeRO collective that DeepSpeed still calls by its old name
         warnings.filterwarnings(
@@ -236,51 +249,48 @@ class LearnerWorker:
         deepspeed.init_distributed(
             dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False
         )
-        self._seed_all(self.s.seed + self.rank)
+        self._seed_all(self.spec.seed + self.rank)
         self.precision, self.matmul_gflops = self._agree_precision()
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         model = self._load_model()
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             params,
-            lr=self.s.lr,
-            weight_decay=self.s.weight_decay,
+            lr=self.spec.objective.lr,
+            weight_decay=self.spec.learner.weight_decay,
             betas=(0.9, 0.999),
             eps=1e-8,
             foreach=False,
         )
-        warm = max(self.s.warmup_steps, 0)
-        # linear warm-up to the peak lr, then constant (SFTConfig: lr + warmup_steps)
+        warm = max(self.spec.warmup_steps, 0)
+        # linear warm-up to the peak lr, then constant (sft.warmup_steps; GRPO: none)
         sched = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / (warm + 1))
         )
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=sched, config=self._ds_config()
         )
-        if self.s.with_reference:
+        if self.spec.with_reference:
             ref = self._load_model().to(self.dtype)
             self.ref_model = ref.to(self.device).eval().requires_grad_(False)
 
     def _load_model(self) -> torch.nn.Module:
         """The policy in fp32: a causal LM with the fast attention paths, or a VLM (its own
         SDPA attention and mRoPE; frames through the processor, see `_score`)."""
-        from transformers import AutoModelForCausalLM
-
-        from streampro.hf_policy import load_model, load_processor, vision_tokens
-
+        lc = self.spec.learner
         processor = load_processor(self.model_path)
         if processor is not None:
             self.vlm = (processor, sorted(vision_tokens(processor.tokenizer).values()))
             model = load_model(self.model_path, dtype="float32")
-            if self.s.freeze_vision:
+            if lc.freeze_vision:
                 model.model.visual.requires_grad_(False)
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 self.model_path, dtype=torch.float32, attn_implementation=register_attention()
             )
             install_selective_forward(model)  # last layer, norm and LM head at scored tokens
-        if self.s.lora_rank > 0:
-            add_lora(model, rank=self.s.lora_rank, alpha=self.s.lora_alpha)
+        if lc.lora_rank > 0:
+            add_lora(model, rank=lc.lora_rank, alpha=lc.lora_alpha)
         return model
 
     def _score(
@@ -295,8 +305,6 @@ class LearnerWorker:
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """score_tokens for this rank's model (the VLM path when the policy has a processor)."""
         if self.vlm is not None:
-            from streampro.learners.vlm_inputs import score_vlm_tokens
-
             processor, banned = self.vlm
             return score_vlm_tokens(
                 model,
@@ -312,7 +320,7 @@ class LearnerWorker:
             model,
             mb,
             need,
-            attention=self.s.attention,
+            attention=self.spec.learner.attention,
             dtype=self.dtype,
             temperature=temperature,
             with_entropy=with_entropy,
@@ -320,14 +328,15 @@ class LearnerWorker:
         )
 
     def _ds_config(self) -> dict:
+        lc = self.spec.learner
         return {
-            "train_micro_batch_size_per_gpu": self.s.micro_batch,
+            "train_micro_batch_size_per_gpu": lc.micro_batch,
             "gradient_accumulation_steps": 1,
-            "train_batch_size": self.s.micro_batch * self.world_size,
+            "train_batch_size": lc.micro_batch * self.world_size,
             # the caller owns the boundary: any number of backward() calls, then one step()
             "managed_gradient_accumulation": False,
-            "gradient_clipping": self.s.grad_clip,
-            "zero_optimization": {"stage": self.s.zero_stage, "overlap_comm": False},
+            "gradient_clipping": lc.grad_clip,
+            "zero_optimization": {"stage": lc.zero_stage, "overlap_comm": False},
             "zero_allow_untested_optimizer": True,
             "bf16": {"enabled": self.precision == "bf16"},
             "steps_per_print": 1 << 30,
@@ -337,17 +346,15 @@ class LearnerWorker:
     def _agree_precision(self) -> tuple[str, dict[str, float]]:
         """The dtype every rank uses: 'auto' times the model's own MLP matmul on each rank,
         and bf16 is chosen only if every rank found it faster (ranks share one dtype)."""
-        import torch.distributed as dist
-        from transformers import AutoConfig
-
+        precision = self.spec.learner.precision
         c = AutoConfig.from_pretrained(self.model_path)
         c = getattr(c, "text_config", None) or c  # a VLM's language model
         choice, gflops = pick_precision(
-            self.s.precision,
+            precision,
             hidden=c.hidden_size,
             intermediate=getattr(c, "intermediate_size", None) or 4 * c.hidden_size,
         )
-        if self.s.precision == "auto" and dist.is_initialized() and self.world_size > 1:
+        if precision == "auto" and dist.is_initialized() and self.world_size > 1:
             flag = torch.tensor([1 if choice == "bf16" else 0], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
             choice = "bf16" if int(flag) else "fp32"
@@ -368,19 +375,19 @@ class LearnerWorker:
         np.random.seed(seed % (1 << 32))
         torch.manual_seed(seed)
 
-    def train(
-        self, *, micro_batches: list[Batch], objective: str, totals: dict[str, float]
-    ) -> dict[str, float]:
-        """Forward/backward every micro-batch, then one optimiser step. Returns summed stats."""
+    def train(self, *, micro_batches: list[Batch], totals: dict[str, float]) -> dict[str, float]:
+        """Forward/backward every micro-batch on this rank's objective (`spec.objective`), then
+        one optimiser step. Returns summed stats (the group reduces them over ranks)."""
+        obj = self.spec.objective
         self.engine.train()
         sums: dict[str, float] = defaultdict(float)
         # the entropy bonus differentiates the entropy; otherwise it is a statistic
-        entropy_grad = objective == "grpo" and self.s.entropy_coef != 0.0
+        entropy_grad = isinstance(obj, GRPOConfig) and obj.entropy_coef != 0.0
+        # SFT scores the data at T = 1; GRPO the distribution vLLM sampled (logits / T)
+        temperature = self.spec.temperature if isinstance(obj, GRPOConfig) else 1.0
         for mb in micro_batches:
             mb = {k: v.to(self.device) for k, v in mb.items()}
             if self.vlm is not None:  # a vision token is never a target (a dialogue bug)
-                from streampro.learners.vlm_inputs import check_loss_mask
-
                 check_loss_mask(mb["input_ids"], mb["loss_mask"], set(self.vlm[1]))
             lp, ent, pred = self._score(
                 self.engine,
@@ -388,20 +395,18 @@ class LearnerWorker:
                 mb["loss_mask"] > 0,
                 with_entropy=True,
                 entropy_grad=entropy_grad,
-                temperature=self.s.temperature if objective == "grpo" else 1.0,
+                temperature=temperature,
             )
-            if objective == "sft":
+            assert ent is not None  # with_entropy=True
+            if isinstance(obj, SFTConfig):
                 loss, st = sft_loss(
                     lp,
                     mb["loss_mask"],
                     mb["decision_class"],
-                    kind=self.s.sft_loss,
+                    obj,
                     n_silence=int(totals["n_silence"]),
                     n_response=int(totals["n_response"]),
                     normalizer=totals["normalizer"],
-                    beta=self.s.beta,
-                    lambda_text=self.s.lambda_text,
-                    focal_gamma=self.s.focal_gamma,
                 )
                 for k, v in decision_counts(
                     pred, mb["input_ids"], mb["decision_class"], mb["loss_mask"]
@@ -409,7 +414,16 @@ class LearnerWorker:
                     sums[f"sum/{k}"] += v
                 sums["sum/nll"] += st["nll_sum"]
             else:
-                loss, st = self._grpo_loss(lp, ent, mb, totals)
+                loss, st = policy_loss(
+                    lp,
+                    mb["old_logprobs"],
+                    mb["advantages"],
+                    mb["loss_mask"],
+                    obj,
+                    ref_logprobs=mb.get("ref_logprobs"),  # read only when kl_coef != 0
+                    entropy=ent,  # read only when entropy_coef != 0
+                    normalizer=totals["normalizer"],
+                )
                 n = st["tokens"]
                 for k, v in st.items():
                     if k == "ratio_max":
@@ -423,35 +437,12 @@ class LearnerWorker:
             # ZeRO averages gradients over ranks; the loss is already a share of the global
             # mean, so scale by world size to make the reduced gradient the global one.
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
-        sums["last/lr"] = float(
-            self.engine.get_lr()[0]
-        )  # the lr this step uses (step() advances it)
+        # the lr this step uses (step() advances it)
+        sums["last/lr"] = float(self.engine.get_lr()[0])
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         sums["last/grad_norm"] = float(norm) if norm is not None else 0.0
         return dict(sums)
-
-    def _grpo_loss(
-        self, lp: torch.Tensor, ent: torch.Tensor | None, mb: Batch, totals: dict[str, float]
-    ) -> tuple[torch.Tensor, dict]:
-        from streampro.learners.grpo_loss import policy_loss
-
-        ref = mb.get("ref_logprobs") if self.s.kl_coef != 0.0 else None
-        return policy_loss(
-            lp,
-            mb["old_logprobs"],
-            mb["advantages"],
-            mb["loss_mask"],
-            clip_low=self.s.clip_low,
-            clip_high=self.s.clip_high,
-            ref_logprobs=ref,
-            kl_coef=self.s.kl_coef,
-            kl_estimator=self.s.kl_estimator,
-            entropy=ent,  # read only when entropy_coef != 0
-            entropy_coef=self.s.entropy_coef,
-            loss_agg=self.s.loss_agg,
-            normalizer=totals["normalizer"],
-        )
 
     @torch.no_grad()
     def logprobs(
@@ -462,7 +453,7 @@ class LearnerWorker:
         read no other, and the last layer and LM head then skip ~97% of positions); under
         the kept weights of policy `version` when given (see `keep_weights`)."""
         if reference and self.ref_model is None:
-            raise ValueError("reference logprobs need a group built with with_reference=True")
+            raise ValueError("reference logprobs need a GRPO group with grpo.kl_coef != 0")
         if version is not None:
             with self._weights_of(version):
                 return self.logprobs(micro_batches=micro_batches)
@@ -473,7 +464,11 @@ class LearnerWorker:
         for mb in micro_batches:
             mb = {k: v.to(self.device) for k, v in mb.items()}
             lp, _, _ = self._score(
-                model, mb, mb["loss_mask"] > 0, with_entropy=False, temperature=self.s.temperature
+                model,
+                mb,
+                mb["loss_mask"] > 0,
+                with_entropy=False,
+                temperature=self.spec.temperature,
             )
             out.append(lp.float().cpu())
         return out
@@ -482,7 +477,7 @@ class LearnerWorker:
         """Keep a CPU copy of the current weights as policy `version` (the two newest are kept):
         async GRPO scores a batch under the weights its rollout sampled from (the agreement
         check). ZeRO-3 partitions the parameters: nothing is kept there."""
-        if self.s.zero_stage == 3:
+        if self.spec.learner.zero_stage == 3:
             return
         params = self.engine.module.named_parameters()
         self._kept[version] = {n: p.detach().to("cpu", copy=True) for n, p in params}
@@ -532,15 +527,16 @@ class LearnerWorker:
 
     def export_hf(self, *, path: str) -> None:
         """Rank 0 writes safetensors + config + the source folder's tokenizer files into path."""
-        if self.s.zero_stage == 3:  # collective: every rank must call it
+        lc = self.spec.learner
+        if lc.zero_stage == 3:  # collective: every rank must call it
             state = self.engine._zero3_consolidated_16bit_state_dict()
         else:
             state = self.engine.module.state_dict() if self.rank == 0 else None
         if self.rank != 0:
             return
         state = {k: v.detach().cpu() for k, v in state.items()}
-        if self.s.lora_rank > 0:  # engines load whole weights: W + (alpha / r) B @ A
-            state = merge_lora(state, scale=self.s.lora_alpha / self.s.lora_rank)
+        if lc.lora_rank > 0:  # engines load whole weights: W + (alpha / r) B @ A
+            state = merge_lora(state, scale=lc.lora_alpha / lc.lora_rank)
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         module = self.engine.module
@@ -567,16 +563,14 @@ class LearnerWorker:
     ) -> None:
         """Join the NCCL weight sync with the rollout engines behind `client` (GPU; rank 0
         sends, every rank takes part in the ZeRO-3 gathers): learners/weight_sync.py."""
-        from streampro.learners.weight_sync import SyncGroup, WeightSender
-
-        lora = getattr(self.s, "lora_rank", 0)  # merged into whole weights on the way out
+        lc = self.spec.learner  # LoRA goes out merged into whole weights
         self._sender = WeightSender(
             rank=self.rank,
             module=self.engine.module,
             group=SyncGroup(master_address, master_port, world_size, timeout_s),
             client=client,
             dtype=dtype,
-            lora_scale=self.s.lora_alpha / lora if lora else 0.0,
+            lora_scale=lc.lora_alpha / lc.lora_rank if lc.lora_rank > 0 else 0.0,
         )
 
     def send_weights(self, *, version: int) -> float:
@@ -587,15 +581,13 @@ class LearnerWorker:
 
     def shutdown(self) -> None:
         """Free the engine and leave the process group (a later group can rejoin)."""
-        import torch.distributed as dist
-
         if self._sender is not None:
             self._sender.shutdown()
             self._sender = None
         self.engine = None
         self.ref_model = None
         if dist.is_initialized():
-            import deepspeed.comm as ds_comm
+            import deepspeed.comm as ds_comm  # lazy as in setup: a rank that ran setup has it
 
             # through DeepSpeed, so it also drops its cached groups (else a new engine breaks)
             ds_comm.destroy_process_group()

@@ -4,7 +4,6 @@ Importable without Ray: the Ray pool imports it when constructed.
 """
 
 from streampro.rewards.judges import (
-    ACC_JUDGES,
     AccJudge,
     EmbeddingJudge,
     ExactJudge,
@@ -33,7 +32,6 @@ from streampro.rewards.scoring import (
 )
 
 __all__ = [
-    "ACC_JUDGES",
     "AccJudge",
     "EmbeddingJudge",
     "ExactJudge",

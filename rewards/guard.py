@@ -27,11 +27,6 @@ class JudgeTimeout(TimeoutError):
     pass
 
 
-def call_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:
-    """fn() on a daemon thread; JudgeTimeout if it has not returned within timeout_s."""
-    return run_with_timeout(fn, timeout_s=timeout_s, what="judge call", error=JudgeTimeout)
-
-
 class Guard:
     """The deadline of one item, and the first few judge errors met while scoring it."""
 
@@ -48,7 +43,7 @@ class Guard:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise JudgeTimeout("item deadline passed before the call")
-            return call_with_timeout(fn, left)
+            return run_with_timeout(fn, timeout_s=left, what="judge call", error=JudgeTimeout)
         except Exception as e:  # noqa: BLE001 - any judge failure becomes the fallback
             if len(self.errors) < 3:
                 self.errors.append(f"{type(e).__name__}: {e}")

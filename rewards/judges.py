@@ -16,9 +16,8 @@ import urllib.request
 from collections import Counter
 from typing import Protocol
 
+from streampro.config import ACC_JUDGES, EvalConfig, RewardConfig
 from streampro.errors import UserError
-
-ACC_JUDGES = ("exact", "token_f1", "embedding", "llm")
 
 _NOT_KEPT = re.compile(r"[^\w.\-\s]")  # \w = letters, digits and `_` (Unicode aware)
 _UNSIGNED = re.compile(r"\d+(?:\.\d+)?")
@@ -216,6 +215,17 @@ class LLMJudge:
         if not nums:
             raise JudgeError(f"llm judge reply has no score: {reply[:80]!r}")
         return min(5.0, nums[0]) / 5.0
+
+
+def eval_acc_judge(evaluation: EvalConfig, reward: RewardConfig) -> AccJudge:
+    """The S_acc judge of every evaluation: `eval.acc_judge`, or the reward's when empty."""
+    return make_acc_judge(
+        evaluation.acc_judge or reward.acc_judge,
+        llm_url=reward.llm_url,
+        llm_model=reward.llm_model,
+        api_key_env=reward.llm_api_key_env,
+        timeout_s=reward.timeout_s,
+    )
 
 
 def make_acc_judge(

@@ -15,8 +15,6 @@ from typing import Protocol
 
 from streampro.rewards.judges import JudgeError, OpenAIChat, unsigned_numbers
 
-RUBRIC_JUDGES = ("rule", "llm")
-
 
 class RubricJudge(Protocol):
     inline: bool

@@ -1,4 +1,4 @@
-"""The three GRPO rewards (SPEC.md section 3, issue 4 "Exact semantics") as pure functions.
+"""The three GRPO rewards (docs/method.md) as pure functions.
 
 A sample is a manifest row as a dict; a response is `{"time": float, "text": str}`. Judges
 are passed in; with none given, S_acc is the `exact` judge and rubrics use the rule judge.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from streampro.config import TURN_MATCHES
 from streampro.rewards.judges import AccJudge, ExactJudge, interval_from_text, interval_iou
 from streampro.rewards.rubric import RubricJudge, RuleJudge
 from streampro.tasks import PROACTIVE_TASKS, TASKS, ResolvedAnswer, resolve_answer
@@ -99,9 +100,6 @@ def format_reward(step_outputs: list[str]) -> float:
 # ---- R_turn -----------------------------------------------------------------------------
 
 
-TURN_MATCH = ("sum", "product")
-
-
 def turn_reward(
     sample: dict,
     responses: list[dict],
@@ -111,15 +109,15 @@ def turn_reward(
     match: str = "sum",
 ) -> float:
     """R_turn: GT-first matching with one tau on both sides. A match scores S' = S_time + S_acc
-    in [0, 2] (`match="sum"`, SPEC.md), or S_time * S_acc in [0, 1] (`"product"`: as
+    in [0, 2] (`match="sum"`, the paper), or S_time * S_acc in [0, 1] (`"product"`: as
     StreamPro-F1 scores a match, so a well-timed wrong answer earns nothing).
 
     Answers in window order each take, among the unmatched responses that reach them, the one
     with the largest S' (ties: the earliest). Proactive tasks (GP, RF, custom tasks of dimension
     PA) exclude responses after the window's end. R_turn = 2 * sum S' / (N_pred + N_gt); 1 when both are 0.
     """
-    if match not in TURN_MATCH:
-        raise ValueError(f"turn match must be one of {TURN_MATCH}, got {match!r}")
+    if match not in TURN_MATCHES:
+        raise ValueError(f"turn match must be one of {TURN_MATCHES}, got {match!r}")
     judge = acc or _EXACT
     task, question = sample["task"], str(sample.get("question", ""))
     answers = sorted_answers(sample)
@@ -193,5 +191,5 @@ def total_reward(
     w_turn: float = 0.45,
     w_traj: float = 0.45,
 ) -> float:
-    """R = w_fmt R_fmt + w_turn R_turn + w_traj R_traj (SPEC.md: 0.1 / 0.45 / 0.45)."""
+    """R = w_fmt R_fmt + w_turn R_turn + w_traj R_traj (the paper: 0.1 / 0.45 / 0.45)."""
     return w_fmt * fmt + w_turn * turn + w_traj * traj

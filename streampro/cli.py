@@ -22,11 +22,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sft": ("streampro.learners.sft", "main", "CB-Stream SFT warm-up on the DeepSpeed group"),
     "grpo": ("streampro.learners.grpo_loop", "main", "GRPO with vLLM rollouts and rewards"),
     "train": ("streampro.train", "main", "the main job: synth, SFT, GRPO, eval, report"),
-    "eval": ("streampro.bench.evaluate", "main", "StreamPro-F1 of predictions or a policy"),
-    "serve": ("streampro.actors.serve", "main", "serve a policy with Ray Serve over HTTP"),
+    "eval": ("streampro.evaluate", "main", "StreamPro-F1 of predictions or a policy"),
+    "serve": ("streampro.actors.serve.deploy", "main", "serve a policy with Ray Serve over HTTP"),
     "submit": ("streampro.cluster.submit", "main", "submit a streampro command as a Ray job"),
     "bench": ("streampro.bench.commands", "main", "performance and ablation benchmarks"),
-    "report": ("streampro.bench.report", "main", "plots and report.md of a run folder"),
+    "report": ("streampro.report", "main", "plots and report.md of a run folder"),
 }
 
 

@@ -20,6 +20,8 @@ import time
 from typing import Any, Self
 
 import httpx
+import numpy as np
+from PIL import Image
 
 TOKEN_ENV = "STREAMPRO_SERVE_TOKEN"
 RETRIES_AT_CAPACITY = 5
@@ -35,8 +37,6 @@ class ServeError(RuntimeError):
 
 def encode_png(frame) -> str:
     """H x W x 3 uint8 -> base64 PNG (lossless: the server sees these exact pixels)."""
-    import numpy as np
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8)).save(buf, format="PNG")

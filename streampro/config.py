@@ -1,8 +1,10 @@
 """Structured configs: one dataclass per component, composed into `Config`.
 
-Defaults are the paper's values (SPEC.md) where it gives one; `configs/default.yaml` scales
-them down for the embedded CPU demo. Loading merges YAML and a dotlist onto the schema, so
-an unknown key is an error that names it. Constructors elsewhere take flat arguments.
+Defaults are the paper's values (docs/method.md) where it gives one; `configs/default.yaml`
+scales them down for the embedded CPU demo. Loading merges YAML and a dotlist onto the schema,
+so an unknown key is an error that names it. Each dataclass checks its own values in
+`__post_init__` (and `Config` the ones that span sections): this file is the one place that
+says what a legal config is. A component is built from its own node (`X.from_config(node)`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,30 @@ class ConfigError(UserError):
     """A config problem a user can fix; the CLI prints it on one line."""
 
 
+# Legal values of the choice fields, read by the components that implement them.
+SFT_LOSSES = ("ce", "focal", "cb_stream")
+PRECISIONS = ("fp32", "bf16", "auto")
+ATTENTION_MODES = ("varlen", "padded", "dense")
+ADVANTAGES = ("grpo", "drgrpo", "loo")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+LOSS_AGGS = ("token_mean", "seq_mean")
+TURN_MATCHES = ("sum", "product")
+ACC_JUDGES = ("exact", "token_f1", "embedding", "llm")
+RUBRIC_JUDGES = ("rule", "llm")
+CODECS = ("patch", "image")
+DTYPES = ("float32", "bfloat16")
+
+
+def require(ok: bool, message: str) -> None:
+    """Raise ConfigError(message) unless ok: one line naming the field and its value."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def require_choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    require(value in choices, f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
 @dataclass
 class RunConfig:
     dir: str = ""
@@ -33,6 +59,10 @@ class RunConfig:
     """'auto' continues from the run folder's last checkpoint; 'never' starts fresh."""
     log_every: int = 1
     """Write metrics every N optimiser steps."""
+
+    def __post_init__(self) -> None:
+        require_choice(self.resume, ("auto", "never"), "run.resume")
+        require(self.log_every >= 1, f"run.log_every must be >= 1, got {self.log_every}")
 
 
 @dataclass
@@ -92,9 +122,9 @@ class DataConfig:
     test: str = ""
     """Test manifest; empty = the synth test split."""
     fps: float = 1.0
-    """Chunks per second of video (SPEC.md: 1 fps)."""
+    """Chunks per second of video (the paper: 1 fps)."""
     window_turns: int = 200
-    """Context window in turns, a turn being one chunk and its decision (SPEC.md: 200; at 1 fps
+    """Context window in turns, a turn being one chunk and its decision (the paper: 200; at 1 fps
     200 turns = 200 s). The system prompt and the question always stay (data/window.py)."""
     window_slide: int = 50
     """Turns dropped at once when the window is full. Between slides the prompt only grows, so
@@ -117,6 +147,15 @@ class DataConfig:
     workers: int = 0
     """Processes that render synth videos and decode/encode videos into the cache (0 = one
     per CPU); a video's result depends on that video alone, so any count gives the same bytes."""
+
+    def __post_init__(self) -> None:
+        require(
+            self.window_turns >= 1 and 1 <= self.window_slide <= self.window_turns,
+            "data.window_slide must be in [1, data.window_turns] and window_turns >= 1, "
+            f"got window_turns={self.window_turns}, window_slide={self.window_slide}",
+        )
+        require_choice(self.codec, CODECS, "data.codec")
+        require(self.fps > 0, f"data.fps must be > 0, got {self.fps}")
 
 
 @dataclass
@@ -193,11 +232,30 @@ class LearnerConfig:
     lora_alpha: float = 16.0
     """LoRA scale numerator (update = lora_alpha / lora_rank * B @ A)."""
 
+    def __post_init__(self) -> None:
+        require(self.num_ranks >= 1, f"learner.num_ranks must be >= 1, got {self.num_ranks}")
+        require(
+            self.zero_stage in (0, 1, 2, 3),
+            f"learner.zero_stage must be 0-3, got {self.zero_stage}",
+        )
+        require_choice(self.precision, PRECISIONS, "learner.precision")
+        require_choice(self.attention, ATTENTION_MODES, "learner.attention")
+        require(self.micro_batch >= 1, f"learner.micro_batch must be >= 1, got {self.micro_batch}")
+        require(
+            self.micro_batch_tokens >= 0,
+            f"learner.micro_batch_tokens must be >= 0, got {self.micro_batch_tokens}",
+        )
+        require(
+            not self.in_process or self.num_ranks == 1,
+            f"learner.in_process=true needs learner.num_ranks=1, got {self.num_ranks}",
+        )
+        require(self.lora_rank >= 0, f"learner.lora_rank must be >= 0, got {self.lora_rank}")
+
 
 @dataclass
 class SFTConfig:
     loss: str = "cb_stream"
-    """'cb_stream', 'ce' or 'focal' (SPEC.md section 2)."""
+    """'cb_stream', 'ce' or 'focal' (docs/method.md)."""
     beta: float = 0.9999
     """CB-Stream effective-number beta."""
     lambda_text: float = 2.0
@@ -234,6 +292,20 @@ class SFTConfig:
     keep_checkpoints: int = 2
     """Checkpoints kept."""
 
+    def __post_init__(self) -> None:
+        require_choice(self.loss, SFT_LOSSES, "sft.loss")
+        require(0.0 <= self.beta < 1.0, f"sft.beta must be in [0, 1), got {self.beta}")
+        require(
+            self.global_batch >= 1 and self.epochs >= 1 and self.max_seq_len >= 2,
+            "sft.global_batch and sft.epochs must be >= 1 and sft.max_seq_len >= 2, got "
+            f"{self.global_batch}, {self.epochs}, {self.max_seq_len}",
+        )
+        require(
+            self.save_every >= 1 and self.keep_checkpoints >= 1,
+            "sft.save_every and sft.keep_checkpoints must be >= 1, got "
+            f"{self.save_every}, {self.keep_checkpoints}",
+        )
+
 
 @dataclass
 class RolloutConfig:
@@ -242,7 +314,7 @@ class RolloutConfig:
     max_answer_tokens: int = 24
     """Longest answer text per response."""
     temperature: float = 1.0
-    """Sampling temperature (SPEC.md: 1.0)."""
+    """Sampling temperature (the paper: 1.0)."""
     top_p: float = 1.0
     """Nucleus sampling: must stay 1.0 (refused at load otherwise), since the learner's logprobs
     are exact only for the full distribution at `temperature`."""
@@ -250,7 +322,7 @@ class RolloutConfig:
     """vLLM prefix caching (carries the stream: each step costs its new tokens)."""
     enforce_eager: bool = True
     """No CUDA graphs / torch.compile: a faster start. On CPU compiling works: 1.14x the tiny
-    policy's decisions/s, but each engine starts ~20 s later (README, "Learner speed")."""
+    policy's decisions/s, but each engine starts ~20 s later (docs/results.md, "Compiled vs eager")."""
     kv_cache_gb: float = 1.0
     """VLLM_CPU_KVCACHE_SPACE on CPU."""
     gpu_memory_utilization: float = 0.5
@@ -278,19 +350,47 @@ class RolloutConfig:
     weight_sync_timeout_s: float = 600.0
     """NCCL sync: each step (rendezvous, start, broadcast, finish) raises past this many s."""
 
+    def __post_init__(self) -> None:
+        # the learner scores logits / temperature over the full vocabulary; a nucleus would
+        # make its ratio and gradient those of another distribution than the one sampled
+        require(
+            self.top_p == 1.0,
+            f"rollout.top_p={self.top_p} is not supported: GRPO's learner logprobs are exact "
+            "only for full-vocabulary sampling (set rollout.top_p=1.0)",
+        )
+        require(
+            self.temperature > 0.0,
+            f"rollout.temperature must be > 0 (GRPO samples), got {self.temperature}",
+        )
+        require(self.num_actors >= 1, f"rollout.num_actors must be >= 1, got {self.num_actors}")
+        require(
+            self.weight_transfer_backend in ("", "nccl"),
+            "rollout.weight_transfer_backend must be '' or 'nccl', "
+            f"got {self.weight_transfer_backend!r}",
+        )
+        require(
+            self.weight_sync_timeout_s > 0,
+            f"rollout.weight_sync_timeout_s must be > 0, got {self.weight_sync_timeout_s}",
+        )
+        require(
+            self.tensor_parallel_size <= 1 or self.num_gpus in (0, 1),
+            f"rollout.tensor_parallel_size={self.tensor_parallel_size} places one worker per "
+            f"GPU: rollout.num_gpus must be 1 (GPUs per worker), got {self.num_gpus:g}",
+        )
+
 
 @dataclass
 class RewardConfig:
     w_fmt: float = 0.1
-    """Weight of R_fmt (SPEC.md: 0.1)."""
+    """Weight of R_fmt (the paper: 0.1)."""
     w_turn: float = 0.45
-    """Weight of R_turn (SPEC.md: 0.45)."""
+    """Weight of R_turn (the paper: 0.45)."""
     w_traj: float = 0.45
-    """Weight of R_traj (SPEC.md: 0.45)."""
+    """Weight of R_traj (the paper: 0.45)."""
     tau: float = 8.0
-    """R_turn tolerance in seconds, both sides (SPEC.md: 8)."""
+    """R_turn tolerance in seconds, both sides (the paper: 8)."""
     turn_match: str = "sum"
-    """How R_turn scores a matched response: 'sum', S_time + S_acc in [0, 2] (SPEC.md), or
+    """How R_turn scores a matched response: 'sum', S_time + S_acc in [0, 2] (the paper), or
     'product', S_time * S_acc in [0, 1], as StreamPro-F1 scores a match (a well-timed wrong
     answer earns nothing; see `streampro bench reward-alignment`)."""
     acc_judge: str = "exact"
@@ -319,17 +419,28 @@ class RewardConfig:
     threads: int = 8
     """Items each reward actor scores concurrently when a judge waits on the network (llm)."""
 
+    def __post_init__(self) -> None:
+        require_choice(self.turn_match, TURN_MATCHES, "reward.turn_match")
+        require_choice(self.acc_judge, ACC_JUDGES, "reward.acc_judge")
+        require_choice(self.traj_judge, RUBRIC_JUDGES, "reward.traj_judge")
+        require(
+            "llm" not in (self.acc_judge, self.traj_judge) or bool(self.llm_url),
+            "the llm judge needs reward.llm_url (an OpenAI-compatible base URL); set it, "
+            "or use acc_judge=exact and traj_judge=rule",
+        )
+        require(self.num_actors >= 0, f"reward.num_actors must be >= 0, got {self.num_actors}")
+
 
 @dataclass
 class GRPOConfig:
     group_size: int = 8
-    """Trajectories per sample, G (SPEC.md: 8)."""
+    """Trajectories per sample, G (the paper: 8)."""
     batch_samples: int = 16
-    """Samples per step, B (SPEC.md: global batch 16)."""
+    """Samples per step, B (the paper: global batch 16)."""
     lr: float = 1e-6
-    """Learning rate (SPEC.md: 1e-6)."""
+    """Learning rate (the paper: 1e-6)."""
     epochs: int = 1
-    """Passes over the train split (SPEC.md: 1)."""
+    """Passes over the train split (the paper: 1)."""
     max_steps: int = 0
     """Stop after this many steps (0 = epochs decide)."""
     mini_batches: int = 1
@@ -374,6 +485,25 @@ class GRPOConfig:
     keep_checkpoints: int = 2
     """Checkpoints kept."""
 
+    def __post_init__(self) -> None:
+        require(
+            self.group_size >= 2 and self.batch_samples >= 1,
+            "grpo.group_size must be >= 2 and grpo.batch_samples >= 1, got "
+            f"{self.group_size}, {self.batch_samples}",
+        )
+        require_choice(self.advantage, ADVANTAGES, "grpo.advantage")
+        require_choice(self.kl_estimator, KL_ESTIMATORS, "grpo.kl_estimator")
+        require_choice(self.loss_agg, LOSS_AGGS, "grpo.loss_agg")
+        require(
+            self.logprob_check_every >= 0,
+            f"grpo.logprob_check_every must be >= 0 (0 = never), got {self.logprob_check_every}",
+        )
+        require(
+            self.save_every >= 1 and self.keep_checkpoints >= 1,
+            "grpo.save_every and grpo.keep_checkpoints must be >= 1, got "
+            f"{self.save_every}, {self.keep_checkpoints}",
+        )
+
 
 @dataclass
 class EvalConfig:
@@ -386,6 +516,14 @@ class EvalConfig:
     acc_judge: str = ""
     """S_acc judge of every evaluation (SFT eval, GRPO val, test, `streampro eval`); empty =
     reward.acc_judge. Set 'exact' when training on a denser reward such as 'token_f1'."""
+
+    def __post_init__(self) -> None:
+        if self.acc_judge:
+            require_choice(self.acc_judge, ACC_JUDGES, "eval.acc_judge")
+        require(
+            self.samples_per_stream >= 1,
+            f"eval.samples_per_stream must be >= 1, got {self.samples_per_stream}",
+        )
 
 
 @dataclass
@@ -449,6 +587,12 @@ class ServeConfig:
     eval_speed: float = 0.0
     """Clock of `eval --endpoint`: stream seconds per wall second (0 = as fast as answered)."""
 
+    def __post_init__(self) -> None:
+        require_choice(self.engine, ("vllm", "hf"), "serve.engine")
+        for name in ("ingress_replicas", "max_sessions", "max_inflight"):
+            value = getattr(self, name)
+            require(value >= 1, f"serve.{name} must be >= 1, got {value}")
+
 
 @dataclass
 class BenchConfig:
@@ -471,6 +615,9 @@ class BenchConfig:
     scaling_actors: list[int] = field(default_factory=lambda: [1, 2])
     """`bench scaling`: rollout actors (the first is held on other axes)."""
 
+    def __post_init__(self) -> None:
+        require_choice(self.dtype, DTYPES, "bench.dtype")
+
 
 @dataclass
 class Config:
@@ -487,6 +634,32 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def __post_init__(self) -> None:
+        """The rules that span sections."""
+        d, r, lc = self.data, self.rollout, self.learner
+        require(
+            d.codec != "image" or self.policy.name_or_path != "tiny",
+            "data.codec=image needs a vision-language policy (policy.name_or_path=tiny-vl, or "
+            "a Qwen2.5-VL / Qwen3-VL folder); 'tiny' reads patch tokens",
+        )
+        require(
+            d.codec != "image" or r.block_size % 32 == 0,
+            f"rollout.block_size must be a multiple of 32 with images (vLLM), got {r.block_size}",
+        )
+        require(
+            d.codec != "image" or self.serve.engine == "vllm",
+            "serve.engine=hf serves text policies only: data.codec=image needs serve.engine=vllm",
+        )
+        # NCCL runs on GPUs only and refuses two ranks on one device: whole GPUs each side
+        require(
+            r.weight_transfer_backend != "nccl"
+            or (r.num_gpus >= 1 and lc.num_gpus >= 1 and not lc.in_process),
+            "rollout.weight_transfer_backend=nccl needs GPUs: rollout.num_gpus and "
+            f"learner.num_gpus >= 1 with learner.in_process=false (got {r.num_gpus:g}, "
+            f"{lc.num_gpus:g}, in_process={lc.in_process}); set "
+            "rollout.weight_transfer_backend='' for the HF-folder sync",
+        )
 
 
 def load_config(
@@ -505,6 +678,9 @@ def load_config(
             if bad:
                 raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        out: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]  # runs __post_init__
+    except ConfigError as e:
+        raise ConfigError(f"{path or 'overrides'}: {e}") from None
     except ConfigKeyError as e:
         key = getattr(e, "full_key", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path or 'overrides'}: unknown config key '{key}'") from None
@@ -512,99 +688,7 @@ def load_config(
         key = getattr(e, "full_key", None)
         where = f"{path or 'overrides'}: {key}" if key else f"{path or 'overrides'}"
         raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
-    out: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    check_config(out, str(path or "overrides"))
     return out
-
-
-def check_config(cfg: Config, where: str) -> None:
-    """Values no command can run with, refused at load in one line (before any work)."""
-    d, r = cfg.data, cfg.rollout
-    if d.window_turns < 1 or not 1 <= d.window_slide <= d.window_turns:
-        raise ConfigError(
-            f"{where}: data.window_slide must be in [1, data.window_turns] and window_turns >= 1, "
-            f"got window_turns={d.window_turns}, window_slide={d.window_slide}"
-        )
-    if r.top_p != 1.0:
-        # the learner scores logits / temperature over the full vocabulary; a nucleus would
-        # make its ratio and gradient those of another distribution than the one sampled
-        raise ConfigError(
-            f"{where}: rollout.top_p={r.top_p} is not supported: GRPO's learner logprobs are "
-            "exact only for full-vocabulary sampling (set rollout.top_p=1.0)"
-        )
-    if r.temperature <= 0.0:
-        raise ConfigError(
-            f"{where}: rollout.temperature must be > 0 (GRPO samples), got {r.temperature}"
-        )
-    if d.codec not in ("patch", "image"):
-        raise ConfigError(f"{where}: data.codec must be 'patch' or 'image', got {d.codec!r}")
-    if d.codec == "image" and cfg.policy.name_or_path == "tiny":
-        raise ConfigError(
-            f"{where}: data.codec=image needs a vision-language policy (policy.name_or_path="
-            "tiny-vl, or a Qwen2.5-VL / Qwen3-VL folder); 'tiny' reads patch tokens"
-        )
-    if d.codec == "image" and r.block_size % 32:
-        raise ConfigError(
-            f"{where}: rollout.block_size must be a multiple of 32 with images (vLLM), "
-            f"got {r.block_size}"
-        )
-    from streampro.rewards.scoring import TURN_MATCH  # no torch, no Ray
-
-    if cfg.reward.turn_match not in TURN_MATCH:
-        raise ConfigError(
-            f"{where}: reward.turn_match must be 'sum' or 'product', got {cfg.reward.turn_match!r}"
-        )
-    if cfg.grpo.logprob_check_every < 0:
-        raise ConfigError(
-            f"{where}: grpo.logprob_check_every must be >= 0 (0 = never), "
-            f"got {cfg.grpo.logprob_check_every}"
-        )
-    if cfg.bench.dtype not in ("float32", "bfloat16"):
-        raise ConfigError(
-            f"{where}: bench.dtype must be 'float32' or 'bfloat16', got {cfg.bench.dtype!r}"
-        )
-    check_gpu_paths(cfg, where)
-    check_judges(cfg, where)
-
-
-def check_judges(cfg: Config, where: str) -> None:
-    """The reward pool's judge checks, for the reward's judges and evaluation's, at load:
-    before any work rather than once the pool's actors start."""
-    from streampro.rewards.pool import check_judge_settings  # no torch, no Ray
-
-    w, judge = cfg.reward, cfg.eval.acc_judge
-    try:
-        check_judge_settings(w.acc_judge, w.traj_judge, w.llm_url)
-        if judge:
-            check_judge_settings(judge, w.traj_judge, w.llm_url, field="eval.acc_judge")
-    except UserError as e:
-        raise ConfigError(f"{where}: {e}") from None
-
-
-def check_gpu_paths(cfg: Config, where: str) -> None:
-    """The NCCL weight sync and tensor-parallel engines need whole GPUs."""
-    r, lc = cfg.rollout, cfg.learner
-    if r.weight_transfer_backend not in ("", "nccl"):
-        raise ConfigError(
-            f"{where}: rollout.weight_transfer_backend must be '' or 'nccl', "
-            f"got {r.weight_transfer_backend!r}"
-        )
-    if r.weight_transfer_backend == "nccl":
-        # NCCL runs on GPUs only and refuses two ranks on one device: whole GPUs each side
-        if r.num_gpus < 1 or lc.num_gpus < 1 or lc.in_process:
-            raise ConfigError(
-                f"{where}: rollout.weight_transfer_backend=nccl needs GPUs: rollout.num_gpus "
-                f"and learner.num_gpus >= 1 with learner.in_process=false (got "
-                f"{r.num_gpus:g}, {lc.num_gpus:g}, in_process={lc.in_process}); "
-                "set rollout.weight_transfer_backend='' for the HF-folder sync"
-            )
-        if r.weight_sync_timeout_s <= 0:
-            raise ConfigError(f"{where}: rollout.weight_sync_timeout_s must be > 0")
-    if r.tensor_parallel_size > 1 and r.num_gpus > 0 and r.num_gpus != 1:
-        raise ConfigError(
-            f"{where}: rollout.tensor_parallel_size={r.tensor_parallel_size} places one worker "
-            f"per GPU: rollout.num_gpus must be 1 (GPUs per worker), got {r.num_gpus:g}"
-        )
 
 
 def to_yaml(cfg: Config) -> str:

@@ -14,6 +14,7 @@ the policy cache, built once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -21,6 +22,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+from tokenizers import AddedToken
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+)
 
 from streampro import tokens as T
 from streampro import vl_compat
@@ -41,8 +52,6 @@ def is_vlm(config) -> bool:
 
 def load_model(path: str | os.PathLike, *, dtype: str = "float32"):
     """The policy model in transformers: image-text-to-text for a VLM, else causal LM."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     vl_compat.install()
     cfg = AutoConfig.from_pretrained(path)
@@ -52,7 +61,6 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32"):
 
 def load_processor(path: str | os.PathLike):
     """The processor of a VLM folder (AutoProcessor), or None for a text model."""
-    from transformers import AutoConfig, AutoProcessor
 
     vl_compat.install()
     if not is_vlm(AutoConfig.from_pretrained(path)):
@@ -72,7 +80,6 @@ def missing_tokens(tokenizer, wanted=STREAM_TOKENS) -> list[str]:
 
 def _mean_init(weight, new_ids: list[int], n_old: int) -> None:
     """Rows of new tokens <- the mean of the first n_old rows (the tokens the model knows)."""
-    import torch
 
     with torch.no_grad():
         mean = weight[:n_old].float().mean(dim=0).to(weight.dtype)  # [H]
@@ -85,7 +92,6 @@ def add_tokens(model, tokenizer, tokens: list[str]) -> list[int]:
     Embeddings grow only when the new ids reach past the matrix (real checkpoints pad their
     vocabulary: the padding rows are then reused). Rows of existing ids are untouched.
     """
-    from tokenizers import AddedToken
 
     n_old = len(tokenizer)
     tokenizer.add_special_tokens(
@@ -141,7 +147,6 @@ def extend_policy(
     Built once into `{cache_dir}/ext-{digest}` (temp folder + rename); the marker file lists
     the added tokens and their ids.
     """
-    from transformers import AutoTokenizer
 
     src = Path(src)
     if not (src / "config.json").is_file():
@@ -246,7 +251,6 @@ def turn_markers(tokenizer, image_token_id: int | None = None) -> TurnMarkers:
 
 def markers_for(path: str | os.PathLike) -> TurnMarkers:
     """TurnMarkers of a policy folder (its tokenizer, and its image token for a VLM)."""
-    from transformers import AutoConfig, AutoTokenizer
 
     cfg = AutoConfig.from_pretrained(path)
     return turn_markers(
@@ -264,7 +268,6 @@ def image_token_count(processor, height: int, width: int) -> int:
 
 def frame_tokens_fn(path: str | os.PathLike):
     """(h, w) -> a frame's placeholder pads for a VLM folder; None for a text policy."""
-    import functools
 
     processor = load_processor(path)
     return None if processor is None else functools.partial(image_token_count, processor)

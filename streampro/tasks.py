@@ -1,4 +1,4 @@
-"""The StreamPro-Bench task table (SPEC.md section 4): dimension, default window and tau.
+"""The StreamPro-Bench task table (docs/method.md): dimension, default window and tau.
 
 A window is [lo, hi] seconds added to an answer's point time (or to the start and the end
 of its interval); tau is (early, late). Everything that needs a task default reads it here.

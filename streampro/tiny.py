@@ -15,6 +15,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
 from streampro import tokens as T
 
 BUILDER_VERSION = 1  # bump when the build changes, so old cache folders are not reused
@@ -81,8 +85,6 @@ def tiny_spec(
 
 def build_tokenizer(bpe_vocab_size: int, codebook_size: int, word_repeats: int = 0):
     """Train the byte-level BPE tokenizer and add decision, chat and frame tokens."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -106,8 +108,6 @@ def build_tokenizer(bpe_vocab_size: int, codebook_size: int, word_repeats: int =
 
 def build_tiny(spec: dict, out_dir: str | os.PathLike) -> Path:
     """Write tokenizer + randomly initialised Qwen2 (seeded) to out_dir."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     out = Path(out_dir)
     tokenizer = build_tokenizer(spec["vocab_size"], spec["codebook_size"], spec["word_repeats"])

@@ -7,7 +7,7 @@ and decision tokens are single ids, a Qwen2.5-VL chat template, the PIL image pr
 `preprocessor_config.json` and a `video_preprocessor_config.json` (real checkpoints ship one
 and vLLM's Qwen-VL code reads it even with video input off).
 
-Shape (DESIGN.md, "Real VLMs on CPU"): text hidden 128, 2 layers, head_dim 64 (2 heads, one
+Shape (docs/vlm.md): text hidden 128, 2 layers, head_dim 64 (2 heads, one
 KV head), mrope_section [8, 12, 12] (sums to head_dim / 2); vision depth 2, hidden 64, patch
 14, spatial merge 2. vLLM's CPU attention accepts head_dim 64.
 """
@@ -18,7 +18,17 @@ import json
 import os
 from pathlib import Path
 
+import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen3VLConfig,
+)
+
 from streampro import tokens as T
+from streampro.tiny import _corpus, build_once
 
 BUILDER_VERSION = 1  # bump when the build changes, so old cache folders are not reused
 NAME = "tiny-vl"
@@ -87,10 +97,6 @@ def tiny_vl_spec(
 
 def build_tokenizer(bpe_vocab_size: int, *, stream_tokens: bool = True):
     """Byte-level BPE on the tiny corpus plus chat, decision and vision tokens (one id each)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from streampro.tiny import _corpus  # the same text the `tiny` tokenizer learns from
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -154,7 +160,6 @@ def _processor_files(out: Path, max_pixels: int, arch: str) -> None:
 
 def model_config(tokenizer, n_vocab: int, spec: dict):
     """The tiny Qwen2.5-VL config (token ids from the tokenizer)."""
-    from transformers import Qwen2_5_VLConfig
 
     ids = tokenizer.convert_tokens_to_ids
     text = {
@@ -202,7 +207,6 @@ def model_config(tokenizer, n_vocab: int, spec: dict):
 
 def qwen3_config(tokenizer, n_vocab: int, spec: dict):
     """A tiny Qwen3-VL: same text shape, interleaved mRoPE, patch 16, one deepstack layer."""
-    from transformers import Qwen3VLConfig
 
     ids = tokenizer.convert_tokens_to_ids
     text = {
@@ -251,8 +255,6 @@ def qwen3_config(tokenizer, n_vocab: int, spec: dict):
 
 def build_tiny_vl(spec: dict, out_dir: str | os.PathLike) -> Path:
     """Write tokenizer, processor files and a seeded random Qwen2.5-VL to out_dir."""
-    import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
     out = Path(out_dir)
     tokenizer = build_tokenizer(spec["vocab_size"], stream_tokens=spec["stream_tokens"])
@@ -276,7 +278,6 @@ def build_tiny_vl(spec: dict, out_dir: str | os.PathLike) -> Path:
 
 def ensure_tiny_vl(spec: dict, cache_dir: str | os.PathLike) -> Path:
     """The tiny-vl folder, built once per spec."""
-    from streampro.tiny import build_once
 
     return build_once(
         spec, cache_dir, name=NAME, marker="streampro_tiny_vl.json", build=build_tiny_vl

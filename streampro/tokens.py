@@ -1,4 +1,4 @@
-"""The streaming decision format (SPEC.md section 1), shared by data, actors and rewards.
+"""The streaming decision format (docs/method.md), shared by data, actors and rewards.
 
 Every string a model reads or writes in a stream is defined here, so that the dialogue
 builder, the rollout episode loop, the rewards and the tiny tokenizer agree on it.
@@ -58,5 +58,5 @@ def fmt_seconds(t: float) -> str:
 
 
 def chunk_stamp(start: float, end: float) -> str:
-    """The interval label of one chunk, e.g. `<0s-1s>` (SPEC.md section 1)."""
+    """The interval label of one chunk, e.g. `<0s-1s>` (docs/method.md)."""
     return f"<{fmt_seconds(start)}s-{fmt_seconds(end)}s>"

@@ -10,18 +10,20 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import ray
+
+from streampro.actors.policy_eval import PolicyEval, always_silent
+from streampro.actors.rollout import make_rollout_group
+from streampro.cluster.local import init_from_config
 from streampro.config import Config, atomic_write_text, make_run_dir
-from streampro.pipeline import SPLITS, ensure_split, load_split, policy_folder
+from streampro.data.pipeline import SPLITS, ensure_split, load_split, policy_folder
+from streampro.learners.group import rank_cpus
+from streampro.learners.grpo_loop import run_grpo
+from streampro.learners.sft import run_sft
+from streampro.report import write_report
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
-    from streampro.actors.rollout import make_rollout_group
-    from streampro.bench.policy_eval import always_silent, eval_kwargs, evaluate
-    from streampro.bench.report import write_report
-    from streampro.cluster.local import init_from_config
-    from streampro.learners.grpo_loop import run_grpo
-    from streampro.learners.sft import run_sft
-
     run_dir = make_run_dir(cfg, "train")
     print(f"run folder: {run_dir}")
     init_from_config(cfg.cluster)
@@ -55,10 +57,11 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     pred_dir.mkdir(exist_ok=True)
     atomic_write_text(pred_dir / "val_manifest.txt", str(ensure_split(cfg, "val").resolve()))
 
+    policy_eval = PolicyEval.from_config(cfg)
+
     def scores_of(stage: str, split: str) -> dict:
         enc = val if split == "val" else test
-        out = pred_dir / f"{stage}-{split}.jsonl"
-        return evaluate(rollout, enc, predictions_out=out, **eval_kwargs(cfg))
+        return policy_eval.run(rollout, enc, predictions_out=pred_dir / f"{stage}-{split}.jsonl")
 
     t = time.perf_counter()
     sft_scores = {split: scores_of("sft", split) for split in ("val", "test")}
@@ -96,10 +99,6 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
 def _engines_fit_beside_sft(cfg: Config) -> bool:
     """Whether the rollout engines can start during SFT: CPU-only (on GPUs SFT may hold the
     device an engine needs) and the engines' CPUs plus SFT's fit the local Ray cluster."""
-    import ray
-
-    from streampro.learners.group import rank_cpus
-
     r, lc = cfg.rollout, cfg.learner
     if r.num_gpus or lc.num_gpus:
         return False

@@ -14,7 +14,7 @@ class Step:
     """One decision of an episode, made at the end of the chunk [start, end)."""
 
     time: float
-    """Chunk end in seconds: a response here has this time (SPEC.md section 1)."""
+    """Chunk end in seconds: a response here has this time (docs/method.md)."""
     decision: str
     """'silence', 'response' or 'invalid' (anything else the policy wrote)."""
     text: str

@@ -72,7 +72,7 @@ def ray_local():
     ray.shutdown()
 
 
-# ---- data layer fixtures (issue 3, owner: data) -------------------------------------------
+# ---- data layer fixtures -------------------------------------------
 SMOKE_SYNTH = {"per_task": 1, "width": 64, "height": 64, "min_duration": 20, "max_duration": 24}
 
 
@@ -104,3 +104,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     with the session's Ray (and its Serve actors) alive beside it, a freshly started fake node
     lost its actor before it ran (seen twice in CI; the test passes alone)."""
     items.sort(key=lambda it: 0 if it.nodeid.startswith("tests/test_cluster_autoscale.py") else 1)
+
+
+@pytest.fixture
+def learner_spec():
+    """`learner_spec(objective, *overrides)`: a LearnerSpec from the schema plus dotlist
+    overrides, in fp32 with micro-batches counted in rows (the learner tests' baseline)."""
+    from streampro.config import load_config
+    from streampro.learners.worker import LearnerSpec
+
+    def make(objective: str, *overrides: str) -> LearnerSpec:
+        base = ["learner.precision=fp32", "learner.micro_batch_tokens=0"]
+        return LearnerSpec.from_config(load_config(None, [*base, *overrides]), objective=objective)
+
+    return make

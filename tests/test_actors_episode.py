@@ -17,6 +17,7 @@ from streampro.actors.episode import (
     stop_token_ids,
 )
 from streampro.bench.rollout import synthetic_streams
+from streampro.data.window import Window
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,10 @@ def test_episode_records_mask_and_logprobs_against_the_dialogue(tok):
     answer = decision_ids(tok, "response", "red square")
     truncated = answer[:2]  # hit max_tokens: the loop closes the turn itself
     plan = [silence, answer, silence, truncated, silence]
-    ep = StreamEpisode.for_sample(tok, enc, episode=4, version=2)
-    dlg = StreamDialogue(tok, question=enc.sample.question, query_time=enc.sample.query_time)
+    ep = StreamEpisode.for_sample(tok, enc, episode=4, version=2, window=Window(200, 50))
+    dlg = StreamDialogue(
+        tok, question=enc.sample.question, query_time=enc.sample.query_time, window=Window(200, 50)
+    )
     lp_value = iter(range(1, 100))
     expected_lps = []
     for chunk, ids in zip(sample_chunks(enc), plan):
@@ -86,7 +89,7 @@ def test_episode_records_mask_and_logprobs_against_the_dialogue(tok):
 
 def test_episode_rejects_out_of_order_calls(tok):
     enc = synthetic_streams(1, 2)[0]
-    ep = StreamEpisode.for_sample(tok, enc)
+    ep = StreamEpisode.for_sample(tok, enc, window=Window(200, 50))
     with pytest.raises(RuntimeError):
         ep.add_decision([1], [0.0])
     ep.add_chunk(sample_chunks(enc)[0])
@@ -100,7 +103,7 @@ def test_parquet_round_trip(tmp_path, tok):
 
     trajs = []
     for i, enc in enumerate(synthetic_streams(3, 4, seed=1)):
-        ep = StreamEpisode.for_sample(tok, enc, episode=i)
+        ep = StreamEpisode.for_sample(tok, enc, episode=i, window=Window(200, 50))
         for j, chunk in enumerate(sample_chunks(enc)):
             ep.add_chunk(chunk)
             ids = (
@@ -124,9 +127,9 @@ def test_hf_loop_kv_cache_matches_teacher_forcing(tiny_path):
 
     from streampro.actors.hf_loop import HFStreamPolicy, score_logprobs
 
-    hf = HFStreamPolicy(tiny_path, max_answer_tokens=4)
+    hf = HFStreamPolicy(tiny_path, max_answer_tokens=4, window=Window(200, 50))
     enc = synthetic_streams(1, 6, seed=5)
-    sampling = Sampling(temperature=1.0, seed=11, max_answer_tokens=4)
+    sampling = Sampling(temperature=1.0, top_p=1.0, max_answer_tokens=4, seed=11)
     a = hf.generate(samples=enc, n=2, sampling=sampling)
     b = hf.generate(samples=enc, n=2, sampling=sampling)
     assert [t.segments for t in a] == [t.segments for t in b]

@@ -1,7 +1,7 @@
 """`bench baselines` on a small synth split: the oracle scores 1.0, always-silent 0.0.
 
 Real parts: rendered synth videos decoded through PyAV, the data layer's SFT targets for the
-oracle, bench/f1.py for every score. The RLlib PPO trigger has its own slow test.
+oracle, rewards/f1.py for every score. The RLlib PPO trigger has its own slow test.
 """
 
 from __future__ import annotations

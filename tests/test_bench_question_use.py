@@ -17,6 +17,7 @@ import torch
 
 from streampro.bench.question_use import answer_logprob, attention_sums, swapped_questions
 from streampro.config import Config
+from streampro.data.window import Window
 
 
 def _cfg(tmp_path: Path) -> Config:
@@ -50,7 +51,7 @@ def test_answer_logprob_matches_transformers_loss(synth_smoke, tmp_path) -> None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from streampro.data.dialogue import build_sft_example
-    from streampro.pipeline import encode_samples, policy_folder
+    from streampro.data.pipeline import encode_samples, policy_folder
 
     cfg = _cfg(tmp_path)
     enc = encode_samples(cfg, synth_smoke / "test" / "manifest.jsonl", progress=False)
@@ -58,7 +59,7 @@ def test_answer_logprob_matches_transformers_loss(synth_smoke, tmp_path) -> None
     folder = policy_folder(cfg)
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    ex = build_sft_example(eu, tok, window_turns=cfg.data.window_turns)
+    ex = build_sft_example(eu, tok, window=Window.from_config(cfg.data))
     total, count = answer_logprob(model, ex)
     ref_total, ref_count = 0.0, 0
     for row in ex.rows:
@@ -83,7 +84,7 @@ def test_attention_sums_of_uniform_attention(synth_smoke, tmp_path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from streampro.data.dialogue import build_sft_example, vocab
-    from streampro.pipeline import encode_samples, policy_folder
+    from streampro.data.pipeline import encode_samples, policy_folder
 
     cfg = _cfg(tmp_path)
     enc = encode_samples(cfg, synth_smoke / "test" / "manifest.jsonl", progress=False)
@@ -98,7 +99,7 @@ def test_attention_sums_of_uniform_attention(synth_smoke, tmp_path) -> None:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
                 proj.weight.zero_()
                 proj.bias.zero_()
-    ex = build_sft_example(eu, tok, window_turns=cfg.data.window_turns)
+    ex = build_sft_example(eu, tok, window=Window.from_config(cfg.data))
     (row,) = ex.rows
     q = len(vocab(tok).enc(eu.sample.question))
     queries = [

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 from streampro.actors.api import Sampling
 from streampro.bench.rollout import attention_ms, prompt_lengths, synthetic_streams, timed_pass
+from streampro.data.window import Window
 from streampro.types import Segment, Trajectory
 
 
@@ -70,7 +71,7 @@ def test_bench_engines_take_the_rollout_config(monkeypatch) -> None:
     assert spec.model_path == "m" and r.enforce_eager is False and r.block_size == 64
     assert r.enable_prefix_caching is False and r.max_num_seqs == 16  # the largest load
     assert spec.dtype == "float32"  # as the bench's transformers loops
-    assert spec.window_turns == cfg.data.window_turns and spec.seed == cfg.run.seed
+    assert spec.window == Window.from_config(cfg.data) and spec.seed == cfg.run.seed
     assert cfg.rollout.max_num_seqs == 8  # the config itself is left as it was
 
 
@@ -79,6 +80,7 @@ def test_bench_dtype_reaches_every_loop(monkeypatch, tiny_path) -> None:
     import torch
 
     from streampro.actors import hf_loop, rollout
+    from streampro.bench import rollout as bench_rollout
     from streampro.bench.rollout import HF_STREAMS, _local_group, batched_hf_loop, sequential_hf_run
     from streampro.config import load_config
 
@@ -95,7 +97,7 @@ def test_bench_dtype_reaches_every_loop(monkeypatch, tiny_path) -> None:
             super().__init__(*args, **kwargs)
             loops.append(self)
 
-    monkeypatch.setattr(hf_loop, "HFStreamPolicy", Recorded)
+    monkeypatch.setattr(bench_rollout, "HFStreamPolicy", Recorded)
     sampling = Sampling(temperature=1.0, top_p=1.0, max_answer_tokens=4, seed=0)
     m = sequential_hf_run(tiny_path, cfg, 3, sampling)
     assert {p.dtype for p in loops[0].model.parameters()} == {torch.bfloat16}

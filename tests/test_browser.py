@@ -1,4 +1,4 @@
-"""The browser page of the Serve deployment (actors/static/) in real headless Chromium.
+"""The browser page of the Serve deployment (actors/serve/static/) in real headless Chromium.
 
 Chromium comes from Debian's packages (`make browser`, part of `make test`'s setup) and is
 driven by playwright. The page is loaded from a real deployment (transformers engine, the
@@ -27,7 +27,7 @@ TOKEN = "browser-token"
 
 @pytest.fixture(scope="module")
 def served(ray_local, tiny_path, tmp_path_factory):
-    from streampro.actors.serve import local_deployment
+    from streampro.actors.serve.deploy import local_deployment
     from streampro.config import load_config
 
     cfg = load_config(

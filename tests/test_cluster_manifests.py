@@ -139,7 +139,7 @@ def test_rayservice_imports_the_streampolicy_app():
     serve_cfg = yaml.safe_load(BY_KIND["RayService"]["spec"]["serveConfigV2"])
     (app,) = serve_cfg["applications"]
     module, func = app["import_path"].split(":")
-    assert module == "streampro.actors.serve"
+    assert module == "streampro.actors.serve.deploy"
     import importlib
 
     builder = getattr(importlib.import_module(module), func)

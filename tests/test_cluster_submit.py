@@ -1,4 +1,4 @@
-"""`streampro submit` against a real `ray start --head` on loopback (issue 8).
+"""`streampro submit` against a real `ray start --head` on loopback.
 
 The head gets its own temp dir and non-default ports, so it neither collides with other Ray
 instances on the machine nor becomes the one a bare `ray.init()` attaches to. It is stopped by
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,27 +18,23 @@ from pathlib import Path
 
 import pytest
 
+from streampro.timeouts import free_port, free_ports
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
 
 
-def _free_ports(n: int, avoid: range) -> list[int]:
-    """n distinct free ports outside `avoid` (the worker range: Ray refuses any overlap)."""
-    socks: list[socket.socket] = []
-    try:
-        while len(socks) < n:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            if s.getsockname()[1] in avoid:
-                s.close()  # rare: only when the kernel's ephemeral range reaches below 32768
-                continue
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+def _worker_range(taken: list[int]) -> int:
+    """First port of a 100-port worker range below the kernel's usual ephemeral range (32768+,
+    where free ports come from) that holds none of `taken`: Ray refuses any overlap."""
+    start = os.getpid() % 120
+    for k in range(120):
+        lo = 20000 + ((start + k) % 120) * 100
+        if not any(lo <= port < lo + 100 for port in taken):
+            return lo
+    raise RuntimeError(f"no 100-port worker range in 20000-32000 avoids {taken}")
 
 
 def _env() -> dict[str, str]:
@@ -69,11 +64,9 @@ def _kill_group(pgid: int, timeout: float = 3.0) -> None:
 def ray_head():
     """A Ray head on 127.0.0.1 with free ports; yields the jobs API URL."""
     temp_dir = tempfile.mkdtemp(prefix="spr-", dir="/tmp")  # short: unix socket paths
-    # workers below the kernel's usual ephemeral range (32768+), where the free ports come from
-    lo = 20000 + (os.getpid() % 120) * 100
-    gcs, dash, client, agent, agent_grpc, renv, metrics, nm, om = _free_ports(
-        9, range(lo, lo + 100)
-    )
+    ports = free_ports(9)
+    gcs, dash, client, agent, agent_grpc, renv, metrics, nm, om = ports
+    lo = _worker_range(ports)
     cmd = [
         str(VENV_BIN / "ray"),
         "start",
@@ -172,7 +165,7 @@ def test_submit_status_of_unknown_job(ray_head):
 
 
 def test_unreachable_address_is_one_line_error():
-    port = _free_ports(1, range(0))[0]
+    port = free_port()
     r = _streampro("submit", "--address", f"http://127.0.0.1:{port}", "--", "synth", timeout=60)
     assert r.returncode == 1 and "cannot reach the Ray jobs API" in r.stderr
     assert "Traceback" not in r.stderr

@@ -29,7 +29,9 @@ def _dec(tok, ids) -> str:
 
 
 def test_layout_masks_and_classes(tok):
-    d = StreamDialogue(tok, question="Tell me when it changes.", query_time=0.0)
+    d = StreamDialogue(
+        tok, question="Tell me when it changes.", query_time=0.0, window=Window(200, 50)
+    )
     d.add_chunk(0.0, 1.0, [1, 2])
     d.add_decision(decision_ids(tok, "silence"))
     d.add_chunk(1.0, 2.0, [63, 0])
@@ -68,7 +70,7 @@ def test_window_first_kept_hand_values():
 def test_question_arrives_at_query_time_and_window_slides(tok):
     """Window of 4 turns sliding by 2, question at 2 s, 10 chunks. Hand-derived: slides before
     chunks 4, 6 and 8 (first kept turn 2, 4, 6); between them every prompt extends the last."""
-    d = StreamDialogue(tok, question="Q?", query_time=2.0, window_turns=4, window_slide=2)
+    d = StreamDialogue(tok, question="Q?", query_time=2.0, window=Window(4, 2))
     prompts = []
     for k in range(10):
         d.add_chunk(float(k), k + 1.0, [k])
@@ -100,7 +102,7 @@ def test_question_arrives_at_query_time_and_window_slides(tok):
 
 
 def test_unmasked_decisions_and_turn_closing(tok):
-    d = StreamDialogue(tok, question="Q", query_time=0.0)
+    d = StreamDialogue(tok, question="Q", query_time=0.0, window=Window(200, 50))
     d.add_chunk(0.0, 1.0, [0])
     v = decision_ids(tok, "response", "x")[:-1]  # cut before <|im_end|> (max tokens reached)
     d.add_decision(v, generated=False)
@@ -155,7 +157,7 @@ def _ten_second_ou(query_time: float, first_answer: float) -> EncodedSample:
 
 def test_build_sft_example(tok):
     enc = _ten_second_ou(1.0, 3.25)
-    ex = build_sft_example(enc, tok)
+    ex = build_sft_example(enc, tok, window=Window(200, 50))
     (row,) = ex.rows  # 10 turns: one window segment
     assert ex.response_times == [4.0, 9.0] and ex.response_texts == ["now red", "now blue"]
     assert ex.unplaced == 0
@@ -189,7 +191,7 @@ def test_the_models_own_chat_template_is_checked(tok):
 
     chatml = copy.deepcopy(tok)
     chatml.chat_template = CHATML
-    dlg = StreamDialogue(chatml, question="q?", query_time=0.0)
+    dlg = StreamDialogue(chatml, question="q?", query_time=0.0, window=Window(200, 50))
     dlg.add_chunk(0.0, 1.0, [1, 2])
     rendered = chatml.apply_chat_template(
         [{"role": "system", "content": T.SYSTEM_PROMPT}, {"role": "user", "content": "q?"}],
@@ -199,7 +201,7 @@ def test_the_models_own_chat_template_is_checked(tok):
     other = copy.deepcopy(tok)
     other.chat_template = LLAMA
     with pytest.raises(UserError, match="supports ChatML turns"):
-        StreamDialogue(other, question="q?", query_time=0.0)
+        StreamDialogue(other, question="q?", query_time=0.0, window=Window(200, 50))
 
 
 def test_answer_rows_put_the_question_a_few_turns_before_each_answer(tok):
@@ -208,7 +210,7 @@ def test_answer_rows_put_the_question_a_few_turns_before_each_answer(tok):
     from streampro.learners.sft import answer_rows, build_sft_data
 
     enc = _ten_second_ou(0.0, 5.25)
-    short = build_sft_example(enc, tok, window_turns=3, window_slide=1)
+    short = build_sft_example(enc, tok, window=Window(3, 1))
     rows = answer_rows(short.rows)
     assert len(rows) == 2  # one slid segment per response; the silent ones are dropped
     for row, (text, stamp) in zip(rows, [("now red", "<5s-6s>"), ("now blue", "<8s-9s>")]):
@@ -219,10 +221,8 @@ def test_answer_rows_put_the_question_a_few_turns_before_each_answer(tok):
         assert set(row.decision_class) == {T.CLASS_NONE}
         targets = [i for i, m in zip(row.input_ids, row.loss_mask) if m]
         assert targets == decision_ids(tok, "response", text)[1:]  # the text, not </Response>
-    plain = build_sft_data([enc], tok, window_turns=200, window_slide=50, max_seq_len=4096)
-    more = build_sft_data(
-        [enc], tok, window_turns=200, window_slide=50, max_seq_len=4096, answer_window=3
-    )
+    plain = build_sft_data([enc], tok, window=Window(200, 50), max_seq_len=4096)
+    more = build_sft_data([enc], tok, window=Window(200, 50), max_seq_len=4096, answer_window=3)
     assert len(more.items) == len(plain.items) + 2
     assert more.supervised == plain.supervised + sum(
         len(decision_ids(tok, "response", t)) - 1 for t in ("now red", "now blue")

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from streampro.bench.f1 import score_predictions
 from streampro.data.codec import PatchTokenCodec
 from streampro.data.dialogue import build_sft_example, plan_responses
 from streampro.data.encode import encode_manifest
 from streampro.data.synth import TASK_ORDER, make_sample
 from streampro.data.synth_scene import SceneParams
 from streampro.data.synth_tasks import min_gap, oracle_time
+from streampro.data.window import Window
 from streampro.rewards import turn_reward
+from streampro.rewards.f1 import score_predictions
 from streampro.tasks import resolve_answer
 
 CODEBOOK = 64
@@ -63,7 +64,7 @@ def oracle(manifest: Path, tok, cache: Path) -> tuple[list[dict], dict[str, list
         cache_dir=cache,
         progress=False,
     ):
-        ex = build_sft_example(e, tok)
+        ex = build_sft_example(e, tok, window=Window(200, 50))
         assert ex.unplaced == 0, e.sample.id
         assert len(ex.response_times) == len(e.sample.answers), e.sample.id
         rows.append(e.sample.to_dict())

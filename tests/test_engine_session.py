@@ -15,6 +15,7 @@ import torch
 from streampro.actors.api import Sampling, WorkerSpec
 from streampro.bench.rollout import logprob_max_abs_diff, silence_biased_policy, synthetic_streams
 from streampro.config import RolloutConfig
+from streampro.data.window import Window
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,9 @@ def test_sessions_fall_back_when_the_kv_cache_is_short(policy, monkeypatch):
         max_num_seqs=16,
         max_model_len=2048,
     )
-    group = LocalRolloutGroup(WorkerSpec(policy, settings, window_turns=200))
+    group = LocalRolloutGroup(
+        WorkerSpec(policy, settings, dtype="float32", seed=0, window=Window(200, 50))
+    )
     try:
         engine = group.worker.engine
         cap = engine_session.kv_capacity(engine)
@@ -55,7 +58,7 @@ def test_sessions_fall_back_when_the_kv_cache_is_short(policy, monkeypatch):
             trajs = group.generate(
                 samples=synthetic_streams(8, 30, seed=1),
                 n=1,
-                sampling=Sampling(seed=3, max_answer_tokens=4),
+                sampling=Sampling(temperature=1.0, top_p=1.0, max_answer_tokens=4, seed=3),
             )
         finally:
             engine_session.DecisionSession.decide = decide

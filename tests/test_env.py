@@ -8,6 +8,7 @@ import pytest
 from streampro.actors.env import StreamEnv, candidate_answers
 from streampro.data.encode import EncodedSample
 from streampro.data.schema import Answer, Sample
+from streampro.data.window import Window
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,8 @@ def test_env_episode_matches_the_sft_layout_and_scores(tok):
     from streampro.data.dialogue import build_sft_example
 
     enc = _sample()
-    env = StreamEnv([enc], tok)
-    sft = build_sft_example(enc, tok)
+    env = StreamEnv([enc], tok, window=Window(200, 50))
+    sft = build_sft_example(enc, tok, window=Window(200, 50))
     assert sft.response_times == [3.0]  # first chunk end at or after the start, 3 s
     total, info, seen = _play(env, {3.0: 1})
     traj = info["trajectory"]
@@ -67,7 +68,7 @@ def test_env_episode_matches_the_sft_layout_and_scores(tok):
 def test_env_silent_and_invalid_policies(tok):
     """All silence: R_fmt 1, R_turn 0, R_traj 1/2 -> 0.325. A candidate past the sample's
     list is an invalid step (format 7/8, no response): 0.1*7/8 + 0.45*0.5 = 0.3125."""
-    env = StreamEnv([_sample()], tok, max_candidates=3)
+    env = StreamEnv([_sample()], tok, max_candidates=3, window=Window(200, 50))
     assert candidate_answers(env.samples[0]) == ["red square from the left"]
     total, info, _ = _play(env, {})
     assert total == pytest.approx(0.325)
@@ -80,7 +81,9 @@ def test_env_silent_and_invalid_policies(tok):
 def test_env_passes_the_gymnasium_checker(tok):
     from gymnasium.utils.env_checker import check_env
 
-    env = StreamEnv([_sample(4), _sample(6)], tok, reward_fn=lambda sample, traj: 0.0)
+    env = StreamEnv(
+        [_sample(4), _sample(6)], tok, reward_fn=lambda sample, traj: 0.0, window=Window(200, 50)
+    )
     check_env(env, skip_render_check=True)
     with pytest.raises(ValueError, match="outside"):
         env.reset(seed=0)
@@ -91,4 +94,4 @@ def test_env_rejects_bad_samples(tok):
     s = _sample()
     s.sample.answers = [Answer(time=float(i), text=f"a{i}") for i in range(3)]
     with pytest.raises(ValueError, match="eu-0.*max_candidates=2"):
-        StreamEnv([s], tok, max_candidates=2)
+        StreamEnv([s], tok, max_candidates=2, window=Window(200, 50))

@@ -9,10 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streampro.bench.f1 import load_predictions, prf, sample_stats, score_predictions, write_scores
 from streampro.cli import main as cli_main
 from streampro.errors import UserError
 from streampro.rewards import ExactJudge
+from streampro.rewards.f1 import (
+    load_predictions,
+    prf,
+    sample_stats,
+    score_predictions,
+    write_scores,
+)
 from streampro.rewards.scoring import sorted_answers
 from streampro.tasks import TASKS
 
@@ -337,10 +343,12 @@ def test_eval_cli_errors(tmp_path, manifest, capsys):
 
 
 def test_sampled_evaluation_averages_the_samples_of_each_stream():
-    """evaluate(n=2): episode k of every stream forms replicate k; scores are the mean."""
+    """PolicyEval with n=2: episode k of every stream forms replicate k; scores are the mean."""
     from dataclasses import dataclass
 
-    from streampro.bench.policy_eval import evaluate
+    from streampro.actors.api import Sampling
+    from streampro.actors.policy_eval import PolicyEval
+    from streampro.rewards.judges import ExactJudge
     from streampro.types import Step, Trajectory
 
     @dataclass
@@ -371,12 +379,13 @@ def test_sampled_evaluation_averages_the_samples_of_each_stream():
                 for e in range(n)
             ]
 
-    scores = evaluate(Rollout(), enc, max_answer_tokens=8, temperature=1.0, n=2)
+    sampled = PolicyEval(Sampling(1.0, 1.0, 8, 0), 2, ExactJudge())
+    scores = sampled.run(Rollout(), enc)  # type: ignore[arg-type]
     # replicate 0: P = R = F1 = 1; replicate 1: no response, all 0 -> means 0.5
     assert scores["tasks"]["OU"]["f1"] == pytest.approx(0.5)
     assert (
         scores["tasks"]["OU"]["n_pred"] == pytest.approx(0.5) and scores["tasks"]["OU"]["n_gt"] == 1
     )
     assert scores["samples_per_stream"] == 2 and scores["n_samples"] == 1
-    one = evaluate(Rollout(), enc, max_answer_tokens=8, n=1)
+    one = PolicyEval(Sampling(0.0, 1.0, 8, 0), 1, ExactJudge()).run(Rollout(), enc)  # type: ignore[arg-type]
     assert one["tasks"]["OU"]["f1"] == 1.0 and one["samples_per_stream"] == 1

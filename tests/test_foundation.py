@@ -1,4 +1,4 @@
-"""Foundation: packaging, config, CLI and the tiny policy (issue 2)."""
+"""Foundation: packaging, config, CLI and the tiny policy."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_yaml_configs_load_and_dotlist_overrides():
         gpu = ["data.codec=patch", "reward.llm_url=http://judge/v1"]
         cfg = load_config(path, ["grpo.group_size=4", "rollout.num_actors=2", *gpu])
         assert cfg.grpo.group_size == 4 and cfg.rollout.num_actors == 2
-    # Defaults are the paper's values (SPEC.md).
+    # Defaults are the paper's values (the paper).
     d = Config()
     assert (
         d.grpo.group_size,

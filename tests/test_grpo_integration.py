@@ -1,7 +1,7 @@
 """GRPO end to end on configs/smoke.yaml: real Ray, vLLM, DeepSpeed and the reward pool.
 
 Two steps with a weight sync between them, a SIGKILL of the whole job after the first
-checkpoint, then `resume=auto` finishing the run from that checkpoint (issue 7); the same in
+checkpoint, then `resume=auto` finishing the run from that checkpoint; the same in
 async mode with dynamic sampling, where the data order must survive the kill.
 """
 
@@ -14,6 +14,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # whole GRPO jobs: Ray, vLLM, DeepSpeed
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""GRPO maths against hand-computed values (issue 7)."""
+"""GRPO maths against hand-computed values; the hyperparameters are GRPOConfig's."""
 
 from __future__ import annotations
 
@@ -8,21 +8,24 @@ import statistics
 import pytest
 import torch
 
+from streampro.config import GRPOConfig
 from streampro.learners.grpo_loss import aggregate, group_advantages, kl_penalty, policy_loss
+
+C = GRPOConfig()  # the defaults: clip 0.2 / 0.2, no KL, no entropy bonus, token mean
 
 
 def test_group_advantages_hand_values():
     r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
-    adv, stats = group_advantages(r)
+    adv, stats = group_advantages(r, mode=C.advantage, eps=C.adv_eps)  # grpo, 1e-6
     # mean 0.5, unbiased std sqrt(1/3): +-0.5 / 0.57735 = +-0.866025
     assert torch.allclose(
         adv[0], torch.tensor([0.866025, -0.866025, -0.866025, 0.866025]), atol=1e-5
     )
     assert torch.equal(adv[1], torch.zeros(4))  # equal rewards: no signal, no NaN
     assert stats["adv/degenerate_groups"] == 1.0
-    dr, _ = group_advantages(r, mode="drgrpo")
+    dr, _ = group_advantages(r, mode="drgrpo", eps=C.adv_eps)
     assert torch.allclose(dr[0], torch.tensor([0.5, -0.5, -0.5, 0.5]))
-    loo, _ = group_advantages(r, mode="loo")  # r=1: 1 - mean(0, 0, 1) = 2/3
+    loo, _ = group_advantages(r, mode="loo", eps=C.adv_eps)  # r=1: 1 - mean(0, 0, 1) = 2/3
     assert torch.allclose(loo[0], torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3]), atol=1e-6)
 
 
@@ -52,7 +55,7 @@ def test_policy_loss_clips_both_sides_hand_values():
     # positive advantage 2: ratio 1.5 is clipped at 1.2 (2.4), ratio 0.5 is not (1.0)
     lp, old = _lp([9.0, 1.5, 0.5])
     mask = torch.tensor([[0.0, 1.0, 1.0]])  # token 0 is prompt: never counted
-    loss, stats = policy_loss(lp, old, torch.full((1, 3), 2.0), mask, clip_low=0.2, clip_high=0.2)
+    loss, stats = policy_loss(lp, old, torch.full((1, 3), 2.0), mask, C)
     assert loss.item() == pytest.approx(-(2.4 + 1.0) / 2)
     assert stats["clip_frac"] == pytest.approx(0.5)
     loss.backward()
@@ -60,16 +63,15 @@ def test_policy_loss_clips_both_sides_hand_values():
     assert lp.grad[0, 2].item() == pytest.approx(-2.0 * 0.5 / 2)  # d(-ratio*A)/dlogp / N
     # negative advantage -1: ratio 0.5 clipped at 0.8 (pg 0.8), ratio 1.5 unclipped (pg 1.5)
     lp, old = _lp([1.0, 0.5, 1.5])
-    loss, stats = policy_loss(lp, old, torch.full((1, 3), -1.0), torch.tensor([[0.0, 1.0, 1.0]]))
+    loss, stats = policy_loss(lp, old, torch.full((1, 3), -1.0), torch.tensor([[0.0, 1.0, 1.0]]), C)
     assert loss.item() == pytest.approx((0.8 + 1.5) / 2)
     assert stats["clip_frac"] == pytest.approx(0.5)
 
 
 def test_clip_higher_raises_only_the_upper_bound():
     lp, old = _lp([1.5, 0.5])
-    loss, _ = policy_loss(
-        lp, old, torch.tensor([[2.0, -1.0]]), torch.ones(1, 2), clip_low=0.2, clip_high=0.28
-    )
+    higher = GRPOConfig(clip_low=0.2, clip_high=0.28)
+    loss, _ = policy_loss(lp, old, torch.tensor([[2.0, -1.0]]), torch.ones(1, 2), higher)
     assert loss.item() == pytest.approx((-2.56 + 0.8) / 2)
 
 
@@ -79,15 +81,15 @@ def test_kl_estimators_hand_values_and_zero_coef_needs_no_reference():
     assert kl_penalty(lp, ref, "k2").item() == pytest.approx(0.5 * math.log(2) ** 2)
     assert kl_penalty(lp, ref, "k3").item() == pytest.approx(0.5 + math.log(2) - 1)
     lp2, old = _lp([1.0, 1.0])
-    loss, stats = policy_loss(lp2, old, torch.ones(1, 2), torch.ones(1, 2), kl_coef=0.0)
+    loss, stats = policy_loss(lp2, old, torch.ones(1, 2), torch.ones(1, 2), C)  # kl_coef 0
     assert "kl" not in stats and loss.item() == pytest.approx(-1.0)
     loss, stats = policy_loss(
         torch.zeros(1, 2),
         torch.zeros(1, 2),
         torch.zeros(1, 2),
         torch.ones(1, 2),
+        GRPOConfig(kl_coef=0.1, kl_estimator="k3"),
         ref_logprobs=torch.full((1, 2), math.log(0.5)),
-        kl_coef=0.1,
     )
     assert loss.item() == pytest.approx(0.1 * (0.5 + math.log(2) - 1))
 
@@ -96,12 +98,12 @@ def test_entropy_bonus_hand_values():
     # zero advantages: the loss is the bonus alone, -coef x the token-mean entropy
     z, mask = torch.zeros(1, 3), torch.tensor([[1.0, 1.0, 0.0]])
     ent = torch.tensor([[1.0, 2.0, 9.0]])  # the masked token does not count
-    loss, _ = policy_loss(z, z, z, mask, entropy=ent, entropy_coef=0.1)
+    loss, _ = policy_loss(z, z, z, mask, GRPOConfig(entropy_coef=0.1), entropy=ent)
     assert loss.item() == pytest.approx(-0.1 * 1.5)
-    loss, _ = policy_loss(z, z, z, mask, entropy=ent, entropy_coef=0.0)  # off: ignored
+    loss, _ = policy_loss(z, z, z, mask, C, entropy=ent)  # entropy_coef 0: ignored
     assert loss.item() == 0.0
     with pytest.raises(ValueError, match="needs the entropy"):
-        policy_loss(z, z, z, mask, entropy_coef=0.1)
+        policy_loss(z, z, z, mask, GRPOConfig(entropy_coef=0.1))
 
 
 def test_aggregation_token_mean_and_seq_mean_and_global_normaliser():

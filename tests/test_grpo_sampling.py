@@ -1,4 +1,4 @@
-"""Dynamic sampling (issue 7): which groups train, and how replacements are drawn.
+"""Dynamic sampling: which groups train, and how replacements are drawn.
 
 `select_groups` is pure; `GRPOStep.collect` is driven by scripted rollout and reward stand-ins,
 since what is checked here is the control flow (draw order, rounds, cursor), not the models.

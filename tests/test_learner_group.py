@@ -1,32 +1,48 @@
 """The DeepSpeed learner group: local vs Ray, 1 vs 2 ZeRO-2 ranks, exact resume, HF export.
 
 Real parts: DeepSpeed engines over gloo (DS_ACCELERATOR=cpu), Ray actors in a placement
-group, the tiny Qwen2 policy. One sequence of steps (SFT, SFT, GRPO) is run by an in-process
-rank and by 2 Ray ranks; everything else compares against that reference run.
+group, the tiny Qwen2 policy. A group trains one objective (its spec's): three SFT steps and
+two GRPO steps are run by an in-process rank and by 2 Ray ranks; everything else compares
+against those reference runs. Groups are built from config nodes (`LearnerSpec`), as
+`make_learner_group` builds them.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-import ray
 import torch
 
-from streampro.learners.group import LocalLearnerGroup, RayLearnerGroup
+from streampro.config import load_config
+from streampro.learners.group import (
+    LocalLearnerGroup,
+    RayLearnerGroup,
+    make_learner_group,
+)
 from streampro.learners.losses import cb_stream_weights
 from streampro.learners.packing import PackItem, collate, plan_rows
+from streampro.learners.worker import LearnerSpec
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = {
-    "zero_stage": 2,
-    "micro_batch": 1,
-    "lr": 1e-3,
-    "warmup_steps": 2,
-    "seed": 0,
-    "sft_loss": "cb_stream",
-}
-STEPS = ("sft", "sft", "grpo")
+SETTINGS = [
+    "learner.zero_stage=2",
+    "learner.micro_batch=1",
+    "learner.micro_batch_tokens=0",
+    "learner.precision=fp32",
+    "sft.lr=1e-3",
+    "sft.warmup_steps=2",
+    "sft.loss=cb_stream",
+    "grpo.lr=1e-3",
+    "run.seed=0",
+]
 ATOL = 1e-6  # fp32: 2 ranks reduce the same gradients in another order
+
+
+def spec(objective: str, *overrides: str) -> LearnerSpec:
+    """The spec a config with SETTINGS (and `overrides`) gives a group of `objective`."""
+    return LearnerSpec.from_config(load_config(None, [*SETTINGS, *overrides]), objective=objective)
 
 
 def make_batch(seed: int, objective: str) -> dict[str, torch.Tensor]:
@@ -51,9 +67,9 @@ def make_batch(seed: int, objective: str) -> dict[str, torch.Tensor]:
     )
 
 
-def run_steps(group, steps=STEPS, start: int = 0) -> list[dict[str, float]]:
+def run_steps(group, objective: str, steps: range) -> list[dict[str, float]]:
     out = []
-    for k, objective in enumerate(steps, start=start):
+    for k in steps:
         batch = make_batch(k, objective)
         if objective == "grpo":
             batch["old_logprobs"] = group.logprobs(batch=batch)  # on-policy: ratio starts at 1
@@ -69,13 +85,13 @@ def weights(folder: str) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def local_run(tiny_path, tmp_path_factory):
-    """The reference: one in-process rank runs the steps, exports, checkpoints at step 2."""
+    """The SFT reference: one in-process rank runs 3 steps, exports, checkpoints at step 2."""
     root = tmp_path_factory.mktemp("local")
-    group = LocalLearnerGroup(model_path=tiny_path, **SETTINGS)
+    group = LocalLearnerGroup(model_path=tiny_path, spec=spec("sft"))
     try:
-        stats = run_steps(group, STEPS[:2])
+        stats = run_steps(group, "sft", range(2))
         group.save_checkpoint(path=str(root / "ckpt"), client_state={"step": 2, "cursor": [0, 12]})
-        stats += run_steps(group, STEPS[2:], start=2)
+        stats += run_steps(group, "sft", range(2, 3))
         hf = group.export_hf(path=str(root / "hf"))
         probe = make_batch(99, "sft")
         lp = group.logprobs(batch=probe)
@@ -84,19 +100,33 @@ def local_run(tiny_path, tmp_path_factory):
     return {"stats": stats, "hf": hf, "ckpt": str(root / "ckpt"), "probe": probe, "logprobs": lp}
 
 
-def test_first_grpo_step_is_the_advantage_mean(local_run) -> None:
+@pytest.fixture(scope="module")
+def grpo_run(tiny_path, tmp_path_factory):
+    """The GRPO reference: one in-process rank runs 2 on-policy steps and exports."""
+    root = tmp_path_factory.mktemp("grpo")
+    group = LocalLearnerGroup(model_path=tiny_path, spec=spec("grpo"))
+    try:
+        stats = run_steps(group, "grpo", range(2, 4))
+        hf = group.export_hf(path=str(root / "hf"))
+    finally:
+        group.shutdown()
+    return {"stats": stats, "hf": hf}
+
+
+def test_first_grpo_step_is_the_advantage_mean(grpo_run) -> None:
     # ratio = 1 at the first on-policy step, so the token-mean loss is -sum(A * mask) / N
     batch = make_batch(2, "grpo")
     expect = -float((batch["advantages"] * batch["loss_mask"]).sum() / batch["loss_mask"].sum())
-    got = local_run["stats"][2]
+    got = grpo_run["stats"][0]
     assert got["loss"] == pytest.approx(expect, abs=1e-5)
     assert got["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and got["clip_frac"] == 0.0
+    assert [s["lr"] for s in grpo_run["stats"]] == [1e-3, 1e-3]  # GRPO has no warm-up
 
 
 def test_entropy_bonus_alone_is_its_hand_value_and_raises_the_entropy(tiny_path) -> None:
     # zero advantages: the policy term has no gradient, the loss is -coef x mean entropy
     coef = 0.5
-    group = LocalLearnerGroup(model_path=tiny_path, **SETTINGS, entropy_coef=coef)
+    group = LocalLearnerGroup(model_path=tiny_path, spec=spec("grpo", f"grpo.entropy_coef={coef}"))
     try:
         batch = make_batch(2, "grpo")
         batch["advantages"] = torch.zeros_like(batch["advantages"])
@@ -118,23 +148,31 @@ def test_sft_metrics_use_global_counts(local_run) -> None:
     )
     st = local_run["stats"][0]
     assert (st["n_silence"], st["n_response"]) == (n_s, n_r)
-    assert (st["w_silence"], st["w_response"]) == cb_stream_weights(n_s, n_r)
+    beta = spec("sft").objective.beta  # sft.beta
+    assert (st["w_silence"], st["w_response"]) == cb_stream_weights(n_s, n_r, beta)
     assert st["tokens"] == float(sup.sum()) and 0.0 <= st["decision_acc"] <= 1.0
     assert [s["lr"] for s in local_run["stats"]] == pytest.approx(
         [1e-3 / 3, 2e-3 / 3, 1e-3]
     )  # warm-up
 
 
-def test_ray_two_ranks_zero2_match_one_rank(local_run, ray_local, tiny_path, tmp_path) -> None:
+@pytest.mark.parametrize("objective", ["sft", "grpo"])
+def test_ray_two_ranks_zero2_match_one_rank(
+    local_run, grpo_run, ray_local, tiny_path, tmp_path, objective: str
+) -> None:
+    """The same steps through the Ray transport, split over 2 ranks, give the in-process
+    rank's losses and exported weights."""
+    reference, steps = (local_run, range(3)) if objective == "sft" else (grpo_run, range(2, 4))
     # 2 CPUs a rank -> 2 torch threads a rank (Ray's OMP_NUM_THREADS; sft.num_cpus relies on it)
-    group = RayLearnerGroup(model_path=tiny_path, num_ranks=2, num_cpus=2, **SETTINGS)
+    two = spec(objective, "learner.num_ranks=2", "learner.num_cpus=2")
+    group = RayLearnerGroup(model_path=tiny_path, spec=two)
     try:
-        assert [i["threads"] for i in ray.get([a.info.remote() for a in group.actors])] == [2, 2]
-        stats = run_steps(group)
+        assert [i["threads"] for i in group.info()] == [2, 2]
+        stats = run_steps(group, objective, steps)
         hf = group.export_hf(path=str(tmp_path / "hf"))
     finally:
         group.shutdown()
-    for ray_st, loc_st in zip(stats, local_run["stats"]):
+    for ray_st, loc_st in zip(stats, reference["stats"], strict=True):
         assert ray_st["loss"] == pytest.approx(loc_st["loss"], abs=ATOL)
         assert ray_st["tokens"] == loc_st["tokens"]
         if "w_silence" in loc_st:  # class weights from the global batch, not a rank's share
@@ -142,17 +180,17 @@ def test_ray_two_ranks_zero2_match_one_rank(local_run, ray_local, tiny_path, tmp
                 loc_st["w_silence"],
                 loc_st["w_response"],
             )
-    ray_w, loc_w = weights(hf), weights(local_run["hf"])
+    ray_w, loc_w = weights(hf), weights(reference["hf"])
     assert ray_w.keys() == loc_w.keys()
     for k in loc_w:
         torch.testing.assert_close(ray_w[k], loc_w[k], atol=ATOL, rtol=0)
 
 
 def test_resume_gives_the_uninterrupted_loss_exactly(local_run, tiny_path) -> None:
-    group = LocalLearnerGroup(model_path=tiny_path, **SETTINGS)
+    group = LocalLearnerGroup(model_path=tiny_path, spec=spec("sft"))
     try:
         state = group.load_checkpoint(path=local_run["ckpt"])
-        resumed = run_steps(group, STEPS[2:], start=2)
+        resumed = run_steps(group, "sft", range(2, 3))
     finally:
         group.shutdown()
     assert state == {"step": 2, "cursor": [0, 12]}
@@ -200,8 +238,35 @@ def test_bad_batch_is_rejected_before_work(local_run, tiny_path) -> None:
         check_batch(batch, "dpo")
 
 
+def test_a_group_trains_only_its_own_objective(tiny_path) -> None:
+    group = LocalLearnerGroup(model_path=tiny_path, spec=spec("sft"))
+    try:
+        with pytest.raises(ValueError, match="trains 'sft', not 'grpo'"):
+            group.train_step(batch=make_batch(0, "grpo"), objective="grpo")
+    finally:
+        group.shutdown()
+
+
+def test_precision_from_yaml_reaches_the_worker_unchanged(tiny_path, tmp_path: Path) -> None:
+    """One config value end to end: learner.precision in a YAML file -> load_config ->
+    make_learner_group -> the rank's spec and what its setup chose."""
+    yaml = tmp_path / "learner.yaml"
+    yaml.write_text(
+        "learner:\n  precision: bf16\n  in_process: true\n  micro_batch_tokens: 0\n"
+        "  zero_stage: 0\n"
+    )
+    cfg = load_config(yaml)
+    group = make_learner_group(cfg, tiny_path, objective="sft")
+    try:
+        assert isinstance(group, LocalLearnerGroup)
+        assert group.worker.spec.learner.precision == "bf16"
+        assert group.worker.info()["precision"] == "bf16"
+        assert [i["precision"] for i in group.info()] == ["bf16"]  # through the transport
+    finally:
+        group.shutdown()
+
+
 def test_sft_num_cpus_overrides_the_learner_cpus_in_sft_only() -> None:
-    from streampro.config import load_config
     from streampro.learners.group import rank_cpus
 
     cfg = load_config(None, ["learner.num_cpus=1", "sft.num_cpus=2"])

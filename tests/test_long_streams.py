@@ -16,6 +16,7 @@ from streampro.actors.api import Sampling, WorkerSpec
 from streampro.actors.episode import request_seed
 from streampro.bench.rollout import silence_biased_policy, synthetic_streams
 from streampro.config import RolloutConfig
+from streampro.data.window import Window
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,9 @@ def recorded(policy):
     settings = RolloutConfig(
         max_answer_tokens=4, kv_cache_gb=0.25, max_num_seqs=16, max_model_len=2048
     )
-    group = LocalRolloutGroup(WorkerSpec(policy, settings, window_turns=WINDOW, window_slide=SLIDE))
+    group = LocalRolloutGroup(
+        WorkerSpec(policy, settings, dtype="float32", seed=0, window=Window(WINDOW, SLIDE))
+    )
     prompts: dict[int, tuple[str, list[int]]] = {}
     llm = group.worker.engine.llm
     generate = llm.generate
@@ -79,7 +82,7 @@ def _decision_starts(gen_mask: list[int]) -> list[int]:
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_learner_rows_are_the_prompts_vllm_saw(recorded, policy, temperature):
+def test_learner_rows_are_the_prompts_vllm_saw(recorded, policy, temperature, learner_spec):
     from transformers import AutoTokenizer
 
     from streampro.learners.group import LocalLearnerGroup
@@ -87,7 +90,7 @@ def test_learner_rows_are_the_prompts_vllm_saw(recorded, policy, temperature):
 
     group, prompts = recorded
     samples = synthetic_streams(2, CHUNKS, seed=3)
-    sampling = Sampling(temperature=temperature, seed=17, max_answer_tokens=4)
+    sampling = Sampling(temperature=temperature, top_p=1.0, max_answer_tokens=4, seed=17)
     trajs = group.generate(samples=samples, n=2, sampling=sampling)
 
     checked = 0
@@ -114,7 +117,8 @@ def test_learner_rows_are_the_prompts_vllm_saw(recorded, policy, temperature):
     # rows are bounded by the window: at most 8 chunk turns each
     assert max(s.token_ids.count(frame_start) for t in trajs for s in t.segments) == WINDOW
 
-    learner = LocalLearnerGroup(model_path=policy, temperature=temperature, micro_batch=8)
+    spec = learner_spec("grpo", f"rollout.temperature={temperature}", "learner.micro_batch=8")
+    learner = LocalLearnerGroup(model_path=policy, spec=spec)
     try:
         batch = build_batch(trajs, torch.zeros(len(trajs)), pad_id=int(tok.pad_token_id or 0))
         assert batch["input_ids"].shape[0] == sum(len(t.segments) for t in trajs)
@@ -131,13 +135,17 @@ def test_prefix_cache_hits_across_segments(recorded):
     group, _ = recorded
     samples = synthetic_streams(4, CHUNKS, seed=5)
     before = group.cache_stats()
-    group.generate(samples=samples, n=1, sampling=Sampling(temperature=1.0, seed=2))
+    group.generate(
+        samples=samples,
+        n=1,
+        sampling=Sampling(temperature=1.0, top_p=1.0, max_answer_tokens=24, seed=2),
+    )
     after = group.cache_stats()
     hit_rate = (after["hits"] - before["hits"]) / (after["queries"] - before["queries"])
     assert hit_rate > 0.75, hit_rate
 
 
-def test_learner_step_synced_to_vllm_and_kept_weights(tiny_path, tmp_path):
+def test_learner_step_synced_to_vllm_and_kept_weights(tiny_path, tmp_path, learner_spec):
     """One GRPO update of the tied-embedding tiny policy, exported and synced in place: vLLM's
     logprobs equal the learner's again (a stale tied LM head once made them differ by up to
     1.05). The learner also scores under the weights it kept from before the update, exactly
@@ -147,14 +155,15 @@ def test_learner_step_synced_to_vllm_and_kept_weights(tiny_path, tmp_path):
     from streampro.learners.grpo_loop import build_batch, logprob_agreement
 
     samples = synthetic_streams(2, 6, seed=3)
-    sampling = Sampling(temperature=0.7, seed=1, max_answer_tokens=4)
+    sampling = Sampling(temperature=0.7, top_p=1.0, max_answer_tokens=4, seed=1)
     settings = RolloutConfig(
         max_answer_tokens=4, kv_cache_gb=0.25, max_num_seqs=16, max_model_len=4096
     )
-    group = LocalRolloutGroup(WorkerSpec(tiny_path, settings))
-    learner = LocalLearnerGroup(
-        model_path=tiny_path, lr=1e-2, temperature=0.7, precision="fp32", micro_batch=4
+    group = LocalRolloutGroup(
+        WorkerSpec(tiny_path, settings, dtype="float32", seed=0, window=Window(200, 50))
     )
+    spec = learner_spec("grpo", "grpo.lr=1e-2", "rollout.temperature=0.7")
+    learner = LocalLearnerGroup(model_path=tiny_path, spec=spec)
     try:
         batch = build_batch(
             group.generate(samples=samples, n=2, sampling=sampling),

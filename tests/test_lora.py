@@ -12,20 +12,27 @@ import pytest
 import torch
 from test_learner_group import make_batch, transformers_logprobs, weights
 
+from streampro.config import load_config
 from streampro.learners.group import LocalLearnerGroup
+from streampro.learners.worker import LearnerSpec
 
 pytestmark = pytest.mark.slow
 
 
+def sft_spec(*overrides: str) -> LearnerSpec:
+    base = ["learner.micro_batch=2", "learner.micro_batch_tokens=0", "learner.precision=fp32"]
+    return LearnerSpec.from_config(load_config(None, [*base, *overrides]), objective="sft")
+
+
 def test_lora_trains_adapters_and_exports_merged_weights(tiny_path, tmp_path) -> None:
-    base = LocalLearnerGroup(model_path=tiny_path, micro_batch=2, precision="fp32")
+    base = LocalLearnerGroup(model_path=tiny_path, spec=sft_spec())
     probe = make_batch(99, "sft")
     try:
         base_lp = base.logprobs(batch=probe)
     finally:
         base.shutdown()
     group = LocalLearnerGroup(
-        model_path=tiny_path, micro_batch=2, precision="fp32", lr=1e-2, lora_rank=4
+        model_path=tiny_path, spec=sft_spec("sft.lr=1e-2", "learner.lora_rank=4")
     )
     try:
         torch.testing.assert_close(group.logprobs(batch=probe), base_lp, atol=1e-6, rtol=0)

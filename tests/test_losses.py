@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from streampro.config import GRPOConfig, SFTConfig
 from streampro.learners.group import reduce_stats, step_totals
 from streampro.learners.losses import (
     cb_stream_weights,
@@ -19,7 +20,7 @@ from streampro.learners.packing import PackItem, assign_rows, collate, materiali
 
 
 def test_cb_stream_weights_paper_example() -> None:
-    w_s, w_r = cb_stream_weights(50_000, 2_000)
+    w_s, w_r = cb_stream_weights(50_000, 2_000, SFTConfig().beta)  # 0.9999
     assert w_s == pytest.approx(0.31, abs=0.005) and w_r == pytest.approx(1.69, abs=0.005)
 
 
@@ -35,7 +36,8 @@ def test_cb_stream_weights_paper_example() -> None:
     ],
 )
 def test_cb_stream_weights_formula(n_s: int, n_r: int, beta: float) -> None:
-    e_s, e_r = (1 - beta**n_s) / (1 - beta), (1 - beta**n_r) / (1 - beta)  # SPEC.md section 2
+    # the effective numbers of docs/method.md, stage 1
+    e_s, e_r = (1 - beta**n_s) / (1 - beta), (1 - beta**n_r) / (1 - beta)
     expect_s = (1 / e_s) / (1 / e_s + 1 / e_r) * 2
     w_s, w_r = cb_stream_weights(n_s, n_r, beta)
     assert w_s == pytest.approx(expect_s, rel=1e-9)
@@ -43,12 +45,13 @@ def test_cb_stream_weights_formula(n_s: int, n_r: int, beta: float) -> None:
 
 
 def test_cb_stream_weights_edge_cases() -> None:
-    assert cb_stream_weights(7, 7) == pytest.approx((1.0, 1.0))
-    assert cb_stream_weights(0, 5) == (0.0, 2.0)  # absent class: weight unused
-    assert cb_stream_weights(0, 0) == (0.0, 0.0)
+    beta = SFTConfig().beta
+    assert cb_stream_weights(7, 7, beta) == pytest.approx((1.0, 1.0))
+    assert cb_stream_weights(0, 5, beta) == (0.0, 2.0)  # absent class: weight unused
+    assert cb_stream_weights(0, 0, beta) == (0.0, 0.0)
     assert cb_stream_weights(3, 5, beta=0.0) == pytest.approx((1.0, 1.0))  # beta 0: no re-weighting
     with pytest.raises(ValueError):
-        cb_stream_weights(-1, 2)
+        cb_stream_weights(-1, 2, beta)
 
 
 # One row of 6 tokens: positions 1..5 are supervised with classes S, S, R, text, text.
@@ -58,32 +61,30 @@ _DC = torch.tensor([[-1, 0, 0, 1, -1, -1]])
 
 
 def test_cb_stream_loss_by_hand() -> None:
-    w_s, w_r = cb_stream_weights(2, 1)  # the classes of this batch
+    w_s, w_r = cb_stream_weights(2, 1, 0.9999)  # the classes of this batch
     expect = (
         w_s * 0.1 + w_s * 0.2 + w_r * 1.5 + 2.0 * 0.7 + 2.0 * 0.3
     ) / 5  # N = 5 supervised tokens
-    loss, stats = sft_loss(
-        _LP, _MASK, _DC, kind="cb_stream", n_silence=2, n_response=1, normalizer=5
-    )
+    cb = SFTConfig(loss="cb_stream", beta=0.9999, lambda_text=2.0)
+    loss, stats = sft_loss(_LP, _MASK, _DC, cb, n_silence=2, n_response=1, normalizer=5)
     assert float(loss) == pytest.approx(expect, rel=1e-6)
     assert stats["tokens"] == 5 and stats["nll_sum"] == pytest.approx(2.8, rel=1e-6)
 
 
 def test_ce_and_focal_by_hand() -> None:
-    ce, _ = sft_loss(_LP, _MASK, _DC, kind="ce", n_silence=2, n_response=1, normalizer=5)
+    counts = {"n_silence": 2, "n_response": 1, "normalizer": 5}
+    ce, _ = sft_loss(_LP, _MASK, _DC, SFTConfig(loss="ce"), **counts)
     assert float(ce) == pytest.approx(2.8 / 5, rel=1e-6)
     g = 2.0
     focal = sum((1 - math.exp(lp)) ** g * -lp for lp in (-0.1, -0.2, -1.5)) + 0.7 + 0.3
-    fl, _ = sft_loss(
-        _LP, _MASK, _DC, kind="focal", n_silence=2, n_response=1, normalizer=5, focal_gamma=g
-    )
+    fl, _ = sft_loss(_LP, _MASK, _DC, SFTConfig(loss="focal", focal_gamma=g), **counts)
     assert float(fl) == pytest.approx(focal / 5, rel=1e-6)
-    f0, _ = sft_loss(
-        _LP, _MASK, _DC, kind="focal", n_silence=2, n_response=1, normalizer=5, focal_gamma=0.0
-    )
+    f0, _ = sft_loss(_LP, _MASK, _DC, SFTConfig(loss="focal", focal_gamma=0.0), **counts)
     assert float(f0) == pytest.approx(float(ce), rel=1e-6)  # gamma 0 is plain CE
+    dice = SFTConfig()
+    dice.loss = "dice"  # set after construction: past the config's own check
     with pytest.raises(ValueError, match="unknown SFT loss"):
-        sft_loss(_LP, _MASK, _DC, kind="dice", n_silence=2, n_response=1, normalizer=5)
+        sft_loss(_LP, _MASK, _DC, dice, **counts)
 
 
 def test_shifted_logprobs_matches_loop() -> None:
@@ -134,14 +135,14 @@ def test_split_does_not_change_loss_or_weights(world: int, micro: int) -> None:
     batch = _random_batch(1)
     logits = torch.randn(*batch["input_ids"].shape, 50, generator=torch.Generator().manual_seed(2))
     lp_full, _, _ = shifted_logprobs(logits, batch["input_ids"])
-    totals = step_totals(batch, objective="sft")
+    sft = SFTConfig(loss="cb_stream")
+    totals = step_totals(batch, sft)
     kw = {
-        "kind": "cb_stream",
         "n_silence": int(totals["n_silence"]),
         "n_response": int(totals["n_response"]),
         "normalizer": totals["normalizer"],
     }
-    full, _ = sft_loss(lp_full, batch["loss_mask"], batch["decision_class"], **kw)
+    full, _ = sft_loss(lp_full, batch["loss_mask"], batch["decision_class"], sft, **kw)
     plan = assign_rows(batch, world_size=world, micro_batch=micro)
     assert len({len(p) for p in plan}) == 1  # equal micro-batch counts on every rank
     assert sorted(r for p in plan for mb in p for r in mb) == list(
@@ -153,11 +154,11 @@ def test_split_does_not_change_loss_or_weights(world: int, micro: int) -> None:
             mb = materialize(batch, rows)
             sub_logits = logits[rows, : mb["input_ids"].shape[1]] if rows else torch.zeros(1, 1, 50)
             lp, _, _ = shifted_logprobs(sub_logits, mb["input_ids"])
-            parts += float(sft_loss(lp, mb["loss_mask"], mb["decision_class"], **kw)[0])
+            parts += float(sft_loss(lp, mb["loss_mask"], mb["decision_class"], sft, **kw)[0])
     assert parts == pytest.approx(float(full), rel=1e-6)
-    stats = reduce_stats([{"sum/loss": parts}], objective="sft", totals=totals)
+    stats = reduce_stats([{"sum/loss": parts}], sft, totals=totals)
     assert (stats["w_silence"], stats["w_response"]) == cb_stream_weights(
-        int(totals["n_silence"]), int(totals["n_response"])
+        int(totals["n_silence"]), int(totals["n_response"]), sft.beta
     )
 
 
@@ -167,7 +168,7 @@ def test_step_totals_counts_global_classes() -> None:
         [[0, 1]],
         pad_id=0,
     )
-    assert step_totals(batch, objective="sft") == {
+    assert step_totals(batch, SFTConfig()) == {
         "tokens": 3.0,
         "n_silence": 2.0,
         "n_response": 1.0,
@@ -175,7 +176,7 @@ def test_step_totals_counts_global_classes() -> None:
     }
     grpo = {k: v for k, v in batch.items() if k != "decision_class"}
     with pytest.raises(ValueError, match="seq_mean"):
-        step_totals(grpo, objective="grpo", loss_agg="seq_mean")
+        step_totals(grpo, GRPOConfig(loss_agg="seq_mean"))
 
 
 def test_shifted_logprobs_single_token_row() -> None:

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import pytest
 
+from streampro.config import RewardConfig
 from streampro.errors import UserError
 from streampro.rewards import (
     JudgeError,
@@ -19,7 +20,8 @@ from streampro.rewards import (
     RewardScorer,
     make_acc_judge,
 )
-from streampro.rewards.guard import Guard, GuardedAcc, JudgeTimeout, call_with_timeout
+from streampro.rewards.guard import Guard, GuardedAcc, JudgeTimeout
+from streampro.timeouts import run_with_timeout
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):
@@ -109,10 +111,10 @@ def test_llm_rubric_judge_and_rule_fallback(server):
         "answers": [],
         "rubric": ["must respond at least 2 times", "must report every bounce", "must be polite"],
     }
-    with_llm = RewardScorer(llm_url=server + "/v1", llm_model="m", timeout_s=5)
+    with_llm = RewardScorer(RewardConfig(llm_url=server + "/v1", llm_model="m", timeout_s=5))
     r = with_llm.score_item(sample, responses, ["</Silence>", "</Response> 1", "</Response> 2"])
     assert (r.traj, r.fallback) == (pytest.approx(2 / 3), 0)
-    rule_only = RewardScorer(fallback_score=0.5)
+    rule_only = RewardScorer(RewardConfig(fallback_score=0.5))
     r = rule_only.score_item(sample, responses, ["</Silence>"])
     assert (r.traj, r.fallback) == (pytest.approx((1 + 0.5 + 0.5) / 3), 2)
 
@@ -139,8 +141,8 @@ def test_guard_contains_raising_and_sleeping_judges():
     assert sleepy.score(response="a", reference="a") == 0.25 and sleepy.fallbacks == 2
     assert any("JudgeTimeout" in e for e in guard.errors)
     with pytest.raises(JudgeTimeout):
-        call_with_timeout(lambda: time.sleep(1.0), 0.05)
-    assert call_with_timeout(lambda: 7, 1.0) == 7
+        run_with_timeout(lambda: time.sleep(1.0), timeout_s=0.05, what="judge", error=JudgeTimeout)
+    assert run_with_timeout(lambda: 7, timeout_s=1.0, what="judge") == 7
 
 
 def test_embedding_judge():

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from streampro.config import RewardConfig
 from streampro.rewards import ExactJudge, InProcessRewardPool, RayRewardPool, make_reward_pool
 from streampro.types import RewardResult, Step, Trajectory
 
@@ -140,7 +141,9 @@ TRIPPED = RewardResult(total=0.1 + 0.45 * 1.25 + 0.45, fmt=1.0, turn=1.25, traj=
 def test_in_process_pool_hand_values_and_faults():
     samples, trajs = fault_items()
     for judge in (RaisingJudge(), SleepyJudge()):
-        pool = InProcessRewardPool(acc_judge=judge, timeout_s=0.5, fallback_score=0.25)
+        pool = InProcessRewardPool(
+            RewardConfig(timeout_s=0.5, fallback_score=0.25), acc_judge=judge
+        )
         got = pool.score(samples=samples, trajectories=trajs)
         assert got == [GOOD, TRIPPED, GOOD], type(judge).__name__
     with pytest.raises(ValueError, match="2 samples for 3 trajectories"):
@@ -150,9 +153,9 @@ def test_in_process_pool_hand_values_and_faults():
 @pytest.mark.slow
 def test_ray_pool_equals_in_process(ray_judges):
     samples, trajs = make_items(60)
-    local = InProcessRewardPool().score(samples=samples, trajectories=trajs)
+    local = InProcessRewardPool(RewardConfig()).score(samples=samples, trajectories=trajs)
     assert len({r.total for r in local}) > 10 and sum(r.fallback for r in local) > 0  # varied
-    pool = RayRewardPool(num_actors=2, num_cpus=0.5, chunk_size=7)
+    pool = RayRewardPool(RewardConfig(num_actors=2, num_cpus=0.5), chunk_size=7)
     try:
         assert pool.score(samples=samples, trajectories=trajs) == local
         assert pool.score(samples=[], trajectories=[]) == []
@@ -164,14 +167,8 @@ def test_ray_pool_equals_in_process(ray_judges):
 def test_ray_pool_survives_raising_and_sleeping_judges(ray_judges):
     samples, trajs = fault_items()
     for judge in (RaisingJudge(), SleepyJudge()):
-        pool = RayRewardPool(
-            num_actors=2,
-            num_cpus=0.5,
-            chunk_size=1,
-            acc_judge=judge,
-            timeout_s=0.5,
-            fallback_score=0.25,
-        )
+        scored = RewardConfig(num_actors=2, num_cpus=0.5, timeout_s=0.5, fallback_score=0.25)
+        pool = RayRewardPool(scored, chunk_size=1, acc_judge=judge)
         try:
             assert pool.score(samples=samples, trajectories=trajs) == [GOOD, TRIPPED, GOOD]
         finally:
@@ -183,14 +180,11 @@ def test_ray_pool_actor_killed_mid_batch_reruns_its_items(ray_judges, tmp_path):
     import ray
 
     samples, trajs = make_items(24, seed=1)
-    expected = InProcessRewardPool().score(samples=samples, trajectories=trajs)
+    expected = InProcessRewardPool(RewardConfig()).score(samples=samples, trajectories=trajs)
     marker = tmp_path / "killed"
     pool = RayRewardPool(
-        num_actors=2,
-        num_cpus=0.5,
+        RewardConfig(num_actors=2, num_cpus=0.5, max_restarts=2),
         chunk_size=4,
-        max_restarts=1,
-        max_task_retries=2,
         acc_judge=KillOnceJudge(str(marker)),
     )
     try:
@@ -213,12 +207,12 @@ def test_make_reward_pool_in_process_from_config():
     assert got == [RewardResult(total=0.1 + 0.9 * 2.0, fmt=1.0, turn=2.0, traj=1.0, fallback=0)]
 
 
-def test_ray_pool_rejects_bad_judge_settings_before_starting_actors():
+def test_bad_judge_settings_are_refused_before_any_actor_starts():
     from streampro.errors import UserError
 
-    with pytest.raises(UserError, match="reward.acc_judge: unknown judge 'fuzzy'"):
-        RayRewardPool(num_actors=1, acc_judge="fuzzy")
+    with pytest.raises(UserError, match="reward.acc_judge must be one of .*got 'fuzzy'"):
+        RewardConfig(acc_judge="fuzzy")
     with pytest.raises(UserError, match="reward.llm_url"):
-        RayRewardPool(num_actors=1, traj_judge="llm")
+        RewardConfig(traj_judge="llm")
     with pytest.raises(UserError, match="reward.num_actors"):
-        RayRewardPool(num_actors=0)
+        RayRewardPool(RewardConfig(num_actors=0))

@@ -1,4 +1,4 @@
-"""R_fmt, R_turn, R_traj and the rule judge: hand-derived values (issue 4 "Exact semantics")."""
+"""R_fmt, R_turn, R_traj and the rule judge: hand-derived values."""
 
 from __future__ import annotations
 

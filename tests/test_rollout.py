@@ -18,6 +18,7 @@ import torch
 from streampro.actors.api import Sampling, WorkerSpec
 from streampro.bench.rollout import perturbed_copy, silence_biased_policy, synthetic_streams
 from streampro.config import RolloutConfig
+from streampro.data.window import Window
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,9 @@ def policy(tiny_path, tmp_path_factory) -> str:
 def group(ray_local, policy):
     from streampro.actors.rollout import RayRolloutGroup
 
-    g = RayRolloutGroup(WorkerSpec(policy, SETTINGS))
+    g = RayRolloutGroup(
+        WorkerSpec(policy, SETTINGS, dtype="float32", seed=0, window=Window(200, 50))
+    )
     yield g
     g.shutdown()
 
@@ -92,7 +95,9 @@ def test_trajectories_are_consistent(group, policy, hf_model, tmp_path):
 
     samples = synthetic_streams(3, 10, seed=1)
     trajs = group.generate(
-        samples=samples, n=2, sampling=Sampling(seed=3, max_answer_tokens=MAX_ANSWER)
+        samples=samples,
+        n=2,
+        sampling=Sampling(temperature=1.0, top_p=1.0, max_answer_tokens=MAX_ANSWER, seed=3),
     )
     assert [(t.sample_id, t.episode) for t in trajs] == [
         (s.sample.id, e) for s in samples for e in range(2)
@@ -108,7 +113,7 @@ def test_trajectories_are_consistent(group, policy, hf_model, tmp_path):
         for seg in t.segments:
             assert all(lp == 0.0 for lp, m in zip(seg.logprobs, seg.gen_mask) if not m)
             assert all(lp <= 0.0 for lp in seg.logprobs)
-        replay = StreamEpisode.for_sample(tok, enc, episode=t.episode)
+        replay = StreamEpisode.for_sample(tok, enc, episode=t.episode, window=Window(200, 50))
         for chunk, ids in zip(sample_chunks(enc), runs):
             replay.add_chunk(chunk)
             replay.add_decision(ids, [0.0] * len(ids))
@@ -129,7 +134,7 @@ def test_seeded_and_prefix_cached(group):
     (~4700 tokens) exceed one step's token budget (4096), which crashed seeded sampling on
     CPU while prefills could be split."""
     samples = synthetic_streams(4, 60, seed=2)
-    s = Sampling(seed=5, max_answer_tokens=MAX_ANSWER)
+    s = Sampling(temperature=1.0, top_p=1.0, max_answer_tokens=MAX_ANSWER, seed=5)
     before = group.cache_stats()
     a = group.generate(samples=samples, n=6, sampling=s)
     after = group.cache_stats()
@@ -138,7 +143,9 @@ def test_seeded_and_prefix_cached(group):
     b = group.generate(samples=samples[:1], n=3, sampling=s)
     assert [_ids(t) for t in b] == [_ids(t) for t in a[:3]]
     c = group.generate(
-        samples=samples[:1], n=3, sampling=Sampling(seed=6, max_answer_tokens=MAX_ANSWER)
+        samples=samples[:1],
+        n=3,
+        sampling=Sampling(temperature=1.0, top_p=1.0, max_answer_tokens=MAX_ANSWER, seed=6),
     )
     assert [_ids(t) for t in c] != [_ids(t) for t in a[:3]]
 
@@ -150,11 +157,13 @@ def test_local_group_and_transformers_loop_agree_with_ray(group, policy):
     from streampro.actors.rollout import LocalRolloutGroup
 
     samples = synthetic_streams(2, 8, seed=4)
-    greedy = Sampling(temperature=0.0, max_answer_tokens=MAX_ANSWER)
-    sampled = Sampling(seed=9, max_answer_tokens=MAX_ANSWER)
+    greedy = Sampling(temperature=0.0, top_p=1.0, max_answer_tokens=MAX_ANSWER, seed=0)
+    sampled = Sampling(temperature=1.0, top_p=1.0, max_answer_tokens=MAX_ANSWER, seed=9)
     ray_greedy = group.generate(samples=samples, n=1, sampling=greedy)
     ray_sampled = group.generate(samples=samples, n=2, sampling=sampled)
-    local = LocalRolloutGroup(WorkerSpec(policy, SETTINGS))
+    local = LocalRolloutGroup(
+        WorkerSpec(policy, SETTINGS, dtype="float32", seed=0, window=Window(200, 50))
+    )
     try:
         assert [_ids(t) for t in local.generate(samples=samples, n=1, sampling=greedy)] == [
             _ids(t) for t in ray_greedy
@@ -164,7 +173,7 @@ def test_local_group_and_transformers_loop_agree_with_ray(group, policy):
         ]
     finally:
         local.shutdown()
-    hf = HFStreamPolicy(policy, max_answer_tokens=MAX_ANSWER)
+    hf = HFStreamPolicy(policy, max_answer_tokens=MAX_ANSWER, window=Window(200, 50))
     hf_greedy = hf.generate(samples=samples, n=1, sampling=greedy)
     assert [_ids(t) for t in hf_greedy] == [_ids(t) for t in ray_greedy]
     assert (
@@ -184,7 +193,7 @@ def test_sync_changes_outputs_and_keeps_agreement(group, policy, tmp_path):
     from transformers import AutoModelForCausalLM
 
     samples = synthetic_streams(2, 8, seed=6)
-    s = Sampling(seed=1, max_answer_tokens=MAX_ANSWER)
+    s = Sampling(temperature=1.0, top_p=1.0, max_answer_tokens=MAX_ANSWER, seed=1)
     before = group.generate(samples=samples, n=2, sampling=s)
     new = perturbed_copy(policy, tmp_path / "v1", scale=0.5, seed=1)
     assert group.sync_weights(version=1, source=new) >= 0.0
@@ -207,7 +216,7 @@ def test_actor_killed_during_generate_reruns_its_episodes(group, policy):
 
     group.sync_weights(version=3, source=policy)
     samples = synthetic_streams(3, 30, seed=8)
-    s = Sampling(seed=2, max_answer_tokens=MAX_ANSWER)
+    s = Sampling(temperature=1.0, top_p=1.0, max_answer_tokens=MAX_ANSWER, seed=2)
     reference = group.generate(samples=samples, n=2, sampling=s)
     actor = group.actors[0]
     pid = ray.get(actor.pid.remote())

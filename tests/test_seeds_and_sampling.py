@@ -46,9 +46,9 @@ def test_run_seed_sets_the_tiny_policy_weights(tmp_path):
         ("rollout.top_p=0.9", "rollout.top_p=0.9 is not supported"),
         ("rollout.temperature=0", "rollout.temperature must be > 0"),
         ("data.window_slide=300", "data.window_slide must be in [1, data.window_turns]"),
-        ("reward.turn_match=max", "reward.turn_match must be 'sum' or 'product'"),
+        ("reward.turn_match=max", "reward.turn_match must be one of sum, product, got 'max'"),
         ("grpo.logprob_check_every=-1", "grpo.logprob_check_every must be >= 0"),
-        ("bench.dtype=float16", "bench.dtype must be 'float32' or 'bfloat16'"),
+        ("bench.dtype=float16", "bench.dtype must be one of float32, bfloat16, got 'float16'"),
     ],
 )
 def test_unsupported_sampling_is_refused_at_load(override, message):
@@ -72,18 +72,18 @@ def test_refusal_is_one_line_without_traceback(tmp_path):
 
 
 def test_every_evaluation_uses_the_configured_judge():
-    from streampro.bench.policy_eval import eval_kwargs
+    from streampro.actors.policy_eval import PolicyEval
     from streampro.rewards.judges import ExactJudge
 
     cfg = load_config(None, ["reward.acc_judge=exact"])
-    assert isinstance(eval_kwargs(cfg)["acc_judge"], ExactJudge)
+    assert isinstance(PolicyEval.from_config(cfg).judge, ExactJudge)
     cfg = load_config(None, ["reward.acc_judge=llm", "reward.llm_url=http://127.0.0.1:9"])
-    judge = eval_kwargs(cfg)["acc_judge"]
+    judge = PolicyEval.from_config(cfg).judge
     assert type(judge).__name__ != "ExactJudge"
     # a denser training reward, evaluated with the benchmark's exact judge
     cfg = load_config(None, ["reward.acc_judge=token_f1", "eval.acc_judge=exact"])
-    assert isinstance(eval_kwargs(cfg)["acc_judge"], ExactJudge)
-    with pytest.raises(ConfigError, match="eval.acc_judge: unknown judge 'fuzzy'"):
+    assert isinstance(PolicyEval.from_config(cfg).judge, ExactJudge)
+    with pytest.raises(ConfigError, match="eval.acc_judge must be one of .*got 'fuzzy'"):
         load_config(None, ["eval.acc_judge=fuzzy"])
 
 

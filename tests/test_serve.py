@@ -25,6 +25,8 @@ import httpx
 import numpy as np
 import pytest
 
+from streampro.data.window import Window
+
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-123"
 MAX_ANSWER = 6
@@ -80,7 +82,7 @@ def cfg(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(ray_local, policy, cfg):
-    from streampro.actors.serve import local_deployment
+    from streampro.actors.serve.deploy import local_deployment
 
     with local_deployment(cfg, policy) as url:
         yield url
@@ -96,7 +98,7 @@ def rollout(ray_local, policy, cfg):
 
 
 def _encode(cfg, manifest) -> list:
-    from streampro.pipeline import encode_samples
+    from streampro.data.pipeline import encode_samples
 
     return encode_samples(cfg, manifest, progress=False)
 
@@ -146,7 +148,7 @@ def test_session_equals_rollout_greedy_episode_across_two_ingress_replicas(
     served, rollout, test_split
 ):
     from streampro.actors.api import Sampling
-    from streampro.bench.replay import video_chunks
+    from streampro.replay import video_chunks
 
     manifest, encoded = test_split
     e = encoded[0]
@@ -168,7 +170,9 @@ def test_session_equals_rollout_greedy_episode_across_two_ingress_replicas(
         assert http.delete(f"{served}/v1/sessions/{sid}").status_code == 204
 
     (ref,) = rollout.generate(
-        samples=[e], n=1, sampling=Sampling(temperature=0.0, max_answer_tokens=MAX_ANSWER)
+        samples=[e],
+        n=1,
+        sampling=Sampling(temperature=0.0, top_p=1.0, max_answer_tokens=MAX_ANSWER, seed=0),
     )
     assert [(d["time"], d["decision"], d["text"], d["raw"]) for d in got] == [
         (s.time, s.decision, s.text, s.raw) for s in ref.steps
@@ -202,8 +206,7 @@ def _unwindowed_prompt_lengths(tokenizer, e, generated: list[list[int]]) -> list
         sample_id=s.id,
         question=s.question,
         query_time=float(s.query_time),
-        window_turns=len(e.times),
-        window_slide=1,
+        window=Window(len(e.times), 1),
     )
     out = []
     for chunk, ids in zip(sample_chunks(e), generated):
@@ -220,7 +223,9 @@ def _window_bound(tokenizer, e, window: int) -> int:
     from streampro.data.dialogue import StreamDialogue, vocab
 
     def first_turn(query_time: float, start: float, end: float) -> tuple[int, int]:
-        d = StreamDialogue(tokenizer, question=e.sample.question, query_time=query_time)
+        d = StreamDialogue(
+            tokenizer, question=e.sample.question, query_time=query_time, window=Window(200, 50)
+        )
         n = len(d.token_ids)
         d.add_chunk(start, end, e.codes[0])
         return n, len(d.token_ids) - n
@@ -234,13 +239,13 @@ def _window_bound(tokenizer, e, window: int) -> int:
 
 @pytest.mark.slow
 def test_long_stream_session_is_windowed_exactly_like_rollout(served, rollout, long_stream, policy):
-    """Issue 12: Serve on a stream of 3x the window decides as the rollout path does, under the
+    """Serve on a stream of 3x the window decides as the rollout path does, under the
     same windowed contexts, and its context stays bounded."""
     from transformers import AutoTokenizer
 
     from streampro.actors.api import Sampling
-    from streampro.bench.replay import video_chunks
     from streampro.data.window import Window
+    from streampro.replay import video_chunks
 
     manifest, e = long_stream
     chunks = video_chunks(
@@ -258,7 +263,9 @@ def test_long_stream_session_is_windowed_exactly_like_rollout(served, rollout, l
         assert http.delete(f"{served}/v1/sessions/{sid}").status_code == 204
 
     (ref,) = rollout.generate(
-        samples=[e], n=1, sampling=Sampling(temperature=0.0, max_answer_tokens=MAX_ANSWER)
+        samples=[e],
+        n=1,
+        sampling=Sampling(temperature=0.0, top_p=1.0, max_answer_tokens=MAX_ANSWER, seed=0),
     )
     # every chunk's decision equals the in-process greedy episode's (rollout path)
     assert [(d["time"], d["decision"], d["text"], d["raw"]) for d in got] == [
@@ -291,11 +298,11 @@ def test_long_stream_session_is_windowed_exactly_like_rollout(served, rollout, l
 def test_eval_checkpoint_equals_rollout_greedy_evaluation(
     served, rollout, test_split, cfg, policy, tmp_path
 ):
-    from streampro.bench.evaluate import main as eval_main
-    from streampro.bench.policy_eval import eval_kwargs, evaluate
+    from streampro.actors.policy_eval import PolicyEval
+    from streampro.evaluate import main as eval_main
 
     manifest, encoded = test_split
-    ref = evaluate(rollout, encoded, **eval_kwargs(cfg), predictions_out=tmp_path / "ref.jsonl")
+    ref = PolicyEval.from_config(cfg).run(rollout, encoded, predictions_out=tmp_path / "ref.jsonl")
     args = argparse.Namespace(
         manifest=str(manifest),
         out=str(tmp_path / "served"),
@@ -324,15 +331,16 @@ def test_eval_of_a_policy_decodes_like_a_runs_own_evaluations(
     """`streampro eval` with neither predictions, endpoint nor checkpoint runs
     policy.name_or_path on a rollout group of its own, sampled as `streampro train` evaluates
     (eval.greedy=false: eval.samples_per_stream seeded samples per stream, scores averaged)."""
-    from streampro.bench.evaluate import main as eval_main
-    from streampro.bench.policy_eval import eval_kwargs, evaluate
+    from streampro.actors.policy_eval import PolicyEval
+    from streampro.evaluate import main as eval_main
 
     sampled = copy.deepcopy(cfg)
     sampled.eval.greedy = False
     sampled.eval.samples_per_stream = 2
     sampled.policy.name_or_path = policy
     manifest, encoded = test_split
-    ref = evaluate(rollout, encoded, **eval_kwargs(sampled), predictions_out=tmp_path / "r.jsonl")
+    out = tmp_path / "r.jsonl"
+    ref = PolicyEval.from_config(sampled).run(rollout, encoded, predictions_out=out)
     args = argparse.Namespace(
         manifest=str(manifest),
         out=str(tmp_path / "policy"),
@@ -444,7 +452,7 @@ def test_idle_sessions_expire_and_health_and_openapi(served):
 def test_decode_image_downscales_to_the_codec_budget_and_names_bad_input():
     from PIL import Image
 
-    from streampro.actors.serve_sessions import ImageError, decode_image
+    from streampro.actors.serve.sessions import ImageError, decode_image
 
     buf = __import__("io").BytesIO()
     Image.new("RGB", (1000, 500), (250, 10, 10)).save(buf, format="JPEG")
@@ -461,7 +469,7 @@ def test_decode_image_downscales_to_the_codec_budget_and_names_bad_input():
 def test_ingress_takes_the_serve_and_data_sections(tiny_path):
     """No second schema: the ingress reads ServeConfig and DataConfig themselves (the window
     and codec from data, caps from serve) plus the plain values of other sections."""
-    from streampro.actors.serve_ingress import Ingress
+    from streampro.actors.serve.ingress import Ingress
     from streampro.config import DataConfig, ServeConfig
     from streampro.data.window import Window
 
@@ -482,7 +490,7 @@ def test_ingress_takes_the_serve_and_data_sections(tiny_path):
 
 
 def test_app_args_are_config_sections():
-    from streampro.actors.serve import config_from_args
+    from streampro.actors.serve.deploy import config_from_args
 
     cfg = config_from_args(
         {"serve": {"checkpoint": "/m", "ingress_replicas": 3}, "data": {"window_turns": 120}}
@@ -492,7 +500,7 @@ def test_app_args_are_config_sections():
 
 
 def test_build_app_rejects_bad_arguments_in_one_line():
-    from streampro.actors.serve import build_app
+    from streampro.actors.serve.deploy import build_app
     from streampro.config import ConfigError
 
     with pytest.raises(
@@ -503,9 +511,13 @@ def test_build_app_rejects_bad_arguments_in_one_line():
         build_app({"checkpoint": "/x"})  # the old flat form names the key it does not know
     with pytest.raises(ConfigError, match=r"serve\.checkpoint .* is required"):
         build_app({})
-    with pytest.raises(ConfigError, match=r"^serve\.engine must be 'vllm' or 'hf', got 'tgi'$"):
+    with pytest.raises(
+        ConfigError, match=r"^serve app args: serve\.engine must be one of vllm, hf, got 'tgi'$"
+    ):
         build_app({"serve": {"checkpoint": "/x", "engine": "tgi"}})
-    with pytest.raises(ConfigError, match=r"^serve\.ingress_replicas must be >= 1, got 0$"):
+    with pytest.raises(
+        ConfigError, match=r"^serve app args: serve\.ingress_replicas must be >= 1, got 0$"
+    ):
         build_app({"serve": {"checkpoint": "/x", "ingress_replicas": 0}})
 
 
@@ -574,7 +586,7 @@ def test_racing_requests_of_one_session_one_wins_the_other_gets_409(served):
 def test_a_served_engine_takes_the_rollout_settings_on_its_own_devices():
     """Serve builds its engine from the rollout's settings, but a replica holds its own
     devices (serve.num_gpus) and never takes NCCL weight pushes."""
-    from streampro.actors.serve_engine import served_engine_settings
+    from streampro.actors.serve.engine import served_engine_settings
     from streampro.config import RolloutConfig
 
     r = RolloutConfig(

@@ -29,7 +29,7 @@ def _readme_curl_block() -> str:
 
 @pytest.mark.slow
 def test_readme_curl_examples_work_against_streampro_serve(tiny_path, tmp_path):
-    from streampro.actors.serve import free_port
+    from streampro.timeouts import free_port
 
     port = free_port()
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 (closed below, after the server)

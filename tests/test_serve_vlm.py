@@ -78,7 +78,7 @@ def vl_policy(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def served(ray_local, vl_policy, cfg):
-    from streampro.actors.serve import local_deployment
+    from streampro.actors.serve.deploy import local_deployment
 
     with local_deployment(cfg, vl_policy) as url:
         yield url
@@ -95,7 +95,7 @@ def rollout(ray_local, vl_policy, cfg):
 
 @pytest.fixture(scope="module")
 def test_split(synth_smoke, cfg):
-    from streampro.pipeline import encode_samples
+    from streampro.data.pipeline import encode_samples
 
     manifest = synth_smoke / "test" / "manifest.jsonl"
     return manifest, encode_samples(cfg, manifest, progress=False)
@@ -149,7 +149,9 @@ def test_vlm_session_equals_rollout_greedy_episode_across_two_ingress_replicas(
         assert http.delete(f"{served}/v1/sessions/{sid}").status_code == 204
 
     (ref,) = rollout.generate(
-        samples=[e], n=1, sampling=Sampling(temperature=0.0, max_answer_tokens=MAX_ANSWER)
+        samples=[e],
+        n=1,
+        sampling=Sampling(temperature=0.0, top_p=1.0, max_answer_tokens=MAX_ANSWER, seed=0),
     )
     assert [(d["time"], d["decision"], d["text"], d["raw"]) for d in got] == [
         (s.time, s.decision, s.text, s.raw) for s in ref.steps
@@ -186,13 +188,15 @@ def test_eval_endpoint_equals_rollout_greedy_evaluation(served, rollout, test_sp
     """`streampro eval --endpoint` (its CLI entry; `--checkpoint` is the same replay against a
     `local_deployment`, as `served` is) writes the rollout group's greedy predictions."""
     import argparse
+    from dataclasses import replace
 
-    from streampro.bench.evaluate import main as eval_main
-    from streampro.bench.policy_eval import eval_kwargs, evaluate
+    from streampro.actors.api import Sampling
+    from streampro.actors.policy_eval import PolicyEval
+    from streampro.evaluate import main as eval_main
 
     manifest, encoded = test_split
-    kw = eval_kwargs(cfg) | {"temperature": 0.0, "n": 1}
-    ref = evaluate(rollout, encoded, **kw, predictions_out=tmp_path / "ref.jsonl")
+    greedy = replace(PolicyEval.from_config(cfg), sampling=Sampling.greedy(cfg.rollout), n=1)
+    ref = greedy.run(rollout, encoded, predictions_out=tmp_path / "ref.jsonl")
     args = argparse.Namespace(
         manifest=str(manifest),
         out=str(tmp_path / "served"),
@@ -216,7 +220,7 @@ def test_decode_frame_is_the_pipeline_codec():
     its original dimensions; the codec's output is a fixed point (clients may pre-resize)."""
     from PIL import Image
 
-    from streampro.actors.serve_sessions import decode_frame
+    from streampro.actors.serve.sessions import decode_frame
     from streampro.data.codec import ImageCodec
 
     codec = ImageCodec(max_pixels=112 * 112, factor=28)
@@ -235,7 +239,7 @@ def test_decode_frame_is_the_pipeline_codec():
 def test_store_keeps_the_frames_a_window_can_hold():
     import asyncio
 
-    from streampro.actors.serve_sessions import Entry, SessionStore
+    from streampro.actors.serve.sessions import Entry, SessionStore
 
     store = SessionStore.func_or_class(max_sessions=2, ttl_s=60, expire_every_s=60, keep_frames=3)
 
@@ -254,28 +258,28 @@ def test_store_keeps_the_frames_a_window_can_hold():
 
 def test_vlm_checkpoint_against_codec_and_engine(tmp_path):
     from streampro import tiny_vl
-    from streampro.actors.serve import check_checkpoint, check_serve_config
+    from streampro.actors.serve.deploy import check_checkpoint
     from streampro.config import ConfigError, load_config
     from streampro.errors import UserError
 
     vl = str(tiny_vl.ensure_tiny_vl(tiny_vl.tiny_vl_spec(), tmp_path))
     image = ["policy.name_or_path=tiny-vl", "data.codec=image"]
     check_checkpoint(load_config(None, image), vl)
-    with pytest.raises(ConfigError, match=r"^serve\.engine=hf serves text policies only"):
-        check_serve_config(load_config(None, [*image, "serve.engine=hf"]))
+    with pytest.raises(ConfigError, match=r"serve\.engine=hf serves text policies only"):
+        load_config(None, [*image, "serve.engine=hf"])
     with pytest.raises(UserError, match=r"^serve\.engine=hf serves text policies only: .*"):
         check_checkpoint(load_config(None, ["serve.engine=hf"]), vl)
 
 
 def test_ingress_reads_images_with_the_pipeline_codec(tmp_path):
     from streampro import tiny_vl
-    from streampro.actors.serve_api import ChunkIn
-    from streampro.actors.serve_ingress import ApiError, Ingress
+    from streampro.actors.serve.api import ChunkIn
+    from streampro.actors.serve.ingress import ApiError, Ingress
     from streampro.config import DataConfig, ServeConfig
     from streampro.data.codec import ImageCodec
 
     vl = str(tiny_vl.ensure_tiny_vl(tiny_vl.tiny_vl_spec(), tmp_path))
-    data = DataConfig(codec="image", image_max_pixels=MAX_PIXELS, window_turns=6)
+    data = DataConfig(codec="image", image_max_pixels=MAX_PIXELS, window_turns=6, window_slide=3)
     core = Ingress(
         None,
         None,
@@ -302,7 +306,7 @@ def test_rayservice_serves_its_vlm_checkpoint_with_the_image_codec():
 
     import yaml
 
-    from streampro.actors.serve import config_from_args
+    from streampro.actors.serve.deploy import config_from_args
 
     repo = Path(__file__).resolve().parents[1]
     docs = yaml.safe_load_all((repo / "cluster/kuberay/rayservice.yaml").read_text())

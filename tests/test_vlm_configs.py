@@ -24,7 +24,7 @@ def test_paper_settings_and_one_node_placement(name):
     learner_gpus = cfg.learner.num_ranks * cfg.learner.num_gpus
     rollout_gpus = cfg.rollout.num_actors * cfg.rollout.num_gpus * cfg.rollout.tensor_parallel_size
     assert learner_gpus + rollout_gpus == cfg.cluster.num_gpus == 8
-    assert cfg.rollout.block_size % 32 == 0  # vLLM with images (DESIGN.md)
+    assert cfg.rollout.block_size % 32 == 0  # vLLM with images needs whole 32-token blocks
     assert cfg.data.codec == "image"
     assert (cfg.reward.acc_judge, cfg.reward.traj_judge) == ("llm", "llm")
 

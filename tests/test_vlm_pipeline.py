@@ -23,6 +23,7 @@ import torch
 
 from streampro.actors.api import Sampling, WorkerSpec
 from streampro.config import RolloutConfig
+from streampro.data.window import Window
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +73,7 @@ def rollout(vl_policy):
         max_answer_tokens=4, kv_cache_gb=0.25, max_num_seqs=16, max_model_len=4096, block_size=32
     )
     group = LocalRolloutGroup(
-        WorkerSpec(vl_policy, settings, window_turns=WINDOW, window_slide=SLIDE)
+        WorkerSpec(vl_policy, settings, dtype="float32", seed=0, window=Window(WINDOW, SLIDE))
     )
     yield group
     group.shutdown()
@@ -92,7 +93,9 @@ def _pad_id(path: str) -> int:
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_learner_scores_image_streams_as_vllm_sampled_them(rollout, vl_policy, temperature):
+def test_learner_scores_image_streams_as_vllm_sampled_them(
+    rollout, vl_policy, temperature, learner_spec
+):
     """6 concurrent streams, same text, different frames: every generated token's learner
     logprob equals vLLM's, and each row holds exactly its window's frames."""
     from streampro.learners.group import LocalLearnerGroup
@@ -100,7 +103,7 @@ def test_learner_scores_image_streams_as_vllm_sampled_them(rollout, vl_policy, t
     from streampro.learners.packing import PackItem, collate
 
     samples = image_streams(6, CHUNKS, seed=1)
-    sampling = Sampling(temperature=temperature, seed=5, max_answer_tokens=4)
+    sampling = Sampling(temperature=temperature, top_p=1.0, max_answer_tokens=4, seed=5)
     trajs = rollout.generate(samples=samples, n=1, sampling=sampling)
     for t in trajs:
         assert len(t.steps) == CHUNKS
@@ -115,9 +118,8 @@ def test_learner_scores_image_streams_as_vllm_sampled_them(rollout, vl_policy, t
         ]
     batch = build_batch(trajs, torch.zeros(len(trajs)), pad_id=_pad_id(vl_policy), samples=samples)
     assert batch["frames"].shape[0] == sum(len(s.image_chunks) for t in trajs for s in t.segments)
-    learner = LocalLearnerGroup(
-        model_path=vl_policy, temperature=temperature, micro_batch=8, precision="fp32"
-    )
+    spec = learner_spec("grpo", f"rollout.temperature={temperature}", "learner.micro_batch=8")
+    learner = LocalLearnerGroup(model_path=vl_policy, spec=spec)
     try:
         lp = learner.logprobs(batch=batch)  # [R, T]
         # the check has power: stream 0's first row under stream 2's frames (same size)
@@ -138,14 +140,16 @@ def test_learner_scores_image_streams_as_vllm_sampled_them(rollout, vl_policy, t
 def test_prefix_cache_hits_on_image_streams(rollout):
     before = rollout.cache_stats()
     rollout.generate(
-        samples=image_streams(4, CHUNKS, seed=2), n=1, sampling=Sampling(temperature=1.0, seed=3)
+        samples=image_streams(4, CHUNKS, seed=2),
+        n=1,
+        sampling=Sampling(temperature=1.0, top_p=1.0, max_answer_tokens=24, seed=3),
     )
     after = rollout.cache_stats()
     hit_rate = (after["hits"] - before["hits"]) / (after["queries"] - before["queries"])
     assert hit_rate > 0.5, hit_rate
 
 
-def test_seen_frames_after_a_weight_sync(rollout, vl_policy, tmp_path):
+def test_seen_frames_after_a_weight_sync(rollout, vl_policy, tmp_path, learner_spec):
     """One update, exported and synced: the engine re-reads frames it has already encoded under
     the old weights (a stale encoder cache once killed the engine) and its logprobs equal the
     learner's new ones. Then the engine goes back to the initial weights for other tests."""
@@ -153,9 +157,9 @@ def test_seen_frames_after_a_weight_sync(rollout, vl_policy, tmp_path):
     from streampro.learners.grpo_loop import build_batch, logprob_agreement
 
     samples = image_streams(2, 8, seed=4)
-    sampling = Sampling(temperature=1.0, seed=9, max_answer_tokens=4)
+    sampling = Sampling(temperature=1.0, top_p=1.0, max_answer_tokens=4, seed=9)
     pad = _pad_id(vl_policy)
-    learner = LocalLearnerGroup(model_path=vl_policy, lr=1e-2, precision="fp32", micro_batch=4)
+    learner = LocalLearnerGroup(model_path=vl_policy, spec=learner_spec("grpo", "grpo.lr=1e-2"))
     try:
         first = rollout.generate(samples=samples, n=2, sampling=sampling)
         batch = build_batch(
@@ -180,7 +184,7 @@ def test_seen_frames_after_a_weight_sync(rollout, vl_policy, tmp_path):
     assert check["check/lp_diff_max"] < 1e-3, check
 
 
-def test_folder_without_decision_tokens_trains(tmp_path):
+def test_folder_without_decision_tokens_trains(tmp_path, learner_spec):
     """A Qwen2.5-VL folder as a real checkpoint ships it (no </Silence>, </Response>): the
     tokens are added, SFT trains on image rows (vision tower frozen), and the export keeps
     the extended vocabulary."""
@@ -198,16 +202,14 @@ def test_folder_without_decision_tokens_trains(tmp_path):
     data = build_sft_data(
         image_streams(2, 8, seed=6),
         tok,
-        window_turns=WINDOW,
-        window_slide=SLIDE,
+        window=Window(WINDOW, SLIDE),
         max_seq_len=4096,
         image_tokens=frame_tokens_fn(folder),
     )
     batch = make_batch(data, list(range(len(data.items))), max_seq_len=4096, pack=True, pad_id=0)
     assert int(batch["seq_ids"].max()) == 0  # rows with images are never packed
-    learner = LocalLearnerGroup(
-        model_path=folder, lr=1e-3, precision="fp32", micro_batch=4, freeze_vision=True
-    )
+    spec = learner_spec("sft", "sft.lr=1e-3", "learner.freeze_vision=true")
+    learner = LocalLearnerGroup(model_path=folder, spec=spec)
     try:
         first = learner.train_step(batch=batch, objective="sft")
         second = learner.train_step(batch=batch, objective="sft")

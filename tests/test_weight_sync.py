@@ -20,8 +20,9 @@ import pytest
 import torch
 
 from streampro.actors.api import WorkerSpec
-from streampro.actors.weight_transfer import call_with_timeout, engine_rank_offsets
+from streampro.actors.weight_transfer import engine_rank_offsets
 from streampro.config import ConfigError, RolloutConfig, load_config
+from streampro.data.window import Window
 from streampro.learners.weight_sync import (
     GatheredWeights,
     SendItem,
@@ -29,6 +30,7 @@ from streampro.learners.weight_sync import (
     layer_key,
     send_plan,
 )
+from streampro.timeouts import run_with_timeout
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,13 +112,13 @@ def test_gather_groups_one_layer_each_in_order() -> None:
     assert [i for g in groups for i in g] == items  # iteration order = metadata order
 
 
-def test_call_with_timeout_raises_on_a_slow_peer() -> None:
-    assert call_with_timeout(lambda: 7, timeout_s=5, what="quick") == 7
+def test_run_with_timeout_raises_on_a_slow_peer() -> None:
+    assert run_with_timeout(lambda: 7, timeout_s=5, what="quick") == 7
     with pytest.raises(KeyError):
-        call_with_timeout(lambda: {}["x"], timeout_s=5, what="failing")
+        run_with_timeout(lambda: {}["x"], timeout_s=5, what="failing")
     t0 = time.monotonic()
     with pytest.raises(TimeoutError, match="update_weights did not finish within 0.5 s"):
-        call_with_timeout(lambda: time.sleep(60), timeout_s=0.5, what="update_weights")
+        run_with_timeout(lambda: time.sleep(60), timeout_s=0.5, what="update_weights")
     assert time.monotonic() - t0 < 30  # returned, not hung (generous bound, not a timing test)
 
 
@@ -259,14 +261,15 @@ def test_vllm_accepts_the_source_and_the_client_payloads(tiny_vl) -> None:
 
 
 @pytest.mark.slow
-def test_zero3_partitioned_parameters_are_gathered_whole(tiny_vl, tmp_path) -> None:
+def test_zero3_partitioned_parameters_are_gathered_whole(tiny_vl, tmp_path, learner_spec) -> None:
     """A real ZeRO-3 engine (DeepSpeed, one gloo rank): every parameter is partitioned, yet
     the source declares whole shapes without gathering and yields the exported weights."""
     from safetensors.torch import load_file
 
     from streampro.learners.group import LocalLearnerGroup
 
-    group = LocalLearnerGroup(model_path=tiny_vl, zero_stage=3, precision="fp32", micro_batch=1)
+    spec = learner_spec("sft", "learner.zero_stage=3", "learner.micro_batch=1")
+    group = LocalLearnerGroup(model_path=tiny_vl, spec=spec)
     try:
         module = group.worker.engine.module
         # ZeRO-3 keeps small parameters whole (persistence threshold); the big ones are empty
@@ -347,11 +350,13 @@ def test_engine_side_of_a_weight_transfer_sync(tiny_path) -> None:
     settings = RolloutConfig(
         max_answer_tokens=4, kv_cache_gb=0.25, max_num_seqs=8, max_model_len=2048
     )
-    group = LocalRolloutGroup(WorkerSpec(tiny_path, settings))
+    group = LocalRolloutGroup(
+        WorkerSpec(tiny_path, settings, dtype="float32", seed=0, window=Window(200, 50))
+    )
     try:
         assert group.weight_sync_client(timeout_s=60).world_size == 2
         samples = synthetic_streams(1, 4, seed=2)
-        greedy = Sampling(temperature=0.0, max_answer_tokens=4)
+        greedy = Sampling(temperature=0.0, top_p=1.0, max_answer_tokens=4, seed=0)
         before = group.generate(samples=samples, n=1, sampling=greedy)
         group.sync_weights(version=1, source=WEIGHT_TRANSFER)
         after = group.generate(samples=samples, n=1, sampling=greedy)

@@ -6,13 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from streampro.config import Config
+from streampro.data.codec import make_codec
+from streampro.data.encode import encode_manifest
+from streampro.data.synth import split_dir
+from streampro.hf_policy import resolve_policy
 
 SPLITS = ("train", "val", "test")
 
 
 def split_manifest(cfg: Config, split: str) -> Path:
     """data.<split> when set, else the StreamPro-Synth split folder's manifest."""
-    from streampro.data.synth import split_dir
 
     explicit = getattr(cfg.data, split)
     return Path(explicit) if explicit else split_dir(cfg.synth, split) / "manifest.jsonl"
@@ -31,7 +34,6 @@ def ensure_split(cfg: Config, split: str) -> Path:
 def policy_folder(cfg: Config) -> str:
     """The policy folder every role loads: 'tiny' and 'tiny-vl' built locally (seeded by
     run.seed), any other HF folder or hub id extended with the stream tokens it lacks."""
-    from streampro.hf_policy import resolve_policy
 
     return resolve_policy(cfg.policy, seed=cfg.run.seed, codebook_size=cfg.data.codebook_size)
 
@@ -39,7 +41,6 @@ def policy_folder(cfg: Config) -> str:
 def frame_codec(cfg: Config):
     """The configured codec; the image codec's side factor comes from the policy's processor
     (patch size x spatial merge), so frames need no further resize in the model."""
-    from streampro.data.codec import make_codec
 
     d = cfg.data
     factor = 28
@@ -58,7 +59,6 @@ def frame_codec(cfg: Config):
 
 def encode_samples(cfg: Config, manifest: str | Path, *, progress: bool = True) -> list:
     """EncodedSample list of a manifest under the configured codec (decoded once, cached)."""
-    from streampro.data.encode import encode_manifest
 
     return encode_manifest(
         manifest,

@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ray.exceptions import RayError
+from transformers import AutoTokenizer
 
 from streampro.actors.episode import Chunk, StreamEpisode, max_decision_tokens, request_seed
-from streampro.actors.serve_sessions import (
+from streampro.actors.serve.sessions import (
     Entry,
     ImageError,
     decode_frame,
@@ -41,6 +42,9 @@ from streampro.actors.serve_sessions import (
     png_bytes,
 )
 from streampro.config import DataConfig, ServeConfig
+from streampro.data.codec import ImageCodec, PatchTokenCodec, make_codec
+from streampro.data.encode import DECODE_SIZE
+from streampro.data.window import Window
 
 EPS = 1e-6
 
@@ -102,17 +106,13 @@ class Ingress:
         seed: int,
         pool: Executor,
     ) -> None:
-        from transformers import AutoTokenizer
-
-        from streampro.data.codec import make_codec
-        from streampro.data.encode import DECODE_SIZE
 
         self.engine, self.store, self.pool = engine, store, pool
         self.s, self.data, self.seed = serve, data, seed
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.images = data.codec == "image"  # frames reach the policy as images (VLM)
         factor, self.image_tokens = 28, None
-        if self.images:  # the pipeline's codec (streampro.pipeline.frame_codec), this folder's
+        if self.images:  # the pipeline's codec (streampro.data.pipeline.frame_codec), this folder's
             import functools
 
             from streampro.hf_policy import image_factor, image_token_count, load_processor
@@ -142,14 +142,13 @@ class Ingress:
             sample_id=sid,
             question=question,
             query_time=query_time,
-            window_turns=self.data.window_turns,
-            window_slide=self.data.window_slide,
+            window=Window.from_config(self.data),
         )
 
     def codec_info(self) -> dict[str, Any]:
         """What a client needs to send frames the server will not resize again: the image
         codec's budget and side factor (its output is a fixed point of `ImageCodec.encode`)."""
-        if not self.images:
+        if not isinstance(self.codec, ImageCodec):
             return {"name": "patch", "grid": self.data.patch_grid}
         return {"name": "image", "max_pixels": self.codec.max_pixels, "factor": self.codec.factor}
 
@@ -218,7 +217,7 @@ class Ingress:
 
     def _encode(self, b64: str) -> Chunk:
         """In the pool: decode, downscale to the codec's budget, then codes or the frame."""
-        if not self.images:
+        if isinstance(self.codec, PatchTokenCodec):
             frame = decode_image(b64, max_pixels=self.s.max_image_pixels, budget=self.budget)
             return Chunk(0.0, 0.0, self.codec.encode(frame))
         frame = decode_frame(b64, max_pixels=self.s.max_image_pixels, codec=self.codec)

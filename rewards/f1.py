@@ -1,4 +1,4 @@
-"""StreamPro-F1 (SPEC.md section 4, issue 4 "Exact semantics"): score any model's streaming
+"""StreamPro-F1 (docs/method.md): score any model's streaming
 responses against a manifest, without a model and without opening a video.
 
 Per sample, responses in time order each go to the first answer (in window order) they reach;
@@ -14,6 +14,8 @@ import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
+
+from tqdm import tqdm
 
 from streampro.config import atomic_write_text
 from streampro.errors import UserError
@@ -83,7 +85,6 @@ def score_predictions(
     (an id without an entry has no response; an id not among the samples is an error).
     A judge call that fails or outlasts `timeout_s` per sample scores `fallback_score`.
     """
-    from tqdm import tqdm
 
     ids = {s["id"] for s in samples}
     unknown = sorted(set(predictions) - ids)
@@ -99,7 +100,7 @@ def score_predictions(
         guarded = GuardedAcc(judge, Guard(timeout_s), fallback_score)
         sum_s, n_pred, n_gt = sample_stats(s, predictions.get(s["id"], []), guarded)
         fallbacks += guarded.fallbacks
-        row = acc.setdefault(s["task"], [0.0, 0, 0, 0])
+        row = acc.setdefault(s["task"], [0.0, 0.0, 0.0, 0.0])
         row[0] += sum_s
         row[1] += n_pred
         row[2] += n_gt
@@ -112,15 +113,15 @@ def score_predictions(
             )
     tasks: dict[str, dict] = {}
     for task in _task_order(acc):
-        sum_s, n_pred, n_gt, n = acc[task]
-        p, r, f1 = prf(sum_s, int(n_pred), int(n_gt))
+        task_s, task_pred, task_gt, n = acc[task]
+        p, r, f1 = prf(task_s, int(task_pred), int(task_gt))
         tasks[task] = {
             "precision": p,
             "recall": r,
             "f1": f1,
             "n": int(n),
-            "n_pred": int(n_pred),
-            "n_gt": int(n_gt),
+            "n_pred": int(task_pred),
+            "n_gt": int(task_gt),
         }
     dim_order = [d for d in DIMENSIONS if d in dims.values()] + sorted(
         set(dims.values()) - set(DIMENSIONS)

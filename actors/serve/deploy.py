@@ -10,7 +10,7 @@ Ingress replicas are interchangeable: each replays a session's log from the stor
 `StreamEpisode` (the rollout's dialogue code, windowed as configured), so any replica
 continues any session. VLM policies (data.codec=image) get each frame resized by the data
 pipeline's `ImageCodec`; the log keeps the frames a window can still hold (PNG), and each
-engine request carries its context's frames (actors/serve_ingress.py, serve_sessions.py). A session's engine requests carry its id as Serve's multiplexed model
+engine request carries its context's frames (actors/serve/ingress.py, serve_sessions.py). A session's engine requests carry its id as Serve's multiplexed model
 id, so they return to the engine replica whose prefix cache holds the session.
 
     streampro serve --checkpoint DIR [--port P]     # or the RayService in cluster/kuberay/
@@ -25,28 +25,45 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import socket
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
+import ray
 from ray import serve
+from transformers import AutoConfig
 
+from streampro.actors.api import WorkerSpec
+from streampro.actors.serve.api import StreamIngress
+from streampro.actors.serve.engine import PolicyEngine
+from streampro.actors.serve.sessions import SessionStore
+from streampro.cluster.local import init_from_config, is_attach
+from streampro.cluster.resources import actor_options
 from streampro.config import Config, ConfigError, load_config
 from streampro.errors import UserError
+from streampro.hf_policy import is_vlm, resolve_policy
+from streampro.timeouts import free_port
 
 APP_NAME = "streampro"
 _STARTED: dict[str, int | None] = {"port": None}  # Serve started by local_deployment
 
 
-def _engine_app(cfg: Config, checkpoint: str) -> Any:
-    from streampro.actors.api import WorkerSpec
-    from streampro.actors.serve_engine import PolicyEngine
-    from streampro.cluster.resources import actor_options
+class Deployment(Protocol):
+    """What `@serve.deployment` makes of a class (Ray Serve's own type is not visible here)."""
 
+    def options(self, **options: Any) -> Deployment: ...
+    def bind(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def deployment(cls: type) -> Deployment:
+    """A class decorated with `@serve.deployment`, seen as the deployment it became."""
+    return cast(Deployment, cls)
+
+
+def _engine_app(cfg: Config, checkpoint: str) -> Any:
     s, r = cfg.serve, cfg.rollout
     lo, hi = s.min_replicas, max(s.max_replicas, s.min_replicas)
     scaling: dict[str, Any] = (
@@ -60,27 +77,17 @@ def _engine_app(cfg: Config, checkpoint: str) -> Any:
             }
         }
     )
-    return PolicyEngine.options(
-        ray_actor_options=actor_options(
-            "serve", num_cpus=s.num_cpus, num_gpus=s.num_gpus, custom=cfg.cluster.role_resources
-        ),
-        max_ongoing_requests=r.max_num_seqs,
-        **scaling,
-    ).bind(WorkerSpec.of(cfg, checkpoint), engine=s.engine)
-
-
-def check_serve_config(cfg: Config) -> None:
-    """Serve settings no deployment can run with, refused in one line before any work."""
-    s = cfg.serve
-    if s.engine not in ("vllm", "hf"):
-        raise ConfigError(f"serve.engine must be 'vllm' or 'hf', got {s.engine!r}")
-    if cfg.data.codec == "image" and s.engine == "hf":
-        raise ConfigError(
-            "serve.engine=hf serves text policies only: data.codec=image needs serve.engine=vllm"
+    return (
+        deployment(PolicyEngine)
+        .options(
+            ray_actor_options=actor_options(
+                "serve", num_cpus=s.num_cpus, num_gpus=s.num_gpus, custom=cfg.cluster.role_resources
+            ),
+            max_ongoing_requests=r.max_num_seqs,
+            **scaling,
         )
-    for name in ("ingress_replicas", "max_sessions", "max_inflight"):
-        if getattr(s, name) < 1:
-            raise ConfigError(f"serve.{name} must be >= 1, got {getattr(s, name)}")
+        .bind(WorkerSpec.of(cfg, checkpoint), engine=s.engine)
+    )
 
 
 def check_checkpoint(cfg: Config, checkpoint: str) -> None:
@@ -89,9 +96,6 @@ def check_checkpoint(cfg: Config, checkpoint: str) -> None:
     (a RayService path on the cluster) is left to the replicas."""
     if not (Path(checkpoint) / "config.json").is_file():
         return
-    from transformers import AutoConfig
-
-    from streampro.hf_policy import is_vlm
 
     vlm = is_vlm(AutoConfig.from_pretrained(checkpoint))
     if cfg.data.codec == "image" and not vlm:
@@ -100,7 +104,7 @@ def check_checkpoint(cfg: Config, checkpoint: str) -> None:
             "vision-language policy (use data.codec=patch)"
         )
     if vlm and cfg.serve.engine == "hf":
-        from streampro.actors.serve_engine import hf_refuses_vlm
+        from streampro.actors.serve.engine import hf_refuses_vlm
 
         raise UserError(hf_refuses_vlm(checkpoint))
 
@@ -108,28 +112,31 @@ def check_checkpoint(cfg: Config, checkpoint: str) -> None:
 def serve_app(cfg: Config, checkpoint: str) -> Any:
     """The Serve application of a policy folder under a Config (the one place that reads it):
     the ingress takes `cfg.serve` and `cfg.data` themselves, the engines their flat knobs."""
-    from streampro.actors.serve_api import StreamIngress
-    from streampro.actors.serve_sessions import SessionStore
 
     s = cfg.serve
-    check_serve_config(cfg)
     check_checkpoint(cfg, checkpoint)
-    store = SessionStore.options(ray_actor_options={"num_cpus": 0.1}).bind(
-        max_sessions=s.max_sessions,
-        ttl_s=s.session_ttl_s,
-        expire_every_s=s.expire_every_s,
-        keep_frames=cfg.data.window_turns,  # the most frames a context holds
+    store = (
+        deployment(SessionStore)
+        .options(ray_actor_options={"num_cpus": 0.1})
+        .bind(
+            max_sessions=s.max_sessions,
+            ttl_s=s.session_ttl_s,
+            expire_every_s=s.expire_every_s,
+            keep_frames=cfg.data.window_turns,  # the most frames a context holds
+        )
     )
-    return StreamIngress.options(
-        num_replicas=s.ingress_replicas, ray_actor_options={"num_cpus": 0.1}
-    ).bind(
-        _engine_app(cfg, checkpoint),
-        store,
-        s,
-        cfg.data,
-        model_path=checkpoint,
-        max_answer_tokens=cfg.rollout.max_answer_tokens,
-        seed=cfg.run.seed,
+    return (
+        deployment(StreamIngress)
+        .options(num_replicas=s.ingress_replicas, ray_actor_options={"num_cpus": 0.1})
+        .bind(
+            _engine_app(cfg, checkpoint),
+            store,
+            s,
+            cfg.data,
+            model_path=checkpoint,
+            max_answer_tokens=cfg.rollout.max_answer_tokens,
+            seed=cfg.run.seed,
+        )
     )
 
 
@@ -172,19 +179,11 @@ def build_app(args: dict[str, Any]) -> Any:
 
 def resolve_checkpoint(cfg: Config, checkpoint: str | None) -> str:
     """--checkpoint, else serve.checkpoint, else the configured policy; must be an HF folder."""
-    from streampro.hf_policy import resolve_policy
 
-    check_serve_config(cfg)  # before a policy is built for nothing
     path = checkpoint or cfg.serve.checkpoint or resolve_policy(cfg.policy, seed=cfg.run.seed)
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"--checkpoint {path}: not a Hugging Face model folder (no config.json)")
     return str(Path(path).resolve())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -194,7 +193,6 @@ def local_deployment(cfg: Config, checkpoint: str) -> Iterator[str]:
     When Serve already runs in this Ray (a test, a notebook) the app is added beside the
     others under its own name and route prefix; otherwise Serve starts on a free loopback
     port. The app is deleted on exit."""
-    from streampro.cluster.local import init_from_config
 
     app = serve_app(cfg, checkpoint)  # config errors before Ray starts
     init_from_config(cfg.cluster)
@@ -212,14 +210,12 @@ def local_deployment(cfg: Config, checkpoint: str) -> Iterator[str]:
 
 def _serve_port() -> int | None:
     """The HTTP port of the Serve instance this process started, if it still runs."""
-    import ray
 
     return _STARTED["port"] if ray.is_initialized() else None
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
     """`streampro serve`: deploy on the local Ray (or cluster.address) and serve until Ctrl-C."""
-    from streampro.cluster.local import init_from_config, is_attach
 
     checkpoint = resolve_checkpoint(cfg, args.checkpoint)
     port = args.port if getattr(args, "port", None) else cfg.serve.port

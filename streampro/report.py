@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 
 from streampro.config import Config, atomic_write_text
+from streampro.data.schema import Sample, load_manifest
 from streampro.errors import UserError
 from streampro.metrics import read_metrics
+from streampro.tasks import resolve_answer
 
 CURVES = {
     "grpo": [
@@ -86,11 +88,8 @@ def plot_timelines(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from streampro.data.schema import load_manifest
-    from streampro.tasks import resolve_answer
-
     samples, _ = load_manifest(manifest, skip_bad=True)
-    by_task: dict[str, object] = {}
+    by_task: dict[str, Sample] = {}
     for s in samples:  # one sample per task first, so the plot shows different tasks
         by_task.setdefault(s.task, s)
     samples = list(by_task.values())[:max_samples]
@@ -153,10 +152,12 @@ def write_report(run_dir: str | Path) -> Path:
             parts += [f"## StreamPro-F1 (x100), {split} split", "", score_table(rows), ""]
         parts += ["## Time per phase (s)", "", "| phase | seconds |", "|---|---|"]
         parts += [f"| {k} | {v:.1f} |" for k, v in summary.get("timings", {}).items()] + [""]
-    for stage, rows in _stage_metrics(run_dir):
+    for stage, metric_rows in _stage_metrics(run_dir):
         if stage == "grpo":
-            parts += phase_table(rows)
-        if plot_curves(rows, CURVES[stage], run_dir / f"{stage}_curves.png", f"{stage} curves"):
+            parts += phase_table(metric_rows)
+        if plot_curves(
+            metric_rows, CURVES[stage], run_dir / f"{stage}_curves.png", f"{stage} curves"
+        ):
             parts += [f"## {stage.upper()} curves", "", f"![{stage}]({stage}_curves.png)", ""]
     pred_dir = run_dir / "predictions"
     manifest = run_dir / "predictions" / "val_manifest.txt"

@@ -21,9 +21,18 @@ import os
 import time
 from pathlib import Path
 
-from streampro.bench.f1 import score_predictions, write_scores
+import httpx
+
+from streampro.client import AsyncStreamSession, encode_png
 from streampro.config import Config, atomic_write_text
+from streampro.data.codec import ImageCodec
+from streampro.data.encode import _decode_size
+from streampro.data.schema import load_manifest
+from streampro.data.video import read_chunks
 from streampro.errors import UserError
+from streampro.report import plot_timelines
+from streampro.rewards.f1 import score_predictions, write_scores
+from streampro.rewards.judges import eval_acc_judge
 
 EPS = 1e-6
 
@@ -35,9 +44,6 @@ def video_chunks(
     (same frame choice and downscale), so the server computes the same frame codes; with
     `codec` (the server's ImageCodec) each frame at full size through `codec.encode`, as
     data.encode makes image-codec frames."""
-    from streampro.client import encode_png
-    from streampro.data.encode import _decode_size  # the training decoder's size rule
-    from streampro.data.video import read_chunks
 
     out = []
     size = None if codec is not None else _decode_size(video, grid)
@@ -51,9 +57,6 @@ def video_chunks(
 
 def served_codec(url: str, *, timeout_s: float = 30.0):
     """The deployment's frame codec from GET /healthz: an ImageCodec, or None (patch)."""
-    import httpx
-
-    from streampro.data.codec import ImageCodec
 
     try:
         r = httpx.get(f"{url.rstrip('/')}/healthz", timeout=timeout_s)
@@ -67,8 +70,6 @@ def served_codec(url: str, *, timeout_s: float = 30.0):
 
 
 async def _replay_one(http, url: str, sample, chunks: list[tuple], *, speed: float, token) -> list:
-    from streampro.client import AsyncStreamSession
-
     s = await AsyncStreamSession.open(
         url, sample.question, http=http, query_time=float(sample.query_time), token=token
     )
@@ -93,7 +94,6 @@ async def replay(
     timeout_s: float = 120.0,
 ) -> dict[str, list[dict]]:
     """items: (sample, video path, fps, grid, codec or None). Returns {sample id: responses}."""
-    import httpx
 
     sem = asyncio.Semaphore(max(1, concurrency))
     limits = httpx.Limits(max_connections=max(1, concurrency) * 2)
@@ -118,9 +118,6 @@ async def replay(
 
 def evaluate_endpoint(cfg: Config, url: str, manifest: str | os.PathLike, out_dir) -> dict:
     """StreamPro-F1 of the policy behind `url` on `manifest`; writes the run's files."""
-    from streampro.bench.evaluate import acc_judge_from_config
-    from streampro.bench.report import plot_timelines
-    from streampro.data.schema import load_manifest
 
     manifest = Path(manifest)
     samples, problems = load_manifest(manifest, skip_bad=cfg.data.skip_bad)
@@ -150,7 +147,7 @@ def evaluate_endpoint(cfg: Config, url: str, manifest: str | os.PathLike, out_di
     scores = score_predictions(
         [s.to_dict() for s in samples],
         preds,
-        acc_judge=acc_judge_from_config(cfg),
+        acc_judge=eval_acc_judge(cfg.eval, cfg.reward),
         fallback_score=cfg.reward.fallback_score,
         timeout_s=cfg.reward.timeout_s,
     )

@@ -23,12 +23,18 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import torch
+from PIL import Image
 from ray import serve
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from streampro.actors.api import WorkerSpec
 from streampro.actors.episode import stop_token_ids
+from streampro.actors.hf_loop import sample_token
 from streampro.config import RolloutConfig
 from streampro.errors import UserError
+from streampro.hf_policy import is_vlm
 
 # Sessions a replica counts as "its own" for routing; older ones are forgotten (LRU) and
 # their next chunk may land anywhere.
@@ -46,9 +52,6 @@ class FrameCache:
         self.lock = threading.Lock()
 
     def decode(self, pngs: Sequence[bytes]) -> list:
-        import numpy as np
-        from PIL import Image
-
         out = []
         for b in pngs:
             with self.lock:
@@ -75,10 +78,6 @@ class _HFDecider:
     it, so only the new tokens are fed (a windowed context that slid starts afresh)."""
 
     def __init__(self, model_path: str, *, dtype: str) -> None:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-        from streampro.hf_policy import is_vlm
 
         if is_vlm(AutoConfig.from_pretrained(model_path)):
             raise UserError(hf_refuses_vlm(model_path))
@@ -93,10 +92,6 @@ class _HFDecider:
     def decide(
         self, prompt: list[int], *, max_tokens: int, temperature: float, seed: int
     ) -> tuple[list[int], list[float]]:
-        import torch
-        from transformers import DynamicCache
-
-        from streampro.actors.hf_loop import sample_token
 
         gen = torch.Generator().manual_seed(seed)
         ids: list[int] = []
@@ -117,8 +112,6 @@ class _HFDecider:
                 x = [tok]
 
     def _forward(self, x: list[int]):
-        import torch
-
         past = len(self._fed)
         inp = torch.tensor([x])  # [1, T]
         pos = torch.arange(past, past + len(x))[None]  # [1, T]
@@ -161,7 +154,7 @@ class PolicyEngine:
                 served_engine_settings(spec.rollout),
                 dtype=spec.dtype,
                 seed=spec.seed,
-                max_images=spec.window_turns,  # a context holds at most one frame per turn
+                max_images=spec.window.turns,  # a context holds at most one frame per turn
             )
             tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
             self._stop = stop_token_ids(tokenizer)

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 from ray import serve
 
 
@@ -58,7 +60,6 @@ def _open_rgb(b64: str, *, max_pixels: int, draft: Callable[[int, int], tuple[in
     """base64 PNG/JPEG -> (RGB PIL image, original (w, h)). The size is checked before any
     pixel is decoded, and a JPEG is decoded straight at a reduced scale (`draft(w, h)`: the
     smallest (w, h) the caller needs), so a huge image costs little."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         raw = base64.b64decode(b64, validate=True)
@@ -87,14 +88,12 @@ def _open_rgb(b64: str, *, max_pixels: int, draft: Callable[[int, int], tuple[in
 def decode_image(b64: str, *, max_pixels: int, budget: int):
     """base64 PNG/JPEG -> H x W x 3 uint8, at most `budget` pixels a side (patch codec).
     Runs in a worker thread."""
-    import numpy as np
-    from PIL import Image
 
     rgb, _ = _open_rgb(b64, max_pixels=max_pixels, draft=lambda w, h: (budget, budget))
     scale = budget / max(rgb.size)
     if scale < 1:  # the codec's budget: the same size rule as data.encode's decoder
         size = tuple(max(2, round(d * scale / 2) * 2) for d in rgb.size)
-        rgb = rgb.resize(size, Image.BILINEAR)
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
     return np.asarray(rgb)
 
 
@@ -104,8 +103,6 @@ def decode_frame(b64: str, *, max_pixels: int, codec: Any):
     so the pixels equal the training pipeline's on the same frame; a JPEG is drafted down to
     no less than the codec's size for its original dimensions, then resized to exactly that
     size (the same rule; JPEG is lossy anyway). Runs in a worker thread."""
-    import numpy as np
-    from PIL import Image
 
     def target(w: int, h: int) -> tuple[int, int]:
         th, tw = codec.size_for(h, w)
@@ -119,7 +116,6 @@ def decode_frame(b64: str, *, max_pixels: int, codec: Any):
 
 def png_bytes(frame) -> bytes:
     """[h, w, 3] uint8 -> PNG (lossless): how a step's frame is kept and sent to the engine."""
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="PNG")

@@ -13,29 +13,22 @@ import argparse
 import os
 from pathlib import Path
 
-from streampro.bench.f1 import load_predictions, score_predictions, write_scores
+from streampro.actors.policy_eval import PolicyEval
+from streampro.actors.rollout import make_rollout_group
+from streampro.cluster.local import init_from_config
 from streampro.config import Config
+from streampro.data.pipeline import encode_samples, policy_folder
+from streampro.data.schema import load_manifest
 from streampro.errors import UserError
-from streampro.rewards.judges import AccJudge, make_acc_judge
-
-
-def acc_judge_from_config(cfg: Config) -> AccJudge:
-    """The S_acc judge of evaluation: eval.acc_judge, or the reward's when that is empty."""
-    r = cfg.reward
-    return make_acc_judge(
-        cfg.eval.acc_judge or r.acc_judge,
-        llm_url=r.llm_url,
-        llm_model=r.llm_model,
-        api_key_env=r.llm_api_key_env,
-        timeout_s=r.timeout_s,
-    )
+from streampro.replay import evaluate_endpoint
+from streampro.rewards.f1 import load_predictions, score_predictions, write_scores
+from streampro.rewards.judges import eval_acc_judge
 
 
 def load_manifest_rows(
     path: str | os.PathLike, *, skip_bad: bool = False
 ) -> tuple[list[dict], int]:
     """(manifest rows as dicts, skipped bad rows), validated by the data layer's schema."""
-    from streampro.data.schema import load_manifest
 
     samples, problems = load_manifest(path, skip_bad=skip_bad)
     skipped = len({p.split(": ", 1)[0] for p in problems})  # problems are "file:line: ..."
@@ -61,7 +54,7 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     scores = score_predictions(
         rows,
         preds,
-        acc_judge=acc_judge_from_config(cfg),
+        acc_judge=eval_acc_judge(cfg.eval, cfg.reward),
         fallback_score=cfg.reward.fallback_score,
         timeout_s=cfg.reward.timeout_s,
         progress=True,
@@ -79,14 +72,13 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
 
 def _eval_served(cfg: Config, args: argparse.Namespace) -> int:
     """--endpoint URL, or --checkpoint DIR through a temporary local deployment."""
-    from streampro.bench.replay import evaluate_endpoint
 
     if not Path(args.manifest).is_file():
         raise UserError(f"--manifest {args.manifest}: file not found")
     if args.endpoint:
         scores = evaluate_endpoint(cfg, args.endpoint, args.manifest, args.out)
     else:
-        from streampro.actors.serve import local_deployment, resolve_checkpoint
+        from streampro.actors.serve.deploy import local_deployment, resolve_checkpoint
 
         with local_deployment(cfg, resolve_checkpoint(cfg, args.checkpoint)) as url:
             scores = evaluate_endpoint(cfg, url, args.manifest, args.out)
@@ -97,7 +89,6 @@ def _eval_served(cfg: Config, args: argparse.Namespace) -> int:
 
 def _eval_policy(cfg: Config, args: argparse.Namespace) -> int:
     """No predictions given: run the policy (policy.name_or_path) over the manifest."""
-    from streampro.cluster.local import init_from_config
 
     init_from_config(cfg.cluster)
     scores = evaluate_policy(cfg, args.manifest, args.out)
@@ -116,15 +107,12 @@ def evaluate_policy(
     """StreamPro-F1 of a policy run over a manifest (Ray must be initialised).
 
     Encodes the manifest, decodes streams on the rollout group with the settings of a run's
-    own evaluations (`eval_kwargs`: greedy, or eval.samples_per_stream samples at the
+    own evaluations (`PolicyEval`: greedy, or eval.samples_per_stream samples at the
     rollout temperature, seeded by run.seed), keeps
     DIR/predictions.jsonl in the `--predictions` format and writes scores.json + report.md.
     """
-    from streampro.actors.rollout import make_rollout_group
-    from streampro.bench.policy_eval import eval_kwargs, evaluate
-    from streampro.pipeline import encode_samples, policy_folder
 
-    encoded = encode_samples(cfg, manifest)
+    encoded = encode_samples(cfg, Path(manifest))
     if cfg.eval.max_samples:
         encoded = encoded[: cfg.eval.max_samples]
     rollout = make_rollout_group(
@@ -132,12 +120,8 @@ def evaluate_policy(
         model_path or policy_folder(cfg),
     )
     try:
-        scores = evaluate(
-            rollout,
-            encoded,
-            **eval_kwargs(cfg),
-            predictions_out=Path(out_dir) / "predictions.jsonl",
-        )
+        out = Path(out_dir) / "predictions.jsonl"
+        scores = PolicyEval.from_config(cfg).run(rollout, encoded, predictions_out=out)
     finally:
         rollout.shutdown()
     write_scores(scores, out_dir)

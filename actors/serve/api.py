@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from streampro.actors.serve_ingress import GUARD, ApiError, Ingress, auth_enabled, configure_guard
+from streampro.actors.serve.ingress import GUARD, ApiError, Ingress, auth_enabled, configure_guard
 from streampro.config import DataConfig, ServeConfig
 
 STATIC = Path(__file__).resolve().parent / "static"

@@ -1,0 +1,92 @@
+"""Evaluate a policy on a split: streaming decoding on the rollout group + StreamPro-F1.
+
+Greedy decoding gives one trajectory per stream. Sampled decoding gives `n` per stream and
+the scores are their mean: one sample per stream is noisy, and a numerical difference of
+1e-6 (a reloaded vs a freshly loaded engine) can send a sampled stream down another path.
+SFT eval, GRPO val, the final test and `streampro eval` all score through `PolicyEval`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streampro.actors.api import RolloutGroupAPI, Sampling
+from streampro.config import Config, atomic_write_text
+from streampro.data.encode import EncodedSample
+from streampro.rewards.f1 import score_predictions
+from streampro.rewards.judges import AccJudge, eval_acc_judge
+
+Predictions = dict[str, list[dict]]
+"""{sample id: [{"time", "text"}, ...]}: one decoding of every stream."""
+
+
+@dataclass(frozen=True)
+class PolicyEval:
+    """How every evaluation decodes and scores: greedy, or `n` seeded samples per stream."""
+
+    sampling: Sampling
+    n: int
+    """Episodes per stream; the scores are their mean."""
+    judge: AccJudge
+    """S_acc judge of StreamPro-F1."""
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> PolicyEval:
+        """eval.greedy, or eval.samples_per_stream samples at rollout.temperature seeded by
+        run.seed; the judge of eval.acc_judge (else reward.acc_judge)."""
+        e = cfg.eval
+        if e.greedy:
+            sampling, n = Sampling.greedy(cfg.rollout, seed=cfg.run.seed), 1
+        else:
+            sampling, n = Sampling.from_config(cfg.rollout, seed=cfg.run.seed), e.samples_per_stream
+        return cls(sampling, n, eval_acc_judge(e, cfg.reward))
+
+    def predict(self, rollout: RolloutGroupAPI, encoded: list[EncodedSample]) -> list[Predictions]:
+        """Decisions over whole streams, `n` decodings of every stream."""
+        n = self.n
+        trajs = rollout.generate(
+            samples=encoded, n=n, sampling=self.sampling
+        )  # [s0e0..s0e(n-1), ...]
+        return [{t.sample_id: t.responses() for t in trajs[k::n]} for k in range(n)]
+
+    def run(
+        self,
+        rollout: RolloutGroupAPI,
+        encoded: list[EncodedSample],
+        *,
+        predictions_out: str | Path | None = None,
+    ) -> dict:
+        """scores.json of the policy on `encoded`, averaged over the n decodings
+        (`"samples_per_stream": n`); optionally keeps the first decoding's predictions as
+        JSONL ({"id", "responses"} per line, the `streampro eval` input format)."""
+        runs = self.predict(rollout, encoded)
+        if predictions_out is not None:
+            lines = [
+                json.dumps({"id": e.sample.id, "responses": runs[0].get(e.sample.id, [])})
+                for e in encoded
+            ]
+            Path(predictions_out).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(predictions_out, "\n".join(lines) + "\n")
+        rows = [e.sample.to_dict() for e in encoded]
+        scores = [score_predictions(rows, preds, acc_judge=self.judge) for preds in runs]
+        return {**mean_scores(scores), "samples_per_stream": self.n}
+
+
+def mean_scores(runs: list[Any]) -> Any:
+    """Field-wise mean of scores.json dicts with the same keys (numbers averaged, nesting kept)."""
+    first = runs[0]
+    if isinstance(first, dict):
+        return {k: mean_scores([r[k] for r in runs]) for k in first}
+    if all(r == first for r in runs):
+        return first  # counts that do not vary (n, n_gt, n_samples) stay integers
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return sum(runs) / len(runs)
+    return first
+
+
+def always_silent(encoded: list[EncodedSample]) -> dict:
+    """The do-nothing baseline: no response anywhere."""
+    return score_predictions([e.sample.to_dict() for e in encoded], {})

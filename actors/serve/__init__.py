@@ -1,0 +1,1 @@
+"""The policy behind Ray Serve: a `/v1` streaming-session API, its engines and its page."""
