@@ -37,6 +37,7 @@ from streampro.config import Config, atomic_write_text
 from streampro.data.pipeline import policy_folder
 from streampro.data.window import Window
 from streampro.errors import UserError
+from streampro.hf_policy import pad_token_id
 from streampro.learners.api import LearnerGroupAPI
 from streampro.learners.group import make_learner_group
 from streampro.learners.grpo_loop import GRPOStep
@@ -110,12 +111,6 @@ def _rollout_group(cfg: Config, model: str, actors: int) -> RayRolloutGroup:
     return RayRolloutGroup(spec, env_vars=ACTOR_ENV)
 
 
-def _pad_id(model_path: str) -> int:
-    """The id the learner pads rows with: the tokenizer's pad token, else its EOS."""
-    tok = AutoTokenizer.from_pretrained(model_path)
-    return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-
-
 def grpo_step(cfg: Config, parts: Parts, point: dict[str, int], work: Path) -> dict[str, Any]:
     """One synchronous GRPO step at `point`: phase seconds and rollout decisions/s."""
     if parts.rollout is None:
@@ -180,7 +175,12 @@ def run(cfg: Config, out_dir: str) -> dict[str, Any]:
         model = silence_biased_policy(policy_folder(c), work / "policy")
         pool = make_reward_pool(c)
         learner = make_learner_group(c, model, objective="grpo")
-        parts = Parts(model=model, pad_id=_pad_id(model), learner=learner, pool=pool)
+        parts = Parts(
+            model=model,
+            pad_id=pad_token_id(AutoTokenizer.from_pretrained(model)),
+            learner=learner,
+            pool=pool,
+        )
         try:
             for actors in sorted({p["actors"] for p in points}):
                 rollout = parts.rollout = _rollout_group(c, model, actors)

@@ -29,6 +29,7 @@ from streampro.actors.records import write_trajectories
 from streampro.cluster.local import init_from_config
 from streampro.config import Config, GRPOConfig, atomic_write_text, make_run_dir
 from streampro.data.pipeline import load_split, policy_folder
+from streampro.hf_policy import pad_token_id
 from streampro.learners.api import LearnerGroupAPI
 from streampro.learners.group import make_learner_group
 from streampro.learners.grpo_loss import equal_reward_groups, group_advantages
@@ -341,7 +342,7 @@ def run_grpo(
         learner=learner,
         cursor=DataCursor(len(train), cfg.run.seed),
         run_dir=run_dir,
-        pad_id=_pad_id(init_model),
+        pad_id=pad_token_id(AutoTokenizer.from_pretrained(init_model)),
     )
     try:
         with Stage(
@@ -434,11 +435,6 @@ def _step(
 
 def _wait(fut: Future) -> None:
     fut.exception()  # block until done; a failure is raised where the result is taken
-
-
-def _pad_id(model_path: str) -> int:
-    tok = AutoTokenizer.from_pretrained(model_path)
-    return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from streampro.data.encode import EncodedSample
 from streampro.data.pipeline import load_split, policy_folder
 from streampro.data.window import Window
 from streampro.errors import UserError
-from streampro.hf_policy import frame_tokens_fn
+from streampro.hf_policy import frame_tokens_fn, pad_token_id
 from streampro.learners.api import LearnerGroupAPI
 from streampro.learners.group import make_learner_group
 from streampro.learners.packing import PackItem, collate, plan_rows
@@ -147,8 +147,7 @@ def run_sft(
     run_dir.mkdir(parents=True, exist_ok=True)
     model_path = init_model or policy_folder(cfg)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    pad_id = tokenizer.pad_token_id
-    pad_id = int(pad_id if pad_id is not None else tokenizer.eos_token_id)
+    pad_id = pad_token_id(tokenizer)
     s = cfg.sft
     train = load_split(cfg, "train")
     data = build_sft_data(

@@ -59,6 +59,12 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32"):
     return cls.from_pretrained(path, dtype=getattr(torch, dtype))
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id the learner pads rows with: the tokenizer's pad token, else its EOS."""
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.eos_token_id)
+
+
 def load_processor(path: str | os.PathLike):
     """The processor of a VLM folder (AutoProcessor), or None for a text model."""
 
