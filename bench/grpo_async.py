@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streampro.cluster.local import init_from_config
+from streampro.cluster.local import init_cluster
 from streampro.config import Config
 from streampro.data.pipeline import policy_folder
 from streampro.learners.grpo_loop import run_grpo
@@ -17,7 +17,7 @@ PHASES = ("time/rollout", "time/reward", "time/wait", "time/learn", "time/sync")
 
 
 def run(cfg: Config, out_path: str) -> dict[str, Any]:
-    init_from_config(cfg.cluster)
+    init_cluster(cfg, "grpo")
     model = policy_folder(cfg)
     root = Path(out_path).with_suffix("")
     result: dict[str, Any] = {

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from streampro.cluster.local import init_from_config
+from streampro.cluster.local import init_cluster
 from streampro.config import Config, atomic_write_text
 from streampro.learners.sft import run_sft
 
@@ -103,7 +103,7 @@ def run(cfg: Config, out_path: str) -> dict[str, Any]:
     out = Path(out_path)
     root = out.with_suffix("")  # runs/bench-sft-ablation/ next to runs/bench-sft-ablation.json
     root.mkdir(parents=True, exist_ok=True)
-    init_from_config(cfg.cluster)
+    init_cluster(cfg, "sft")
     results = {
         loss: [_one_run(cfg, loss, seed, root) for seed in cfg.bench.seeds] for loss in LOSSES
     }

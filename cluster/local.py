@@ -19,8 +19,12 @@ try:  # Ray 2.60's token auth lives in a private module: a Ray without it has no
 except ImportError:
     _token_auth = None
 
+import math
+import time
+
+from streampro.cluster.fit import Capacity, check_fit, needed_cpus, role_demands
 from streampro.cluster.resources import LOCAL_ROLE_RESOURCES, ROLES
-from streampro.config import ClusterConfig
+from streampro.config import ClusterConfig, Config
 from streampro.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -107,6 +111,46 @@ def _attach(
             "nodes with them, set cluster.role_resources=false",
             ", ".join(missing),
         )
+
+
+def init_cluster(cfg: Config, stage: str) -> None:
+    """Start or attach Ray for `stage` (sft, grpo, train, eval), then make sure its roles fit
+    (`cluster.fit`), so a role that cannot be placed stops the job in one line instead of
+    hanging. A local Ray of `cluster.num_cpus=0` is sized to the machine or, when the roles
+    declare more, to them (they take turns on the cores); attached to a cluster, the check
+    waits up to `cluster.placement_timeout_s` for an autoscaler to add nodes."""
+    phases = role_demands(cfg, stage)
+    c = cfg.cluster
+    num_cpus = c.num_cpus
+    if not num_cpus and not is_attach(c.address) and not ray.is_initialized():
+        num_cpus = max(os.cpu_count() or 1, math.ceil(needed_cpus(phases)))
+    init_ray(
+        address=c.address,
+        num_cpus=num_cpus,
+        num_gpus=c.num_gpus,
+        dashboard=c.dashboard,
+        namespace=c.namespace,
+    )
+    deadline = time.monotonic() + (c.placement_timeout_s if is_attach(c.address) else 0.0)
+    while True:
+        try:
+            check_fit(phases, capacity(), stage=stage)
+            return
+        except UserError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+
+
+def capacity() -> Capacity:
+    """What the running Ray offers: totals over its alive nodes, and the largest node."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return Capacity(
+        cpus=sum(n.get("CPU", 0.0) for n in nodes),
+        gpus=sum(n.get("GPU", 0.0) for n in nodes),
+        node_cpus=max((n.get("CPU", 0.0) for n in nodes), default=0.0),
+        node_gpus=max((n.get("GPU", 0.0) for n in nodes), default=0.0),
+    )
 
 
 def init_from_config(

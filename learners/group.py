@@ -306,7 +306,7 @@ class LearnerGroup:
         )
 
     def info(self) -> list[dict]:
-        """What each rank's setup chose: precision, matmul GFLOP/s (auto) and torch threads."""
+        """What each rank's setup chose: precision and torch threads."""
         return self._all([r.info.remote() for r in self.ranks], "learner info")
 
     def train_step(self, *, batch: Batch, objective: str) -> dict[str, float]:
@@ -415,6 +415,13 @@ class LocalLearnerGroup(LearnerGroup):
         self._start(model_path)
 
 
+def rank_env(learner: LearnerConfig) -> dict[str, str]:
+    """Environment of a Ray rank: its DeepSpeed accelerator follows the GPUs it asks for, so
+    a GPU rank never inherits the DS_ACCELERATOR=cpu a CPU-only local cluster gives workers."""
+    accelerator = "cuda" if learner.num_gpus > 0 else "cpu"
+    return {"TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": accelerator}
+
+
 class RayLearnerGroup(LearnerGroup):
     """`learner.num_ranks` Ray actors in one placement group, each a rank of one DeepSpeed
     data-parallel engine, with the CPUs, GPUs, memory and placement of `spec`."""
@@ -424,9 +431,7 @@ class RayLearnerGroup(LearnerGroup):
         of the learner worker group (cluster.role_resources)."""
         super().__init__(spec, [], wait_refs)  # the ranks join once their actors exist
         lc = spec.learner
-        env = {"TOKENIZERS_PARALLELISM": "false"}
-        if lc.num_gpus == 0:
-            env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed must not look for CUDA on a CPU rank
+        env = rank_env(lc)
         self.pg: Any = learner_placement_group(
             lc.num_ranks,
             spec.num_cpus,

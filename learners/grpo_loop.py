@@ -26,13 +26,21 @@ from transformers import AutoTokenizer
 from streampro.actors.api import WEIGHT_TRANSFER, RolloutGroupAPI, Sampling
 from streampro.actors.policy_eval import PolicyEval
 from streampro.actors.records import write_trajectories
-from streampro.cluster.local import init_from_config
-from streampro.config import Config, GRPOConfig, atomic_write_text, make_run_dir
+from streampro.cluster.local import init_cluster
+from streampro.config import (
+    Config,
+    GRPOConfig,
+    atomic_write_text,
+    learner_precision,
+    make_run_dir,
+    mixed_precision,
+    policy_precision,
+)
 from streampro.data.pipeline import load_split, policy_folder
 from streampro.hf_policy import pad_token_id
 from streampro.learners.api import LearnerGroupAPI
 from streampro.learners.group import make_learner_group
-from streampro.learners.grpo_loss import equal_reward_groups, group_advantages
+from streampro.learners.grpo_loss import equal_reward_groups, group_advantages, tis_weights
 from streampro.learners.packing import PackItem, collate, plan_rows, select_rows
 from streampro.learners.stage import Stage
 from streampro.learners.state import DataCursor
@@ -109,6 +117,19 @@ def logprob_agreement(
         "check/lp_diff_max": float(diff.max()),
         "check/lp_diff_share": float((diff > tol).float().mean()),
     }
+
+
+def check_threshold(cfg: Config) -> float:
+    """The agreement check's threshold for the precisions in play: fp32 on both sides, or bf16
+    on either (`grpo.logprob_check_max` / `logprob_check_max_bf16`)."""
+    bf16 = "bf16" in (learner_precision(cfg.learner, cfg.policy), policy_precision(cfg.policy))
+    return cfg.grpo.logprob_check_max_bf16 if bf16 else cfg.grpo.logprob_check_max
+
+
+def rollout_correction(cfg: Config) -> bool:
+    """Whether synchronous GRPO weights tokens by `tis_weights` (grpo.rollout_correction)."""
+    mode = cfg.grpo.rollout_correction
+    return not cfg.grpo.async_mode and (mode == "tis" or (mode == "auto" and mixed_precision(cfg)))
 
 
 def trajectory_stats(trajs: list[Trajectory], results: list[RewardResult]) -> dict[str, float]:
@@ -223,6 +244,10 @@ class GRPOStep:
             # starts at exactly 1; in async mode the behaviour logprobs of vLLM are the baseline.
             batch["old_logprobs"] = self.learner.logprobs(batch=batch)
             check = self.check_agreement(sampler, batch["old_logprobs"], batch["loss_mask"])
+            if rollout_correction(self.cfg):
+                batch["is_weights"] = tis_weights(
+                    batch["old_logprobs"], sampler, batch["loss_mask"], cap=c.rollout_correction_cap
+                )
         elif c.logprob_check_every and step % c.logprob_check_every == 0:
             # the learner has moved on: score under the weights the rollout sampled from
             learner = self.learner.logprobs(batch=batch, version=behaviour_version(trajs))
@@ -243,13 +268,14 @@ class GRPOStep:
     ) -> dict[str, float]:  # [R, T] each
         """vLLM vs learner logprobs under the same weights; warns once past the threshold."""
         out = logprob_agreement(sampler, learner, mask)
-        tol = self.cfg.grpo.logprob_check_max
+        tol = check_threshold(self.cfg)
         if tol > 0 and out["check/lp_diff_max"] > tol and not self.warned:
             self.warned = True
             warnings.warn(
                 f"vLLM and learner logprobs disagree: max {out['check/lp_diff_max']:.2e}, "
                 f"mean {out['check/lp_diff_mean']:.2e}, {100 * out['check/lp_diff_share']:.1f}% "
-                f"of generated tokens over 1e-2 (grpo.logprob_check_max={tol:g}); the ratio "
+                f"of generated tokens over 1e-2 (threshold {tol:g}: grpo.logprob_check_max, or "
+                f"logprob_check_max_bf16 with bf16 on either side); the ratio "
                 "and gradient are biased: check dtype, temperature and the window",
                 stacklevel=2,
             )
@@ -439,7 +465,7 @@ def _wait(fut: Future) -> None:
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
     run_dir = make_run_dir(cfg, "grpo")
-    init_from_config(cfg.cluster)
+    init_cluster(cfg, "grpo")
     summary = run_grpo(cfg, run_dir, init_model=policy_folder(cfg))
     print(json.dumps({"run_dir": str(run_dir), "val_w_avg": summary["val"]["w_avg"]}))
     return 0

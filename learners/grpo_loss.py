@@ -100,6 +100,7 @@ def policy_loss(
     *,
     ref_logprobs: torch.Tensor | None = None,  # [B, T], read only when grpo.kl_coef != 0
     entropy: torch.Tensor | None = None,  # [B, T] differentiable, read when entropy_coef != 0
+    is_weights: torch.Tensor | None = None,  # [B, T] rollout-correction weights (no grad)
     normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO-clip surrogate with separate low/high clip (DAPO clip-higher: `grpo.clip_low`,
@@ -111,6 +112,8 @@ def policy_loss(
     surr1 = ratio * advantages
     surr2 = ratio.clamp(1.0 - grpo.clip_low, 1.0 + grpo.clip_high) * advantages
     pg = -torch.minimum(surr1, surr2)  # [B, T]
+    if is_weights is not None:  # truncated importance sampling: engine -> learner probs
+        pg = pg * is_weights
     per_token = pg
     kl = None
     if grpo.kl_coef != 0.0:
@@ -136,4 +139,20 @@ def policy_loss(
         }
         if kl is not None:
             stats["kl"] = float((kl * mask).sum() / n)
+        if is_weights is not None:
+            stats["is_weight_mean"] = float((is_weights * mask).sum() / n)
     return loss, stats
+
+
+def tis_weights(
+    learner_old: torch.Tensor,  # [B, T] the learner's logprobs under the sampling weights
+    behaviour: torch.Tensor,  # [B, T] vLLM's logprobs of the same tokens
+    mask: torch.Tensor,  # [B, T] 1 on generated tokens
+    *,
+    cap: float,
+) -> torch.Tensor:  # [B, T]
+    """Truncated importance weights min(p_learner / p_vllm, cap) of the generated tokens (0
+    elsewhere): the policy gradient is taken over the learner's distribution while the
+    tokens came from the engine's, which differ where the two score at other precisions."""
+    w = torch.exp(learner_old - behaviour).clamp(max=cap)  # [B, T]
+    return (w * mask.to(w.dtype)).detach()

@@ -25,6 +25,7 @@ ROW_KEYS = (
     "advantages",
     "old_logprobs",
     "ref_logprobs",
+    "is_weights",
 )
 FRAME_KEYS = ("frames", "frame_hw", "frame_row")
 

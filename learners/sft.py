@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 
 from streampro.actors.api import RolloutGroupAPI
 from streampro.actors.policy_eval import PolicyEval, always_silent
-from streampro.cluster.local import init_from_config
+from streampro.cluster.local import init_cluster
 from streampro.config import Config, atomic_write_text, make_run_dir
 from streampro.data.dialogue import SFTRow, build_sft_example
 from streampro.data.encode import EncodedSample
@@ -290,7 +290,7 @@ def _final_eval(cfg: Config, rollout: RolloutGroupAPI | None, hf: str, run_dir: 
 def main(cfg: Config, args: argparse.Namespace) -> int:
     run_dir = make_run_dir(cfg, "sft")
     print(f"run folder: {run_dir}")
-    init_from_config(cfg.cluster)  # the val evaluation runs vLLM in Ray actors
+    init_cluster(cfg, "sft")  # the val evaluation runs vLLM in Ray actors
     summary = run_sft(cfg, run_dir)
     print(
         json.dumps(

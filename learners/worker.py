@@ -24,14 +24,21 @@ import ray
 import torch
 import torch.distributed as dist
 from peft import LoraConfig, inject_adapter_in_model
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
-from streampro.config import Config, GRPOConfig, LearnerConfig, SFTConfig
+from streampro.config import (
+    Config,
+    GRPOConfig,
+    LearnerConfig,
+    SFTConfig,
+    learner_precision,
+    rank_cpus,
+)
+from streampro.errors import UserError
 from streampro.hf_policy import load_model, load_processor, vision_tokens
 from streampro.learners.api import Batch
 from streampro.learners.attention import (
     install_selective_forward,
-    pick_precision,
     register_attention,
 )
 from streampro.learners.grpo_loss import policy_loss
@@ -63,6 +70,9 @@ class LearnerSpec:
     temperature: float
     """rollout.temperature: GRPO logprobs (and every `logprobs()`) are those of logits /
     temperature, the distribution vLLM sampled from."""
+    precision: str
+    """'fp32' or 'bf16': learner.precision, 'auto' resolved to the engines' policy.dtype
+    (`streampro.config.learner_precision`)."""
 
     @classmethod
     def from_config(cls, cfg: Config, *, objective: str) -> LearnerSpec:
@@ -76,6 +86,7 @@ class LearnerSpec:
             objective=replace(node),
             seed=cfg.run.seed,
             temperature=cfg.rollout.temperature,
+            precision=learner_precision(cfg.learner, cfg.policy),
         )
 
     @property
@@ -95,11 +106,8 @@ class LearnerSpec:
 
     @property
     def num_cpus(self) -> float:
-        """CPUs of each Ray rank: `sft.num_cpus` in SFT when set (SFT runs with no rollouts
-        beside it), else `learner.num_cpus`."""
-        if isinstance(self.objective, SFTConfig) and self.objective.num_cpus > 0:
-            return self.objective.num_cpus
-        return self.learner.num_cpus
+        """CPUs of each Ray rank (`streampro.config.rank_cpus`)."""
+        return rank_cpus(self.learner, self.objective)
 
 
 def dense_logits(model, mb: Batch, dtype: torch.dtype) -> torch.Tensor:  # [B, T, V]
@@ -207,6 +215,21 @@ def merge_lora(state: dict[str, torch.Tensor], *, scale: float) -> dict[str, tor
     return out
 
 
+def pick_accelerator(*, gpus: float, visible_gpus: int) -> tuple[str, str]:
+    """(DeepSpeed accelerator, torch.distributed backend) of a rank: ('cuda', 'nccl') for a
+    rank given GPUs (`learner.num_gpus` > 0), ('cpu', 'gloo') otherwise. A rank that asked
+    for a GPU and sees none fails in one line rather than training on the CPU unnoticed."""
+    if gpus <= 0:
+        return "cpu", "gloo"
+    if visible_gpus < 1:
+        raise UserError(
+            f"learner rank: learner.num_gpus={gpus:g} but this process sees no GPU "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}); set "
+            "learner.num_gpus=0 to train on CPUs"
+        )
+    return "cuda", "nccl"
+
+
 class LearnerWorker:
     """A data-parallel rank. Verbs are keyword-only; the group calls them on every rank."""
 
@@ -228,13 +251,19 @@ class LearnerWorker:
 
     def setup(self, *, master_addr: str, master_port: int) -> None:
         """Join torch.distributed via env:// and build the DeepSpeed engine."""
+        accelerator, backend = pick_accelerator(
+            gpus=self.spec.learner.num_gpus, visible_gpus=torch.cuda.device_count()
+        )
+        # DeepSpeed reads DS_ACCELERATOR once, when first imported: the rank's own choice wins
+        # over what a CPU-only local cluster sets for every worker
+        os.environ["DS_ACCELERATOR"] = accelerator
         import deepspeed  # here, not at the top: a driver that only builds actors never needs it
 
         # torch's c10d warns on every ZeRO collective that DeepSpeed still calls by its old name
         warnings.filterwarnings(
             "ignore", message=r".*is deprecated\. Please use.*", category=FutureWarning
         )
-        on_gpu = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "") != "cpu"
+        on_gpu = accelerator == "cuda"
         os.environ.update(
             MASTER_ADDR=master_addr,
             MASTER_PORT=str(master_port),
@@ -246,11 +275,9 @@ class LearnerWorker:
         if on_gpu:
             torch.cuda.set_device(0)  # Ray gives each rank its own CUDA_VISIBLE_DEVICES
         self.device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
-        deepspeed.init_distributed(
-            dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False
-        )
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
         self._seed_all(self.spec.seed + self.rank)
-        self.precision, self.matmul_gflops = self._agree_precision()
+        self.precision = self._pick_precision()
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         model = self._load_model()
         params = [p for p in model.parameters() if p.requires_grad]
@@ -343,31 +370,17 @@ class LearnerWorker:
             "wall_clock_breakdown": False,
         }
 
-    def _agree_precision(self) -> tuple[str, dict[str, float]]:
-        """The dtype every rank uses: 'auto' times the model's own MLP matmul on each rank,
-        and bf16 is chosen only if every rank found it faster (ranks share one dtype)."""
-        precision = self.spec.learner.precision
-        c = AutoConfig.from_pretrained(self.model_path)
-        c = getattr(c, "text_config", None) or c  # a VLM's language model
-        choice, gflops = pick_precision(
-            precision,
-            hidden=c.hidden_size,
-            intermediate=getattr(c, "intermediate_size", None) or 4 * c.hidden_size,
-        )
-        if precision == "auto" and dist.is_initialized() and self.world_size > 1:
-            flag = torch.tensor([1 if choice == "bf16" else 0], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            choice = "bf16" if int(flag) else "fp32"
-        return choice, gflops
+    def _pick_precision(self) -> str:
+        """The dtype every rank uses: the spec's resolved precision (the engines' unless
+        learner.precision sets another); the same on every rank, as the spec is."""
+        on_gpu = self.device.type == "cuda"
+        if self.spec.precision == "bf16" and on_gpu and not torch.cuda.is_bf16_supported():
+            raise UserError("learner: this GPU has no bf16; set learner.precision=fp32")
+        return self.spec.precision
 
     def info(self) -> dict:
-        """What setup chose: the precision, the matmul GFLOP/s it measured (auto only) and the
-        torch threads this rank computes with."""
-        return {
-            "precision": self.precision,
-            "threads": torch.get_num_threads(),
-            **self.matmul_gflops,
-        }
+        """What setup chose: the precision and the torch threads this rank computes with."""
+        return {"precision": self.precision, "threads": torch.get_num_threads()}
 
     @staticmethod
     def _seed_all(seed: int) -> None:
@@ -422,6 +435,7 @@ class LearnerWorker:
                     obj,
                     ref_logprobs=mb.get("ref_logprobs"),  # read only when kl_coef != 0
                     entropy=ent,  # read only when entropy_coef != 0
+                    is_weights=mb.get("is_weights"),  # rollout correction, when on
                     normalizer=totals["normalizer"],
                 )
                 n = st["tokens"]

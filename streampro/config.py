@@ -70,9 +70,14 @@ class ClusterConfig:
     address: str = ""
     """Empty = start a local Ray sized to the machine; 'auto' or 'ray://host:port' attaches."""
     num_cpus: int = 0
-    """CPUs of the local Ray (0 = all of the machine's)."""
+    """CPUs of the local Ray (0 = the machine's, raised to what the job's roles hold at once:
+    on a small machine the roles take turns on the cores, so their declared CPUs may add up
+    to more than it has). Set, it is a hard limit: roles that do not fit stop the job."""
     num_gpus: int = 0
     """GPUs of the local Ray (0 = detect)."""
+    placement_timeout_s: float = 60.0
+    """Attached to a cluster whose roles do not fit yet, wait this long for an autoscaler to
+    add nodes before stopping with one line that names the role (local mode never waits)."""
     dashboard: bool = False
     """Start the dashboard (always bound to 127.0.0.1 in local mode)."""
     namespace: str = "streampro"
@@ -185,6 +190,9 @@ class PolicyConfig:
     mid-sentence, so each colour, shape or side is one token (" cyan"); 0 = the original
     corpus, where " cyan" and " circle" are " c"+"yan" and " c"+"ircle"."""
 
+    def __post_init__(self) -> None:
+        require_choice(self.dtype, DTYPES, "policy.dtype")
+
 
 @dataclass
 class LearnerConfig:
@@ -193,8 +201,9 @@ class LearnerConfig:
     zero_stage: int = 2
     """DeepSpeed ZeRO stage, 0 to 3."""
     precision: str = "auto"
-    """fp32, bf16, or auto: bf16 only where a short matmul measurement at start-up finds it
-    faster than fp32 (some CPUs run bf16 far slower); every rank must agree, else fp32."""
+    """fp32, bf16, or auto: the engines' own precision (policy.dtype), so that the learner
+    scores the sampled tokens as vLLM did. A precision other than the engines' is a mixed
+    pair: grpo.rollout_correction then corrects the ratio (see there)."""
     micro_batch: int = 4
     """Sequences per rank per forward/backward when micro_batch_tokens is 0 (gradient
     accumulation fills the rest)."""
@@ -473,6 +482,18 @@ class GRPOConfig:
     """Warn (once) when the max |vLLM - learner| logprob on generated tokens, measured under
     the sampling weights at each check (`logprob_check_every`), exceeds this (0 = never warn;
     the metrics are logged)."""
+    logprob_check_max_bf16: float = 5e-2
+    """The same threshold where the learner or the engines score in bf16 (its 8-bit mantissa
+    moves logprobs by ~1e-2)."""
+    rollout_correction: str = "auto"
+    """Truncated importance sampling (verl's rollout_correction, OpenRLHF's
+    is_correction_type): 'tis' multiplies each generated token's policy-gradient term by
+    min(p_learner_old / p_vllm, rollout_correction_cap), vLLM's logprobs being the behaviour
+    policy; 'none' never; 'auto' = tis exactly when learner and engines score at different
+    precisions (a mixed pair). Synchronous GRPO only: async mode already takes vLLM's
+    logprobs as the old policy."""
+    rollout_correction_cap: float = 2.0
+    """Upper bound of the per-token importance weight of rollout_correction."""
     logprob_check_every: int = 1
     """Run that check at every N-th step (steps 0, N, 2N, ...; 0 = never). Free in synchronous
     mode (it compares the recomputed old logprobs), so it runs at every step there; with
@@ -494,6 +515,11 @@ class GRPOConfig:
         require_choice(self.advantage, ADVANTAGES, "grpo.advantage")
         require_choice(self.kl_estimator, KL_ESTIMATORS, "grpo.kl_estimator")
         require_choice(self.loss_agg, LOSS_AGGS, "grpo.loss_agg")
+        require_choice(self.rollout_correction, ("auto", "none", "tis"), "grpo.rollout_correction")
+        require(
+            self.rollout_correction_cap >= 1.0,
+            f"grpo.rollout_correction_cap must be >= 1, got {self.rollout_correction_cap}",
+        )
         require(
             self.logprob_check_every >= 0,
             f"grpo.logprob_check_every must be >= 0 (0 = never), got {self.logprob_check_every}",
@@ -689,6 +715,29 @@ def load_config(
         where = f"{path or 'overrides'}: {key}" if key else f"{path or 'overrides'}"
         raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
     return out
+
+
+def rank_cpus(learner: LearnerConfig, objective: SFTConfig | GRPOConfig) -> float:
+    """CPUs of each learner rank: sft.num_cpus in SFT when set (SFT runs with no rollouts
+    beside it), else learner.num_cpus."""
+    if isinstance(objective, SFTConfig) and objective.num_cpus > 0:
+        return objective.num_cpus
+    return learner.num_cpus
+
+
+def policy_precision(policy: PolicyConfig) -> str:
+    """The engines' precision, 'fp32' or 'bf16' (policy.dtype)."""
+    return "bf16" if policy.dtype == "bfloat16" else "fp32"
+
+
+def learner_precision(learner: LearnerConfig, policy: PolicyConfig) -> str:
+    """The learner's precision: learner.precision, with 'auto' = the engines'."""
+    return policy_precision(policy) if learner.precision == "auto" else learner.precision
+
+
+def mixed_precision(cfg: Config) -> bool:
+    """Learner and engines score at different precisions (only by an explicit choice)."""
+    return learner_precision(cfg.learner, cfg.policy) != policy_precision(cfg.policy)
 
 
 def to_yaml(cfg: Config) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from streampro.actors.policy_eval import PolicyEval
 from streampro.actors.rollout import make_rollout_group
-from streampro.cluster.local import init_from_config
+from streampro.cluster.local import init_cluster
 from streampro.config import Config
 from streampro.data.pipeline import encode_samples, policy_folder
 from streampro.data.schema import load_manifest
@@ -90,7 +90,7 @@ def _eval_served(cfg: Config, args: argparse.Namespace) -> int:
 def _eval_policy(cfg: Config, args: argparse.Namespace) -> int:
     """No predictions given: run the policy (policy.name_or_path) over the manifest."""
 
-    init_from_config(cfg.cluster)
+    init_cluster(cfg, "eval")
     scores = evaluate_policy(cfg, args.manifest, args.out)
     print(f"StreamPro-F1 x100: W-Avg {100 * scores['w_avg']:.1f}  avg {100 * scores['avg']:.1f}")
     print(f"wrote {Path(args.out) / 'scores.json'} and {Path(args.out) / 'predictions.jsonl'}")

@@ -14,7 +14,7 @@ import ray
 
 from streampro.actors.policy_eval import PolicyEval, always_silent
 from streampro.actors.rollout import make_rollout_group
-from streampro.cluster.local import init_from_config
+from streampro.cluster.local import init_cluster
 from streampro.config import Config, atomic_write_text, make_run_dir
 from streampro.data.pipeline import SPLITS, ensure_split, load_split, policy_folder
 from streampro.learners.group import rank_cpus
@@ -26,7 +26,7 @@ from streampro.report import write_report
 def main(cfg: Config, args: argparse.Namespace) -> int:
     run_dir = make_run_dir(cfg, "train")
     print(f"run folder: {run_dir}")
-    init_from_config(cfg.cluster)
+    init_cluster(cfg, "train")
     timings: dict[str, float] = {}
 
     t = time.perf_counter()

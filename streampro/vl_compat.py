@@ -36,6 +36,9 @@ import types
 
 PLUGIN_GROUP = "vllm.general_plugins"
 PLUGIN_NAME = "streampro_vl_compat"
+ENV = "STREAMPRO_VL_COMPAT"
+"""Set to 1 by `install()`: the processes it spawns (vLLM's engine core and workers) inherit it,
+and the vLLM plugin activates the layer only where it is set, never in other vLLM processes."""
 _IMAGE_MOD = "transformers.models.qwen2_vl.image_processing_qwen2_vl"
 _VIDEO2_MOD = "transformers.models.qwen2_vl.video_processing_qwen2_vl"
 _installed = False
@@ -56,7 +59,14 @@ def install() -> bool:
     _alias_image_module()
     _install_video_standins()
     _installed = True
+    os.environ[ENV] = "1"  # for the children this process starts
     return True
+
+
+def plugin() -> None:
+    """vLLM's general-plugin hook: active only in processes this project started (ENV set)."""
+    if os.environ.get(ENV) == "1":
+        install()
 
 
 def _alias_image_module() -> None:

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from streampro.config import GRPOConfig
-from streampro.learners.grpo_loss import aggregate, group_advantages, kl_penalty, policy_loss
+from streampro.learners.grpo_loss import (
+    aggregate,
+    group_advantages,
+    kl_penalty,
+    policy_loss,
+    tis_weights,
+)
 
 C = GRPOConfig()  # the defaults: clip 0.2 / 0.2, no KL, no entropy bonus, token mean
 
@@ -133,3 +139,29 @@ def test_data_cursor_is_seeded_and_resumable():
     c = DataCursor(n=5, seed=3, **b.state())
     assert first[3:] == c.take(4)
     assert sorted(first[:5]) == [0, 1, 2, 3, 4]
+
+
+def test_truncated_importance_weights_hand_values():
+    """w = min(p_learner / p_vllm, cap) on generated tokens, 0 elsewhere."""
+    learner = torch.log(torch.tensor([[0.5, 0.2, 0.9, 0.3]]))  # [1, 4]
+    vllm = torch.log(torch.tensor([[0.5, 0.4, 0.3, 0.3]]))
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    w = tis_weights(learner, vllm, mask, cap=2.0)
+    assert torch.allclose(w, torch.tensor([[1.0, 0.5, 2.0, 0.0]]))  # 0.9 / 0.3 = 3 -> cap 2
+    assert not w.requires_grad
+
+
+def test_policy_loss_scales_each_tokens_gradient_term_by_its_weight():
+    """At ratio 1 the clipped surrogate is -A per token: weights w give -sum(w A) / N."""
+    lp = torch.zeros(1, 3, requires_grad=True)  # [1, 3]
+    adv = torch.tensor([[1.0, 2.0, -1.0]])
+    mask = torch.ones(1, 3)
+    cfg = GRPOConfig()
+    w = torch.tensor([[1.0, 0.5, 2.0]])
+    loss, stats = policy_loss(lp, torch.zeros(1, 3), adv, mask, cfg, is_weights=w)
+    assert float(loss) == pytest.approx(-(1.0 * 1.0 + 0.5 * 2.0 + 2.0 * -1.0) / 3)
+    assert stats["is_weight_mean"] == pytest.approx(3.5 / 3)
+    loss.backward()  # d/d lp of -w A ratio at ratio 1: -w A / N
+    assert torch.allclose(lp.grad, -(w * adv) / 3)
+    plain, _ = policy_loss(torch.zeros(1, 3), torch.zeros(1, 3), adv, mask, cfg)
+    assert float(plain) == pytest.approx(-(1.0 + 2.0 - 1.0) / 3)

@@ -198,3 +198,48 @@ def test_learner_step_synced_to_vllm_and_kept_weights(tiny_path, tmp_path, learn
     assert torch.equal(again, after)
     check = logprob_agreement(synced["old_logprobs"], lp, synced["loss_mask"])
     assert check["check/lp_diff_max"] < 1e-5, check
+
+
+def test_bf16_learner_against_fp32_engine_is_checked_and_corrected(recorded, policy, learner_spec):
+    """A mixed pair (learner.precision=bf16, fp32 engines): the logprobs differ past the fp32
+    threshold but within the bf16 one, and a GRPO step trains with the truncated importance
+    weights p_learner / p_vllm (capped) that correct for it."""
+    from transformers import AutoTokenizer
+
+    from streampro.config import load_config
+    from streampro.learners.group import LocalLearnerGroup
+    from streampro.learners.grpo_loop import (
+        build_batch,
+        check_threshold,
+        logprob_agreement,
+        rollout_correction,
+    )
+    from streampro.learners.grpo_loss import tis_weights
+
+    cfg = load_config(None, ["learner.precision=bf16"])
+    assert rollout_correction(cfg) and check_threshold(cfg) == cfg.grpo.logprob_check_max_bf16
+    group, _ = recorded
+    sampling = Sampling(temperature=1.0, top_p=1.0, max_answer_tokens=4, seed=23)
+    trajs = group.generate(samples=synthetic_streams(2, CHUNKS, seed=5), n=2, sampling=sampling)
+    tok = AutoTokenizer.from_pretrained(policy)
+    batch = build_batch(
+        trajs, torch.tensor([1.0, -1.0, 0.5, -0.5]), pad_id=int(tok.pad_token_id or 0)
+    )
+    spec = learner_spec("grpo", "learner.precision=bf16", "learner.micro_batch=8")
+    assert spec.precision == "bf16"
+    learner = LocalLearnerGroup(model_path=policy, spec=spec)
+    try:
+        assert learner.info()[0]["precision"] == "bf16"
+        vllm_lp = batch["old_logprobs"]
+        batch["old_logprobs"] = learner.logprobs(batch=batch)  # [R, T] the bf16 learner's
+        check = logprob_agreement(vllm_lp, batch["old_logprobs"], batch["loss_mask"])
+        assert cfg.grpo.logprob_check_max < check["check/lp_diff_max"] < check_threshold(cfg)
+        w = tis_weights(batch["old_logprobs"], vllm_lp, batch["loss_mask"], cap=2.0)
+        on = batch["loss_mask"] > 0
+        assert torch.all(w[on] > 0) and torch.all(w[on] <= 2.0) and torch.all(w[~on] == 0)
+        assert abs(float(w[on].mean()) - 1.0) < 0.05  # close to 1: a small mismatch
+        batch["is_weights"] = w
+        stats = learner.train_step(batch=batch, objective="grpo")
+    finally:
+        learner.shutdown()
+    assert stats["is_weight_mean"] == pytest.approx(float(w[on].mean()), rel=1e-4)

