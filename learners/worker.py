@@ -318,6 +318,10 @@ class LearnerWorker:
             install_selective_forward(model)  # last layer, norm and LM head at scored tokens
         if lc.lora_rank > 0:
             add_lora(model, rank=lc.lora_rank, alpha=lc.lora_alpha)
+        if lc.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         return model
 
     def _score(

@@ -272,3 +272,21 @@ def test_sft_num_cpus_overrides_the_learner_cpus_in_sft_only() -> None:
     cfg = load_config(None, ["learner.num_cpus=1", "sft.num_cpus=2"])
     assert (rank_cpus(cfg, "sft"), rank_cpus(cfg, "grpo")) == (2, 1)
     assert rank_cpus(load_config(None, ["learner.num_cpus=3"]), "sft") == 3  # 0 = learner's
+
+
+def test_gradient_checkpointing_changes_memory_not_results(local_run, tiny_path, tmp_path) -> None:
+    """learner.gradient_checkpointing recomputes activations in the backward pass: the same
+    SFT losses and exported weights as the reference run without it."""
+    group = LocalLearnerGroup(
+        model_path=tiny_path, spec=spec("sft", "learner.gradient_checkpointing=true")
+    )
+    try:
+        assert group.worker.engine.module.is_gradient_checkpointing
+        stats = run_steps(group, "sft", range(3))
+        hf = group.export_hf(path=str(tmp_path / "hf"))
+    finally:
+        group.shutdown()
+    for got, ref in zip(stats, local_run["stats"]):
+        assert got["loss"] == pytest.approx(ref["loss"], abs=ATOL)
+    w, ref_w = weights(hf), weights(local_run["hf"])
+    assert all(torch.allclose(w[k], ref_w[k], atol=ATOL) for k in ref_w)

@@ -59,3 +59,12 @@ def test_llm_judge_without_endpoint_fails_before_any_work():
     )
     assert out.returncode == 1
     assert len(out.stderr.strip().splitlines()) == 1 and "reward.llm_url" in out.stderr
+
+
+def test_real_vlm_configs_fit_memory_by_default(monkeypatch):
+    """The 3B and 4B configs keep the vision tower frozen and checkpoint activations unless a
+    user opts out."""
+    monkeypatch.setenv("STREAMPRO_JUDGE_URL", "http://127.0.0.1:9")
+    for name in ("qwen2_5_vl_3b", "qwen3_vl_4b"):
+        cfg = load_config(REPO / "configs" / f"{name}.yaml")
+        assert cfg.learner.freeze_vision and cfg.learner.gradient_checkpointing, name
