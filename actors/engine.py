@@ -24,7 +24,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from streampro.actors.api import WEIGHT_TRANSFER
-from streampro.actors.vlm_prompt import image_prompt
+from streampro.actors.vlm_prompt import image_prompt, vlm_engine_kwargs
 from streampro.actors.vlm_worker import WORKER_EXTENSION
 from streampro.config import RolloutConfig
 from streampro.errors import UserError
@@ -81,8 +81,6 @@ class DecisionEngine:
         # A VLM folder: frames go in as images (at most max_images per prompt, the window)
         self.processor = load_processor(model_path)
         if self.processor is not None:
-            from streampro.actors.vlm_prompt import vlm_engine_kwargs
-
             kw |= vlm_engine_kwargs(
                 max_images=max_images, block_size=r.block_size, on_cpu=current_platform.is_cpu()
             )

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from streampro.config import Config
 from streampro.data.rubric import parse_checkpoint
 from streampro.data.schema import load_manifest
+from streampro.data.streamo import import_main
 from streampro.data.synth import synth_split
 from streampro.data.video import VideoError, chunk_count_for, count_chunks
 
@@ -86,8 +87,6 @@ def _check_videos(
 def data_main(cfg: Config, args: argparse.Namespace) -> int:
     """Validate a manifest and (unless --no-video) decode every video; exit 1 on problems."""
     if args.action == "import-streamo":
-        from streampro.data.streamo import import_main
-
         return import_main(args)
 
     manifest = Path(args.manifest)

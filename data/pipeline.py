@@ -8,8 +8,8 @@ from pathlib import Path
 from streampro.config import Config
 from streampro.data.codec import make_codec
 from streampro.data.encode import encode_manifest
-from streampro.data.synth import split_dir
-from streampro.hf_policy import resolve_policy
+from streampro.data.synth import split_dir, synth_split
+from streampro.hf_policy import image_factor, load_processor, resolve_policy
 
 SPLITS = ("train", "val", "test")
 
@@ -25,8 +25,6 @@ def ensure_split(cfg: Config, split: str) -> Path:
     """The split's manifest, rendering the synth split first when it is the default and missing."""
     path = split_manifest(cfg, split)
     if not getattr(cfg.data, split) and not path.is_file():
-        from streampro.data.synth import synth_split
-
         synth_split(cfg.synth, split=split, out=path.parent, workers=cfg.data.workers)
     return path
 
@@ -45,8 +43,6 @@ def frame_codec(cfg: Config):
     d = cfg.data
     factor = 28
     if d.codec == "image":
-        from streampro.hf_policy import image_factor, load_processor
-
         factor = image_factor(load_processor(policy_folder(cfg)))
     return make_codec(
         d.codec,

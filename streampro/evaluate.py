@@ -78,6 +78,7 @@ def _eval_served(cfg: Config, args: argparse.Namespace) -> int:
     if args.endpoint:
         scores = evaluate_endpoint(cfg, args.endpoint, args.manifest, args.out)
     else:
+        # Ray Serve, only for a temporary deployment
         from streampro.actors.serve.deploy import local_deployment, resolve_checkpoint
 
         with local_deployment(cfg, resolve_checkpoint(cfg, args.checkpoint)) as url:

@@ -33,8 +33,8 @@ from transformers import (
     AutoTokenizer,
 )
 
+from streampro import tiny, tiny_vl, vl_compat
 from streampro import tokens as T
-from streampro import vl_compat
 from streampro.errors import UserError
 
 EXTEND_VERSION = 1  # bump when the extension changes, so old cache folders are not reused
@@ -315,12 +315,8 @@ def resolve_policy(policy_cfg, *, seed: int, codebook_size: int = T.DEFAULT_CODE
     """
     name = policy_cfg.name_or_path
     if name == "tiny":
-        from streampro.tiny import policy_path
-
-        return policy_path(policy_cfg, seed=seed, codebook_size=codebook_size)
+        return tiny.policy_path(policy_cfg, seed=seed, codebook_size=codebook_size)
     if name == "tiny-vl":
-        from streampro import tiny_vl
-
         return tiny_vl.policy_path(policy_cfg, seed=seed)
     src = Path(name)
     if not src.is_dir():

@@ -34,6 +34,8 @@ import os
 import sys
 import types
 
+from streampro.errors import UserError
+
 PLUGIN_GROUP = "vllm.general_plugins"
 PLUGIN_NAME = "streampro_vl_compat"
 ENV = "STREAMPRO_VL_COMPAT"
@@ -187,8 +189,6 @@ def vllm_plugin_registered() -> bool:
 
 def check_vllm_plugin() -> None:
     """Raise a one-line UserError where vLLM's child processes would not get the layer."""
-    from streampro.errors import UserError
-
     if not needed():
         return
     if not vllm_plugin_registered():

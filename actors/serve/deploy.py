@@ -38,7 +38,7 @@ from transformers import AutoConfig
 
 from streampro.actors.api import WorkerSpec
 from streampro.actors.serve.api import StreamIngress
-from streampro.actors.serve.engine import PolicyEngine
+from streampro.actors.serve.engine import PolicyEngine, hf_refuses_vlm
 from streampro.actors.serve.sessions import SessionStore
 from streampro.cluster.local import init_from_config, is_attach
 from streampro.cluster.resources import actor_options
@@ -104,8 +104,6 @@ def check_checkpoint(cfg: Config, checkpoint: str) -> None:
             "vision-language policy (use data.codec=patch)"
         )
     if vlm and cfg.serve.engine == "hf":
-        from streampro.actors.serve.engine import hf_refuses_vlm
-
         raise UserError(hf_refuses_vlm(checkpoint))
 
 

@@ -146,6 +146,7 @@ class PolicyEngine:
         if engine == "vllm":
             from transformers import AutoTokenizer
 
+            # vLLM only for this engine: an 'hf' replica runs without it
             from streampro.actors.engine import DecisionEngine
             from streampro.actors.rollout import vlm_frame_rules
 
@@ -184,7 +185,7 @@ class PolicyEngine:
         if images and self.engine != "vllm":
             raise UserError("serve.engine=hf serves text policies only: got frames as images")
         if self.engine == "vllm":
-            from streampro.actors.engine import decision_params
+            from streampro.actors.engine import decision_params  # vLLM: as in __init__
 
             params = decision_params(
                 stop_ids=self._stop,

@@ -23,6 +23,7 @@ the decision's context. Codes cannot stand for an image: a codes-only chunk is a
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections import OrderedDict
@@ -45,6 +46,7 @@ from streampro.config import DataConfig, ServeConfig
 from streampro.data.codec import ImageCodec, PatchTokenCodec, make_codec
 from streampro.data.encode import DECODE_SIZE
 from streampro.data.window import Window
+from streampro.hf_policy import image_factor, image_token_count, load_processor
 
 EPS = 1e-6
 
@@ -113,10 +115,6 @@ class Ingress:
         self.images = data.codec == "image"  # frames reach the policy as images (VLM)
         factor, self.image_tokens = 28, None
         if self.images:  # the pipeline's codec (streampro.data.pipeline.frame_codec), this folder's
-            import functools
-
-            from streampro.hf_policy import image_factor, image_token_count, load_processor
-
             processor = load_processor(model_path)
             factor = image_factor(processor)  # a text folder: one-line UserError
             self.image_tokens = functools.partial(image_token_count, processor)
