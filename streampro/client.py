@@ -6,8 +6,11 @@
             d = s.push_frame(t, t + 1, frame)            # {"time", "decision", "text"}
 
 `AsyncStreamSession` is the same over asyncio (many sessions at once). Errors raise
-`ServeError` with the HTTP status and the API's error code; a 503 at capacity is retried
-after its Retry-After, a few times, before it raises.
+`ServeError` with the HTTP status and the API's error code. A 429 (over an in-flight limit)
+or a 503 at capacity, both with Retry-After, is retried after the larger of Retry-After and
+an exponential backoff (capped, with jitter), up to `Backoff.tries` attempts in all; then
+`ServeError` says how many tries it gave up after. Nothing waits unbounded: each attempt has
+the HTTP timeout, each pause the backoff's cap.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ import asyncio
 import base64
 import io
 import os
+import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Self
 
 import httpx
@@ -24,7 +30,37 @@ import numpy as np
 from PIL import Image
 
 TOKEN_ENV = "STREAMPRO_SERVE_TOKEN"
-RETRIES_AT_CAPACITY = 5
+Observer = Callable[[str, int, float], None]
+"""Called after every HTTP attempt with its URL path, status and seconds (`bench serve`)."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How a client retries a 429 or a 503 that carries Retry-After."""
+
+    tries: int = 8
+    """HTTP attempts in all before ServeError (>= 1)."""
+    base_s: float = 0.25
+    """The first pause; it doubles each try (unless Retry-After asks for more)."""
+    cap_s: float = 8.0
+    """The longest pause before jitter (Retry-After above it is cut to it)."""
+    jitter: float = 0.5
+    """Each pause is lengthened by up to this fraction, at random (clients spread out)."""
+
+    def __post_init__(self) -> None:
+        if self.tries < 1 or self.base_s < 0 or self.cap_s < self.base_s or self.jitter < 0:
+            raise ValueError(f"bad backoff {self}")
+
+    def delay(self, attempt: int, retry_after: float, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt `attempt` (0-based): never below Retry-After
+        (up to the cap), at most cap_s * (1 + jitter)."""
+        wait = min(self.cap_s, max(retry_after, self.base_s * 2**attempt))
+        return wait * (1.0 + self.jitter * rng.random())
+
+
+def _gave_up(r: httpx.Response, tries: int) -> ServeError:
+    e = _error_of(r)
+    return ServeError(e.status, e.code, f"{e.message} (gave up after {tries} tries)")
 
 
 class ServeError(RuntimeError):
@@ -58,15 +94,18 @@ def _headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def _raise_for(r: httpx.Response) -> None:
-    if r.status_code < 400:
-        return
+def _error_of(r: httpx.Response) -> ServeError:
     try:
         err = r.json()["error"]
         code, msg = str(err["code"]), str(err["message"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):  # e.g. Serve's proxy: a plain-text 429/503
         code, msg = "http_error", r.text[:200]
-    raise ServeError(r.status_code, code, msg)
+    return ServeError(r.status_code, code, msg)
+
+
+def _raise_for(r: httpx.Response) -> None:
+    if r.status_code >= 400:
+        raise _error_of(r)
 
 
 def _retry_after(r: httpx.Response) -> float | None:
@@ -76,6 +115,27 @@ def _retry_after(r: httpx.Response) -> float | None:
         except ValueError:
             return 1.0
     return None
+
+
+class _Retry:
+    """One session's retry policy: what to do with each HTTP answer."""
+
+    def __init__(self, backoff: Backoff | None, observe: Observer | None) -> None:
+        self.backoff = backoff or Backoff()
+        self.observe = observe
+        self.rng = random.Random()
+
+    def pause(self, r: httpx.Response, attempt: int, seconds: float) -> float | None:
+        """Seconds to wait before retrying, or None when `r` is the answer (an error raises)."""
+        if self.observe is not None:
+            self.observe(r.request.url.path, r.status_code, seconds)
+        wait = _retry_after(r)
+        if wait is None:
+            _raise_for(r)
+            return None
+        if attempt + 1 >= self.backoff.tries:
+            raise _gave_up(r, self.backoff.tries)
+        return self.backoff.delay(attempt, wait, self.rng)
 
 
 class StreamSession:
@@ -90,8 +150,11 @@ class StreamSession:
         token: str | None = None,
         timeout_s: float = 60.0,
         client: httpx.Client | None = None,
+        backoff: Backoff | None = None,
+        observe: Observer | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.retry = _Retry(backoff, observe)
         self._own = client is None
         self.http = client or httpx.Client(timeout=timeout_s)
         self.headers = _headers(token)
@@ -100,14 +163,14 @@ class StreamSession:
         self.decisions: list[dict] = []
 
     def _call(self, method: str, path: str, body: dict | None = None) -> Any:
-        for attempt in range(RETRIES_AT_CAPACITY + 1):
+        for attempt in range(self.retry.backoff.tries):
+            t0 = time.perf_counter()
             r = self.http.request(method, self.url + path, json=body, headers=self.headers)
-            wait = _retry_after(r)
-            if wait is None or attempt == RETRIES_AT_CAPACITY:
-                _raise_for(r)
+            wait = self.retry.pause(r, attempt, time.perf_counter() - t0)
+            if wait is None:
                 return r.json() if r.content else None
             time.sleep(wait)
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable: the last try returns or raises")
 
     def push(self, chunks: list[dict]) -> list[dict]:
         """Chunks (see `frame_chunk`) in stream order -> one decision per chunk."""
@@ -143,8 +206,10 @@ class StreamSession:
 class AsyncStreamSession:
     """`StreamSession` over asyncio; `await AsyncStreamSession.open(...)` to start one."""
 
-    def __init__(self, url: str, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
-        self.url, self.http, self.headers = url.rstrip("/"), http, headers
+    def __init__(
+        self, url: str, http: httpx.AsyncClient, headers: dict[str, str], retry: _Retry
+    ) -> None:
+        self.url, self.http, self.headers, self.retry = url.rstrip("/"), http, headers, retry
         self.id = ""
         self.decisions: list[dict] = []
 
@@ -157,21 +222,23 @@ class AsyncStreamSession:
         http: httpx.AsyncClient,
         query_time: float = 0.0,
         token: str | None = None,
+        backoff: Backoff | None = None,
+        observe: Observer | None = None,
     ) -> AsyncStreamSession:
-        s = cls(url, http, _headers(token))
+        s = cls(url, http, _headers(token), _Retry(backoff, observe))
         body = {"question": question, "query_time": float(query_time)}
         s.id = (await s._call("POST", "/v1/sessions", body))["session_id"]
         return s
 
     async def _call(self, method: str, path: str, body: dict | None = None) -> Any:
-        for attempt in range(RETRIES_AT_CAPACITY + 1):
+        for attempt in range(self.retry.backoff.tries):
+            t0 = time.perf_counter()
             r = await self.http.request(method, self.url + path, json=body, headers=self.headers)
-            wait = _retry_after(r)
-            if wait is None or attempt == RETRIES_AT_CAPACITY:
-                _raise_for(r)
+            wait = self.retry.pause(r, attempt, time.perf_counter() - t0)
+            if wait is None:
                 return r.json() if r.content else None
             await asyncio.sleep(wait)
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable: the last try returns or raises")
 
     async def push(self, chunks: list[dict]) -> list[dict]:
         out = await self._call("POST", f"/v1/sessions/{self.id}/chunks", {"chunks": chunks})

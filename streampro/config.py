@@ -237,13 +237,21 @@ class ServeConfig:
     """Open sessions kept at most (all replicas together); one more is refused with 503 and
     Retry-After until one closes or expires."""
     max_inflight: int = 64
-    """Chunk requests one ingress replica works on at once; beyond it 503 with Retry-After."""
+    """Chunk requests the deployment works on at once, all ingress replicas together (each
+    takes its share, ceil(max_inflight / ingress_replicas)); beyond it 429 with Retry-After."""
+    max_session_inflight: int = 2
+    """Chunk requests of one session in progress at once on an ingress replica (they run one
+    after the other; the rest wait); beyond it 429 with Retry-After."""
+    max_queued_requests: int = 256
+    """Ray Serve's own bound on the requests its HTTP proxy queues for the ingress replicas
+    (the deployment's `max_queued_requests`); beyond it the proxy answers 429 with
+    Retry-After (a plain-text body) before the ingress sees the request."""
     session_ttl_s: float = 3600.0
     """Sessions idle this long are closed by a background task."""
     expire_every_s: float = 10.0
     """How often the background task looks for idle sessions."""
     retry_after_s: int = 1
-    """Retry-After (seconds) sent with a 503 at capacity."""
+    """Retry-After (seconds) sent with a 429 over a limit or a 503 at capacity."""
     max_body_bytes: int = 8 << 20
     """Largest request body accepted; a bigger one gets 413."""
     max_chunks_per_request: int = 64
@@ -266,6 +274,12 @@ class ServeConfig:
     """Seconds each `bench serve` level runs."""
     bench_endpoint: str = ""
     """`bench serve` against this URL (empty = a temporary local deployment)."""
+    bench_runs: list[str] = field(default_factory=lambda: ["levels"])
+    """`bench serve` runs, in order: 'levels' (serve.bench_sessions), 'overload' (2 x
+    serve.max_inflight sessions: the 429 share and the admitted requests' latency), 'fault'
+    (one engine replica killed mid-run; needs a local deployment, serve.min_replicas >= 2)."""
+    bench_fault_sessions: int = 32
+    """Concurrent sessions of the `bench serve` fault run."""
     eval_concurrency: int = 8
     """Sessions `streampro eval --endpoint/--checkpoint` streams at once."""
     eval_speed: float = 0.0
@@ -273,9 +287,19 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         require_choice(self.engine, ("vllm", "hf"), "serve.engine")
-        for name in ("ingress_replicas", "max_sessions", "max_inflight"):
+        for name in (
+            "ingress_replicas",
+            "max_sessions",
+            "max_inflight",
+            "max_session_inflight",
+            "max_queued_requests",
+            "retry_after_s",
+            "bench_fault_sessions",
+        ):
             value = getattr(self, name)
             require(value >= 1, f"serve.{name} must be >= 1, got {value}")
+        for run in self.bench_runs:
+            require_choice(run, ("levels", "overload", "fault"), "serve.bench_runs")
 
 
 @dataclass

@@ -13,6 +13,7 @@ step, so its weights are scaled up first: its outputs then depend on the frames 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import copy
 import json
@@ -68,7 +69,9 @@ def cfg(tmp_path_factory):
             "serve.ingress_replicas=2",
             "serve.min_replicas=1",
             "serve.max_replicas=1",
-            "serve.max_sessions=6",
+            "serve.max_sessions=8",
+            "serve.max_inflight=4",  # 2 per ingress replica: test_over_the_inflight_limit_...
+            "serve.max_session_inflight=2",
             "serve.session_ttl_s=6",
             "serve.expire_every_s=0.5",
             "serve.max_body_bytes=200000",
@@ -419,8 +422,8 @@ def test_every_error_has_its_status_and_the_next_request_succeeds(served):
         f"{served}/v1/sessions",
         json={"question": "q", "query_time": -2},
     )
-    # capacity (serve.max_sessions=6): the 7th open session is refused with Retry-After
-    others = [_open(served) for _ in range(5)]
+    # capacity (serve.max_sessions=8): the 9th open session is refused with Retry-After
+    others = [_open(served) for _ in range(7)]
     r = err(503, "at_capacity", "POST", f"{served}/v1/sessions", json={"question": "q"})
     assert int(r.headers["retry-after"]) >= 1
     for o in others:
@@ -596,3 +599,65 @@ def test_a_served_engine_takes_the_rollout_settings_on_its_own_devices():
     assert (s.tensor_parallel_size, s.weight_transfer_backend) == (1, "")
     assert (s.max_model_len, s.block_size) == (4096, 64)
     assert r.tensor_parallel_size == 2  # the rollout's own config is left as it was
+
+
+@pytest.mark.slow
+def test_over_the_inflight_limit_429_with_retry_after_then_the_client_backs_off(served, cfg):
+    """serve.max_inflight=4 (2 per ingress replica): 6 sessions send 8 chunks each at once.
+    Those over the limit get 429 + Retry-After and a one-line error at once (nothing queued);
+    a client that gives up after 1 try says so; with its backoff every session succeeds."""
+    from streampro.client import AsyncStreamSession, Backoff, ServeError
+
+    n, k = cfg.serve.max_inflight + 2, 8
+    png = _png(np.full((16, 16, 3), 90, np.uint8))
+    body = {"chunks": [{"start": t, "end": t + 1, "image": png} for t in range(k)]}
+
+    async def raw() -> list[httpx.Response]:
+        sids = [_open(served) for _ in range(n)]
+        async with httpx.AsyncClient(timeout=120, headers=AUTH) as http:
+            rs = await asyncio.gather(
+                *(http.post(f"{served}/v1/sessions/{sid}/chunks", json=body) for sid in sids)
+            )
+            for sid in sids:
+                assert (await http.delete(f"{served}/v1/sessions/{sid}")).status_code == 204
+        return list(rs)
+
+    rs = asyncio.run(raw())
+    refused = [r for r in rs if r.status_code == 429]
+    assert {r.status_code for r in rs} == {200, 429} and len(refused) >= n - 4, [r.text for r in rs]
+    for r in refused:
+        err = r.json()["error"]
+        assert r.headers["retry-after"] == "1" and err["code"] == "too_many_requests"
+        assert "\n" not in err["message"] and "at most 2" in err["message"]
+    for r in rs:
+        if r.status_code == 200:
+            assert [d["time"] for d in r.json()["decisions"]] == [float(t + 1) for t in range(k)]
+
+    async def clients(backoff: Backoff) -> tuple[list, list[int]]:
+        seen: list[int] = []
+        async with httpx.AsyncClient(timeout=120) as http:
+            ss = [
+                await AsyncStreamSession.open(
+                    served,
+                    "q",
+                    http=http,
+                    token=TOKEN,
+                    backoff=backoff,
+                    observe=lambda path, status, _s: seen.append(status),
+                )
+                for _ in range(n)
+            ]
+            out = await asyncio.gather(
+                *(s.push(body["chunks"]) for s in ss), return_exceptions=True
+            )
+            for s in ss:
+                await s.close()
+        return list(out), seen
+
+    out, _ = asyncio.run(clients(Backoff(tries=1)))
+    gave_up = [e for e in out if isinstance(e, ServeError)]
+    assert gave_up and all(e.status == 429 and "gave up after 1 tries" in str(e) for e in gave_up)
+    out, seen = asyncio.run(clients(Backoff(tries=20, base_s=0.2, cap_s=2.0)))
+    assert seen.count(429) >= 1  # refused at first, then admitted after backing off
+    for decisions in out:  # every session's 8 decisions, in order
+        assert [d["time"] for d in decisions] == [float(t + 1) for t in range(k)], decisions

@@ -135,7 +135,7 @@ async def _guard(request: Request, call_next):
 api.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")
 
 
-@serve.deployment(name="StreamIngress", max_ongoing_requests=1024)
+@serve.deployment(name="StreamIngress")
 @serve.ingress(api)
 class StreamIngress:
     """HTTP front: validates, decodes images off the loop, runs a session's chunks in order."""

@@ -34,11 +34,13 @@ from typing import Any, Protocol, cast
 
 import ray
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from transformers import AutoConfig
 
 from streampro.actors.api import WorkerSpec
 from streampro.actors.serve.api import StreamIngress
 from streampro.actors.serve.engine import PolicyEngine, hf_refuses_vlm
+from streampro.actors.serve.limits import replica_share
 from streampro.actors.serve.sessions import SessionStore
 from streampro.cluster.local import init_from_config, is_attach
 from streampro.cluster.resources import actor_options
@@ -48,6 +50,7 @@ from streampro.hf_policy import is_vlm, resolve_policy
 from streampro.timeouts import free_port
 
 APP_NAME = "streampro"
+INGRESS_ONGOING = 1024  # requests an ingress replica takes at least (sessions, health, chunks)
 _STARTED: dict[str, int | None] = {"port": None}  # Serve started by local_deployment
 
 
@@ -123,9 +126,18 @@ def serve_app(cfg: Config, checkpoint: str) -> Any:
             keep_frames=cfg.data.window_turns,  # the most frames a context holds
         )
     )
+    # Serve's own queue in front of the ingress is bounded too (429, Retry-After); each
+    # replica takes more requests than its in-flight share, so our own 429 answers first.
+    share = replica_share(s.max_inflight, s.ingress_replicas)
     return (
         deployment(StreamIngress)
-        .options(num_replicas=s.ingress_replicas, ray_actor_options={"num_cpus": 0.1})
+        .options(
+            num_replicas=s.ingress_replicas,
+            ray_actor_options={"num_cpus": 0.1},
+            max_ongoing_requests=max(INGRESS_ONGOING, 2 * share),
+            max_queued_requests=s.max_queued_requests,
+            backpressure_config=BackpressureConfig(status_code=429, retry_after_s=s.retry_after_s),
+        )
         .bind(
             _engine_app(cfg, checkpoint),
             store,
@@ -204,6 +216,25 @@ def local_deployment(cfg: Config, checkpoint: str) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}/{name}"
     finally:
         serve.delete(name)
+
+
+def engine_replicas(app: str) -> list[str]:
+    """The actor names of an application's live PolicyEngine replicas (namespace 'serve')."""
+    prefix = f"SERVE_REPLICA::{app}#PolicyEngine#"  # ReplicaID.to_full_id_str in Ray Serve
+    named = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(
+        a["name"] for a in named if a["namespace"] == "serve" and a["name"].startswith(prefix)
+    )
+
+
+def kill_engine_replica(app: str) -> str:
+    """Kill one engine replica of `app` as a crash would (Serve then starts a new one);
+    returns its actor name."""
+    names = engine_replicas(app)
+    if not names:
+        raise UserError(f"serve app {app}: no PolicyEngine replica to kill")
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    return names[0]
 
 
 def _serve_port() -> int | None:

@@ -35,6 +35,7 @@ from ray.exceptions import RayError
 from transformers import AutoTokenizer
 
 from streampro.actors.episode import Chunk, StreamEpisode, max_decision_tokens, request_seed
+from streampro.actors.serve.limits import InflightLimiter, LimitExceeded, replica_share
 from streampro.actors.serve.sessions import (
     Entry,
     ImageError,
@@ -128,7 +129,10 @@ class Ingress:
         self.budget = DECODE_SIZE
         self.max_tokens = max_decision_tokens(max_answer_tokens)
         self.local: OrderedDict[str, _Local] = OrderedDict()
-        self.inflight = 0
+        self.limits = InflightLimiter(
+            total=replica_share(serve.max_inflight, serve.ingress_replicas),
+            per_session=serve.max_session_inflight,
+        )
 
     def _busy(self, what: str) -> ApiError:
         return ApiError(503, "at_capacity", what, retry_after=self.s.retry_after_s)
@@ -152,7 +156,7 @@ class Ingress:
 
     async def stats(self) -> dict[str, Any]:
         return {
-            "inflight": self.inflight,
+            "inflight": self.limits.inflight,
             "cached": len(self.local),
             "codec": self.codec_info(),
             **await self._store("stats"),
@@ -240,9 +244,10 @@ class Ingress:
 
     async def chunks(self, sid: str, chunks: list) -> list[dict]:
         self._check(chunks)
-        if self.inflight >= self.s.max_inflight:
-            raise self._busy(f"{self.inflight} requests in progress on this replica")
-        self.inflight += 1
+        try:
+            self.limits.acquire(sid)  # refused at once: a bounded queue, never an unbounded one
+        except LimitExceeded as e:
+            raise ApiError(429, "too_many_requests", e.message, self.s.retry_after_s) from None
         try:
             frames = await self._frames(chunks)
             local = self.local.get(sid)
@@ -253,7 +258,7 @@ class Ingress:
             async with local.lock:
                 return await self._decide(sid, local, frames)
         finally:
-            self.inflight -= 1
+            self.limits.release(sid)
 
     def _evict(self) -> None:
         """Drop cached replays beyond serve.max_sessions or idle past serve.session_ttl_s
