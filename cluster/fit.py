@@ -9,6 +9,7 @@ role that does not fit. Pure functions: `cluster.local.init_cluster` feeds them 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from streampro.config import Config, rank_cpus
@@ -84,11 +85,17 @@ def check_fit(phases: list[list[RoleDemand]], cap: Capacity, *, stage: str) -> N
                 beside = f" beside {', '.join(p.describe() for p in placed)}" if placed else ""
                 raise UserError(
                     f"cluster: {stage}: {d.describe()} does not fit{beside}: "
-                    f"{used_cpus:g} CPU and {used_gpus:g} GPU asked, the cluster has "
-                    f"{cap.cpus:g} CPU and {cap.gpus:g} GPU (raise cluster.num_cpus / "
-                    "num_gpus, or lower the roles' num_cpus / num_gpus)"
+                    f"{_amount(used_cpus, cap.cpus, used_gpus, cap.gpus)} (raise "
+                    "cluster.num_cpus / num_gpus, or lower the roles' num_cpus / num_gpus)"
                 )
             placed.append(d)
+
+
+def _amount(cpus: float, cap_cpus: float, gpus: float, cap_gpus: float) -> str:
+    """'X CPU and Y GPU asked, the cluster has ...', leaving out an unbounded side."""
+    if math.isinf(cap_cpus):  # `streampro plan` checks GPUs only
+        return f"{gpus:g} GPU asked, the cluster has {cap_gpus:g} GPU"
+    return f"{cpus:g} CPU and {gpus:g} GPU asked, the cluster has {cap_cpus:g} CPU and {cap_gpus:g} GPU"
 
 
 def needed_cpus(phases: list[list[RoleDemand]]) -> float:

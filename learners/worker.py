@@ -279,7 +279,7 @@ class LearnerWorker:
         self._seed_all(self.spec.seed + self.rank)
         self.precision = self._pick_precision()
         self.dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        model = self._load_model()
+        model = self._load_model(partitioned=self.spec.learner.zero_stage == 3)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             params,
@@ -301,9 +301,29 @@ class LearnerWorker:
             ref = self._load_model().to(self.dtype)
             self.ref_model = ref.to(self.device).eval().requires_grad_(False)
 
-    def _load_model(self) -> torch.nn.Module:
+    def _load_model(self, *, partitioned: bool = False) -> torch.nn.Module:
         """The policy in fp32: a causal LM with the fast attention paths, or a VLM (its own
-        SDPA attention and mRoPE; frames through the processor, see `_score`)."""
+        SDPA attention and mRoPE; frames through the processor, see `_score`). partitioned:
+        under ZeRO-3, built inside `deepspeed.zero.Init`, so each rank only ever holds its
+        shard of the weights (transformers does this while an HfDeepSpeedConfig is alive)."""
+        # here, not at the top: it pulls in DeepSpeed, which must see this rank's accelerator
+        from transformers.integrations import HfDeepSpeedConfig
+
+        lc = self.spec.learner
+        zero3 = HfDeepSpeedConfig(self._ds_config()) if partitioned else None
+        try:
+            model: Any = self._build_model()
+        finally:
+            del zero3  # a weak global in transformers: later loads (the reference) are whole
+        if lc.lora_rank > 0:  # adapters made after zero.Init are partitioned by the engine
+            add_lora(model, rank=lc.lora_rank, alpha=lc.lora_alpha)
+        if lc.gradient_checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        return model
+
+    def _build_model(self) -> torch.nn.Module:
         lc = self.spec.learner
         processor = load_processor(self.model_path)
         if processor is not None:
@@ -316,12 +336,6 @@ class LearnerWorker:
                 self.model_path, dtype=torch.float32, attn_implementation=register_attention()
             )
             install_selective_forward(model)  # last layer, norm and LM head at scored tokens
-        if lc.lora_rank > 0:
-            add_lora(model, rank=lc.lora_rank, alpha=lc.lora_alpha)
-        if lc.gradient_checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
         return model
 
     def _score(

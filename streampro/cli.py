@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sft": ("streampro.learners.sft", "main", "CB-Stream SFT warm-up on the DeepSpeed group"),
     "grpo": ("streampro.learners.grpo_loop", "main", "GRPO with vLLM rollouts and rewards"),
     "train": ("streampro.train", "main", "the main job: synth, SFT, GRPO, eval, report"),
+    "plan": ("streampro.plan", "main", "per-GPU memory of the learner and engines; does it fit"),
     "eval": ("streampro.evaluate", "main", "StreamPro-F1 of predictions or a policy"),
     "serve": ("streampro.actors.serve.deploy", "main", "serve a policy with Ray Serve over HTTP"),
     "submit": ("streampro.cluster.submit", "main", "submit a streampro command as a Ray job"),
@@ -68,7 +69,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--manifest", required=True, help="manifest with the ground truth")
+    p.add_argument("--manifest", default=None, help="manifest with the ground truth")
     p.add_argument(
         "--predictions", default=None, help="JSONL of {id, responses}; omit to run the policy"
     )
@@ -79,6 +80,14 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
         "--checkpoint", default=None, help="HF folder: replay through a temporary local serve"
     )
     p.add_argument("--out", required=True, help="folder for scores.json and report.md")
+    p.add_argument(
+        "--benchmark",
+        default=None,
+        help="ovo-forward | streamingbench-proactive | proactivevideoqa: score a public "
+        "proactive benchmark instead of a manifest (docs/benchmarks.md)",
+    )
+    p.add_argument("--annotations", default=None, help="--benchmark: its annotation file")
+    p.add_argument("--videos", default=None, help="--benchmark: the folder of its videos")
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -135,7 +144,14 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run folder")
 
 
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpus", type=float, default=None, help="GPUs (default: cluster.num_gpus)")
+    p.add_argument("--gpu-memory", type=float, default=None, help="GB per GPU (default: 80)")
+    p.add_argument("--json", default=None, help="also write the plan to this JSON file")
+
+
 _ARGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "plan": _plan_args,
     "synth": _synth_args,
     "data": _data_args,
     "eval": _eval_args,

@@ -20,10 +20,12 @@ from streampro.data.pipeline import SPLITS, ensure_split, load_split, policy_fol
 from streampro.learners.group import rank_cpus
 from streampro.learners.grpo_loop import run_grpo
 from streampro.learners.sft import run_sft
+from streampro.plan import run_plan
 from streampro.report import write_report
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:
+    run_plan(cfg)  # a config that cannot fit stops here, in one line, before anything starts
     run_dir = make_run_dir(cfg, "train")
     print(f"run folder: {run_dir}")
     init_cluster(cfg, "train")

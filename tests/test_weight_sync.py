@@ -262,8 +262,9 @@ def test_vllm_accepts_the_source_and_the_client_payloads(tiny_vl) -> None:
 
 @pytest.mark.slow
 def test_zero3_partitioned_parameters_are_gathered_whole(tiny_vl, tmp_path, learner_spec) -> None:
-    """A real ZeRO-3 engine (DeepSpeed, one gloo rank): every parameter is partitioned, yet
-    the source declares whole shapes without gathering and yields the exported weights."""
+    """A real ZeRO-3 engine (DeepSpeed, one gloo rank), its model built inside zero.Init:
+    every parameter is partitioned, yet the source declares whole shapes without gathering
+    and yields the exported weights, which are the checkpoint's own."""
     from safetensors.torch import load_file
 
     from streampro.learners.group import LocalLearnerGroup
@@ -286,6 +287,13 @@ def test_zero3_partitioned_parameters_are_gathered_whole(tiny_vl, tmp_path, lear
     assert sent.keys() == saved.keys()
     for k, v in saved.items():
         torch.testing.assert_close(sent[k], v, atol=0, rtol=0)
+    # built inside zero.Init, the rank loaded the checkpoint's own weights, not a fresh init
+    original: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(tiny_vl).glob("*.safetensors")):
+        original |= load_file(f)
+    assert original.keys() == saved.keys()
+    for k, v in original.items():
+        torch.testing.assert_close(saved[k], v, atol=0, rtol=0)
 
 
 # ---- the client over (fake, slow) rollout actors on a real local Ray ----------------------------
