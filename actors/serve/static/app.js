@@ -1,7 +1,8 @@
-// The browser page of `streampro serve`: plays a local video file and streams one frame per
-// second of video time to the /v1 API (the same API as the Python client and the evaluator).
-// Chunk k covers [k, k+1) s; its frame is the one on screen when playback reaches k+1 s, as
-// in training. Frames are drawn on a canvas at most BUDGET pixels a side and sent as PNG.
+// The browser page of `streampro serve`: plays a local video file, or the user's camera
+// (getUserMedia), and streams one frame per second to the /v1 API (the same API as the
+// Python client and the evaluator). Chunk k covers [k, k+1) s; its frame is the one on
+// screen when the stream reaches k+1 s (video time for a file, wall time since Start for the
+// camera), as in training. Frames are drawn on a canvas at most BUDGET pixels a side, as PNG.
 "use strict";
 const BUDGET = 256;
 const $ = (id) => document.getElementById(id);
@@ -11,8 +12,11 @@ let next = 1;         // end time (s) of the next chunk to send
 let sending = false;  // a request is in flight: chunks wait their turn (in order)
 let queue = [];
 let timer = null;
-const state = { decisions: 0, responses: 0, errors: 0 };
-window.streampro = state; // read by the browser test
+let camera = null;    // the camera's MediaStream while it is the source (else a file plays)
+let started = 0;      // performance.now() at Start: the camera's clock
+// read by the browser tests: chunks sent, every decision back (in order), the session
+const state = { decisions: 0, responses: 0, errors: 0, sent: 0, log: [], session: null };
+window.streampro = state;
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -42,13 +46,26 @@ function grab(start, end) {
   return { start, end, image };
 }
 
+// the seconds the timeline spans: the video's length, or for the camera a minute at least
+function span(t) {
+  const dur = $("video").duration;
+  return Number.isFinite(dur) && dur > 0 ? dur : Math.max(60, t);
+}
+
+function place(tick, dur) {
+  tick.style.left = `${Math.min(100, (100 * Number(tick.dataset.time)) / dur)}%`;
+}
+
 function show(d) {
   state.decisions += 1;
+  state.log.push(d);
   if (d.decision === "response") state.responses += 1;
-  const dur = $("video").duration || 1;
+  const dur = span(d.time);
+  if (camera) $("timeline").querySelectorAll(".tick").forEach((t) => place(t, dur));
   const tick = document.createElement("div");
   tick.className = "tick " + d.decision;
-  tick.style.left = `${Math.min(100, (100 * d.time) / dur)}%`;
+  tick.dataset.time = d.time;
+  place(tick, dur);
   tick.title = `${d.time}s ${d.decision} ${d.text}`;
   $("timeline").appendChild(tick);
   const li = document.createElement("li");
@@ -74,11 +91,16 @@ async function pump() {
   }
 }
 
+function clock() {
+  return camera ? (performance.now() - started) / 1000 : $("video").currentTime;
+}
+
 function tick() {
   const v = $("video");
-  // every whole second of video time that has passed gets its chunk (1 fps)
-  while (session && v.currentTime >= next) {
+  // every whole second of stream time that has passed gets its chunk (1 fps)
+  while (session && clock() >= next) {
     queue.push(grab(next - 1, next));
+    state.sent += 1;
     next += 1;
   }
   pump();
@@ -93,11 +115,15 @@ async function start(ev) {
     session = s.session_id;
   } catch (e) { status("error: " + e.message); state.errors += 1; return; }
   next = 1; queue = [];
+  Object.assign(state, { decisions: 0, responses: 0, sent: 0, log: [], session, done: false });
   $("timeline").replaceChildren(); $("transcript").replaceChildren();
   $("start").disabled = true; $("stop").disabled = false;
-  v.currentTime = 0;
-  v.playbackRate = Number($("rate").value) || 1; // still 1 frame per second of video time
+  if (!camera) {
+    v.currentTime = 0;
+    v.playbackRate = Number($("rate").value) || 1; // still 1 frame per second of video time
+  }
   await v.play();
+  started = performance.now();
   timer = setInterval(tick, 100);
   status(`session ${session.slice(0, 8)} open`);
 }
@@ -115,9 +141,31 @@ async function stop() {
   status(`done: ${state.decisions} decisions, ${state.responses} responses`);
 }
 
+function closeCamera() {
+  if (camera) camera.getTracks().forEach((t) => t.stop());
+  camera = null;
+  $("video").srcObject = null;
+}
+
+async function openCamera() {
+  try {
+    const s = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+    closeCamera();
+    camera = s;
+    $("video").srcObject = s;
+    $("start").disabled = false;
+    status(`camera ${s.getVideoTracks()[0].label || ""} on: press Start`);
+  } catch (e) {
+    state.errors += 1;
+    status("camera: " + e.message);
+  }
+}
+
+$("camera").addEventListener("click", openCamera);
 $("file").addEventListener("change", () => {
   const f = $("file").files[0];
   if (!f) return;
+  closeCamera();
   $("video").src = URL.createObjectURL(f);
   $("start").disabled = false;
   status(`${f.name} loaded`);
