@@ -5,6 +5,10 @@
 --checkpoint DIR    the same through a temporary local deployment of DIR
 (none of them)      policy.name_or_path on the rollout group, decoded as every evaluation
                     of a run is (eval.greedy, eval.samples_per_stream, run.seed)
+
+--benchmark NAME --annotations FILE --videos DIR scores a public proactive benchmark instead
+of a manifest (streampro/eval_benchmarks.py): --predictions rescored, or the policy
+(--checkpoint DIR, else policy.name_or_path) run on the rollout group.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from streampro.actors.policy_eval import PolicyEval
 from streampro.actors.rollout import make_rollout_group
 from streampro.cluster.local import init_cluster
 from streampro.config import Config
+from streampro.data.benchmarks import read_benchmark
 from streampro.data.pipeline import encode_samples, policy_folder
 from streampro.data.schema import load_manifest
 from streampro.errors import UserError
+from streampro.eval_benchmarks import print_summary, run_benchmark
 from streampro.replay import evaluate_endpoint
 from streampro.rewards.f1 import load_predictions, score_predictions, write_scores
 from streampro.rewards.judges import eval_acc_judge
@@ -39,6 +45,10 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     modes = [f for f in ("predictions", "endpoint", "checkpoint") if getattr(args, f, None)]
     if len(modes) > 1:
         raise UserError(f"give at most one of --{' / --'.join(modes)}")
+    if getattr(args, "benchmark", None):
+        return _eval_benchmark(cfg, args)
+    if not getattr(args, "manifest", None):
+        raise UserError("--manifest is required (or --benchmark with --annotations and --videos)")
     if getattr(args, "endpoint", None) or getattr(args, "checkpoint", None):
         return _eval_served(cfg, args)
     if not args.predictions:
@@ -67,6 +77,23 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
         f"{scores['fallbacks']} judge fallbacks)"
     )
     print(f"wrote {out / 'scores.json'} and {out / 'report.md'}")
+    return 0
+
+
+def _eval_benchmark(cfg: Config, args: argparse.Namespace) -> int:
+    """--benchmark NAME: the benchmark's own metrics of --predictions or of a policy run."""
+    missing = [f"--{f}" for f in ("annotations", "videos") if not getattr(args, f, None)]
+    if missing:
+        raise UserError(f"--benchmark needs {' and '.join(missing)}")
+    if args.manifest or args.endpoint:
+        raise UserError("--benchmark takes no --manifest or --endpoint (its streams are its own)")
+    data = read_benchmark(args.benchmark, args.annotations, args.videos)  # before Ray starts
+    if not args.predictions:
+        init_cluster(cfg, "eval")
+    scores = run_benchmark(
+        cfg, data, args.out, predictions=args.predictions, model_path=args.checkpoint
+    )
+    print_summary(scores, args.out)
     return 0
 
 
