@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -99,6 +100,8 @@ def fault_run(
     streams = [st for st in rec.streams if st.decisions]
     replays = asyncio.run(_replay_all(url, token, streams, s.max_chunks_per_request))
     after = differ = differ_after = 0
+    kinds: Counter[str] = Counter()
+    raws: set[str] = set()  # the decisions vary: their equality to the replay says something
     for st, ref in zip(streams, replays):
         for d, t, r in zip(st.decisions, st.at, ref):
             bad = _key(d) != _key(r)
@@ -106,6 +109,8 @@ def fault_run(
             if t > killed_at:
                 after += 1
                 differ_after += bad
+                kinds[d["decision"]] += 1
+                raws.add(d["raw"])
     decided = sum(len(st.decisions) for st in streams)
     out = {
         **summary(rec, sessions, wall),
@@ -119,6 +124,8 @@ def fault_run(
         "decisions_after_kill": after,
         "differ_from_replay": differ,
         "differ_from_replay_after_kill": differ_after,
+        "kinds_after_kill": dict(sorted(kinds.items())),
+        "distinct_raw_after_kill": len(raws),
     }
     print(
         f"fault, {sessions} sessions: killed {name} at {duration_s / 2:.0f} s, "
