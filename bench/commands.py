@@ -28,6 +28,7 @@ BENCHES: dict[str, str] = {
     "scaling": "streampro.bench.scaling",
     "question-use": "streampro.bench.question_use",
     "reward-alignment": "streampro.bench.reward_alignment",
+    "real-width": "streampro.bench.real_width",
 }
 FOLDER_BENCHES = ("perf", "baselines", "scaling", "reward-alignment")
 """Their module's `main(cfg, args) -> exit code` writes a folder; every other bench's

@@ -1,58 +1,29 @@
 """Memory per GPU (or per CPU process) of a job's learner ranks and engines, before it starts.
 
-Pure arithmetic over a model's parameter counts and shapes (`ModelSize`, counted by
-`streampro plan` on the meta device) and the config. The terms follow the ZeRO paper's
+Pure arithmetic over a model's parameter counts and shapes (`streampro.model_size`, counted
+on the meta device) and the config. The terms follow the ZeRO paper's
 accounting: per trainable parameter, mixed precision holds a bf16 weight and gradient plus
 fp32 master weight, Adam m and v (2 + 2 + 12 bytes); fp32 training holds 4 + 4 + 8. ZeRO
 stage 1 partitions the optimizer states over the ranks, stage 2 also the gradients, stage 3
 also the weights. Activations are counted per token of the longest row; gradient
-checkpointing keeps one hidden state per layer plus one layer's full set during backward.
+checkpointing keeps one hidden state per layer plus one layer's full set during backward,
+and backward through a layer holds the gradients of its activations beside them. A frozen
+vision tower runs without autograd before the decoder's activations exist: its transient
+(one block over the row's patches) is below the decoder's at the shipped shapes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from streampro.config import Config, learner_precision, policy_precision
 from streampro.errors import UserError
 
+if TYPE_CHECKING:  # annotations only: the arithmetic needs no torch or transformers
+    from streampro.model_size import ModelSize
+
 GB = 1e9
-
-
-@dataclass(frozen=True)
-class ModelSize:
-    """What a model's memory scales with: parameter counts by part, and the text shapes."""
-
-    text_params: int
-    """Decoder layers, norms and the input embedding (tied: also the LM head)."""
-    head_params: int
-    """An untied LM head (0 when tied to the embedding)."""
-    vision_params: int
-    """Vision tower and merger (0 for a text model)."""
-    lora_params: int
-    """Adapters at learner.lora_rank (0 when LoRA is off)."""
-    layers: int
-    hidden: int
-    intermediate: int
-    q_dim: int
-    """heads x head_dim."""
-    kv_dim: int
-    """KV heads x head_dim."""
-    kv_heads: int
-    vocab: int
-    vision_hidden: int = 0
-    vision_intermediate: int = 0
-    vision_depth: int = 0
-    vision_patch: int = 14
-
-    @property
-    def total(self) -> int:
-        return self.text_params + self.head_params + self.vision_params
-
-    def layer_activations(self) -> int:
-        """Elements one decoder layer saves per token for backward: the two norms' inputs
-        and outputs, q/k/v and the attention output, and SwiGLU's gate, up, act and product."""
-        return 4 * self.hidden + self.q_dim + 2 * self.kv_dim + self.q_dim + 4 * self.intermediate
 
 
 @dataclass(frozen=True)
@@ -98,6 +69,11 @@ def learner_terms(cfg: Config, size: ModelSize, *, stage: str) -> list[Term]:
             f"activations ({'checkpointed' if ckpt else 'no checkpointing'}, {tokens} tokens)",
             acts,
             "learner.gradient_checkpointing=true" if not ckpt else "a shorter max_seq_len",
+        ),
+        Term(
+            "backward workspace (one layer's activation gradients)",
+            per_layer,
+            "a shorter max_seq_len",
         ),
         Term(f"logits ({scored} scored tokens)", logits, "a shorter window"),
     ]

@@ -17,13 +17,12 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import ray
 import torch
 import torch.distributed as dist
-from peft import LoraConfig, inject_adapter_in_model
 from transformers import AutoModelForCausalLM
 
 from streampro.config import (
@@ -46,6 +45,7 @@ from streampro.learners.losses import decision_counts, sft_loss, shifted_logprob
 from streampro.learners.packing import attention_bias, flat_layout
 from streampro.learners.vlm_inputs import check_loss_mask, score_vlm_tokens
 from streampro.learners.weight_sync import SyncGroup, WeightSender
+from streampro.lora import add_lora, merge_lora
 from streampro.timeouts import free_port
 
 OBJECTIVES = ("sft", "grpo")
@@ -180,39 +180,6 @@ def score_tokens(
     ent = ent_n.new_zeros(shape).index_put(idx, ent_n) if ent_n is not None else None
     pred = torch.full(shape, -1, dtype=torch.long, device=lp.device).index_put(idx, pred_n)
     return lp, ent, pred
-
-
-# LoRA targets: the language model's attention and MLP projections (never the vision tower,
-# whose blocks reuse the MLP names in Qwen-VL); matched against full module names.
-LORA_TARGETS = r"^(?!.*visual).*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
-
-
-def add_lora(model: torch.nn.Module, *, rank: int, alpha: float) -> None:
-    """Inject LoRA adapters (peft) in place; only they train. B starts at 0: same outputs."""
-    # peft annotates lora_alpha as int but scales by lora_alpha / r: a float is taken as is
-    cfg = LoraConfig(
-        r=rank, lora_alpha=cast(int, alpha), lora_dropout=0.0, target_modules=LORA_TARGETS
-    )
-    inject_adapter_in_model(cfg, model)
-    for name, p in model.named_parameters():
-        p.requires_grad_("lora_" in name)
-
-
-def merge_lora(state: dict[str, torch.Tensor], *, scale: float) -> dict[str, torch.Tensor]:
-    """A LoRA model's state dict with each adapter merged into its layer, under the base
-    model's own key names (what vLLM and transformers load)."""
-    out: dict[str, torch.Tensor] = {}
-    for key, w in state.items():
-        if ".lora_" in key:
-            continue
-        if key.endswith(".base_layer.weight"):
-            stem = key[: -len(".base_layer.weight")]
-            a = state[f"{stem}.lora_A.default.weight"].float()  # [r, in]
-            b = state[f"{stem}.lora_B.default.weight"].float()  # [out, r]
-            out[f"{stem}.weight"] = (w.float() + scale * (b @ a)).to(w.dtype)
-        else:
-            out[key.replace(".base_layer.", ".")] = w
-    return out
 
 
 def pick_accelerator(*, gpus: float, visible_gpus: int) -> tuple[str, str]:

@@ -120,7 +120,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
         "name",
         help=(
             "rollout | sft-ablation | grpo-async | autoscale | serve | perf | baselines | "
-            "scaling | question-use | reward-alignment"
+            "scaling | question-use | reward-alignment | real-width"
         ),
     )
     p.add_argument(

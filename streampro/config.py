@@ -30,7 +30,9 @@ from streampro.config_base import (  # noqa: F401  (re-exported: the components 
     PRECISIONS,
     RUBRIC_JUDGES,
     SFT_LOSSES,
+    TRACKERS,
     TURN_MATCHES,
+    WANDB_MODES,
     ConfigError,
     require,
     require_choice,
@@ -54,10 +56,22 @@ class RunConfig:
     """'auto' continues from the run folder's last checkpoint; 'never' starts fresh."""
     log_every: int = 1
     """Write metrics every N optimiser steps."""
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard", "jsonl"])
+    """Where each stage's metrics go, the same scalars to each: 'tensorboard' (<stage>/tb),
+    'wandb' (<run dir>/wandb, one run per stage) and 'jsonl'. <stage>/metrics.jsonl is written
+    whatever this says: the reports and `run.resume` read it."""
+    wandb_project: str = "streampro"
+    """Project of the wandb runs (wandb in trackers)."""
+    wandb_mode: str = ""
+    """wandb's mode: 'offline' (files only, no network or account; `wandb sync` uploads them
+    later), 'online' or 'disabled'; empty = the WANDB_MODE environment variable, else offline."""
 
     def __post_init__(self) -> None:
         require_choice(self.resume, ("auto", "never"), "run.resume")
         require(self.log_every >= 1, f"run.log_every must be >= 1, got {self.log_every}")
+        for name in self.trackers:
+            require_choice(name, TRACKERS, "run.trackers")
+        require_choice(self.wandb_mode, WANDB_MODES, "run.wandb_mode")
 
 
 @dataclass
@@ -322,9 +336,15 @@ class BenchConfig:
     """`bench scaling`: stream lengths in seconds (the first is held on other axes)."""
     scaling_actors: list[int] = field(default_factory=lambda: [1, 2])
     """`bench scaling`: rollout actors (the first is held on other axes)."""
+    real_width_layers: int = 2
+    """`bench real-width`: text layers and vision blocks kept of the public shapes."""
 
     def __post_init__(self) -> None:
         require_choice(self.dtype, DTYPES, "bench.dtype")
+        require(
+            self.real_width_layers >= 1,
+            f"bench.real_width_layers must be >= 1, got {self.real_width_layers}",
+        )
 
 
 @dataclass

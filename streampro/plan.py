@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-
 from streampro.cluster.fit import Capacity, check_fit, role_demands
-from streampro.cluster.plan import ModelSize, check_terms, engine_terms, format_terms, learner_terms
+from streampro.cluster.plan import check_terms, engine_terms, format_terms, learner_terms
 from streampro.config import Config, atomic_write_text
 from streampro.data.pipeline import policy_folder
 from streampro.errors import UserError
-from streampro.learners.worker import LORA_TARGETS
+from streampro.model_size import model_size
 from streampro.public_models import local_config, public_config
 
 DEFAULT_GPU_MEMORY_GB = 80.0
@@ -41,47 +37,6 @@ def hf_config(cfg: Config) -> dict[str, Any]:
             "Qwen/Qwen3-VL-4B-Instruct)"
         )
     return found
-
-
-def model_size(hf: dict[str, Any], *, lora_rank: int) -> ModelSize:
-    """Parameter counts by part, from the model built on the meta device (no memory)."""
-    body = {k: v for k, v in hf.items() if k not in ("model_type", "architectures")}
-    config = AutoConfig.for_model(hf["model_type"], **body)
-    vl = "vision_config" in hf
-    with torch.device("meta"):
-        auto = AutoModelForImageTextToText if vl else AutoModelForCausalLM
-        model = auto.from_config(config)
-    parts = {"vision": 0, "head": 0, "text": 0}
-    for name, p in model.named_parameters():  # a tied head shares the embedding: counted once
-        key = "vision" if ".visual." in f".{name}" else "head" if "lm_head" in name else "text"
-        parts[key] += p.numel()
-    lora = 0
-    if lora_rank > 0:
-        pattern = re.compile(LORA_TARGETS)
-        for name, mod in model.named_modules():
-            if isinstance(mod, torch.nn.Linear) and pattern.match(name):
-                lora += lora_rank * (mod.in_features + mod.out_features)
-    text = hf.get("text_config", hf)
-    vision = hf.get("vision_config", {})
-    heads, kv_heads = text["num_attention_heads"], text["num_key_value_heads"]
-    head_dim = text.get("head_dim") or text["hidden_size"] // heads
-    return ModelSize(
-        text_params=parts["text"],
-        head_params=parts["head"],
-        vision_params=parts["vision"],
-        lora_params=lora,
-        layers=text["num_hidden_layers"],
-        hidden=text["hidden_size"],
-        intermediate=text["intermediate_size"],
-        q_dim=heads * head_dim,
-        kv_dim=kv_heads * head_dim,
-        kv_heads=kv_heads,
-        vocab=text["vocab_size"],
-        vision_hidden=vision.get("hidden_size", 0),
-        vision_intermediate=vision.get("intermediate_size", 0),
-        vision_depth=vision.get("depth", 0),
-        vision_patch=vision.get("patch_size", 14),
-    )
 
 
 def run_plan(cfg: Config, *, gpus: float | None = None, gpu_memory_gb: float | None = None) -> dict:

@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from streampro import tokens as T
+from streampro.public_models import QWEN2_5_VL_3B, QWEN3_VL_4B, reduced_depth
 from streampro.tiny import _corpus, build_once
 
 BUILDER_VERSION = 1  # bump when the build changes, so old cache folders are not reused
@@ -75,16 +76,20 @@ def tiny_vl_spec(
     init_seed: int = 0,
     stream_tokens: bool = True,
     arch: str = "qwen2_5_vl",
+    real_width_layers: int = 0,
 ) -> dict:
     """Everything that determines the tiny-vl policy's bytes (hashed into its folder name).
 
     stream_tokens=False leaves `</Silence>`/`</Response>` out of the tokenizer, as in a real
     checkpoint (streampro.hf_policy adds them). arch="qwen3_vl" builds a tiny Qwen3-VL
     instead (patch 16, interleaved mRoPE, deepstack), to test that family's path.
+    real_width_layers=N builds the public Qwen2.5-VL-3B / Qwen3-VL-4B shape instead (every
+    width, head count, mRoPE section and the 151,936-row embedding; streampro.public_models)
+    with N text layers and N vision blocks, for checks at real width on CPU.
     """
     if arch not in ("qwen2_5_vl", "qwen3_vl"):
         raise ValueError(f"tiny-vl arch must be qwen2_5_vl or qwen3_vl, got {arch!r}")
-    return {
+    spec = {
         "version": BUILDER_VERSION,
         "arch": arch,
         "stream_tokens": stream_tokens,
@@ -93,6 +98,9 @@ def tiny_vl_spec(
         "max_position_embeddings": max_position_embeddings,
         "init_seed": init_seed,
     }
+    if real_width_layers:  # absent otherwise, so the tiny folders keep their cache names
+        spec["real_width_layers"] = real_width_layers
+    return spec
 
 
 def build_tokenizer(bpe_vocab_size: int, *, stream_tokens: bool = True):
@@ -193,16 +201,7 @@ def model_config(tokenizer, n_vocab: int, spec: dict):
         "fullatt_block_indexes": [1],
         "tokens_per_second": 2,
     }
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids(IMAGE_PAD),
-        video_token_id=ids(VIDEO_PAD),
-        vision_start_token_id=ids(VISION_START),
-        vision_end_token_id=ids(VISION_END),
-        tie_word_embeddings=True,
-        torch_dtype="float32",
-    )
+    return _vl_config(Qwen2_5_VLConfig, tokenizer, text, vision)
 
 
 def qwen3_config(tokenizer, n_vocab: int, spec: dict):
@@ -241,7 +240,23 @@ def qwen3_config(tokenizer, n_vocab: int, spec: dict):
         "num_position_embeddings": 256,
         "deepstack_visual_indexes": [0],
     }
-    return Qwen3VLConfig(
+    return _vl_config(Qwen3VLConfig, tokenizer, text, vision)
+
+
+def real_width_config(tokenizer, spec: dict):
+    """The public model's config at reduced depth, with this tokenizer's special ids."""
+    public = QWEN3_VL_4B if spec["arch"] == "qwen3_vl" else QWEN2_5_VL_3B
+    hf = reduced_depth(public, layers=spec["real_width_layers"])
+    ids = tokenizer.convert_tokens_to_ids
+    hf["text_config"].update(eos_token_id=ids(T.IM_END), pad_token_id=ids(T.PAD), bos_token_id=None)
+    cls = Qwen3VLConfig if spec["arch"] == "qwen3_vl" else Qwen2_5_VLConfig
+    return _vl_config(cls, tokenizer, hf["text_config"], hf["vision_config"])
+
+
+def _vl_config(cls, tokenizer, text: dict, vision: dict):
+    """A Qwen-VL config with the tokenizer's vision ids, tied head, saved in fp32."""
+    ids = tokenizer.convert_tokens_to_ids
+    return cls(
         text_config=text,
         vision_config=vision,
         image_token_id=ids(IMAGE_PAD),
@@ -266,6 +281,8 @@ def build_tiny_vl(spec: dict, out_dir: str | os.PathLike) -> Path:
     else:
         cls = Qwen2_5_VLForConditionalGeneration
         config = model_config(tokenizer, n_vocab, spec)
+    if spec.get("real_width_layers"):
+        config = real_width_config(tokenizer, spec)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec["init_seed"])
         model = cls(config)

@@ -63,7 +63,7 @@ def test_lora_trains_adapters_and_exports_merged_weights(tiny_path, tmp_path) ->
 def test_lora_targets_the_language_model_of_a_vlm(tmp_path) -> None:
     from streampro import tiny_vl
     from streampro.hf_policy import load_model
-    from streampro.learners.worker import add_lora
+    from streampro.lora import add_lora
 
     folder = tiny_vl.ensure_tiny_vl(tiny_vl.tiny_vl_spec(), tmp_path)
     model = load_model(folder)

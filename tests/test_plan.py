@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 
 from streampro import tiny_vl
-from streampro.cluster.plan import ModelSize, engine_terms, learner_terms
+from streampro.cluster.plan import engine_terms, learner_terms
 from streampro.config import load_config
 from streampro.errors import UserError
 from streampro.hf_policy import load_model
-from streampro.learners.worker import add_lora
-from streampro.plan import model_size, run_plan
+from streampro.lora import add_lora
+from streampro.model_size import ModelSize, model_size
+from streampro.plan import run_plan
 from streampro.public_models import QWEN2_5_VL_3B, local_config, reduced_depth
 
 SMALL = ModelSize(
@@ -50,6 +51,7 @@ def test_learner_terms_by_hand() -> None:
     # a window: 10 turns x (16 patch tokens + 8) = 240 tokens; a layer saves per token
     # 4*4 (norms) + 4 (q) + 2*2 (k, v) + 4 (attention out) + 4*8 (SwiGLU) = 60 elements
     assert terms["activations"] == 2 * 60 * 240 * 4
+    assert terms["backward workspace"] == 60 * 240 * 4  # one layer's activation gradients
     # scored: 10 decisions + 4 x 8 answer tokens = 42; logits, log-softmax and its grad
     assert terms["logits"] == 42 * 10 * (4 + 4 + 4)
     ckpt = load_config(
