@@ -87,6 +87,24 @@ def build_row(hf: dict, frames: int, side: int, device: torch.device, dtype: tor
     return ids, pixels, thw
 
 
+def build_model(hf: dict, args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    """The random-weight model on its device (frozen vision, LoRA, checkpointing) and AdamW."""
+    body = {k: v for k, v in hf.items() if k != "model_type"}
+    config = AutoConfig.for_model(hf["model_type"], **body)
+    with device:  # initialised where it runs: a full-depth model never sits in host memory
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    model.model.visual.requires_grad_(False)
+    if args.lora_rank:
+        add_lora(model, rank=args.lora_rank, alpha=2.0 * args.lora_rank)
+        for n, p in model.named_parameters():  # adapters and their Adam states in fp32
+            if ".lora_" in n:
+                p.data = p.data.float()
+    if args.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    params = [p for p in model.parameters() if p.requires_grad]
+    return model, torch.optim.AdamW(params, lr=1e-5, foreach=False)
+
+
 def main_check(args: argparse.Namespace) -> dict:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -97,7 +115,6 @@ def main_check(args: argparse.Namespace) -> dict:
         if args.layers == 0
         else reduced_depth(ARCHS[args.arch], layers=args.layers)
     )
-    body = {k: v for k, v in hf.items() if k != "model_type"}
     torch.manual_seed(0)
     ids, pixels, thw = build_row(hf, args.frames, args.frame_side, device, dtype)
     tokens = ids.shape[1]
@@ -106,18 +123,7 @@ def main_check(args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    model = AutoModelForImageTextToText.from_config(AutoConfig.for_model(hf["model_type"], **body))
-    model = model.to(device=device, dtype=dtype)
-    model.model.visual.requires_grad_(False)
-    if args.lora_rank:
-        add_lora(model, rank=args.lora_rank, alpha=2.0 * args.lora_rank)
-        for n, p in model.named_parameters():  # adapters and their Adam states in fp32
-            if ".lora_" in n:
-                p.data = p.data.float()
-    if args.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5, foreach=False)
+    model, opt = build_model(hf, args, device, dtype)
     build_s = time.perf_counter() - t0
     cols = torch.linspace(1, tokens - 1, scored, device=device).long()  # [N] scored positions
     targets = ids[0, cols]  # [N]
