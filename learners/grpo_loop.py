@@ -39,8 +39,9 @@ from streampro.config import (
 from streampro.data.pipeline import load_split, policy_folder
 from streampro.hf_policy import pad_token_id
 from streampro.learners.api import LearnerGroupAPI
+from streampro.learners.credit import advantages, token_advantages
 from streampro.learners.group import make_learner_group
-from streampro.learners.grpo_loss import equal_reward_groups, group_advantages, tis_weights
+from streampro.learners.grpo_loss import equal_reward_groups, tis_weights
 from streampro.learners.packing import PackItem, collate, plan_rows, select_rows
 from streampro.learners.stage import Stage
 from streampro.learners.state import DataCursor
@@ -63,23 +64,34 @@ def select_groups(rewards: torch.Tensor, *, need: int, dynamic: bool) -> torch.T
 
 
 def build_batch(
-    trajs: list[Trajectory], adv: torch.Tensor, *, pad_id: int, samples: list | None = None
+    trajs: list[Trajectory],
+    adv: torch.Tensor,
+    *,
+    pad_id: int,
+    samples: list | None = None,
+    text_adv: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One row per window segment (each exactly what vLLM was prompted with); a trajectory's
-    advantage is broadcast over the generated tokens of all its segments. With the image
-    codec, each row carries the frames of its `image_chunks`, taken from `samples` (the
-    EncodedSamples the episodes streamed)."""
+    """One row per window segment (each exactly what vLLM was prompted with). `adv` [N]: a
+    trajectory's advantage is broadcast over the generated tokens of all its segments; `adv`
+    and `text_adv` [N, C] (grpo.credit=decision): per decision token and per answer text
+    (learners/credit.py). With the image codec, each row carries the frames of its
+    `image_chunks`, taken from `samples` (the EncodedSamples the episodes streamed)."""
     frames = {e.sample.id: e.frames for e in samples or [] if e.frames is not None}
+    per_token = (
+        [[[a] * len(seg.token_ids) for seg in t.segments] for t, a in zip(trajs, adv.tolist())]
+        if text_adv is None
+        else [token_advantages(t, d, x) for t, d, x in zip(trajs, adv, text_adv)]
+    )
     items = [
         PackItem(
             input_ids=seg.token_ids,
             loss_mask=seg.gen_mask,
-            advantages=[float(a)] * len(seg.token_ids),
+            advantages=seg_adv,
             old_logprobs=seg.logprobs,
             images=[frames[t.sample_id][j] for j in seg.image_chunks] if frames else None,
         )
-        for t, a in zip(trajs, adv.tolist())
-        for seg in t.segments
+        for t, t_adv in zip(trajs, per_token)
+        for seg, seg_adv in zip(t.segments, t_adv)
     ]
     rows = plan_rows([len(i.input_ids) for i in items], max_len=0, pack=False)
     return collate(items, rows, pad_id=pad_id)
@@ -165,9 +177,14 @@ class Groups:
 
     def kept(self) -> tuple[list[Trajectory], torch.Tensor]:
         """Trajectories of the kept groups and their rewards [K, G]."""
-        flat = [k for k in self.keep for _ in range(self.g)]
-        trajs = [t for t, k in zip(self.trajs, flat) if k]
+        trajs = [t for t, k in zip(self.trajs, self.keep_per_trajectory()) if k]
         return trajs, self.rewards()[torch.tensor(self.keep, dtype=torch.bool)]
+
+    def kept_results(self) -> list[RewardResult]:  # [K*G], in kept()'s order
+        return [r for r, k in zip(self.results, self.keep_per_trajectory()) if k]
+
+    def keep_per_trajectory(self) -> list[bool]:  # [N*G]
+        return [k for k in self.keep for _ in range(self.g)]
 
 
 class GRPOStep:
@@ -235,8 +252,8 @@ class GRPOStep:
         trajs, rewards = groups.kept()  # [K*G], [K, G]
         if not trajs:
             return {}  # every group had equal rewards: nothing to learn from this step
-        adv, stats = group_advantages(rewards, mode=c.advantage, eps=c.adv_eps)  # [K, G]
-        batch = build_batch(trajs, adv.view(-1), pad_id=self.pad_id, samples=self.train)
+        adv, text_adv, stats = advantages(c, trajs, groups.kept_results(), rewards)
+        batch = build_batch(trajs, adv, pad_id=self.pad_id, samples=self.train, text_adv=text_adv)
         sampler = batch["old_logprobs"]  # [R, T] vLLM's
         check: dict[str, float] = {}
         if not c.async_mode:
@@ -310,7 +327,7 @@ class GRPOStep:
 
     def record(self, step: int, groups: Groups) -> dict[str, float]:
         """Every generated trajectory of the step, with rewards, round and kept flag, as Parquet."""
-        res, g = groups.results, groups.g
+        res = groups.results
         extra: dict[str, list[Any]] = {
             "step": [step] * len(res),
             "reward": [r.total for r in res],
@@ -318,7 +335,7 @@ class GRPOStep:
             "reward_turn": [r.turn for r in res],
             "reward_traj": [r.traj for r in res],
             "round": groups.rounds,
-            "kept": [k for k in groups.keep for _ in range(g)],
+            "kept": groups.keep_per_trajectory(),
         }
         write_trajectories(
             self.run_dir / "trajectories" / f"step_{step:06d}.parquet", groups.trajs, extra

@@ -13,6 +13,7 @@ import json
 import math
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -26,25 +27,56 @@ from streampro.rewards.scoring import (
     reaches,
     s_time,
     sorted_answers,
-    sorted_responses,
 )
 from streampro.tasks import DIMENSIONS, TASKS
 
 
-def sample_stats(sample: dict, responses: list[dict], judge: AccJudge) -> tuple[float, int, int]:
-    """(sum S, N_pred, N_gt) of one sample under prediction-first greedy matching."""
+@dataclass(frozen=True)
+class Match:
+    """Where StreamPro-F1's greedy matching sends one response."""
+
+    item: int
+    """Index (window order) of the first answer the response reaches; -1 for none."""
+    score: float
+    """S = S_time * S_acc (0 without an answer)."""
+    content: float | None
+    """S_acc; None where the judge was not asked (no answer reached, or S_time = 0)."""
+
+
+def greedy_matches(sample: dict, responses: list[dict], judge: AccJudge) -> tuple[list[Match], int]:
+    """(one Match per response in input order, N_gt): each response, in time order, goes to
+    the first answer (in window order) it reaches, matched already or not."""
     answers = sorted_answers(sample)
     task, question = sample["task"], str(sample.get("question", ""))
-    best = [0.0] * len(answers)
-    resp = sorted_responses(responses)
-    for t, text in resp:
+    out = [Match(-1, 0.0, None)] * len(responses)
+    order = sorted(range(len(responses)), key=lambda i: float(responses[i]["time"]))  # stable
+    for i in order:  # time order: judge calls (and a Guard's deadline) as the metric has them
+        t, text = float(responses[i]["time"]), str(responses[i].get("text", ""))
         for j, ans in enumerate(answers):
             if reaches(t, ans, ans.tau_early, ans.tau_late):
                 st = s_time(t, ans, ans.tau_early, ans.tau_late)
                 if st > 0.0:  # S = 0 whatever the content: spare the judge call
-                    best[j] = max(best[j], st * content_score(text, ans, task, judge, question))
+                    sa = content_score(text, ans, task, judge, question)
+                    out[i] = Match(j, st * sa, sa)
+                else:
+                    out[i] = Match(j, 0.0, None)
                 break
-    return sum(best), len(resp), len(answers)
+    return out, len(answers)
+
+
+def kept_sum(matches: list[Match], n_gt: int, *, without: int = -1) -> float:
+    """sum S: each answer keeps its best match's S (response `without` left out)."""
+    best = [0.0] * n_gt
+    for i, m in enumerate(matches):
+        if m.item >= 0 and i != without:
+            best[m.item] = max(best[m.item], m.score)
+    return sum(best)
+
+
+def sample_stats(sample: dict, responses: list[dict], judge: AccJudge) -> tuple[float, int, int]:
+    """(sum S, N_pred, N_gt) of one sample under prediction-first greedy matching."""
+    matches, n_gt = greedy_matches(sample, responses, judge)
+    return kept_sum(matches, n_gt), len(matches), n_gt
 
 
 def prf(sum_s: float, n_pred: int, n_gt: int) -> tuple[float, float, float]:

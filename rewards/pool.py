@@ -18,6 +18,7 @@ from streampro.cluster.resources import ROLE_UNIT, actor_options
 from streampro.config import Config, RewardConfig
 from streampro.errors import UserError
 from streampro.rewards.api import RewardPoolAPI
+from streampro.rewards.credit import add_credit
 from streampro.rewards.guard import Guard, GuardedAcc, GuardedRubric
 from streampro.rewards.judges import AccJudge, OpenAIChat, make_acc_judge
 from streampro.rewards.rubric import LLMRubricJudge, RubricJudge, RuleJudge
@@ -55,8 +56,10 @@ class RewardScorer:
         *,
         acc_judge: AccJudge | None = None,
         traj_judge: RubricJudge | None = None,
+        credit: bool = False,
     ) -> None:
         r = self.config = config
+        self.credit = credit  # grpo.credit=decision: each response's F1 credit too
         self.acc: AccJudge = acc_judge or make_acc_judge(
             r.acc_judge,
             llm_url=r.llm_url,
@@ -91,11 +94,21 @@ class RewardScorer:
             total=total, fmt=fmt, turn=turn, traj=traj, fallback=acc.fallbacks + no_verdict
         )
 
+    def score_one(self, item: Item) -> RewardResult:
+        """score_item, plus (with `credit`) each response's StreamPro-F1 credit
+        (rewards/credit.py), whose judge calls get their own deadline and fallbacks."""
+        result = self.score_item(*item)
+        if self.credit:
+            acc = GuardedAcc(self.acc, Guard(self.config.timeout_s), self.config.fallback_score)
+            add_credit(result, item[0], item[1], acc)
+            result.fallback += acc.fallbacks
+        return result
+
     def score_batch(self, items: Sequence[Item]) -> list[RewardResult]:
         if self.threads == 1 or len(items) <= 1:
-            return [self.score_item(*it) for it in items]
+            return [self.score_one(it) for it in items]
         with ThreadPoolExecutor(max_workers=min(self.threads, len(items))) as ex:
-            return list(ex.map(lambda it: self.score_item(*it), items))  # map keeps input order
+            return list(ex.map(self.score_one, items))  # map keeps input order
 
 
 def _rubric_judges(r: RewardConfig) -> list[RubricJudge]:
@@ -119,8 +132,11 @@ class InProcessRewardPool:
         *,
         acc_judge: AccJudge | None = None,
         traj_judge: RubricJudge | None = None,
+        credit: bool = False,
     ) -> None:
-        self.scorer = RewardScorer(config, acc_judge=acc_judge, traj_judge=traj_judge)
+        self.scorer = RewardScorer(
+            config, acc_judge=acc_judge, traj_judge=traj_judge, credit=credit
+        )
 
     def score(self, *, samples: list[dict], trajectories: list[Trajectory]) -> list[RewardResult]:
         return self.scorer.score_batch(to_items(samples, trajectories))
@@ -145,10 +161,11 @@ class RayRewardPool:
         chunk_size: int = 0,
         acc_judge: AccJudge | None = None,
         traj_judge: RubricJudge | None = None,
+        credit: bool = False,
     ) -> None:
         """M = config.num_actors actors of config.num_cpus each; `role_resource` asks for the
-        'reward' custom resource; chunk_size 0 = one chunk per actor; judge objects as in
-        `RewardScorer` (each actor gets a copy)."""
+        'reward' custom resource; chunk_size 0 = one chunk per actor; judge objects and
+        `credit` as in `RewardScorer` (each actor gets a copy)."""
         r = config
         if r.num_actors < 1:
             raise UserError(
@@ -163,8 +180,8 @@ class RayRewardPool:
         actor_cls = ray.remote(RewardScorer).options(
             **opts, max_restarts=r.max_restarts, max_task_retries=r.max_restarts
         )
-        judges = {"acc_judge": acc_judge, "traj_judge": traj_judge}
-        self.actors = [actor_cls.remote(r, **judges) for _ in range(r.num_actors)]
+        kw = {"acc_judge": acc_judge, "traj_judge": traj_judge, "credit": credit}
+        self.actors = [actor_cls.remote(r, **kw) for _ in range(r.num_actors)]
         self.chunk_size = chunk_size
         ray.get([a.pid.remote() for a in self.actors])  # fail fast on a bad judge setting
 
@@ -193,7 +210,9 @@ class RayRewardPool:
 
 
 def make_reward_pool(cfg: Config) -> RewardPoolAPI:
-    """The pool the config asks for: in-process when reward.num_actors is 0, else on Ray."""
+    """The pool the config asks for: in-process when reward.num_actors is 0, else on Ray;
+    with grpo.credit=decision it also scores each response's credit."""
+    credit = cfg.grpo.credit == "decision"
     if cfg.reward.num_actors == 0:
-        return InProcessRewardPool(cfg.reward)
-    return RayRewardPool(cfg.reward, role_resource=cfg.cluster.role_resources)
+        return InProcessRewardPool(cfg.reward, credit=credit)
+    return RayRewardPool(cfg.reward, role_resource=cfg.cluster.role_resources, credit=credit)

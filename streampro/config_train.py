@@ -9,6 +9,7 @@ from streampro.config_base import (
     ACC_JUDGES,
     ADVANTAGES,
     ATTENTION_MODES,
+    CREDITS,
     KL_ESTIMATORS,
     LOSS_AGGS,
     PRECISIONS,
@@ -292,6 +293,14 @@ class GRPOConfig:
     """'grpo' ((r-mean)/(std+eps)), 'drgrpo' (no std scaling) or 'loo' (leave-one-out)."""
     adv_eps: float = 1e-6
     """Epsilon of the std normalisation."""
+    credit: str = "trajectory"
+    """'trajectory': one group advantage per trajectory on all its generated tokens (the
+    paper's GRPO); 'decision': per-decision credit from each response's marginal
+    StreamPro-F1 with a leave-one-out baseline per chunk, answer text from its S_acc against
+    the group's (learners/credit.py, docs/learners.md). `advantage` applies to 'trajectory'."""
+    credit_horizon: int = 0
+    """credit=decision: a decision's return sums the decision rewards of this many chunks
+    from its own (0 = to the end of the stream)."""
     kl_coef: float = 0.0
     """KL coefficient to the reference (0 skips the reference model)."""
     kl_estimator: str = "k3"
@@ -343,6 +352,11 @@ class GRPOConfig:
             f"{self.group_size}, {self.batch_samples}",
         )
         require_choice(self.advantage, ADVANTAGES, "grpo.advantage")
+        require_choice(self.credit, CREDITS, "grpo.credit")
+        require(
+            self.credit_horizon >= 0,
+            f"grpo.credit_horizon must be >= 0 (0 = to the end), got {self.credit_horizon}",
+        )
         require_choice(self.kl_estimator, KL_ESTIMATORS, "grpo.kl_estimator")
         require_choice(self.loss_agg, LOSS_AGGS, "grpo.loss_agg")
         require_choice(self.rollout_correction, ("auto", "none", "tis"), "grpo.rollout_correction")

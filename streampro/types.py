@@ -88,3 +88,10 @@ class RewardResult:
     traj: float
     fallback: int = 0
     """Judge calls that failed or timed out and were given the fallback score."""
+    credit_marginal: list[float] = field(default_factory=list)
+    """grpo.credit=decision: per response (`Trajectory.responses` order), its marginal
+    StreamPro-F1 (rewards/credit.py); empty otherwise."""
+    credit_item: list[int] = field(default_factory=list)
+    """Per response: the answer (window order) its text was judged against, -1 for none."""
+    credit_content: list[float] = field(default_factory=list)
+    """Per response: S_acc against that answer (0 where credit_item is -1)."""
