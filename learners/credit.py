@@ -58,10 +58,11 @@ def credit_inputs(trajs: list[Trajectory], results: list[RewardResult], g: int) 
 def horizon_returns(reward: torch.Tensor, horizon: int) -> torch.Tensor:  # [K, G, C]
     """R[c] = sum of reward[c : c + horizon] (horizon 0, or past the end: to the end)."""
     c = reward.shape[-1]
-    cum = torch.nn.functional.pad(reward.cumsum(-1), (1, 0))  # [K, G, C+1], cum[j] = sum r[:j]
+    # float64 prefix sums: differences of long float32 sums would lose the small marginals
+    cum = torch.nn.functional.pad(reward.double().cumsum(-1), (1, 0))  # [K, G, C+1]
     start = torch.arange(c)  # [C]
     end = (start + horizon).clamp(max=c) if horizon > 0 else torch.full_like(start, c)
-    return cum[..., end] - cum[..., start]  # [K, G, C]
+    return (cum[..., end] - cum[..., start]).to(reward.dtype)  # [K, G, C]
 
 
 def decision_advantages(
@@ -130,6 +131,8 @@ def _segment_advantages(
     seg: Segment, decision: torch.Tensor, text: torch.Tensor
 ) -> tuple[list[float], int]:  # (per token, decisions in the segment)
     mask = torch.tensor(seg.gen_mask, dtype=torch.long)  # [T]
+    if decision.numel() == 0:  # an episode without a step generated nothing
+        return [0.0] * len(seg.gen_mask), 0
     # a decision's generated tokens are one run of the mask (its turn end is not generated)
     first = mask.diff(prepend=torch.tensor([0])).eq(1)  # [T]
     step = (seg.first_step + first.long().cumsum(0) - 1).clamp(min=0, max=decision.numel() - 1)
