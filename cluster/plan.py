@@ -71,7 +71,7 @@ def learner_terms(cfg: Config, size: ModelSize, *, stage: str) -> list[Term]:
             "learner.gradient_checkpointing=true" if not ckpt else "a shorter max_seq_len",
         ),
         Term(
-            "backward workspace (one layer's activation gradients)",
+            "backward workspace (one layer's gradients)",
             per_layer,
             "a shorter max_seq_len",
         ),
@@ -143,8 +143,8 @@ def check_terms(role: str, terms: list[Term], budget_gb: float) -> None:
 
 def format_terms(role: str, terms: list[Term], budget_gb: float | None) -> str:
     lines = [f"{role}:"]
-    lines += [f"  {t.name:<48} {t.bytes / GB:8.2f} GB" for t in terms]
+    lines += [f"  {t.name:<52} {t.bytes / GB:8.2f} GB" for t in terms]
     total = sum(t.bytes for t in terms) / GB
     tail = f" of {budget_gb:.1f} GB" if budget_gb else ""
-    lines.append(f"  {'total':<48} {total:8.2f} GB{tail}")
+    lines.append(f"  {'total':<52} {total:8.2f} GB{tail}")
     return "\n".join(lines)
