@@ -21,6 +21,7 @@ from streampro.rewards.api import RewardPoolAPI
 from streampro.rewards.credit import add_credit
 from streampro.rewards.guard import Guard, GuardedAcc, GuardedRubric
 from streampro.rewards.judges import AccJudge, OpenAIChat, make_acc_judge
+from streampro.rewards.mmduet2 import mmduet2_reward
 from streampro.rewards.rubric import LLMRubricJudge, RubricJudge, RuleJudge
 from streampro.rewards.scoring import (
     format_reward,
@@ -31,18 +32,24 @@ from streampro.rewards.scoring import (
 )
 from streampro.types import RewardResult, Trajectory
 
-Item = tuple[dict, list[dict], list[str]]
-"""(sample row, responses [{"time", "text"}], raw step outputs) of one trajectory."""
+Item = tuple[dict, list[dict], list[str], list[float]]
+"""(sample row, responses [{"time", "text"}], raw step outputs, step times) of one trajectory."""
 
 
 def to_items(samples: list[dict], trajectories: list[Trajectory]) -> list[Item]:
     if len(samples) != len(trajectories):
         raise ValueError(f"{len(samples)} samples for {len(trajectories)} trajectories")
-    return [(s, t.responses(), t.step_outputs()) for s, t in zip(samples, trajectories)]
+    return [
+        (s, t.responses(), t.step_outputs(), [st.time for st in t.steps])
+        for s, t in zip(samples, trajectories)
+    ]
 
 
 class RewardScorer:
-    """Scores items with R = w_fmt R_fmt + w_turn R_turn + w_traj R_traj. Also the Ray actor.
+    """Scores items with the reward `reward.kind` names: R = w_fmt R_fmt + w_turn R_turn +
+    w_traj R_traj ('streampro'), or MMDuet2's ('mmduet2', rewards/mmduet2.py, with the same
+    S_acc judge: R_fmt then unweighted, turn = PAUC, traj = minus the weighted penalties).
+    Also the Ray actor.
 
     Built from the reward section; `acc_judge` / `traj_judge` objects, when given, replace the
     judges it names (tests, benches). traj_judge 'rule' is the rule judge, then the llm judge
@@ -80,13 +87,29 @@ class RewardScorer:
         return os.getpid()
 
     def score_item(
-        self, sample: dict, responses: list[dict], step_outputs: list[str]
+        self,
+        sample: dict,
+        responses: list[dict],
+        step_outputs: list[str],
+        step_times: list[float] | None = None,
     ) -> RewardResult:
+        """One trajectory; `step_times` (every step's time) only mmduet2 reads, and needs."""
         r = self.config
         guard = Guard(r.timeout_s)
         acc = GuardedAcc(self.acc, guard, r.fallback_score)
         judges = [GuardedRubric(j, guard) for j in self.rubric_judges]
         fmt = format_reward(step_outputs)
+        if r.kind == "mmduet2":
+            if step_times is None:
+                raise ValueError("reward.kind=mmduet2 needs every step's time (step_times)")
+            mm = mmduet2_reward(sample, responses, step_times, judge=acc, config=r)
+            return RewardResult(
+                total=mm.total,
+                fmt=fmt,
+                turn=mm.pauc,
+                traj=mm.total - r.mmduet2_w_pauc * mm.pauc,
+                fallback=acc.fallbacks,
+            )
         turn = turn_reward(sample, responses, r.tau, acc=acc, match=r.turn_match)
         traj, no_verdict = traj_score(rubric_marks(sample, responses, judges), r.fallback_score)
         total = total_reward(fmt, turn, traj, w_fmt=r.w_fmt, w_turn=r.w_turn, w_traj=r.w_traj)

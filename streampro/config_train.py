@@ -13,6 +13,7 @@ from streampro.config_base import (
     KL_ESTIMATORS,
     LOSS_AGGS,
     PRECISIONS,
+    REWARD_KINDS,
     RUBRIC_JUDGES,
     SFT_LOSSES,
     TURN_MATCHES,
@@ -221,6 +222,10 @@ class RolloutConfig:
 
 @dataclass
 class RewardConfig:
+    kind: str = "streampro"
+    """The GRPO reward: 'streampro', w_fmt R_fmt + w_turn R_turn + w_traj R_traj (the paper),
+    or 'mmduet2', MMDuet2's w_pauc PAUC - w_repetition REP - w_outspan OUT (docs/rewards.md).
+    Both score content with acc_judge."""
     w_fmt: float = 0.1
     """Weight of R_fmt (the paper: 0.1)."""
     w_turn: float = 0.45
@@ -258,8 +263,24 @@ class RewardConfig:
     """Ray restarts of a dead reward actor; its in-flight batch is retried as often."""
     threads: int = 8
     """Items each reward actor scores concurrently when a judge waits on the network (llm)."""
+    mmduet2_w_pauc: float = 3.0
+    """kind=mmduet2: weight of PAUC (MMDuet2's reward_function.py: 3)."""
+    mmduet2_w_repetition: float = 3.0
+    """kind=mmduet2: weight of the repetition penalty REP (MMDuet2: 3; its run scripts 2)."""
+    mmduet2_w_outspan: float = 2.0
+    """kind=mmduet2: weight of the out-of-span penalty OUT (MMDuet2: 2; its run scripts 0.5)."""
+    mmduet2_omega: float = 0.5
+    """kind=mmduet2: PAUC's time discount: a reply at t counts from lo + (t - lo)(1 - omega)
+    (MMDuet2's floor_time_score_weight: 0.5); 0 = timeliness counts fully, 1 = not at all."""
+    mmduet2_start_score: float = 0.125
+    """kind=mmduet2: PAUC's curve before the first judged reply of a span, in [0, 1] (MMDuet2:
+    0.5 on its 0-4 judge scale)."""
 
     def __post_init__(self) -> None:
+        require_choice(self.kind, REWARD_KINDS, "reward.kind")
+        for name in ("mmduet2_omega", "mmduet2_start_score"):
+            value = getattr(self, name)
+            require(0.0 <= value <= 1.0, f"reward.{name} must be in [0, 1], got {value}")
         require_choice(self.turn_match, TURN_MATCHES, "reward.turn_match")
         require_choice(self.acc_judge, ACC_JUDGES, "reward.acc_judge")
         require_choice(self.traj_judge, RUBRIC_JUDGES, "reward.traj_judge")
