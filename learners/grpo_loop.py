@@ -35,6 +35,7 @@ from streampro.config import (
     make_run_dir,
     mixed_precision,
     policy_precision,
+    to_dict,
 )
 from streampro.data.pipeline import load_split, policy_folder
 from streampro.hf_policy import pad_token_id
@@ -396,6 +397,8 @@ def run_grpo(
             save_every=c.save_every,
             keep=c.keep_checkpoints,
             log_every=1,  # every step: its rollout and reward metrics
+            run=cfg.run,
+            config=to_dict(cfg),
         ) as stage:
             if cfg.run.resume == "auto" and (state := stage.resume()) is not None:
                 # The cursor was saved before the next step's draws, so an async run redraws

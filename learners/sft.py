@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 from streampro.actors.api import RolloutGroupAPI
 from streampro.actors.policy_eval import PolicyEval, always_silent
 from streampro.cluster.local import init_cluster
-from streampro.config import Config, atomic_write_text, make_run_dir
+from streampro.config import Config, atomic_write_text, make_run_dir, to_dict
 from streampro.data.dialogue import SFTRow, build_sft_example
 from streampro.data.encode import EncodedSample
 from streampro.data.pipeline import load_split, policy_folder
@@ -222,6 +222,8 @@ def _train(
         save_every=s.save_every,
         keep=s.keep_checkpoints,
         log_every=cfg.run.log_every,
+        run=cfg.run,
+        config=to_dict(cfg),
     ) as stage:
         if cfg.run.resume == "auto" and (state := stage.resume()) is not None:
             cursor.restore(state["cursor"])

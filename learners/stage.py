@@ -24,6 +24,7 @@ from typing import Any, Self
 
 from tqdm import tqdm
 
+from streampro.config import RunConfig
 from streampro.learners.api import LearnerGroupAPI
 from streampro.learners.state import Checkpoints
 from streampro.metrics import MetricsLogger
@@ -45,11 +46,13 @@ class Stage:
         save_every: int,
         keep: int,
         log_every: int,
+        run: RunConfig,
+        config: dict[str, Any],
     ) -> None:
         self.name, self.learner, self.total = name, learner, total
         self.save_every, self.log_every = save_every, log_every
         self.ckpts = Checkpoints(run_dir, keep)
-        self.logger = MetricsLogger(run_dir)
+        self.logger = MetricsLogger(run_dir, run=run, config=config)
         self.step = 0
         self._bar: tqdm | None = None
 

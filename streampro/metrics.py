@@ -23,15 +23,15 @@ class MetricsLogger:
     metrics.jsonl is always written (the reports and resume read it). TensorBoard writes
     RUN_DIR/tb; wandb writes under ROOT/wandb, ROOT being the folder of the run's config.yaml
     (RUN_DIR or its parent: `streampro train` keeps its stages in sft/ and grpo/), one wandb
-    run per stage grouped by ROOT's name. With `run` None the trackers and the config to log
-    come from that config.yaml (the stages build their logger from their folder alone)."""
+    run per stage grouped by ROOT's name. Built from the run's `run` node, with the resolved
+    config to log once (`to_dict(cfg)`; None logs none)."""
 
     def __init__(
         self,
         run_dir: str | Path,
         *,
         prefix: str = "",
-        run: RunConfig | None = None,
+        run: RunConfig,
         config: dict[str, Any] | None = None,
     ) -> None:
         run_dir = Path(run_dir)
@@ -39,8 +39,6 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.prefix = prefix
         root = config_root(run_dir)
-        if run is None:
-            run, config = run_config_of(root)
         self._tb: Any = None
         self._wandb: Any = None
         if "tensorboard" in run.trackers:
@@ -102,19 +100,6 @@ def config_root(run_dir: Path) -> Path:
         if (folder / "config.yaml").is_file():
             return folder
     return run_dir
-
-
-def run_config_of(root: Path) -> tuple[RunConfig, dict[str, Any] | None]:
-    """The run section and the whole resolved config of ROOT/config.yaml (defaults and None
-    without one: a logger outside a run folder)."""
-    path = root / "config.yaml"
-    if not path.is_file():
-        return RunConfig(), None
-    node = OmegaConf.load(path)
-    run_node = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.select(node, "run") or {})
-    run: RunConfig = OmegaConf.to_object(run_node)  # type: ignore[assignment]
-    config: dict[str, Any] = OmegaConf.to_container(node, resolve=True)  # type: ignore[assignment]
-    return run, config
 
 
 def start_wandb(

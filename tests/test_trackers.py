@@ -85,8 +85,8 @@ def tb_scalars(tb_dir: Path) -> tuple[dict[int, dict[str, float]], list[str]]:
 def test_three_trackers_get_the_same_scalars_and_the_config_once(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the default: offline
     cfg = load_config(None, [f"run.dir={tmp_path / 'run'}", "run.trackers=[tensorboard,wandb]"])
-    root = make_run_dir(cfg, "test")  # writes config.yaml, which the stage's logger reads
-    logger = MetricsLogger(root / "sft")
+    root = make_run_dir(cfg, "test")  # its config.yaml marks the run's root folder
+    logger = MetricsLogger(root / "sft", run=cfg.run, config=to_dict(cfg))
     for step, metrics in ROWS:
         logger.log(step, metrics)
     logger.close()
