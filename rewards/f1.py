@@ -22,13 +22,15 @@ from streampro.config import atomic_write_text
 from streampro.errors import UserError
 from streampro.rewards.guard import Guard, GuardedAcc
 from streampro.rewards.judges import AccJudge, ExactJudge
+from streampro.rewards.pauc import START_SCORE, PaucAnswer, pauc, replies_to_judge
 from streampro.rewards.scoring import (
     content_score,
     reaches,
     s_time,
     sorted_answers,
+    sorted_responses,
 )
-from streampro.tasks import DIMENSIONS, TASKS
+from streampro.tasks import DIMENSIONS, TASKS, ResolvedAnswer
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,32 @@ def sample_stats(sample: dict, responses: list[dict], judge: AccJudge) -> tuple[
     return kept_sum(matches, n_gt), len(matches), n_gt
 
 
+def sample_pauc(
+    sample: dict,
+    responses: list[dict],
+    judge: AccJudge,
+    *,
+    answers: list[ResolvedAnswer] | None = None,
+    omega: float = 0.5,
+    start_score: float = START_SCORE,
+) -> float:
+    """PAUC (rewards/pauc.py) of one sample: each answer's window [lo, hi] is its reply span,
+    and the replies inside it (each text once) are judged by S_acc against it (TG by IoU).
+    `answers` defaults to all of the sample's."""
+    task, question = sample["task"], str(sample.get("question", ""))
+    replies = sorted_responses(responses)
+    answers = sorted_answers(sample) if answers is None else answers
+    points = [
+        [
+            (t, content_score(text, ans, task, judge, question))
+            for t, text in replies_to_judge(replies, (ans.lo, ans.hi))
+        ]
+        for ans in answers
+    ]
+    spans = [PaucAnswer(span=(a.lo, a.hi)) for a in answers]  # no late-reply filter
+    return pauc(points, spans, omega=omega, start_score=start_score)
+
+
 def prf(sum_s: float, n_pred: int, n_gt: int) -> tuple[float, float, float]:
     """P = sum S / N_pred, R = sum S / N_gt, F1 = 2PR / (P + R); each 0 where undefined."""
     p = sum_s / n_pred if n_pred else 0.0
@@ -110,8 +138,9 @@ def score_predictions(
     timeout_s: float = 30.0,
     progress: bool = False,
 ) -> dict:
-    """scores.json content: {"tasks": {T: {precision, recall, f1, n, n_pred, n_gt}},
-    "dimensions": {D: f1}, "avg", "w_avg", "n_samples", "fallbacks"}.
+    """scores.json content: {"tasks": {T: {precision, recall, f1, n, n_pred, n_gt, pauc}},
+    "dimensions": {D: f1}, "avg", "w_avg", "pauc", "n_samples", "fallbacks"}. PAUC
+    (`sample_pauc`, omega 0.5) is the mean over the samples that have an answer.
 
     samples are manifest rows; predictions map sample id -> responses [{"time", "text"}]
     (an id without an entry has no response; an id not among the samples is an error).
@@ -126,11 +155,16 @@ def score_predictions(
         )
     judge = acc_judge or ExactJudge()
     acc: dict[str, list[float]] = {}  # task -> [sum S, N_pred, N_gt, n samples]
+    paucs: dict[str, list[float]] = {}  # task -> PAUC of each sample with an answer
     dims: dict[str, str] = {}
     fallbacks = 0
     for s in tqdm(samples, desc="StreamPro-F1", disable=not progress, leave=False):
         guarded = GuardedAcc(judge, Guard(timeout_s), fallback_score)
         sum_s, n_pred, n_gt = sample_stats(s, predictions.get(s["id"], []), guarded)
+        if n_gt:
+            paucs.setdefault(s["task"], []).append(
+                sample_pauc(s, predictions.get(s["id"], []), guarded)
+            )
         fallbacks += guarded.fallbacks
         row = acc.setdefault(s["task"], [0.0, 0.0, 0.0, 0.0])
         row[0] += sum_s
@@ -154,6 +188,7 @@ def score_predictions(
             "n": int(n),
             "n_pred": int(task_pred),
             "n_gt": int(task_gt),
+            "pauc": _mean(paucs.get(task, [])),
         }
     dim_order = [d for d in DIMENSIONS if d in dims.values()] + sorted(
         set(dims.values()) - set(DIMENSIONS)
@@ -164,9 +199,14 @@ def score_predictions(
         "dimensions": dimensions,
         "avg": sum(dimensions.values()) / len(dimensions) if dimensions else 0.0,
         "w_avg": _weighted(list(tasks.values())),
+        "pauc": _mean([v for vals in paucs.values() for v in vals]),
         "n_samples": len(samples),
         "fallbacks": fallbacks,
     }
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
 
 
 def _weighted(rows: list[dict]) -> float:

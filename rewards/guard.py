@@ -52,14 +52,23 @@ class Guard:
 
 
 class GuardedAcc:
-    """An AccJudge whose failures score `fallback_score`, counted in `fallbacks`."""
+    """An AccJudge whose failures score `fallback_score`, counted in `fallbacks`. Each
+    (response, reference, question) is judged once: StreamPro-F1, PAUC and the credit of one
+    item ask about the same pairs, and an llm judge call is the slow part."""
 
     def __init__(self, judge: AccJudge, guard: Guard, fallback_score: float) -> None:
         self.judge, self.guard, self.fallback_score = judge, guard, fallback_score
         self.inline = True
         self.fallbacks = 0
+        self._seen: dict[tuple[str, str, str], float] = {}
 
     def score(self, *, response: str, reference: str, question: str = "") -> float:
+        key = (response, reference, question)
+        if key not in self._seen:
+            self._seen[key] = self._judge(response, reference, question)
+        return self._seen[key]
+
+    def _judge(self, response: str, reference: str, question: str) -> float:
         value = self.guard.run(
             lambda: self.judge.score(response=response, reference=reference, question=question),
             inline=getattr(self.judge, "inline", False),

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from streampro.config import RewardConfig
+from streampro.rewards.f1 import sample_pauc
 from streampro.rewards.judges import AccJudge
-from streampro.rewards.pauc import PaucAnswer, pauc, replies_to_judge
-from streampro.rewards.scoring import content_score, sorted_answers, sorted_responses
+from streampro.rewards.pauc import replies_to_judge
+from streampro.rewards.scoring import sorted_answers, sorted_responses
 from streampro.tasks import ResolvedAnswer
 
 
@@ -97,18 +98,17 @@ def mmduet2_reward(
     """MMDuet2's reward of one trajectory: `responses` [{"time", "text"}], `step_times` the
     time of every step (silent ones too: OUT counts them); `judge` scores PAUC's replies
     against the answer texts (TG by IoU, as R_turn) and the repetition of each new text."""
-    task, question = sample["task"], str(sample.get("question", ""))
+    question = str(sample.get("question", ""))
     replies = sorted_responses(responses)
     answers = reached_answers(sorted_answers(sample), max(step_times, default=None))
-    points = [
-        [
-            (t, content_score(text, ans, task, judge, question))
-            for t, text in replies_to_judge(replies, (ans.lo, ans.hi))
-        ]
-        for ans in answers
-    ]
-    spans = [PaucAnswer(span=(a.lo, a.hi)) for a in answers]  # no late-reply filter in MMDuet2
-    p = pauc(points, spans, omega=config.mmduet2_omega, start_score=config.mmduet2_start_score)
+    p = sample_pauc(
+        sample,
+        responses,
+        judge,
+        answers=answers,
+        omega=config.mmduet2_omega,
+        start_score=config.mmduet2_start_score,
+    )
     marks = repetition_marks(replies, answers, judge, question)
     rep = sum(marks) / len(marks) if marks else 0.0
     out = outspan_share(step_times, [t for t, _ in replies], answers)

@@ -116,18 +116,19 @@ def plot_timelines(
 
 
 def score_table(rows: dict[str, dict]) -> str:
-    """Markdown table: one row per policy, StreamPro-F1 x100 per task and dimension."""
+    """Markdown table: one row per policy, StreamPro-F1 x100 per task and dimension, and
+    PAUC x100 (omega 0.5) over all samples."""
     tasks = sorted({t for s in rows.values() for t in s.get("tasks", {})})
     dims = [
         d for d in ("PU", "TR", "PA") if any(d in s.get("dimensions", {}) for s in rows.values())
     ]
-    head = ["policy", *tasks, *dims, "avg", "w_avg"]
+    head = ["policy", *tasks, *dims, "avg", "w_avg", "pauc"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, s in rows.items():
         vals = [s["tasks"].get(t, {}).get("f1") for t in tasks] + [
             s["dimensions"].get(d) for d in dims
         ]
-        vals += [s.get("avg"), s.get("w_avg")]
+        vals += [s.get("avg"), s.get("w_avg"), s.get("pauc")]
         lines.append(
             "| "
             + " | ".join([name] + ["-" if v is None else f"{100 * v:.1f}" for v in vals])

@@ -15,6 +15,7 @@ from streampro.rewards import ExactJudge
 from streampro.rewards.f1 import (
     load_predictions,
     prf,
+    sample_pauc,
     sample_stats,
     score_predictions,
     write_scores,
@@ -389,3 +390,19 @@ def test_sampled_evaluation_averages_the_samples_of_each_stream():
     assert scores["samples_per_stream"] == 2 and scores["n_samples"] == 1
     one = PolicyEval(Sampling(0.0, 1.0, 8, 0), 1, ExactJudge()).run(Rollout(), enc)  # type: ignore[arg-type]
     assert one["tasks"]["OU"]["f1"] == 1.0 and one["samples_per_stream"] == 1
+
+
+def test_pauc_next_to_f1_by_hand():
+    # EU's window [10, 17] is the reply span; PAUC at omega 0.5, start score 0.25
+    s = sample("eu1", "EU", [{"start": 10.0, "end": 14.0, "text": "red square from left"}])
+    judge = ExactJudge()
+    assert sample_pauc(s, [], judge) == pytest.approx(0.25)  # silent: the start score
+    assert sample_pauc(s, resp((10.0, "red square from left")), judge) == pytest.approx(1.0)
+    assert sample_pauc(s, resp((10.0, "blue")), judge) == pytest.approx(0.0)  # wrong at once
+    # right at 14 s, placed at 10 + 4 * 0.5 = 12: 0.25 over 2 s, then 1 over 5 s, of 7 s
+    late = resp((14.0, "red square from left"))
+    assert sample_pauc(s, late, judge) == pytest.approx((0.25 * 2 + 5) / 7)
+    scores = score_predictions([s], {"eu1": late})
+    assert (
+        scores["pauc"] == pytest.approx(5.5 / 7) and scores["tasks"]["EU"]["pauc"] == scores["pauc"]
+    )

@@ -137,8 +137,10 @@ def test_guard_contains_raising_and_sleeping_judges():
     raising, sleepy = GuardedAcc(Raising(), guard, 0.25), GuardedAcc(Sleepy(), guard, 0.25)
     assert raising.score(response="a", reference="a") == 0.25 and raising.fallbacks == 1
     assert sleepy.score(response="a", reference="a") == 0.25 and sleepy.fallbacks == 1
+    # The same pair is judged once (its fallback is remembered, not counted again)
+    assert sleepy.score(response="a", reference="a") == 0.25 and sleepy.fallbacks == 1
     # The item's deadline has passed: the next non-inline call is not even made.
-    assert sleepy.score(response="a", reference="a") == 0.25 and sleepy.fallbacks == 2
+    assert sleepy.score(response="b", reference="a") == 0.25 and sleepy.fallbacks == 2
     assert any("JudgeTimeout" in e for e in guard.errors)
     with pytest.raises(JudgeTimeout):
         run_with_timeout(lambda: time.sleep(1.0), timeout_s=0.05, what="judge", error=JudgeTimeout)
