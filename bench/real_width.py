@@ -38,6 +38,11 @@ OVERRIDES = (
     "learner.freeze_vision=true",
     "learner.gradient_checkpointing=true",
     "rollout.max_model_len=4096",
+    # random weights write no valid decision, so a group's rewards tie and its advantages are
+    # 0: the entropy bonus still moves the weights, and at lr 1e-2 far enough that an engine
+    # left with stale weights would fail the agreement check
+    "grpo.entropy_coef=0.01",
+    "grpo.lr=0.01",
 )
 
 
@@ -100,6 +105,7 @@ def run_one(cfg: Config, arch: str, folder: Path, run_dir: Path) -> dict[str, An
         "grpo_steps": len([r for r in grpo if "reward/total" in r]),
         "lp_diff_max": [r["check/lp_diff_max"] for r in grpo if "check/lp_diff_max" in r],
         "sync_s": [r["time/sync"] for r in grpo if "time/sync" in r],
+        "grad_norm": [r["learn/grad_norm"] for r in grpo if "learn/grad_norm" in r],
         "reward_total": [r["reward/total"] for r in grpo if "reward/total" in r],
     }
 
