@@ -30,11 +30,23 @@ from streampro.config import Config, atomic_write_text, load_config
 from streampro.learners.grpo_loss import policy_loss
 from streampro.lora import add_lora
 from streampro.model_size import model_size
-from streampro.public_models import QWEN2_5_VL_3B, QWEN3_VL_4B, reduced_depth
+from streampro.public_models import QWEN2_5_VL_3B, QWEN3_VL_4B, local_config, reduced_depth
+from streampro.tiny_vl import ensure_tiny_vl, tiny_vl_spec
 
 ARCHS = {"qwen2_5_vl": QWEN2_5_VL_3B, "qwen3_vl": QWEN3_VL_4B}
 BF16_DENSE_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # vendor dense bf16 peaks
 VISION_START, IMAGE_PAD, VISION_END = 151652, 151655, 151653  # the public token ids
+TINY_CACHE = ".cache/streampro/models"
+
+
+def arch_config(arch: str, layers: int) -> dict:
+    """The config.json of the shape to check: a public one (at `layers`, 0 = all), or the
+    built-in tiny-vl (built locally, seconds)."""
+    if arch == "tiny_vl":
+        found = local_config(ensure_tiny_vl(tiny_vl_spec(), TINY_CACHE))
+        assert found is not None  # the builder writes config.json
+        return found
+    return ARCHS[arch] if layers == 0 else reduced_depth(ARCHS[arch], layers=layers)
 
 
 def _rss_gb() -> float:
@@ -42,7 +54,7 @@ def _rss_gb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / GB
 
 
-def check_config(args: argparse.Namespace, tokens: int, precision: str) -> Config:
+def check_config(args: argparse.Namespace, hf: dict, tokens: int, precision: str) -> Config:
     """The plan's view of this run: one rank, ZeRO-0, this row."""
     return load_config(
         None,
@@ -57,7 +69,7 @@ def check_config(args: argparse.Namespace, tokens: int, precision: str) -> Confi
             "data.codec=image",
             f"data.window_turns={args.frames}",
             f"data.window_slide={args.frames}",
-            f"data.image_max_pixels={_side(args) ** 2}",
+            f"data.image_max_pixels={_side(args, hf) ** 2}",
             f"sft.max_seq_len={tokens}",
             f"rollout.max_model_len={tokens}",
             f"rollout.max_answer_tokens={args.answer_tokens}",
@@ -67,24 +79,26 @@ def check_config(args: argparse.Namespace, tokens: int, precision: str) -> Confi
     )
 
 
-def _side(args: argparse.Namespace) -> int:
+def _side(args: argparse.Namespace, hf: dict) -> int:
     """The frame side the row really uses: whole 2x2 groups of the arch's patches."""
-    unit = ARCHS[args.arch]["vision_config"]["patch_size"] * 2
+    unit = hf["vision_config"]["patch_size"] * 2
     return args.frame_side // unit * unit
 
 
 def build_row(hf: dict, frames: int, side: int, device: torch.device, dtype: torch.dtype):
     """input_ids with one image per turn (start, pads, end and 6 text tokens: the plan's 8
-    per turn), random pixels."""
+    per turn), random pixels, and the image-token mask (Qwen3-VL's mRoPE asks for it)."""
+    start = hf.get("vision_start_token_id", VISION_START)
+    pad, end = hf.get("image_token_id", IMAGE_PAD), hf.get("vision_end_token_id", VISION_END)
     vision = hf["vision_config"]
     patch, merge, tp = vision["patch_size"], vision["spatial_merge_size"], 2
     grid = side // (patch * merge) * merge  # patches per side, a multiple of the merge
     per_frame = grid * grid // (merge * merge)
-    turn = [VISION_START] + [IMAGE_PAD] * per_frame + [VISION_END] + list(range(1000, 1006))
+    turn = [start] + [pad] * per_frame + [end] + list(range(100, 106))
     ids = torch.tensor([turn * frames], device=device)  # [1, T]
     pixels = torch.randn(frames * grid * grid, 3 * tp * patch * patch, device=device, dtype=dtype)
     thw = torch.tensor([[1, grid, grid]] * frames, device=device)
-    return ids, pixels, thw
+    return ids, pixels, thw, (ids == pad).int()
 
 
 def build_model(hf: dict, args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
@@ -110,13 +124,9 @@ def main_check(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if cuda else "cpu")
     precision = "bf16" if cuda else "fp32"
     dtype = torch.bfloat16 if cuda else torch.float32
-    hf = (
-        ARCHS[args.arch]
-        if args.layers == 0
-        else reduced_depth(ARCHS[args.arch], layers=args.layers)
-    )
+    hf = arch_config(args.arch, args.layers)
     torch.manual_seed(0)
-    ids, pixels, thw = build_row(hf, args.frames, args.frame_side, device, dtype)
+    ids, pixels, thw, mm = build_row(hf, args.frames, args.frame_side, device, dtype)
     tokens = ids.shape[1]
     scored = min(tokens, args.frames + 4 * args.answer_tokens)
     base = _rss_gb()
@@ -127,7 +137,7 @@ def main_check(args: argparse.Namespace) -> dict:
     build_s = time.perf_counter() - t0
     cols = torch.linspace(1, tokens - 1, scored, device=device).long()  # [N] scored positions
     targets = ids[0, cols]  # [N]
-    cfg = check_config(args, tokens, precision)
+    cfg = check_config(args, hf, tokens, precision)
 
     def step(kind: str) -> float:
         t = time.perf_counter()
@@ -135,7 +145,7 @@ def main_check(args: argparse.Namespace) -> dict:
             input_ids=ids,
             pixel_values=pixels,
             image_grid_thw=thw,
-            mm_token_type_ids=(ids == IMAGE_PAD).int(),  # Qwen3-VL's mRoPE asks for it
+            mm_token_type_ids=mm,
             logits_to_keep=cols - 1,
             use_cache=False,
         )
@@ -196,7 +206,7 @@ def _mfu(size, tokens: int, seconds: float, name: str) -> float | None:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="learner_check", description=__doc__.splitlines()[0])
-    p.add_argument("--arch", choices=sorted(ARCHS), default="qwen2_5_vl")
+    p.add_argument("--arch", choices=[*sorted(ARCHS), "tiny_vl"], default="qwen2_5_vl")
     p.add_argument("--layers", type=int, default=0, help="text layers and vision blocks; 0 = all")
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--frame-side", type=int, default=308, help="pixels per frame side")
