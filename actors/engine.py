@@ -33,11 +33,14 @@ from streampro.hf_policy import load_processor
 
 class PrefixCacheCounter(StatLoggerBase):
     """Sums vLLM's per-iteration prefix-cache stats (queried and hit prompt tokens), plus the
-    prompts continued in an open `DecisionSession` (their held tokens count as hits)."""
+    prompts continued in an open `DecisionSession` (their held tokens count as hits), and the
+    mm processor cache's (images queried and found already processed)."""
 
     def __init__(self, vllm_config=None, engine_index: int = 0) -> None:
         self.queries = 0
         self.hits = 0
+        self.mm_queries = 0
+        self.mm_hits = 0
 
     def record(
         self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0
@@ -45,6 +48,9 @@ class PrefixCacheCounter(StatLoggerBase):
         if scheduler_stats is not None:
             self.queries += int(scheduler_stats.prefix_cache_stats.queries)
             self.hits += int(scheduler_stats.prefix_cache_stats.hits)
+        if mm_cache_stats is not None:
+            self.mm_queries += int(mm_cache_stats.queries)
+            self.mm_hits += int(mm_cache_stats.hits)
 
     def log_engine_initialized(self) -> None:
         pass
@@ -133,6 +139,21 @@ class DecisionEngine:
         self._ids = itertools.count()
         self._tag = f"{os.getpid()}-{id(self):x}"
 
+    @classmethod
+    def attach(
+        cls, llm: AsyncLLM, counter: PrefixCacheCounter, model_path: str, max_model_len: int
+    ) -> DecisionEngine:
+        """A DecisionEngine over an AsyncLLM started elsewhere with `counter` as its stat
+        logger (tests share one engine: a start costs 20-60 s on CPU)."""
+        self = cls.__new__(cls)
+        self.llm, self.cache_counter, self.model_path = llm, counter, model_path
+        self.processor = load_processor(model_path)
+        self.max_model_len = max_model_len
+        self.reloads = 0
+        self._ids = itertools.count()
+        self._tag = f"{os.getpid()}-{id(self):x}"
+        return self
+
     async def decide(
         self, prompt_ids: list[int], params: SamplingParams, images: Sequence[Any] = ()
     ) -> Decision:
@@ -147,7 +168,7 @@ class DecisionEngine:
             )
         final = None
         async for out in self.llm.generate(
-            self._prompt(prompt_ids, images),
+            self.prompt(prompt_ids, images),
             params,
             request_id=f"d{self._tag}-{next(self._ids)}",
         ):
@@ -161,7 +182,9 @@ class DecisionEngine:
             raise RuntimeError(f"vLLM returned {len(lps)} logprobs for {len(ids)} tokens")
         return Decision(ids, lps, o.finish_reason)
 
-    def _prompt(self, prompt_ids: list[int], images: Sequence[Any]) -> TokensPrompt:
+    def prompt(self, prompt_ids: list[int], images: Sequence[Any]) -> TokensPrompt:
+        """vLLM's prompt of expanded ids and their frames (each a whole request's or one
+        session input's: `images` are exactly the frames of the pad runs in `prompt_ids`)."""
         if self.processor is None:
             if images:
                 raise UserError("frames were given as images but the policy is a text model")
@@ -187,7 +210,13 @@ class DecisionEngine:
         await self.llm.reset_prefix_cache(reset_running_requests=True)
 
     def cache_stats(self) -> dict[str, int]:
-        return {"queries": self.cache_counter.queries, "hits": self.cache_counter.hits}
+        c = self.cache_counter
+        return {
+            "queries": c.queries,
+            "hits": c.hits,
+            "mm_queries": c.mm_queries,
+            "mm_hits": c.mm_hits,
+        }
 
     def shutdown(self) -> None:
         self.llm.shutdown()

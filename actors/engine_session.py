@@ -15,6 +15,14 @@ that, which the dialogue layout guarantees between slides. When it does not (the
 slid), or the engine reloaded its weights since the session opened (its KV is stale), the
 session ends and a new one starts from the whole prompt, which still hits the prefix cache.
 
+Images (VLM policies) ride along: a `StreamingInput` is processed like a whole request, so
+its `multi_modal_data` goes through the mm processor and vLLM's scheduler appends the new
+items to the session, shifted to where the input lands (`_update_request_as_session`), and
+recomputes the M-RoPE positions of the grown prompt. A step therefore sends only its new
+chunk's frame; the frames already held keep their KV and are never re-sent, re-hashed or
+re-encoded. The held frames must be the prompt's first ones (same objects or pixels), else
+the session reopens.
+
 Sampling: a session seeds its sampler from its FIRST request's seed and draws from that
 generator for every later decision of the session (vLLM keeps a request's generator), so the
 same episode and seed still give the same tokens, while a fresh request per step would
@@ -35,9 +43,9 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import numpy as np
 from vllm import SamplingParams
 from vllm.engine.protocol import StreamingInput
-from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
 
 from streampro.actors.engine import Decision, DecisionEngine
@@ -57,16 +65,19 @@ def kv_capacity(engine: DecisionEngine) -> int:
 
 
 class DecisionSession:
-    """One stream's decisions on one engine; `decide` like `DecisionEngine.decide`. Prompts
-    with images (VLM policies), and every prompt of an engine without prefix caching (which
-    then recomputes each whole context, the baseline of `bench rollout`), go through
-    `DecisionEngine.decide`, one request each."""
+    """One stream's decisions on one engine; `decide` like `DecisionEngine.decide`. Every
+    prompt of an engine without prefix caching (which then recomputes each whole context, the
+    baseline of `bench rollout`) goes through `DecisionEngine.decide`, one request each.
+    `sent_tokens`/`sent_images` count what this stream's requests carried."""
 
     def __init__(self, engine: DecisionEngine) -> None:
         self.engine = engine
         self.enabled = bool(engine.llm.vllm_config.cache_config.enable_prefix_caching)
         self.count = 0  # sessions opened (a new one per window segment)
         self._fed: list[int] = []  # token ids the open session holds
+        self._fed_images: list[Any] = []  # the frames it holds, in placeholder order
+        self.sent_tokens = 0
+        self.sent_images = 0
         self._inputs: asyncio.Queue | None = None
         self._outputs: AsyncIterator | None = None
         self._reloads = -1
@@ -76,8 +87,8 @@ class DecisionSession:
     async def decide(
         self, prompt_ids: list[int], params: SamplingParams, images: Sequence[Any] = ()
     ) -> Decision:
-        if images or self.engine.processor is not None or not self.enabled:
-            return await self.engine.decide(prompt_ids, params, images)
+        if not self.enabled or (images and self.engine.processor is None):
+            return await self._whole(prompt_ids, params, images)
         need = len(prompt_ids) + int(params.max_tokens or 0)
         if need > self.engine.max_model_len:  # never truncate a stream's context silently
             raise UserError(
@@ -85,33 +96,56 @@ class DecisionSession:
                 f"{params.max_tokens} generated) but the model takes {self.engine.max_model_len}"
                 ": lower data.window_turns, or raise rollout.max_model_len if the model allows"
             )
-        n = len(self._fed)
-        reopen = (
-            self._inputs is None
-            or self._reloads != self.engine.reloads
-            or len(prompt_ids) <= n
-            or prompt_ids[:n] != self._fed
-        )
+        reopen = self._inputs is None or not self._extends(prompt_ids, images)
         if reopen:
             await self.close()
         if not self._reserve(need):
             await self.close()  # over the sessions' KV budget: free ours, one request this step
             self.fallbacks += 1
-            return await self.engine.decide(prompt_ids, params, images)
+            return await self._whole(prompt_ids, params, images)
+        n, k = len(self._fed), len(self._fed_images)
         if reopen:
             self._open(params)
-            n = 0
+            n = k = 0
         else:  # the KV of the first n tokens is in the session: count them as reused
             self.engine.cache_counter.queries += len(prompt_ids)
             self.engine.cache_counter.hits += n
         params = params.clone()
         params.output_kind = RequestOutputKind.DELTA  # each output: the new tokens only
         assert self._inputs is not None and self._outputs is not None
-        self._inputs.put_nowait(
-            StreamingInput(
-                prompt=TokensPrompt(prompt_token_ids=list(prompt_ids[n:])), sampling_params=params
-            )
-        )
+        new = list(prompt_ids[n:])
+        prompt = self.engine.prompt(new, images[k:])  # the new chunk's frame(s) only
+        self.sent_tokens += len(new)
+        self.sent_images += len(images) - k
+        self._inputs.put_nowait(StreamingInput(prompt=prompt, sampling_params=params))
+        d = await self._collect()
+        self._fed = list(prompt_ids) + d.token_ids[:-1]  # what the session now holds
+        self._fed_images = list(images)
+        self._set_held(len(self._fed))
+        return d
+
+    def _extends(self, prompt_ids: list[int], images: Sequence[Any]) -> bool:
+        """Whether the prompt continues the open session: its tokens and frames begin with
+        what the session holds, and no weight reload came since the session opened."""
+        n, k = len(self._fed), len(self._fed_images)
+        if self._reloads != self.engine.reloads or len(prompt_ids) <= n or len(images) < k:
+            return False
+        if prompt_ids[:n] != self._fed:
+            return False
+        # frames are the episode's own arrays: identity is the usual, cheap match
+        return all(a is b or np.array_equal(a, b) for a, b in zip(images, self._fed_images))
+
+    async def _whole(
+        self, prompt_ids: list[int], params: SamplingParams, images: Sequence[Any]
+    ) -> Decision:
+        """One request with the whole prompt (prefix caching still reuses its blocks)."""
+        self.sent_tokens += len(prompt_ids)
+        self.sent_images += len(images)
+        return await self.engine.decide(prompt_ids, params, images)
+
+    async def _collect(self) -> Decision:
+        """The open session's outputs up to the end of this decision."""
+        assert self._outputs is not None
         ids: list[int] = []
         lps: list[float] = []
         finish = None
@@ -123,8 +157,6 @@ class DecisionSession:
             finish = o.finish_reason
         if len(lps) != len(ids) or not ids:
             raise RuntimeError(f"vLLM returned {len(lps)} logprobs for {len(ids)} tokens")
-        self._fed = list(prompt_ids) + ids[:-1]  # what the session now holds
-        self._set_held(len(self._fed))
         return Decision(ids, lps, finish)
 
     def _reserve(self, tokens: int) -> bool:
@@ -153,7 +185,7 @@ class DecisionSession:
         rid = f"s{self.engine._tag}-{next(_IDS)}"
         gen = self.engine.llm.generate(inputs(), first, request_id=rid)
         self._inputs, self._outputs = queue, aiter(gen)
-        self._fed, self._reloads = [], self.engine.reloads
+        self._fed, self._fed_images, self._reloads = [], [], self.engine.reloads
 
     async def close(self) -> None:
         """End the open session (its request finishes; its blocks stay in the prefix cache)."""
@@ -162,5 +194,5 @@ class DecisionSession:
             outputs, self._inputs, self._outputs = self._outputs, None, None
             async for _ in outputs:  # drain to the end of the request
                 pass
-        self._fed = []
+        self._fed, self._fed_images = [], []
         self._set_held(0)

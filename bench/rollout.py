@@ -25,6 +25,8 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from statistics import mean, median
@@ -39,12 +41,22 @@ from streampro.actors.api import Sampling, WorkerSpec
 from streampro.actors.episode import StreamEpisode, sample_chunks
 from streampro.actors.hf_loop import HFStreamPolicy, score_logprobs
 from streampro.bench.hf_batched import BatchedHFStreamPolicy
+from streampro.bench.rollout_images import (
+    bench_sample,
+    copy_side_files,
+    frame_size,
+    image_streams,
+    mm_rates,
+    scale_silence_row,
+    silence_biased_vlm,
+)
 from streampro.config import Config
 from streampro.data.dialogue import decision_ids
 from streampro.data.encode import EncodedSample
 from streampro.data.pipeline import policy_folder
-from streampro.data.schema import Answer, Sample
 from streampro.data.window import Window
+from streampro.errors import UserError
+from streampro.hf_policy import load_model, load_processor
 from streampro.types import Trajectory
 
 if TYPE_CHECKING:
@@ -55,6 +67,8 @@ POSITIONS = (1, 5, 10, 20, 30, 40, 50, 60, 100, 200, 300, 400, 500, 600)  # 1-ba
 HF_STREAMS = 2  # the transformers loop runs streams one after another: 2 give its rate
 WARM_SEED = 10_007  # seed offset of the untimed pass's streams (other streams, same shapes)
 PROBE_STEPS = 12  # chunks of each probe stream `silence_biased_policy` calibrates on
+# (n, steps, *, seed) -> streams: frame codes (text policies) or frames (image codec)
+Streams = Callable[..., list[EncodedSample]]
 
 
 class StreamLoop(Protocol):
@@ -78,6 +92,10 @@ class Measure(TypedDict):
     trajs: list[Trajectory]
     prefix_cache_hit_rate: NotRequired[float]
     """vLLM passes only."""
+    mm_cache_hit_rate: NotRequired[float]
+    """vLLM passes only: images found in the mm processor cache, of those sent."""
+    mm_queries_per_decision: NotRequired[float]
+    """vLLM passes only: images sent to the engine per decision."""
 
 
 def synthetic_streams(
@@ -88,20 +106,11 @@ def synthetic_streams(
     out = []
     for i in range(n):
         rng = random.Random(seed * 1_000_003 + i)
-        s = Sample(
-            id=f"bench-{i}",
-            video="bench.mp4",
-            task="AA",
-            question="alert me if anything unusual happens",
-            query_time=0.0,
-            answers=[Answer(time=float(steps // 2), text="teleport")],
-            duration=float(steps),
-        )
         times = [(float(t), float(t + 1)) for t in range(steps)]
         codes = [
             [rng.randrange(codebook_size) for _ in range(tokens_per_frame)] for _ in range(steps)
         ]
-        out.append(EncodedSample(s, times, codes))
+        out.append(EncodedSample(bench_sample(i, steps), times, codes))
     return out
 
 
@@ -137,19 +146,7 @@ def silence_biased_policy(
     probes = synthetic_streams(4, PROBE_STEPS, seed=seed + 7919)
     whole = Window(PROBE_STEPS, PROBE_STEPS)  # each probe stream in one segment
     h = _decision_hidden(model, tok, probes, whole)  # [P, D]
-    u = h.mean(0)
-    direction = u / u.dot(u)  # logit of </Silence> ~ gamma at typical decision states
-    weight = model.lm_head.weight.detach()
-
-    def p_sil(gamma: float) -> float:
-        weight[sil] = gamma * direction
-        return float(torch.softmax(h @ weight.T, dim=-1)[:, sil].mean())
-
-    lo, hi = 0.0, 64.0
-    for _ in range(40):  # bisection: p_sil grows with gamma
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if p_sil(mid) < p_silence else (lo, mid)
-    p_sil(hi)
+    scale_silence_row(model.lm_head.weight.detach(), h, sil, p_silence)
     model.save_pretrained(dst, safe_serialization=True)
     tok.save_pretrained(dst)
     return str(dst)
@@ -157,13 +154,13 @@ def silence_biased_policy(
 
 def perturbed_copy(src: str, dst: str | Path, *, scale: float = 0.05, seed: int = 0) -> str:
     """`src` with seeded Gaussian noise on every weight: what a learner step publishes."""
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    model = load_model(src)  # a causal LM or a VLM, fp32
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * scale * (p.std() if p.numel() > 1 else 1.0))
+    copy_side_files(src, dst)  # tokenizer (and a VLM's processor)
     model.save_pretrained(dst, safe_serialization=True)
-    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
     return str(dst)
 
 
@@ -198,6 +195,7 @@ def attention_ms(model_path: str, streams: int, context: int, new_tokens: int) -
     (torch SDPA, the policy's head shapes, one thread as in vLLM's CPU worker; best of 3).
     What a round must compute before any engine overhead; it grows with the context."""
     c = AutoConfig.from_pretrained(model_path)
+    c = getattr(c, "text_config", None) or c  # a VLM's language model
     heads, kv = c.num_attention_heads, c.num_key_value_heads
     d = c.hidden_size // heads
     g = torch.Generator().manual_seed(0)
@@ -241,11 +239,13 @@ def timed_pass(
     return _measure(group, synthetic_streams(count, steps, seed=seed), sampling)
 
 
-def engine_warm_up(group: StreamLoop, sampling: Sampling) -> None:
+def engine_warm_up(
+    group: StreamLoop, sampling: Sampling, streams: Streams = synthetic_streams
+) -> None:
     """A vLLM engine's warm-up: one 3-step stream. Its KV cache is allocated up front, so a
     first pass over a load already runs at the rate of later ones (611 vs 596-657 decisions/s
     in four repeats of 64 streams x 20 steps)."""
-    group.generate(samples=synthetic_streams(1, 3, seed=99), n=1, sampling=sampling)
+    group.generate(samples=streams(1, 3, seed=99), n=1, sampling=sampling)
 
 
 def _measure(group: StreamLoop, streams: list[EncodedSample], sampling: Sampling) -> Measure:
@@ -285,15 +285,20 @@ def _vllm_runs(
     sampling: Sampling,
     *,
     prefix: bool,
+    streams: Streams = synthetic_streams,
 ) -> dict[int, Measure]:
     res: dict[int, Measure] = {}
-    engine_warm_up(group, sampling)
+    engine_warm_up(group, sampling, streams)
     for s in tqdm(counts, desc=f"vllm prefix={'on' if prefix else 'off'}"):
         before = group.cache_stats()
-        m = _measure(group, synthetic_streams(s, steps, seed=cfg.run.seed), sampling)
+        m = _measure(group, streams(s, steps, seed=cfg.run.seed), sampling)
         after = group.cache_stats()
-        q = after["queries"] - before["queries"]
-        m["prefix_cache_hit_rate"] = (after["hits"] - before["hits"]) / q if q else 0.0
+        m["prefix_cache_hit_rate"] = _rate(after, before, "queries", "hits")
+        if "mm_queries" in after:  # images found already processed (mm processor cache)
+            m["mm_cache_hit_rate"] = _rate(after, before, "mm_queries", "mm_hits")
+            m["mm_queries_per_decision"] = (after["mm_queries"] - before["mm_queries"]) / max(
+                1, sum(len(t.steps) for t in m["trajs"])
+            )
         res[s] = m
     return res
 
@@ -303,7 +308,7 @@ def run(cfg: Config, out_path: str) -> dict[str, Any]:
     steps, counts = int(cfg.bench.steps), sorted(int(s) for s in cfg.bench.streams)
     sampling = Sampling.from_config(cfg.rollout, seed=cfg.run.seed)
     work = Path(tempfile.mkdtemp(prefix="bench-rollout-", dir=Path(out_path).parent))
-    model = silence_biased_policy(policy_folder(cfg), work / "policy")
+    model, streams, vlm = _workload(cfg, work)
 
     hf_m: Measure | None = None
     hf_b: dict[str, Any] | None = None
@@ -319,14 +324,13 @@ def run(cfg: Config, out_path: str) -> dict[str, Any]:
                 group.shutdown()
         group = _local_group(model, cfg, counts, prefix=True)
         try:
-            on = _vllm_runs(group, cfg, counts, steps, sampling, prefix=True)
+            on = _vllm_runs(group, cfg, counts, steps, sampling, prefix=True, streams=streams)
             floor = _attention_floor(model, on[counts[-1]]["trajs"], counts[-1], steps)
             new = perturbed_copy(model, work / "v1")
             sync_s = group.sync_weights(version=1, source=new)
-            after = _measure(
-                group, synthetic_streams(4, min(steps, 20), seed=cfg.run.seed + 1), sampling
-            )
-            diff = logprob_max_abs_diff(new, after["trajs"])
+            after = _measure(group, streams(4, min(steps, 20), seed=cfg.run.seed + 1), sampling)
+            # image streams: the learner agreement is tests/test_vlm_engine.py's to check
+            diff = None if vlm else logprob_max_abs_diff(new, after["trajs"])
         finally:
             group.shutdown()
     finally:
@@ -339,6 +343,19 @@ def run(cfg: Config, out_path: str) -> dict[str, Any]:
             on[counts[-1]]["decisions_per_s"], b
         )
     return {**result, "attention": floor}
+
+
+def _workload(cfg: Config, work: Path) -> tuple[str, Streams, bool]:
+    """(silence-biased policy folder, stream maker, image streams?) of the config: frames as
+    images with `data.codec: image` (a VLM policy), frame codes otherwise."""
+    if cfg.data.codec == "image" and cfg.bench.baselines:  # those loops feed frame codes
+        raise UserError("bench rollout on image streams: set bench.baselines=false")
+    src = policy_folder(cfg)
+    if cfg.data.codec != "image":
+        return silence_biased_policy(src, work / "policy"), synthetic_streams, False
+    h, w = frame_size(load_processor(src), cfg.data.image_max_pixels)
+    model = silence_biased_vlm(src, work / "policy", p_silence=P_SILENCE, probe_steps=PROBE_STEPS)
+    return model, partial(image_streams, height=h, width=w), True
 
 
 def sequential_hf_run(model: str, cfg: Config, steps: int, sampling: Sampling) -> Measure:
@@ -406,7 +423,7 @@ def _result(
     off: dict[int, Measure] | None,
     hf_m: Measure | None,
     sync_s: float,
-    diff: float,
+    diff: float | None,
 ) -> dict[str, Any]:
     """The JSON of one run; baselines (and the ratios to them) only when they ran."""
 
@@ -419,7 +436,8 @@ def _result(
         "config": {
             "streams": counts,
             "steps": steps,
-            "policy": f"tiny, P(silence)~{P_SILENCE}",
+            "policy": f"{cfg.policy.name_or_path}, P(silence)~{P_SILENCE}",
+            "codec": cfg.data.codec,
             "dtype": cfg.bench.dtype,
             "block_size": cfg.rollout.block_size,
             "max_answer_tokens": cfg.rollout.max_answer_tokens,
@@ -430,6 +448,7 @@ def _result(
         "prefix_cache_hit_rate_by_streams": {
             str(s): round(v["prefix_cache_hit_rate"], 4) for s, v in on.items()
         },
+        **mm_rates(on),
         "silence_rate": round(on[top]["silence_rate"], 3),
         "gen_tokens_per_step": round(on[top]["gen_tokens_per_step"], 3),
         "sync_seconds": round(sync_s, 4),
@@ -440,6 +459,10 @@ def _result(
     result["targets"] = {
         f"latency_step{steps}_over_step5": _ratio(lat.get(str(steps)), lat.get("5")),
     }
+    if steps > window.turns and str(window.turns) in lat:  # vs the step the window fills at
+        result["targets"][f"latency_step{steps}_over_step{window.turns}"] = _ratio(
+            lat.get(str(steps)), lat[str(window.turns)]
+        )
     if hf_m is not None and off is not None:
         result["baselines"] = {
             "transformers_kv_loop": {
@@ -461,6 +484,11 @@ def _result(
             on[top]["decisions_per_s"], off[top]["decisions_per_s"]
         )
     return result
+
+
+def _rate(after: dict[str, int], before: dict[str, int], queries: str, hits: str) -> float:
+    q = after[queries] - before[queries]
+    return (after[hits] - before[hits]) / q if q else 0.0
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

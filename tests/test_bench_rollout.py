@@ -3,6 +3,7 @@ attention-per-round timing on the policy's head shapes, and the warm-then-timed 
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 from streampro.actors.api import Sampling
@@ -102,3 +103,28 @@ def test_bench_dtype_reaches_every_loop(monkeypatch, tiny_path) -> None:
     m = sequential_hf_run(tiny_path, cfg, 3, sampling)
     assert {p.dtype for p in loops[0].model.parameters()} == {torch.bfloat16}
     assert len(m["trajs"]) == HF_STREAMS and all(len(t.steps) == 3 for t in m["trajs"])
+
+
+def test_image_streams_carry_one_seeded_frame_per_chunk() -> None:
+    # the image-codec workload: a frame per chunk at the codec's size, no frame codes
+    from streampro.bench.rollout_images import image_streams
+
+    a, b = image_streams(2, 4, seed=1, height=56, width=84)
+    assert a.codes == [[]] * 4 and a.frames is not None and b.frames is not None
+    assert [f.shape for f in a.frames] == [(56, 84, 3)] * 4 and a.frames[0].dtype.name == "uint8"
+    again = image_streams(2, 4, seed=1, height=56, width=84)[0].frames
+    assert again is not None and all((x == y).all() for x, y in zip(a.frames, again))
+    assert not (a.frames[0] == b.frames[0]).all()  # streams differ
+
+
+def test_image_bench_needs_baselines_off() -> None:
+    # the transformers baselines feed frame codes: an image run must turn them off
+    import pytest
+
+    from streampro.bench.rollout import _workload
+    from streampro.config import load_config
+    from streampro.errors import UserError
+
+    cfg = load_config("configs/tiny_vl.yaml", ["bench.baselines=true"])
+    with pytest.raises(UserError, match="bench.baselines=false"):
+        _workload(cfg, Path("/nonexistent"))

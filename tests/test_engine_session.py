@@ -79,6 +79,8 @@ class _Cache:
 class _Engine:
     """Just what the KV budget reads of a DecisionEngine (pure bookkeeping, no engine)."""
 
+    reloads = 0
+
     def __init__(self) -> None:
         self.llm = type("LLM", (), {"vllm_config": type("C", (), {"cache_config": _Cache})})()
 
@@ -95,3 +97,21 @@ def test_sessions_share_at_most_their_budget_of_the_kv_cache():
     a._set_held(0)  # a closes
     assert b._reserve(100) and _HELD[engine] == 100
     assert not a._reserve(141) and a._reserve(140) and _HELD[engine] == 240
+
+
+def test_a_session_continues_only_over_the_frames_it_holds():
+    import numpy as np
+
+    from streampro.actors.engine_session import DecisionSession
+
+    engine = _Engine()
+    s = DecisionSession(engine)  # type: ignore[arg-type]
+    a, b = np.zeros((2, 2, 3), np.uint8), np.ones((2, 2, 3), np.uint8)
+    s._fed, s._fed_images, s._reloads = [1, 2, 3], [a], 0
+    assert s._extends([1, 2, 3, 4], [a, b])  # the held frame, then the new chunk's
+    assert s._extends([1, 2, 3, 4], [a.copy(), b])  # the same pixels in another array
+    assert not s._extends([1, 2, 3, 4], [b, b])  # another first frame: reopen
+    assert not s._extends([1, 2, 3, 4], [])  # fewer frames than held (a slide)
+    assert not s._extends([1, 2, 9, 4], [a, b])  # other ids
+    engine.reloads = 1
+    assert not s._extends([1, 2, 3, 4], [a, b])  # new weights: the held KV is stale

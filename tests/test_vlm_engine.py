@@ -232,6 +232,61 @@ def test_seen_image_after_weight_reload(engine, ref, paths, loop):
     assert _max_diff(ref, ids, [img], gen, lps) < TOL
 
 
+def test_image_stream_session_sends_only_new_frames(engine, paths, loop):
+    """A 12-chunk image stream (window 6, sliding by 3) decided through a DecisionSession
+    gives the tokens and logprobs of one whole-prompt request per step (greedy, same engine),
+    and between slides each step sends only its new chunk's frame."""
+    from functools import partial
+
+    from transformers import AutoTokenizer
+
+    from streampro.actors.engine import DecisionEngine, decision_params
+    from streampro.actors.engine_session import DecisionSession
+    from streampro.actors.episode import StreamEpisode, sample_chunks
+    from streampro.bench.rollout_images import image_streams
+    from streampro.data.window import Window
+
+    llm, counter = engine
+    de = DecisionEngine.attach(llm, counter, paths["v0"], max_model_len=4096)
+    tok = AutoTokenizer.from_pretrained(paths["v0"])
+    (enc,) = image_streams(1, 12, seed=5, height=56, width=56)
+    ep = StreamEpisode.for_sample(tok, enc, window=Window(6, 3))
+    session = DecisionSession(de)
+    params = decision_params(
+        stop_ids=[tok.convert_tokens_to_ids(T.SILENCE)],
+        max_tokens=GEN,
+        temperature=0.0,
+        top_p=1.0,
+        seed=None,
+        banned=[tiny_vl.IMAGE_PAD, tiny_vl.VISION_START, tiny_vl.VISION_END],
+    )
+    sent: list[int] = []  # frames in each prompt built (session step, then whole request)
+    build = de.prompt
+
+    def counted(ids, images):
+        sent.append(len(images))
+        return build(ids, images)
+
+    de.prompt = counted  # type: ignore[method-assign]
+    expected, worst = [], 0.0
+    for chunk in sample_chunks(enc, partial(H.image_token_count, de.processor)):
+        prompt = ep.add_chunk(chunk)
+        images = ep.context_images()
+        opened = session.count
+        s = loop.run_until_complete(session.decide(prompt, params, images))
+        first = session.count > opened  # a new session: the whole prompt, every frame
+        w = loop.run_until_complete(de.decide(prompt, params, images))
+        assert s.token_ids == w.token_ids
+        worst = max([worst, *(abs(a - b) for a, b in zip(s.logprobs, w.logprobs))])
+        expected += [len(images) if first else 1, len(images)]
+        ep.add_decision(s.token_ids, s.logprobs)
+    loop.run_until_complete(session.close())
+    assert worst < 1e-5  # same engine, same context: fp32 noise at most
+    assert len(ep.segments()) >= 3 and session.count == len(ep.segments())  # two slides
+    assert sent == expected  # a session step sent its new chunk's frame, nothing more
+    assert session.sent_images == sum(expected[::2]) < sum(expected[1::2])
+
+
 def test_extended_qwen3_vl_folder_in_vllm(tmp_path_factory, loop):
     """A Qwen3-VL checkpoint that lacked the decision tokens, extended by hf_policy: vLLM
     loads the extended folder (same vocabulary as transformers) and their logprobs agree."""
