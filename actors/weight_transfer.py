@@ -10,7 +10,10 @@ rank 0, see learners/weight_sync.py):
   - per version: `start_weight_update` on every engine, then `update_weights` (the workers
     receive) concurrently with rank 0's packed broadcast of every parameter, then
     `finish_weight_update` (vLLM's layerwise reload processes the new weights).
-Every call to an engine has a timeout and raises `TimeoutError`; the broadcast itself is
+Colocated (cluster.colocate, backend 'ipc': actors/colocate.py orders sleep, wake and sync)
+`IpcSender` drives vLLM's `IPCTrainerWeightTransferEngine` through the same client: no
+rendezvous, rank 0 ships CUDA IPC handles of the learner's own tensors (GPU only, never run
+in this project). Every call to an engine has a timeout and raises `TimeoutError`; the broadcast itself is
 bounded by `streampro.timeouts.run_with_timeout` in the caller (a dead peer leaves NCCL
 blocked forever, and NCCL has no timeout of its own here).
 
@@ -60,10 +63,15 @@ class EngineSyncClient:
     `timeout_s`; gives each engine its own NCCL rank offset at init. Picklable (actor
     handles and numbers), so the learner's rank 0 can hold it."""
 
-    def __init__(self, handles: list, world_sizes: list[int], *, timeout_s: float) -> None:
+    def __init__(
+        self, handles: list, world_sizes: list[int], *, timeout_s: float, backend: str = "nccl"
+    ) -> None:
         if len(handles) != len(world_sizes):
             raise ValueError(f"{len(handles)} engines but {len(world_sizes)} world sizes")
+        if backend not in ("nccl", "ipc"):
+            raise ValueError(f"weight sync backend must be 'nccl' or 'ipc', got {backend!r}")
         self.handles, self.world_sizes, self.timeout_s = list(handles), world_sizes, timeout_s
+        self.backend = backend  # the learner builds the matching sender (learners/weight_sync.py)
         self.offsets, self.world_size = engine_rank_offsets(world_sizes)
 
     def _wait(self, refs: list, what: str) -> None:
@@ -76,6 +84,10 @@ class EngineSyncClient:
             ) from None
 
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
+        if self.backend == "ipc":  # no rendezvous: the trainer's wire format only
+            refs = [h.init_weight_transfer_engine.remote(dict(init_info)) for h in self.handles]
+            self._wait(refs, "init_weight_transfer_engine (IPC)")
+            return
         if int(init_info["world_size"]) != self.world_size:
             raise ValueError(
                 f"NCCL world size {init_info['world_size']} != 1 trainer + "
@@ -121,7 +133,39 @@ def _vllm_source(source: ParamSource):
     return Adapter()
 
 
-class NcclSender:
+class _Sender:
+    """A trainer rank's vLLM trainer-side weight-transfer engine (`self.engine`)."""
+
+    engine: Any
+
+    def send(self) -> None:
+        """start_weight_update, update_weights (|| NCCL broadcast), finish_weight_update."""
+        self.engine.send_weights()
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+
+class IpcSender(_Sender):
+    """One colocated trainer rank's vLLM `IPCTrainerWeightTransferEngine` (never run on a GPU
+    in this project): the engines on the same GPUs read the learner's tensors through CUDA
+    IPC handles. Every rank iterates the source and joins vLLM's handle all-gather over the
+    default process group (the learner's); rank 0 ships the merged handles via `client`."""
+
+    def __init__(self, *, rank: int, client: Any, source: ParamSource) -> None:
+        from vllm.distributed.weight_transfer.ipc_engine import (
+            IPCTrainerInitInfo,
+            IPCTrainerWeightTransferEngine,
+        )
+
+        # packed: bounded staging memory (vLLM's default chunk), as the NCCL path
+        info = IPCTrainerInitInfo(rank=rank, packed=True)
+        self.engine = IPCTrainerWeightTransferEngine.trainer_init(
+            info, client=client, source=_vllm_source(source)
+        )
+
+
+class NcclSender(_Sender):
     """One trainer rank's vLLM `NCCLTrainerWeightTransferEngine` (rank 0 sends, packed).
 
     Every learner rank builds one and calls `send` each version: non-senders only iterate
@@ -153,10 +197,3 @@ class NcclSender:
         self.engine = NCCLTrainerWeightTransferEngine.trainer_init(
             info, client=client, source=_vllm_source(source)
         )
-
-    def send(self) -> None:
-        """start_weight_update, update_weights || broadcast, finish_weight_update."""
-        self.engine.send_weights()
-
-    def shutdown(self) -> None:
-        self.engine.shutdown()

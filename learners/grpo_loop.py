@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 import warnings
@@ -24,6 +25,7 @@ import torch
 from transformers import AutoTokenizer
 
 from streampro.actors.api import WEIGHT_TRANSFER, RolloutGroupAPI, Sampling
+from streampro.actors.colocate import Colocation
 from streampro.actors.policy_eval import PolicyEval
 from streampro.actors.records import write_trajectories
 from streampro.cluster.local import init_cluster
@@ -35,6 +37,7 @@ from streampro.config import (
     make_run_dir,
     mixed_precision,
     policy_precision,
+    require,
     to_dict,
 )
 from streampro.data.pipeline import load_split, policy_folder
@@ -212,7 +215,18 @@ class GRPOStep:
         )
         self.cursor, self.run_dir, self.pad_id = cursor, run_dir, pad_id
         self.warned = False  # the logprob-agreement warning is given once per run
-        self.nccl_open = False  # NCCL weight sync set up (first publish with backend nccl)
+        self.nccl_open = False  # NCCL / IPC weight sync set up (first publish with a backend)
+        self.weights_dir = weights_dir(cfg, run_dir)
+        self.seconds: dict[str, float] = {}  # the last publish: export and load times
+        self.colocation = (
+            Colocation(
+                _Engines(self),
+                level=cfg.rollout.sleep_level,
+                timeout_s=cfg.rollout.weight_sync_timeout_s,
+            )
+            if cfg.cluster.colocate
+            else None
+        )
 
     def collect(self, step: int) -> Groups:
         """B groups of G episodes, scored. With dynamic sampling, groups whose rewards are all
@@ -302,24 +316,45 @@ class GRPOStep:
     def publish(self, version: int) -> None:
         """Weights v as an HF folder, loaded into every engine in place; older folders pruned.
         With rollout.weight_transfer_backend=nccl (GPU) learner rank 0 broadcasts them instead.
-        In async mode the learner also keeps them, to score the next batch under them."""
-        path = self.run_dir / "weights" / f"v{version:06d}"
+        In async mode the learner also keeps them, to score the next batch under them.
+        Colocated with the engines asleep: staged here, pushed by their wake (actors/colocate.py)."""
+        self.stage(version)
+        if self.colocation is not None and self.colocation.asleep:
+            self.colocation.wake(version=version)
+        else:
+            self.push(version)
+
+    def stage(self, version: int) -> None:
+        """The learner's part before the engines take weights v: the folder export (if any)."""
         if keeps_weights(self.cfg.grpo):
             self.learner.keep_weights(version=version)
-        if self.cfg.rollout.weight_transfer_backend == "nccl":
+        self.seconds = {"time/sync_export": 0.0, "time/sync_load": 0.0}
+        if not self.cfg.rollout.weight_transfer_backend:
+            t = time.perf_counter()
+            self.learner.export_hf(path=str(self.weights_dir / f"v{version:06d}"))
+            self.seconds["time/sync_export"] = time.perf_counter() - t
+
+    def push(self, version: int) -> None:
+        """Weights v into the engines (awake): a folder reload, or learner rank 0 sends."""
+        t = time.perf_counter()
+        if self.cfg.rollout.weight_transfer_backend:
             self.send_weights(version)
-            return
-        self.learner.export_hf(path=str(path))
-        self.rollout.sync_weights(version=version, source=str(path))
-        for old in sorted((self.run_dir / "weights").glob("v*"))[:-1]:
-            shutil.rmtree(old, ignore_errors=True)
+        else:
+            self.rollout.sync_weights(
+                version=version, source=str(self.weights_dir / f"v{version:06d}")
+            )
+            for old in sorted(self.weights_dir.glob("v*"))[:-1]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.seconds["time/sync_load"] = time.perf_counter() - t
 
     def send_weights(self, version: int) -> None:
-        """NCCL sync (learners/weight_sync.py): the transfer group is opened on first use,
-        then each version is broadcast; the engines then drop their caches and take it."""
+        """NCCL or IPC sync (learners/weight_sync.py): the transfer is set up on first use,
+        then each version is sent; the engines then drop their caches and take it."""
         timeout = self.cfg.rollout.weight_sync_timeout_s
         if not self.nccl_open:
-            client = self.rollout.weight_sync_client(timeout_s=timeout)
+            backend = self.cfg.rollout.weight_transfer_backend
+            rollout: Any = self.rollout  # the Ray group takes the backend (actors/rollout.py)
+            client = rollout.weight_sync_client(timeout_s=timeout, backend=backend)
             dtype = self.cfg.policy.dtype  # the engines' (actors/engine.py)
             self.learner.init_weight_sync(client=client, dtype=dtype, timeout_s=timeout)
             self.nccl_open = True
@@ -352,6 +387,50 @@ class GRPOStep:
         }
 
 
+class _Engines:
+    """The rollout group as colocated engines: its sleep / wake verbs, and the step's push."""
+
+    def __init__(self, step: GRPOStep) -> None:
+        self.step = step
+
+    def sleep(self, *, level: int) -> None:
+        rollout: Any = self.step.rollout  # actors/rollout.py groups have sleep / wake_up
+        rollout.sleep(level=level)
+
+    def wake_up(self, *, tags: list[str]) -> None:
+        rollout: Any = self.step.rollout
+        rollout.wake_up(tags=tags)
+
+    def sync_weights(self, *, version: int) -> None:
+        self.step.push(version)
+
+
+def weights_dir(cfg: Config, run_dir: Path) -> Path:
+    """Where exported versions go: the run folder, or RAM (/dev/shm) when colocated with the
+    engines on one node (vLLM CPU takes weights from no other place: docs/cluster.md)."""
+    shm = Path("/dev/shm")
+    if cfg.cluster.colocate and not cfg.rollout.weight_transfer_backend and shm.is_dir():
+        return shm / f"streampro-{run_dir.resolve().name}-{os.getpid()}"
+    return run_dir / "weights"
+
+
+def check_colocation(cfg: Config) -> None:
+    """The settings colocated mode needs, and the backends that only fit one way or the other."""
+    backend, colocate = cfg.rollout.weight_transfer_backend, cfg.cluster.colocate
+    require(
+        not (colocate and cfg.grpo.async_mode),
+        "cluster.colocate takes turns on the GPUs: grpo.async_mode must be false",
+    )
+    require(
+        not (colocate and backend == "nccl"),
+        "cluster.colocate: rollout.weight_transfer_backend=nccl needs separate GPUs; use ipc",
+    )
+    require(
+        colocate or backend != "ipc",
+        "rollout.weight_transfer_backend=ipc reads the learner's GPU memory: set cluster.colocate",
+    )
+
+
 def run_grpo(
     cfg: Config,
     run_dir: Path,
@@ -368,6 +447,7 @@ def run_grpo(
     when the caller has them (the step-0 point of the val curve), else evaluated here.
     """
     c = cfg.grpo
+    check_colocation(cfg)
     train, val = load_split(cfg, "train"), load_split(cfg, "val", limit=cfg.eval.max_samples)
     steps_total = c.max_steps or c.epochs * max(len(train) // c.batch_samples, 1)
     policy_eval = PolicyEval.from_config(cfg)
@@ -433,6 +513,8 @@ def run_grpo(
                     )
             finally:
                 executor.shutdown()
+                if parts.weights_dir.parent == Path("/dev/shm"):
+                    shutil.rmtree(parts.weights_dir, ignore_errors=True)  # RAM, not a record
 
         step = stage.step
         hf = learner.export_hf(path=str(run_dir / "hf"))
@@ -459,6 +541,11 @@ def _step(
     t_wait = time.perf_counter() - t0
     pending = ahead.submit(parts.collect, step + 1) if ahead is not None else None
 
+    slept = 0.0
+    if parts.colocation is not None:  # the learner's turn on the GPUs
+        t = time.perf_counter()
+        parts.colocation.sleep()
+        slept = time.perf_counter() - t
     t1 = time.perf_counter()
     learn_stats = parts.learn(groups, step=step)
     t_learn = time.perf_counter() - t1
@@ -474,6 +561,8 @@ def _step(
         "time/wait": t_wait,
         "time/learn": t_learn,
         "time/sync": t_sync,
+        **parts.seconds,
+        **({"time/sleep": slept} if parts.colocation is not None else {}),
         "time/step": time.perf_counter() - t0,
     }
     return groups, metrics, pending

@@ -13,6 +13,8 @@ the default. What reaches vLLM is exactly what `export_hf` would write, without 
   - ZeRO-3 parameters are gathered one layer at a time (`deepspeed.zero.GatheredParameters`,
     a collective every rank joins in the same order) and copied out in the engine's dtype.
 The vLLM side (client, `NCCLTrainerWeightTransferEngine`) is actors/weight_transfer.py.
+Colocated (`rollout.weight_transfer_backend: ipc`, cluster.colocate) the same source goes
+out through vLLM's `IPCTrainerWeightTransferEngine` instead (GPU only, never run here).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import torch
 from transformers.core_model_loading import revert_weight_conversion
 
-from streampro.actors.weight_transfer import NcclSender
+from streampro.actors.weight_transfer import IpcSender, NcclSender
 from streampro.timeouts import run_with_timeout
 
 LORA_A, LORA_B, BASE = ".lora_A.default.weight", ".lora_B.default.weight", ".base_layer."
@@ -213,6 +215,14 @@ class WeightSender:
         self.source = GatheredWeights(
             module, dtype=_DTYPES[dtype], lora_scale=lora_scale, sender=rank == 0
         )
+        self.sender: IpcSender | NcclSender
+        if getattr(client, "backend", "nccl") == "ipc":  # colocated: the engines share our GPUs
+            self.sender = run_with_timeout(
+                lambda: IpcSender(rank=rank, client=client, source=self.source),
+                timeout_s=group.timeout_s,
+                what=f"IPC weight transfer setup of learner rank {rank}",
+            )
+            return
         self.sender = run_with_timeout(
             lambda: NcclSender(
                 rank=rank,

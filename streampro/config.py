@@ -97,6 +97,12 @@ class ClusterConfig:
     """Actors request a tiny custom resource named after their role (rollout, learner, reward,
     serve) so an autoscaler starts nodes of the right worker group. The local Ray and the
     KubeRay manifests provide them; set false to attach to a cluster whose nodes lack them."""
+    colocate: bool = False
+    """GRPO: the learner and the vLLM engines share the same GPUs and take turns (engines
+    sleep at rollout.sleep_level while the learner trains; weights through CUDA IPC on GPU,
+    rollout.weight_transfer_backend=ipc, or a RAM folder on CPU). Off by default, not 'auto':
+    the GPU path has not run on a GPU yet (docs/cluster.md), and `streampro plan` says when
+    a node's GPUs hold the roles only colocated."""
 
 
 @dataclass

@@ -186,10 +186,17 @@ class RolloutConfig:
     """Longest context of an engine (0 = the model's own limit)."""
     weight_transfer_backend: str = ""
     """'' = each GRPO step's weights reach the engines as an HF folder they reload (CPU and
-    GPU); 'nccl' (GPU only: whole GPUs for the learner ranks and the engines) = learner rank 0
-    broadcasts them through vLLM's weight-transfer API (docs/vlm.md, GPU paths)."""
+    GPU; with cluster.colocate the folder sits in RAM, /dev/shm); 'nccl' (GPU only: whole GPUs
+    for the learner ranks and the engines) = learner rank 0 broadcasts them through vLLM's
+    weight-transfer API (docs/vlm.md, GPU paths); 'ipc' (GPU only, cluster.colocate) = CUDA IPC
+    handles of the learner's tensors, read in place by engines on the same GPUs."""
     weight_sync_timeout_s: float = 600.0
-    """NCCL sync: each step (rendezvous, start, broadcast, finish) raises past this many s."""
+    """Weight sync: each step (rendezvous, start, broadcast, finish; colocated: each sleep and
+    wake) raises past this many seconds."""
+    sleep_level: int = 1
+    """cluster.colocate: how the engines sleep while the learner trains. 1 = weights offloaded
+    to CPU memory, KV cache dropped; 2 = both dropped (less host memory; every wake reloads
+    the weights)."""
 
     def __post_init__(self) -> None:
         # the learner scores logits / temperature over the full vocabulary; a nucleus would
@@ -205,9 +212,13 @@ class RolloutConfig:
         )
         require(self.num_actors >= 1, f"rollout.num_actors must be >= 1, got {self.num_actors}")
         require(
-            self.weight_transfer_backend in ("", "nccl"),
-            "rollout.weight_transfer_backend must be '' or 'nccl', "
+            self.weight_transfer_backend in ("", "nccl", "ipc"),
+            "rollout.weight_transfer_backend must be '', 'nccl' or 'ipc', "
             f"got {self.weight_transfer_backend!r}",
+        )
+        require(
+            self.sleep_level in (1, 2),
+            f"rollout.sleep_level must be 1 or 2, got {self.sleep_level}",
         )
         require(
             self.weight_sync_timeout_s > 0,
