@@ -352,9 +352,11 @@ class GRPOStep:
         then each version is sent; the engines then drop their caches and take it."""
         timeout = self.cfg.rollout.weight_sync_timeout_s
         if not self.nccl_open:
-            backend = self.cfg.rollout.weight_transfer_backend
-            rollout: Any = self.rollout  # the Ray group takes the backend (actors/rollout.py)
-            client = rollout.weight_sync_client(timeout_s=timeout, backend=backend)
+            if self.cfg.rollout.weight_transfer_backend == "ipc":
+                rollout: Any = self.rollout  # the Ray group takes a backend (actors/rollout.py)
+                client = rollout.weight_sync_client(timeout_s=timeout, backend="ipc")
+            else:
+                client = self.rollout.weight_sync_client(timeout_s=timeout)
             dtype = self.cfg.policy.dtype  # the engines' (actors/engine.py)
             self.learner.init_weight_sync(client=client, dtype=dtype, timeout_s=timeout)
             self.nccl_open = True

@@ -407,7 +407,7 @@ def test_engine_side_of_a_weight_transfer_sync(tiny_path) -> None:
             ],
             "in_process",
         ),
-        (["rollout.weight_transfer_backend=ipc"], "must be '' or 'nccl'"),
+        (["rollout.weight_transfer_backend=gloo"], "must be '', 'nccl' or 'ipc'"),
         (["rollout.tensor_parallel_size=2", "rollout.num_gpus=2"], "num_gpus must be 1"),
     ],
 )
