@@ -148,3 +148,20 @@ def format_terms(role: str, terms: list[Term], budget_gb: float | None) -> str:
     tail = f" of {budget_gb:.1f} GB" if budget_gb else ""
     lines.append(f"  {'total':<52} {total:8.2f} GB{tail}")
     return "\n".join(lines)
+
+
+# What a learner rank keeps on its GPU while colocated engines generate (no state offload)
+RESIDENT = ("weights", "gradients", "optimizer states")
+
+
+def colocated_turns(learner: list[Term], engine: list[Term]) -> dict[str, list[Term]]:
+    """Per-GPU terms of each turn when the learner and an engine share the GPU
+    (cluster.colocate): they are never both at their peak, so the GPU needs the larger turn,
+    not the sum. The learner's turn: all its terms (a sleeping engine keeps neither weights
+    nor KV cache on the GPU at level 1 or 2; level 1 parks the weights in host memory). The
+    engines' turn: the engine's terms plus the learner's resident weights, gradients and
+    optimizer states (its activations and logits are freed)."""
+    kept = [
+        Term(f"learner {t.name} (resident)", t.bytes, t.fix) for t in learner if t.name in RESIDENT
+    ]
+    return {"learner's turn": list(learner), "engines' turn": list(engine) + kept}

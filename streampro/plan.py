@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from streampro.cluster.fit import Capacity, check_fit, role_demands
-from streampro.cluster.plan import check_terms, engine_terms, format_terms, learner_terms
+from streampro.cluster.plan import (
+    Term,
+    check_terms,
+    colocated_turns,
+    engine_terms,
+    format_terms,
+    learner_terms,
+)
 from streampro.config import Config, atomic_write_text
 from streampro.data.pipeline import policy_folder
 from streampro.errors import UserError
@@ -54,6 +61,8 @@ def run_plan(cfg: Config, *, gpus: float | None = None, gpu_memory_gb: float | N
     )
     # CPU roles are budgeted by their memory_gb when set; GPU roles by the GPU's memory
     learner_budget = mem * lc.num_gpus if lc.num_gpus > 0 else (lc.memory_gb or None)
+    if cfg.cluster.colocate and lc.num_gpus > 0:  # a fraction only to share the GPU: SFT has it all
+        learner_budget = mem
     engine_budget = mem * r.gpu_memory_utilization if r.num_gpus > 0 else (r.memory_gb or None)
     checks = []
     for stage in ("sft", "grpo"):
@@ -67,6 +76,9 @@ def run_plan(cfg: Config, *, gpus: float | None = None, gpu_memory_gb: float | N
     print(format_terms(role, terms, engine_budget))
     out["engine"] = {t.name: t.bytes for t in terms}
     checks.append((role, terms, engine_budget))
+    if cfg.cluster.colocate:  # GRPO learner and engine take turns on one GPU: max, not sum
+        gpu_roles = lc.num_gpus > 0 or r.num_gpus > 0  # the turns share the whole GPU
+        checks = checks[:1] + _colocated(out, checks[1][1], terms, mem if gpu_roles else None)
     if gpus > 0 or lc.num_gpus > 0 or r.num_gpus > 0:
         cap = Capacity(cpus=float("inf"), gpus=gpus, node_cpus=float("inf"), node_gpus=gpus)
         check_fit(role_demands(cfg, "train"), cap, stage="plan")
@@ -75,6 +87,25 @@ def run_plan(cfg: Config, *, gpus: float | None = None, gpu_memory_gb: float | N
             check_terms(role, terms, budget)
     print("plan: fits")
     return out
+
+
+def _colocated(
+    out: dict, learner: list[Term], engine: list[Term], budget: float | None
+) -> list[tuple[str, list[Term], float | None]]:
+    """Print each turn of a colocated GPU (cluster.colocate) and return its checks; the GPU
+    needs the larger turn (docs/cluster.md, colocated mode)."""
+    turns = colocated_turns(learner, engine)
+    checks = []
+    for turn, terms in turns.items():
+        role = f"colocated GPU, {turn}"
+        print(format_terms(role, terms, budget))
+        checks.append((role, terms, budget))
+    totals = {turn: sum(t.bytes for t in terms) for turn, terms in turns.items()}
+    out["colocated"] = {**totals, "peak": max(totals.values())}  # bytes
+    sep = sum(t.bytes for t in learner) + sum(t.bytes for t in engine)
+    peak = max(totals.values())
+    print(f"plan: colocated peak {peak / 1e9:.2f} GB per GPU ({sep / 1e9:.2f} GB if both resident)")
+    return checks
 
 
 def main(cfg: Config, args: argparse.Namespace) -> int:

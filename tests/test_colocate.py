@@ -169,3 +169,19 @@ def test_weights_go_to_ram_only_when_colocated(tmp_path: Path) -> None:
     assert weights_dir(_cfg(), tmp_path) == tmp_path / "weights"
     if Path("/dev/shm").is_dir():
         assert weights_dir(_cfg(cluster__colocate=True), tmp_path).parent == Path("/dev/shm")
+
+
+def test_plan_takes_the_larger_turn_not_the_sum() -> None:
+    from streampro.cluster.plan import Term, colocated_turns
+
+    learner = [
+        Term("weights", 2.0, ""),
+        Term("gradients", 1.0, ""),
+        Term("optimizer states", 4.0, ""),
+        Term("activations (checkpointed, 10 tokens)", 5.0, ""),
+    ]
+    engine = [Term("weights", 3.0, ""), Term("KV cache (1 streams x 10 tokens)", 6.0, "")]
+    turns = colocated_turns(learner, engine)
+    total = {k: sum(t.bytes for t in v) for k, v in turns.items()}
+    # learner's turn: its 12; engines' turn: 9 + the learner's resident 7 = 16; not 21
+    assert total == {"learner's turn": 12.0, "engines' turn": 16.0}
