@@ -14,6 +14,8 @@ export TOKENIZERS_PARALLELISM ?= false
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml .ci/constraints.txt
+	# the venv is ~5 GB and pip unpacks wheels in $$TMPDIR: say so in one line, not mid-install
+	python3 -c "import shutil,sys,tempfile; [sys.exit(f'setup needs {7} GB free in {d}, it has {shutil.disk_usage(d).free/2**30:.1f} GB') for d in ('.', tempfile.gettempdir()) if shutil.disk_usage(d).free < 7*2**30]"
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# the versions CI tests: pyproject's ranges, pinned by the constraints file
