@@ -54,6 +54,9 @@ class WorkerSpec:
     """run.seed (the engine's seed)."""
     window: Window
     """The context window, and so the frames a prompt holds."""
+    sleep_mode: bool = False
+    """cluster.colocate: the engine starts with vLLM's sleep mode, to free its GPU memory
+    while the learner trains (GPU only: vLLM CPU refuses it, and there sleep frees nothing)."""
 
     @classmethod
     def of(cls, cfg: Config, model_path: str) -> WorkerSpec:
@@ -64,6 +67,7 @@ class WorkerSpec:
             dtype=cfg.policy.dtype,
             seed=cfg.run.seed,
             window=Window.from_config(cfg.data),
+            sleep_mode=cfg.cluster.colocate,
         )
 
 

@@ -78,6 +78,7 @@ class DecisionEngine:
         dtype: str = "float32",
         seed: int = 0,
         max_images: int = 200,
+        sleep_mode: bool = False,
     ) -> None:
         from vllm.platforms import current_platform
 
@@ -103,6 +104,8 @@ class DecisionEngine:
             kw["max_num_batched_tokens"] = max(max_model_len, 2048)
         else:
             kw["gpu_memory_utilization"] = r.gpu_memory_utilization
+            # colocated: sleep() must free the weights and KV cache (CPU has no sleep mode)
+            kw["enable_sleep_mode"] = sleep_mode
             if r.tensor_parallel_size > 1:
                 # TP workers as Ray actors in this actor's placement group (one GPU per
                 # bundle, actors/rollout.py _engine_placement). Ray hid every GPU from this

@@ -62,6 +62,7 @@ class RolloutWorker:
             dtype=spec.dtype,
             seed=spec.seed,
             max_images=spec.window.turns,  # a prompt holds at most one frame per turn
+            sleep_mode=spec.sleep_mode,
         )
         self.tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
         self.stop_ids = stop_token_ids(self.tokenizer)

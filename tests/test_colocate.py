@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from streampro.actors.api import WorkerSpec
 from streampro.actors.colocate import Colocation
 from streampro.config import Config, ConfigError
 from streampro.learners.grpo_loop import GRPOStep, check_colocation, weights_dir
@@ -185,3 +186,8 @@ def test_plan_takes_the_larger_turn_not_the_sum() -> None:
     total = {k: sum(t.bytes for t in v) for k, v in turns.items()}
     # learner's turn: its 12; engines' turn: 9 + the learner's resident 7 = 16; not 21
     assert total == {"learner's turn": 12.0, "engines' turn": 16.0}
+
+
+def test_colocated_engines_start_with_sleep_mode() -> None:
+    assert WorkerSpec.of(_cfg(cluster__colocate=True), "policy").sleep_mode
+    assert not WorkerSpec.of(_cfg(), "policy").sleep_mode
