@@ -429,7 +429,7 @@ class RayRolloutGroup:
 
     def cache_stats(self) -> dict[str, int]:
         stats = ray.get([a.status.remote() for a in self.actors])
-        return {k: sum(s[k] for s in stats) for k in ("queries", "hits")}
+        return {k: sum(s[k] for s in stats) for k in ("queries", "hits", "mm_queries", "mm_hits")}
 
     def shutdown(self) -> None:
         for a in self.actors:

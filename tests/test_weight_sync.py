@@ -327,7 +327,9 @@ def test_client_gives_each_engine_its_ranks_and_times_out(ray_local) -> None:
 
     engines = [FakeEngine.options(max_concurrency=4).remote() for _ in range(2)]
     try:
-        client = EngineSyncClient(engines, [2, 1], timeout_s=2.0)
+        # started before the clock runs: on a loaded box an actor's start alone can take 2 s
+        assert ray_local.get([e.seen.remote() for e in engines], timeout=120) == [[], []]
+        client = EngineSyncClient(engines, [2, 1], timeout_s=5.0)
         assert client.world_size == 4
         info = {"master_address": "10.0.0.1", "master_port": 29999, "world_size": 4}
         client.init_weight_transfer_engine(info)
