@@ -154,14 +154,18 @@ def format_terms(role: str, terms: list[Term], budget_gb: float | None) -> str:
 RESIDENT = ("weights", "gradients", "optimizer states")
 
 
-def colocated_turns(learner: list[Term], engine: list[Term]) -> dict[str, list[Term]]:
+def colocated_turns(
+    learner: list[Term], engine: list[Term], *, offload_states: bool = False
+) -> dict[str, list[Term]]:
     """Per-GPU terms of each turn when the learner and an engine share the GPU
     (cluster.colocate): they are never both at their peak, so the GPU needs the larger turn,
     not the sum. The learner's turn: all its terms (a sleeping engine keeps neither weights
     nor KV cache on the GPU at level 1 or 2; level 1 parks the weights in host memory). The
     engines' turn: the engine's terms plus the learner's resident weights, gradients and
-    optimizer states (its activations and logits are freed)."""
+    optimizer states (its activations and logits are freed); with `offload_states`
+    (`LearnerConfig.offloads_states`) the optimizer states wait in host memory instead."""
+    resident = [r for r in RESIDENT if not (offload_states and r == "optimizer states")]
     kept = [
-        Term(f"learner {t.name} (resident)", t.bytes, t.fix) for t in learner if t.name in RESIDENT
+        Term(f"learner {t.name} (resident)", t.bytes, t.fix) for t in learner if t.name in resident
     ]
     return {"learner's turn": list(learner), "engines' turn": list(engine) + kept}

@@ -57,4 +57,15 @@ class LearnerGroupAPI(Protocol):
         remote step is bounded by the init's timeout_s and raises TimeoutError past it."""
         ...
 
+    def offload_states(self, *, include: list[str], pin_memory: bool = True) -> list[str]:
+        """Colocated mode, while the engines generate: move the named ZeRO states (DeepSpeed's
+        `OffloadStateTypeEnum` values: 'optim_states', 'hp_params', ...) to host memory on
+        every rank; returns those moved (none on CPU ranks or under ZeRO 0). Training raises
+        until `reload_states`."""
+        ...
+
+    def reload_states(self) -> list[str]:
+        """Bring the offloaded states back to the GPU (before the next step); returns them."""
+        ...
+
     def shutdown(self) -> None: ...

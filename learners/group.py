@@ -39,6 +39,9 @@ group gives up on it: past this a rank is stuck (e.g. in a collective a dead pee
 _SYNC_MARGIN_S = 60.0
 """Seconds a group waits for its ranks beyond the sync timeout they enforce themselves."""
 _SHUTDOWN_S = 30.0
+_STATES_S = 600.0
+"""Longest an offload or reload of the optimizer states may take: a host copy of a few GB,
+so past this a rank is stuck, not slow."""
 _PLACEMENT_S = 600.0
 
 
@@ -213,6 +216,10 @@ class RankHandle(Protocol):
     @property
     def send_weights(self) -> Verb[..., float]: ...
     @property
+    def offload_states(self) -> Verb[..., list[str]]: ...
+    @property
+    def reload_states(self) -> Verb[[], list[str]]: ...
+    @property
     def shutdown(self) -> Verb[[], None]: ...
 
 
@@ -251,6 +258,8 @@ class LocalRank:
         self.export_hf = _Now(worker.export_hf)
         self.init_weight_sync = _Now(worker.init_weight_sync)
         self.send_weights = _Now(worker.send_weights)
+        self.offload_states = _Now(worker.offload_states)
+        self.reload_states = _Now(worker.reload_states)
         self.shutdown = _Now(worker.shutdown)
 
 
@@ -388,6 +397,16 @@ class LearnerGroup:
         started = [r.send_weights.remote(version=version) for r in self.ranks]
         what = f"learner send_weights v{version}"
         return self._all(started, what, timeout_s=self.sync_timeout_s + _SYNC_MARGIN_S)[0]
+
+    def offload_states(self, *, include: list[str], pin_memory: bool = True) -> list[str]:
+        started = [
+            r.offload_states.remote(include=include, pin_memory=pin_memory) for r in self.ranks
+        ]
+        return self._all(started, f"learner offload_states {include}", _STATES_S)[0]
+
+    def reload_states(self) -> list[str]:
+        started = [r.reload_states.remote() for r in self.ranks]
+        return self._all(started, "learner reload_states", _STATES_S)[0]
 
     def shutdown(self) -> None:
         """Free every rank's engine; a rank stuck in a collective after a peer failed must not

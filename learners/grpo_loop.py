@@ -53,6 +53,10 @@ from streampro.rewards.api import RewardPoolAPI
 from streampro.rewards.pool import make_reward_pool
 from streampro.types import RewardResult, Trajectory
 
+OFFLOAD_STATES = ("optim_states", "hp_params")
+"""What colocated mode moves off the GPU while the engines generate: the Adam moments and the
+fp32 master weights (the plan's "optimizer states"); the model weights stay for the sync."""
+
 
 def rewards_matrix(results: list[RewardResult], b: int, g: int) -> torch.Tensor:  # [B, G]
     return torch.tensor([r.total for r in results], dtype=torch.float32).view(b, g)
@@ -218,6 +222,10 @@ class GRPOStep:
         self.nccl_open = False  # NCCL / IPC weight sync set up (first publish with a backend)
         self.weights_dir = weights_dir(cfg, run_dir)
         self.seconds: dict[str, float] = {}  # the last publish: export and load times
+        # colocated GPU ranks: the optimizer states sit in host memory while the engines
+        # generate (the same test as the memory plan's; a CPU rank has nothing to move)
+        self.offloading = cfg.learner.offloads_states(colocate=cfg.cluster.colocate)
+        self.states_out = False  # the learner's states are offloaded now
         self.colocation = (
             Colocation(
                 _Engines(self),
@@ -319,10 +327,36 @@ class GRPOStep:
         In async mode the learner also keeps them, to score the next batch under them.
         Colocated with the engines asleep: staged here, pushed by their wake (actors/colocate.py)."""
         self.stage(version)
+        self.give_gpus()
         if self.colocation is not None and self.colocation.asleep:
             self.colocation.wake(version=version)
         else:
             self.push(version)
+
+    def give_gpus(self) -> None:
+        """Colocated, after the learner's export and before the engines wake: its optimizer
+        states go to host memory (the weights stay: an IPC sync reads them in place)."""
+        if not self.offloading or self.states_out:
+            return
+        t = time.perf_counter()
+        self.learner.offload_states(include=list(OFFLOAD_STATES))
+        self.states_out = True
+        self.seconds["time/offload"] = time.perf_counter() - t
+
+    def take_gpus(self) -> dict[str, float]:
+        """Colocated, after the engines generated and before the learner trains: the engines
+        sleep, then the learner's states come back. Returns the times of both."""
+        if self.colocation is None:
+            return {}
+        t = time.perf_counter()
+        self.colocation.sleep()
+        out = {"time/sleep": time.perf_counter() - t}
+        if self.states_out:
+            t = time.perf_counter()
+            self.learner.reload_states()
+            self.states_out = False
+            out["time/reload"] = time.perf_counter() - t
+        return out
 
     def stage(self, version: int) -> None:
         """The learner's part before the engines take weights v: the folder export (if any)."""
@@ -539,15 +573,12 @@ def _step(
     """Step `step` -> version step + 1: take (or wait for) its rollouts, start the next step's
     on `ahead` (async mode), learn, publish. Returns the groups, metrics and next rollout."""
     t0 = time.perf_counter()
+    parts.give_gpus()  # colocated: the engines' turn (a no-op after a publish gave them)
     groups = pending.result() if pending is not None else parts.collect(step)
     t_wait = time.perf_counter() - t0
     pending = ahead.submit(parts.collect, step + 1) if ahead is not None else None
 
-    slept = 0.0
-    if parts.colocation is not None:  # the learner's turn on the GPUs
-        t = time.perf_counter()
-        parts.colocation.sleep()
-        slept = time.perf_counter() - t
+    turn = parts.take_gpus()  # colocated: the learner's turn on the GPUs
     t1 = time.perf_counter()
     learn_stats = parts.learn(groups, step=step)
     t_learn = time.perf_counter() - t1
@@ -564,7 +595,7 @@ def _step(
         "time/learn": t_learn,
         "time/sync": t_sync,
         **parts.seconds,
-        **({"time/sleep": slept} if parts.colocation is not None else {}),
+        **turn,
         "time/step": time.perf_counter() - t0,
     }
     return groups, metrics, pending

@@ -197,6 +197,16 @@ def pick_accelerator(*, gpus: float, visible_gpus: int) -> tuple[str, str]:
     return "cuda", "nccl"
 
 
+def offload_zero_states(engine: Any, include: list[str], *, pin_memory: bool) -> list[str]:
+    """DeepSpeed 0.19's `engine.offload_states` (ZeRO 1-3) of the named states to host
+    memory, blocking: the engines wake into the freed memory right after. Returns the names."""
+    from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum, OffloadStateTypeEnum
+
+    states = [OffloadStateTypeEnum(name) for name in include]  # an unknown name raises here
+    engine.offload_states(include=states, device=OffloadDeviceEnum.cpu, pin_memory=pin_memory)
+    return [s.value for s in states]
+
+
 class LearnerWorker:
     """A data-parallel rank. Verbs are keyword-only; the group calls them on every rank."""
 
@@ -210,6 +220,7 @@ class LearnerWorker:
         self.vlm: tuple[Any, list[int]] | None = None  # a VLM's (processor, banned ids)
         self._kept: dict[int, dict[str, torch.Tensor]] = {}  # policy version -> weights
         self._sender: Any = None  # learners/weight_sync.py WeightSender (init_weight_sync)
+        self._offloaded: list[str] = []  # ZeRO states in host memory (offload_states)
 
     def address(self) -> tuple[str, int]:
         """This rank's node IP and a free port (rank 0's become the rendezvous)."""
@@ -376,6 +387,8 @@ class LearnerWorker:
     def train(self, *, micro_batches: list[Batch], totals: dict[str, float]) -> dict[str, float]:
         """Forward/backward every micro-batch on this rank's objective (`spec.objective`), then
         one optimiser step. Returns summed stats (the group reduces them over ranks)."""
+        if self._offloaded:  # the step would read host tensors as if they were on the GPU
+            raise RuntimeError(f"train with {self._offloaded} offloaded: reload_states first")
         obj = self.spec.objective
         self.engine.train()
         sums: dict[str, float] = defaultdict(float)
@@ -498,6 +511,22 @@ class LearnerWorker:
             finally:
                 for n, w in current.items():
                     params[n].copy_(w)
+
+    def offload_states(self, *, include: list[str], pin_memory: bool = True) -> list[str]:
+        """Move the named ZeRO states (`OffloadStateTypeEnum` values, e.g. 'optim_states',
+        'hp_params') to host memory; returns those moved. Nothing moves on a CPU rank (they
+        are in host memory already) nor under ZeRO 0 (a plain optimizer has no offload)."""
+        if self.device.type != "cuda" or self.spec.learner.zero_stage == 0:
+            return []
+        self._offloaded = offload_zero_states(self.engine, include, pin_memory=pin_memory)
+        return list(self._offloaded)
+
+    def reload_states(self) -> list[str]:
+        """Bring back what `offload_states` moved (before the next step); returns those states."""
+        moved, self._offloaded = self._offloaded, []
+        if moved:
+            self.engine.reload_states()
+        return moved
 
     def save(self, *, path: str, client_state: dict) -> None:
         """DeepSpeed checkpoint (weights, optimizer, scheduler) + this rank's RNG into path."""

@@ -72,6 +72,17 @@ class LearnerConfig:
     """Recompute each decoder layer's activations in the backward pass instead of keeping
     them (transformers' gradient checkpointing, non-reentrant): activation memory of about one
     layer instead of all, for ~1/3 more compute. Same results."""
+    offload_states_while_generating: bool = True
+    """cluster.colocate: move the optimizer states (Adam moments, fp32 master weights) to host
+    memory while the engines generate, and back before the learner trains. Acts only where it
+    frees GPU memory (`offloads_states`): GPU ranks with zero_stage >= 1; a CPU rank's states
+    are already in host memory, and ZeRO 0's plain optimizer has no offload."""
+
+    def offloads_states(self, *, colocate: bool) -> bool:
+        """Whether the optimizer states leave the GPU during generation (what the memory plan
+        counts): colocated, switched on, GPU ranks, and a ZeRO optimizer (stage >= 1)."""
+        on = self.offload_states_while_generating and colocate
+        return on and self.num_gpus > 0 and self.zero_stage >= 1
 
     def __post_init__(self) -> None:
         require(self.num_ranks >= 1, f"learner.num_ranks must be >= 1, got {self.num_ranks}")
