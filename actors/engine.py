@@ -20,6 +20,7 @@ from transformers import AutoConfig
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.inputs import TokensPrompt
+from vllm.outputs import CompletionOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 
@@ -169,6 +170,29 @@ class DecisionEngine:
                 f"{params.max_tokens} generated) but the model takes {self.max_model_len}: "
                 "lower data.window_turns, or raise rollout.max_model_len if the model allows"
             )
+        o = await self._output(prompt_ids, params, images)
+        ids = list(o.token_ids)
+        lps = [float(step[tok].logprob) for tok, step in zip(ids, o.logprobs or [])]
+        if len(lps) != len(ids):
+            raise RuntimeError(f"vLLM returned {len(lps)} logprobs for {len(ids)} tokens")
+        return Decision(ids, lps, o.finish_reason)
+
+    async def choice_logprobs(
+        self, prompt_ids: list[int], choices: Sequence[int], images: Sequence[Any] = ()
+    ) -> list[float]:
+        """The logprob of each of `choices` as the token after `prompt_ids`, normalised over
+        `choices` alone (so their differences are the raw logit differences)."""
+        o = await self._output(prompt_ids, choice_params(choices), images)
+        top = (o.logprobs or [{}])[0]
+        missing = [c for c in choices if c not in top]
+        if missing:
+            raise RuntimeError(f"vLLM returned no logprob for token(s) {missing}")
+        return [float(top[c].logprob) for c in choices]
+
+    async def _output(
+        self, prompt_ids: list[int], params: SamplingParams, images: Sequence[Any]
+    ) -> CompletionOutput:
+        """The finished output of one request."""
         final = None
         async for out in self.llm.generate(
             self.prompt(prompt_ids, images),
@@ -178,12 +202,7 @@ class DecisionEngine:
             final = out
         if final is None or not final.outputs:
             raise RuntimeError("vLLM returned no output for a decision request")
-        o = final.outputs[0]
-        ids = list(o.token_ids)
-        lps = [float(step[tok].logprob) for tok, step in zip(ids, o.logprobs or [])]
-        if len(lps) != len(ids):
-            raise RuntimeError(f"vLLM returned {len(lps)} logprobs for {len(ids)} tokens")
-        return Decision(ids, lps, o.finish_reason)
+        return final.outputs[0]
 
     def prompt(self, prompt_ids: list[int], images: Sequence[Any]) -> TokensPrompt:
         """vLLM's prompt of expanded ids and their frames (each a whole request's or one
@@ -258,6 +277,19 @@ def decision_params(
         stop_token_ids=stop_ids,
         logprobs=0,
         seed=None if temperature == 0.0 else seed,
+        detokenize=False,
+        skip_special_tokens=False,
+    )
+
+
+def choice_params(choices: Sequence[int]) -> SamplingParams:
+    """One greedy token among `choices` only (the others' logits are -inf), with every
+    choice's logprob: engines report processed logprobs, here log-softmax over `choices`."""
+    return SamplingParams(
+        temperature=0.0,
+        max_tokens=1,
+        allowed_token_ids=[int(c) for c in choices],
+        logprobs=len(choices),
         detokenize=False,
         skip_special_tokens=False,
     )

@@ -58,6 +58,24 @@ class Chunk:
     """Image codec: the frame's placeholder pads in the dialogue (its merged patches)."""
 
 
+@dataclass
+class CalibratedStep(Step):
+    """A Step of the threshold decoder (actors/decode.py), with the probability it read."""
+
+    p_response: float = 0.0
+    """Calibrated P(`</Response>`) at this decision: sigmoid(l_r - l_s - decode.shift)."""
+
+
+def calibrated_steps(steps: Sequence[Step], probs: Sequence[float]) -> list[Step]:
+    """`steps` as CalibratedSteps, step i with probs[i] (one probability per step)."""
+    if len(steps) != len(probs):
+        raise ValueError(f"{len(steps)} steps but {len(probs)} probabilities")
+    return [
+        CalibratedStep(s.time, s.decision, s.text, s.raw, s.version, float(p))
+        for s, p in zip(steps, probs)
+    ]
+
+
 def sample_chunks(encoded, image_tokens: Callable[[int, int], int] | None = None) -> list[Chunk]:
     """The chunks of an `EncodedSample` (streampro.data.encode), in stream order;
     `image_tokens(h, w)` sizes frames' placeholders (image codec)."""

@@ -22,11 +22,15 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 from transformers import AutoTokenizer
 
+from streampro import tokens as TOK
 from streampro.actors.api import WEIGHT_TRANSFER, RolloutGroupAPI, Sampling, WorkerSpec
+from streampro.actors.decode import FireState, ThresholdSampling, calibrated_p, fire
 from streampro.actors.engine import DecisionEngine, decision_params
 from streampro.actors.engine_session import DecisionSession
 from streampro.actors.episode import (
+    Chunk,
     StreamEpisode,
+    calibrated_steps,
     max_decision_tokens,
     request_seed,
     run_episode,
@@ -35,7 +39,7 @@ from streampro.actors.episode import (
 )
 from streampro.actors.weight_transfer import EngineSyncClient
 from streampro.cluster.resources import engine_placement_group, in_placement_group
-from streampro.config import Config
+from streampro.config import Config, DecodeConfig
 from streampro.hf_policy import image_token_count, vision_tokens
 from streampro.timeouts import run_with_timeout
 from streampro.types import Trajectory
@@ -66,6 +70,10 @@ class RolloutWorker:
         )
         self.tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
         self.stop_ids = stop_token_ids(self.tokenizer)
+        self.decision_ids = (  # (`</Response>`, `</Silence>`): the threshold decoder's choices
+            int(self.tokenizer.convert_tokens_to_ids(TOK.RESPONSE)),
+            int(self.tokenizer.convert_tokens_to_ids(TOK.SILENCE)),
+        )
         self.banned, self.image_tokens = vlm_frame_rules(self.engine.processor, self.tokenizer)
         self.window = spec.window
         self.max_answer_tokens = spec.rollout.max_answer_tokens
@@ -134,6 +142,9 @@ class RolloutWorker:
             version=self.version,
         )
         max_tokens = max_decision_tokens(min(sampling.max_answer_tokens, self.max_answer_tokens))
+        chunks = sample_chunks(encoded, self.image_tokens)
+        if isinstance(sampling, ThresholdSampling):
+            return await self._threshold_episode(ep, chunks, sampling.decode, max_tokens)
         # one resumable vLLM request per window segment: each step sends its new tokens only
         session = DecisionSession(self.engine)
 
@@ -155,11 +166,55 @@ class RolloutWorker:
             self.latencies.append((step, time.perf_counter() - t0))
             return d.token_ids, d.logprobs
 
-        chunks = sample_chunks(encoded, self.image_tokens)
         try:
             return await run_episode(ep, chunks, decide, version=lambda: self.version)
         finally:
             await session.close()
+
+    async def _threshold_episode(
+        self, ep: StreamEpisode, chunks: list[Chunk], decode: DecodeConfig, max_tokens: int
+    ) -> Trajectory:
+        """decode.mode=threshold: per chunk the two decision tokens' logprobs (one greedy token
+        among them), the calibrated p and `fire`; a response's text is then greedy. Records
+        the chosen decision token's logprob over the two, and each step's p."""
+        r_id, s_id = self.decision_ids
+        answer = decision_params(
+            stop_ids=self.stop_ids,
+            max_tokens=max_tokens - 1,  # after `</Response>`: text and `<|im_end|>`
+            temperature=0.0,
+            top_p=1.0,
+            seed=None,
+            banned=self.banned,
+        )
+        state, probs = FireState(), []
+
+        async def decide(prompt: list[int], step: int) -> tuple[list[int], list[float]]:
+            nonlocal state
+            images = ep.context_images()
+            t0 = time.perf_counter()
+            self.inflight += 1
+            try:
+                l_r, l_s = await self.engine.choice_logprobs(prompt, (r_id, s_id), images)
+                p = calibrated_p(l_r, l_s, decode.shift)
+                probs.append(p)
+                respond, state = fire(
+                    state,
+                    p,
+                    threshold=decode.threshold,
+                    integrate=decode.integrate,
+                    refractory=decode.refractory_chunks,
+                )
+                if not respond:
+                    return [s_id], [l_s]
+                d = await self.engine.decide([*prompt, r_id], answer, images)
+                return [r_id, *d.token_ids], [l_r, *d.logprobs]
+            finally:
+                self.inflight -= 1
+                self.latencies.append((step, time.perf_counter() - t0))
+
+        traj = await run_episode(ep, chunks, decide, version=lambda: self.version)
+        traj.steps = calibrated_steps(traj.steps, probs)
+        return traj
 
     # GPU weight-transfer control plane (plain dicts in, as vLLM's VLLMWeightSyncClient
     # protocol passes them), driven by actors/weight_transfer.py EngineSyncClient from learner

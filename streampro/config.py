@@ -230,6 +230,42 @@ class EvalConfig:
         )
 
 
+DECODE_MODES = ("sample", "threshold")
+
+
+@dataclass
+class DecodeConfig:
+    mode: str = "sample"
+    """'sample': each decision is generated as eval.greedy says (the policy's own argmax or
+    samples); 'threshold': respond when the calibrated P(`</Response>`) crosses `threshold`,
+    then write the answer greedily (actors/decode.py)."""
+    threshold: float = 0.5
+    """Respond when the calibrated probability (or, with `integrate`, its sum since the last
+    response) is >= this. In [0, 1] without `integrate`."""
+    shift: float = 0.0
+    """Logit shift taken off `</Response>` vs `</Silence>`: p = sigmoid(l_r - l_s - shift).
+    To undo sft.loss=cb_stream set log(w_r / w_s) of its class weights, about
+    log(n_silence / n_response) of the SFT split's decisions while those counts are far below
+    1 / (1 - sft.beta) (e.g. 3.0 for 20 silences per response); 0 = the policy as trained."""
+    integrate: bool = False
+    """Integrate-and-fire: sum the calibrated probabilities since the last response and
+    respond when the sum crosses `threshold` (the sum restarts at 0 after a response)."""
+    refractory_chunks: int = 0
+    """Chunks after a response that stay silent whatever p is (and add nothing to the sum)."""
+
+    def __post_init__(self) -> None:
+        require_choice(self.mode, DECODE_MODES, "decode.mode")
+        top = float("inf") if self.integrate else 1.0
+        require(
+            0.0 <= self.threshold <= top,
+            f"decode.threshold must be in [0, {top:g}], got {self.threshold}",
+        )
+        require(
+            self.refractory_chunks >= 0,
+            f"decode.refractory_chunks must be >= 0, got {self.refractory_chunks}",
+        )
+
+
 @dataclass
 class ServeConfig:
     host: str = "127.0.0.1"
@@ -366,6 +402,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
