@@ -221,6 +221,7 @@ class LearnerWorker:
         self._kept: dict[int, dict[str, torch.Tensor]] = {}  # policy version -> weights
         self._sender: Any = None  # learners/weight_sync.py WeightSender (init_weight_sync)
         self._offloaded: list[str] = []  # ZeRO states in host memory (offload_states)
+        self._pin = True  # how they were offloaded (pinned host buffers need an accelerator)
 
     def address(self) -> tuple[str, int]:
         """This rank's node IP and a free port (rank 0's become the rendezvous)."""
@@ -519,6 +520,7 @@ class LearnerWorker:
         if self.device.type != "cuda" or self.spec.learner.zero_stage == 0:
             return []
         self._offloaded = offload_zero_states(self.engine, include, pin_memory=pin_memory)
+        self._pin = pin_memory
         return list(self._offloaded)
 
     def reload_states(self) -> list[str]:
@@ -530,10 +532,15 @@ class LearnerWorker:
 
     def save(self, *, path: str, client_state: dict) -> None:
         """DeepSpeed checkpoint (weights, optimizer, scheduler) + this rank's RNG into path."""
+        # a colocated step saves while its states are in host memory: write them from where
+        # they live on the GPU, then put them back out as the engines expect
+        out = self.reload_states()
         # under one key: DeepSpeed hands back everything it did not write itself
         self.engine.save_checkpoint(
             path, tag=_CKPT_TAG, client_state={"streampro": client_state}, save_latest=False
         )
+        if out:
+            self._offloaded = offload_zero_states(self.engine, out, pin_memory=self._pin)
         rng = {
             "python": random.getstate(),
             "numpy": np.random.get_state(),

@@ -78,7 +78,7 @@ def run_plan(cfg: Config, *, gpus: float | None = None, gpu_memory_gb: float | N
     checks.append((role, terms, engine_budget))
     if cfg.cluster.colocate:  # GRPO learner and engine take turns on one GPU: max, not sum
         gpu_roles = lc.num_gpus > 0 or r.num_gpus > 0  # the turns share the whole GPU
-        checks = checks[:1] + _colocated(out, checks[1][1], terms, mem if gpu_roles else None)
+        checks = checks[:1] + _colocated(cfg, out, checks[1][1], terms, mem if gpu_roles else None)
     if gpus > 0 or lc.num_gpus > 0 or r.num_gpus > 0:
         cap = Capacity(cpus=float("inf"), gpus=gpus, node_cpus=float("inf"), node_gpus=gpus)
         check_fit(role_demands(cfg, "train"), cap, stage="plan")
@@ -90,11 +90,13 @@ def run_plan(cfg: Config, *, gpus: float | None = None, gpu_memory_gb: float | N
 
 
 def _colocated(
-    out: dict, learner: list[Term], engine: list[Term], budget: float | None
+    cfg: Config, out: dict, learner: list[Term], engine: list[Term], budget: float | None
 ) -> list[tuple[str, list[Term], float | None]]:
     """Print each turn of a colocated GPU (cluster.colocate) and return its checks; the GPU
     needs the larger turn (docs/cluster.md, colocated mode)."""
-    turns = colocated_turns(learner, engine)
+    turns = colocated_turns(
+        learner, engine, offload_states=cfg.learner.offloads_states(colocate=cfg.cluster.colocate)
+    )
     checks = []
     for turn, terms in turns.items():
         role = f"colocated GPU, {turn}"

@@ -9,6 +9,7 @@ The loop's order is checked with fakes: no engine, no learner.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -74,13 +75,27 @@ def deepspeed_offload(group) -> None:
     assert not engine.optimizer.offloaded_states
 
 
+def save_while_offloaded(group) -> None:
+    # a colocated step checkpoints while its states are out: the save brings them back,
+    # writes them and puts them back out
+    worker = group.worker
+    worker._offloaded = offload_zero_states(worker.engine, list(OFFLOAD_STATES), pin_memory=False)
+    worker._pin = False
+    with tempfile.TemporaryDirectory() as path:
+        group.save_checkpoint(path=path, client_state={"step": 1})
+        assert any(Path(path).rglob("*optim_states*"))
+    assert {s.value for s in worker.engine.optimizer.offloaded_states} == set(OFFLOAD_STATES)
+    assert worker.reload_states() == list(OFFLOAD_STATES)
+
+
 @pytest.mark.slow
 def test_offload_and_reload_leave_training_unchanged(learner_spec, tiny_path, ray_local) -> None:
     """In process (the verbs, then DeepSpeed's own round trip) and through one Ray rank:
     the second step's loss and the weights after it are those of a run without offload."""
     spec = learner_spec("grpo", *GRPO)
     runs = {}
-    for name, between in (("plain", nothing), ("verbs", verbs), ("deepspeed", deepspeed_offload)):
+    betweens = [("plain", nothing), ("verbs", verbs), ("deepspeed", deepspeed_offload)]
+    for name, between in [*betweens, ("save offloaded", save_while_offloaded)]:
         group = LocalLearnerGroup(model_path=tiny_path, spec=spec)
         try:
             runs[name] = two_steps(group, between)
