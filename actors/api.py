@@ -12,6 +12,9 @@ from streampro.types import Trajectory
 # vLLM's weight-transfer API (NCCL, GPU only); engines only drop their caches and take the
 # version. Any other source is an HF folder that engines reload from disk.
 WEIGHT_TRANSFER = "weight-transfer"
+# `sync_weights(source=IN_MEMORY, blob=...)`: the weights come with the call, as the
+# safetensors blob the learner made in memory (the colocated CPU handoff, no file).
+IN_MEMORY = "in-memory"
 
 if TYPE_CHECKING:
     from streampro.config import Config, RolloutConfig
@@ -78,9 +81,10 @@ class RolloutGroupAPI(Protocol):
         """n episodes per sample, returned grouped and in order: [s0e0..s0e(n-1), s1e0, ...]."""
         ...
 
-    def sync_weights(self, *, version: int, source: str) -> float:
+    def sync_weights(self, *, version: int, source: str, blob: bytes | None = None) -> float:
         """Load new weights from an HF folder into every engine in place (or, with source
-        WEIGHT_TRANSFER, take weights the learner just sent over NCCL); returns seconds."""
+        WEIGHT_TRANSFER, take weights the learner just sent over NCCL; with IN_MEMORY, load
+        `blob`, a safetensors blob); returns seconds."""
         ...
 
     def weight_sync_client(self, *, timeout_s: float) -> Any:

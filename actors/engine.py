@@ -24,7 +24,7 @@ from vllm.outputs import CompletionOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from streampro.actors.api import WEIGHT_TRANSFER
+from streampro.actors.api import IN_MEMORY, WEIGHT_TRANSFER
 from streampro.actors.vlm_prompt import image_prompt, vlm_engine_kwargs
 from streampro.actors.vlm_worker import WORKER_EXTENSION
 from streampro.config import RolloutConfig
@@ -217,10 +217,14 @@ class DecisionEngine:
             prompt_ids, pil, image_token_id=self.processor.image_token_id, processor=self.processor
         )
 
-    async def reload(self, source: str) -> None:
+    async def reload(self, source: str, blob: bytes | None = None) -> None:
         """Load new weights in place, then drop every cached prefix (it holds old-weight KV)."""
         self.reloads += 1
-        if source != WEIGHT_TRANSFER:
+        if source == IN_MEMORY:  # a safetensors blob through the RPC: bytes survive it
+            if blob is None:
+                raise ValueError("reload from memory without a weights blob")
+            await self.llm.collective_rpc("load_vlm_weights_blob", args=(blob,))
+        elif source != WEIGHT_TRANSFER:
             # An HF folder (safetensors) exported by the learner; works on CPU and GPU.
             # reload_weights, then the tied LM head repacked (actors/vlm_worker.py: without it
             # vLLM CPU kept sampling from the old head; measured up to 1.05 nats off)

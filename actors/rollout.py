@@ -23,7 +23,13 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from transformers import AutoTokenizer
 
 from streampro import tokens as TOK
-from streampro.actors.api import WEIGHT_TRANSFER, RolloutGroupAPI, Sampling, WorkerSpec
+from streampro.actors.api import (
+    IN_MEMORY,
+    WEIGHT_TRANSFER,
+    RolloutGroupAPI,
+    Sampling,
+    WorkerSpec,
+)
 from streampro.actors.decode import FireState, ThresholdSampling, calibrated_p, fire
 from streampro.actors.engine import DecisionEngine, decision_params
 from streampro.actors.engine_session import DecisionSession
@@ -98,9 +104,9 @@ class RolloutWorker:
         self.latencies.clear()
         return out
 
-    async def sync_weights(self, *, version: int, source: str) -> float:
+    async def sync_weights(self, *, version: int, source: str, blob: bytes | None = None) -> float:
         t0 = time.perf_counter()
-        await self.engine.reload(source)
+        await self.engine.reload(source, blob)
         self.version, self.source = int(version), source
         return time.perf_counter() - t0
 
@@ -119,11 +125,13 @@ class RolloutWorker:
         `version`/`source` name the weights the caller expects: a restarted actor (which
         came back with the initial weights) reloads them before it starts."""
         if version is not None and version != self.version and source:
-            if source == WEIGHT_TRANSFER:  # a restarted actor: initial weights, no NCCL group
+            if source in (WEIGHT_TRANSFER, IN_MEMORY):  # a restarted actor: initial weights
+                nccl = source == WEIGHT_TRANSFER
                 raise RuntimeError(
                     f"rollout actor holds weights v{self.version}, not v{version}: it restarted "
-                    "after an NCCL weight sync and cannot rejoin the transfer group; resume the "
-                    "run (run.resume=auto) or use rollout.weight_transfer_backend=''"
+                    f"after {'an NCCL' if nccl else 'an in-memory'} weight sync, which left no "
+                    "folder to reload; resume the run (run.resume=auto) or use "
+                    + ("rollout.weight_transfer_backend=''" if nccl else "cluster.colocate=false")
                 )
             await self.sync_weights(version=version, source=source)
         jobs = [
@@ -279,9 +287,9 @@ class LocalRolloutGroup:
             self.worker.generate(samples=list(samples), first_index=0, n=n, sampling=sampling)
         )
 
-    def sync_weights(self, *, version: int, source: str) -> float:
+    def sync_weights(self, *, version: int, source: str, blob: bytes | None = None) -> float:
         t0 = time.perf_counter()
-        self._run(self.worker.sync_weights(version=version, source=source))
+        self._run(self.worker.sync_weights(version=version, source=source, blob=blob))
         return time.perf_counter() - t0
 
     def sleep(self, *, level: int) -> None:
@@ -461,10 +469,13 @@ class RayRolloutGroup:
             time.sleep(0.5)
         raise RuntimeError(f"no rollout actor came back within {self.restart_timeout_s:.0f} s")
 
-    def sync_weights(self, *, version: int, source: str) -> float:
+    def sync_weights(self, *, version: int, source: str, blob: bytes | None = None) -> float:
         t0 = time.perf_counter()
         self.version, self.source = int(version), source
-        refs = [a.sync_weights.remote(version=version, source=source) for a in self.actors]
+        ref = ray.put(blob) if blob is not None else None  # one copy in the store for all
+        refs = [
+            a.sync_weights.remote(version=version, source=source, blob=ref) for a in self.actors
+        ]
         for ref in refs:
             try:
                 ray.get(ref)

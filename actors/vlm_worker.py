@@ -16,6 +16,8 @@ to a VLM's engine arguments) and call it with
 
 from __future__ import annotations
 
+from safetensors.torch import load as safetensors_load
+
 WORKER_EXTENSION = "streampro.actors.vlm_worker.VLMWorkerExtension"
 
 
@@ -36,6 +38,13 @@ class VLMWorkerExtension:
 
     def reload_vlm_weights(self, weights_path: str) -> int:
         self.reload_weights(weights_path=weights_path)  # type: ignore[attr-defined]
+        return refresh_output_heads(self.model_runner.get_model())  # type: ignore[attr-defined]
+
+    def load_vlm_weights_blob(self, blob: bytes) -> int:
+        """`reload_vlm_weights` from memory: a safetensors blob (tensors themselves do not
+        survive vLLM's RPC encoding, bytes do), then the same head refresh."""
+        weights = safetensors_load(blob)
+        self.reload_weights(weights_iterator=iter(weights.items()))  # type: ignore[attr-defined]
         return refresh_output_heads(self.model_runner.get_model())  # type: ignore[attr-defined]
 
     def refresh_vlm_heads(self) -> int:

@@ -45,6 +45,11 @@ class LearnerGroupAPI(Protocol):
         """Write a Hugging Face folder (safetensors + tokenizer) that transformers and vLLM load."""
         ...
 
+    def weights_blob(self, *, dtype: str) -> bytes:
+        """The weights an HF export would hold (engine names, LoRA merged, in `dtype`) as one
+        safetensors blob in memory: the colocated CPU handoff, with no file."""
+        ...
+
     def init_weight_sync(self, *, client: Any, dtype: str, timeout_s: float) -> None:
         """GPU, once per run: open vLLM's NCCL weight transfer from learner rank 0 to the
         rollout engines behind `client` (actors/weight_transfer.py EngineSyncClient);

@@ -212,6 +212,8 @@ class RankHandle(Protocol):
     @property
     def export_hf(self) -> Verb[..., None]: ...
     @property
+    def weights_blob(self) -> Verb[..., bytes | None]: ...
+    @property
     def init_weight_sync(self) -> Verb[..., None]: ...
     @property
     def send_weights(self) -> Verb[..., float]: ...
@@ -256,6 +258,7 @@ class LocalRank:
         self.save = _Now(worker.save)
         self.load = _Now(worker.load)
         self.export_hf = _Now(worker.export_hf)
+        self.weights_blob = _Now(worker.weights_blob)
         self.init_weight_sync = _Now(worker.init_weight_sync)
         self.send_weights = _Now(worker.send_weights)
         self.offload_states = _Now(worker.offload_states)
@@ -370,6 +373,12 @@ class LearnerGroup:
         self._all([r.export_hf.remote(path=str(tmp)) for r in self.ranks], f"export {path}")
         _publish(tmp, path)
         return str(path)
+
+    def weights_blob(self, *, dtype: str) -> bytes:
+        # every rank iterates (ZeRO-3 gathers are collectives); rank 0 returns the blob
+        blob = self._all([r.weights_blob.remote(dtype=dtype) for r in self.ranks], "weights")[0]
+        assert blob is not None  # rank 0 always returns one
+        return blob
 
     def init_weight_sync(self, *, client: Any, dtype: str, timeout_s: float) -> None:
         # rank 0 hosts the NCCL rendezvous on its own node

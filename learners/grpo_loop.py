@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
 import warnings
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from streampro.actors.api import WEIGHT_TRANSFER, RolloutGroupAPI, Sampling
+from streampro.actors.api import IN_MEMORY, WEIGHT_TRANSFER, RolloutGroupAPI, Sampling
 from streampro.actors.colocate import Colocation
 from streampro.actors.policy_eval import PolicyEval
 from streampro.actors.records import write_trajectories
@@ -220,7 +219,10 @@ class GRPOStep:
         self.cursor, self.run_dir, self.pad_id = cursor, run_dir, pad_id
         self.warned = False  # the logprob-agreement warning is given once per run
         self.nccl_open = False  # NCCL / IPC weight sync set up (first publish with a backend)
-        self.weights_dir = weights_dir(cfg, run_dir)
+        self.weights_dir = run_dir / "weights"
+        # colocated without a GPU transfer: versions go to the engines in memory (no folder)
+        self.in_memory = cfg.cluster.colocate and not cfg.rollout.weight_transfer_backend
+        self.blob = b""  # the last staged version, in memory
         self.seconds: dict[str, float] = {}  # the last publish: export and load times
         # colocated GPU ranks: the optimizer states sit in host memory while the engines
         # generate (the same test as the memory plan's; a CPU rank has nothing to move)
@@ -363,16 +365,20 @@ class GRPOStep:
         if keeps_weights(self.cfg.grpo):
             self.learner.keep_weights(version=version)
         self.seconds = {"time/sync_export": 0.0, "time/sync_load": 0.0}
-        if not self.cfg.rollout.weight_transfer_backend:
-            t = time.perf_counter()
+        t = time.perf_counter()
+        if self.in_memory:
+            self.blob = self.learner.weights_blob(dtype=self.cfg.policy.dtype)
+        elif not self.cfg.rollout.weight_transfer_backend:
             self.learner.export_hf(path=str(self.weights_dir / f"v{version:06d}"))
-            self.seconds["time/sync_export"] = time.perf_counter() - t
+        self.seconds["time/sync_export"] = time.perf_counter() - t
 
     def push(self, version: int) -> None:
         """Weights v into the engines (awake): a folder reload, or learner rank 0 sends."""
         t = time.perf_counter()
         if self.cfg.rollout.weight_transfer_backend:
             self.send_weights(version)
+        elif self.in_memory:
+            self.rollout.sync_weights(version=version, source=IN_MEMORY, blob=self.blob)
         else:
             self.rollout.sync_weights(
                 version=version, source=str(self.weights_dir / f"v{version:06d}")
@@ -439,15 +445,6 @@ class _Engines:
 
     def sync_weights(self, *, version: int) -> None:
         self.step.push(version)
-
-
-def weights_dir(cfg: Config, run_dir: Path) -> Path:
-    """Where exported versions go: the run folder, or RAM (/dev/shm) when colocated with the
-    engines on one node (vLLM CPU takes weights from no other place: docs/cluster.md)."""
-    shm = Path("/dev/shm")
-    if cfg.cluster.colocate and not cfg.rollout.weight_transfer_backend and shm.is_dir():
-        return shm / f"streampro-{run_dir.resolve().name}-{os.getpid()}"
-    return run_dir / "weights"
 
 
 def check_colocation(cfg: Config) -> None:
@@ -549,8 +546,6 @@ def run_grpo(
                     )
             finally:
                 executor.shutdown()
-                if parts.weights_dir.parent == Path("/dev/shm"):
-                    shutil.rmtree(parts.weights_dir, ignore_errors=True)  # RAM, not a record
 
         step = stage.step
         hf = learner.export_hf(path=str(run_dir / "hf"))

@@ -33,7 +33,7 @@ from streampro.actors.weight_transfer import IpcSender, NcclSender
 from streampro.timeouts import run_with_timeout
 
 LORA_A, LORA_B, BASE = ".lora_A.default.weight", ".lora_B.default.weight", ".base_layer."
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+WIRE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -209,11 +209,13 @@ class WeightSender:
         dtype: str,
         lora_scale: float = 0.0,
     ) -> None:
-        if dtype not in _DTYPES:
-            raise ValueError(f"weight sync dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if dtype not in WIRE_DTYPES:
+            raise ValueError(
+                f"weight sync dtype must be one of {sorted(WIRE_DTYPES)}, got {dtype!r}"
+            )
         self.rank, self.timeout_s = rank, group.timeout_s
         self.source = GatheredWeights(
-            module, dtype=_DTYPES[dtype], lora_scale=lora_scale, sender=rank == 0
+            module, dtype=WIRE_DTYPES[dtype], lora_scale=lora_scale, sender=rank == 0
         )
         self.sender: IpcSender | NcclSender
         if getattr(client, "backend", "nccl") == "ipc":  # colocated: the engines share our GPUs

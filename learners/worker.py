@@ -23,6 +23,7 @@ import numpy as np
 import ray
 import torch
 import torch.distributed as dist
+from safetensors.torch import save as safetensors_save
 from transformers import AutoModelForCausalLM
 
 from streampro.config import (
@@ -44,7 +45,7 @@ from streampro.learners.grpo_loss import policy_loss
 from streampro.learners.losses import decision_counts, sft_loss, shifted_logprobs, token_logprobs
 from streampro.learners.packing import attention_bias, flat_layout
 from streampro.learners.vlm_inputs import check_loss_mask, score_vlm_tokens
-from streampro.learners.weight_sync import SyncGroup, WeightSender
+from streampro.learners.weight_sync import WIRE_DTYPES, GatheredWeights, SyncGroup, WeightSender
 from streampro.lora import add_lora, merge_lora
 from streampro.timeouts import free_port
 
@@ -585,6 +586,20 @@ class LearnerWorker:
                 and not (out / f.name).exists()
             ):
                 shutil.copy2(f, out / f.name)
+
+    def weights_blob(self, *, dtype: str) -> bytes | None:
+        """Rank 0: the weights the engines load (learners/weight_sync.py GatheredWeights, the
+        same tensors an NCCL sync sends) as a safetensors blob; other ranks join the gathers."""
+        lc = self.spec.learner
+        scale = lc.lora_alpha / lc.lora_rank if lc.lora_rank > 0 else 0.0
+        source = GatheredWeights(
+            self.engine.module, dtype=WIRE_DTYPES[dtype], lora_scale=scale, sender=self.rank == 0
+        )
+        tensors = {}
+        for name, t in source:  # every rank iterates: ZeRO-3's gathers are collectives
+            if self.rank == 0:
+                tensors[name] = t.cpu()
+        return safetensors_save(tensors) if self.rank == 0 else None
 
     def init_weight_sync(
         self,

@@ -10,7 +10,7 @@ import pytest
 from streampro.actors.api import WorkerSpec
 from streampro.actors.colocate import Colocation
 from streampro.config import Config, ConfigError
-from streampro.learners.grpo_loop import GRPOStep, check_colocation, weights_dir
+from streampro.learners.grpo_loop import GRPOStep, check_colocation
 
 
 class FakeEngines:
@@ -112,22 +112,27 @@ def test_config_checks() -> None:
 
 
 class FakeRollout(FakeEngines):
-    def sync_weights(self, *, version: int, source: str) -> float:  # type: ignore[override]
-        self._do(f"load{version}:{Path(source).name}")
+    def sync_weights(  # type: ignore[override]
+        self, *, version: int, source: str, blob: bytes | None = None
+    ) -> float:
+        self._do(f"load{version}:{source}:{blob!r}")
         return 0.0
 
 
 class FakeLearner:
     def __init__(self, calls: list[str]) -> None:
         self.calls = calls
+        self.version = 0
 
-    def export_hf(self, *, path: str) -> str:
-        self.calls.append(f"export:{Path(path).name}")
-        Path(path).mkdir(parents=True)
-        return path
+    def weights_blob(self, *, dtype: str) -> bytes:
+        self.version += 1
+        self.calls.append(f"blob:{dtype}")
+        return f"w{self.version}".encode()
 
 
-def test_grpo_publish_exports_before_waking_and_loads_between_wakes(tmp_path: Path) -> None:
+def test_grpo_publish_stages_in_memory_before_waking_and_loads_between_wakes(
+    tmp_path: Path,
+) -> None:
     cfg = _cfg(cluster__colocate=True, rollout__sleep_level=2)
     rollout = FakeRollout()
     step = GRPOStep(
@@ -141,35 +146,24 @@ def test_grpo_publish_exports_before_waking_and_loads_between_wakes(tmp_path: Pa
         pad_id=0,
     )
     assert step.colocation is not None
-    try:
-        step.colocation.sleep()  # the loop's learner turn
-        step.publish(1)
-        step.colocation.sleep()
-        step.publish(2)
-        assert rollout.calls == [
-            "sleep2",
-            "export:v000001",
-            "wake:weights",
-            "load1:v000001",
-            "wake:kv_cache",
-            "sleep2",
-            "export:v000002",
-            "wake:weights",
-            "load2:v000002",
-            "wake:kv_cache",
-        ]
-        assert [p.name for p in step.weights_dir.iterdir()] == ["v000002"]  # v1 pruned
-        assert set(step.seconds) == {"time/sync_export", "time/sync_load"}
-    finally:
-        import shutil
-
-        shutil.rmtree(step.weights_dir, ignore_errors=True)
-
-
-def test_weights_go_to_ram_only_when_colocated(tmp_path: Path) -> None:
-    assert weights_dir(_cfg(), tmp_path) == tmp_path / "weights"
-    if Path("/dev/shm").is_dir():
-        assert weights_dir(_cfg(cluster__colocate=True), tmp_path).parent == Path("/dev/shm")
+    step.colocation.sleep()  # the loop's learner turn
+    step.publish(1)
+    step.colocation.sleep()
+    step.publish(2)
+    assert rollout.calls == [
+        "sleep2",
+        "blob:float32",
+        "wake:weights",
+        "load1:in-memory:b'w1'",
+        "wake:kv_cache",
+        "sleep2",
+        "blob:float32",
+        "wake:weights",
+        "load2:in-memory:b'w2'",
+        "wake:kv_cache",
+    ]
+    assert not step.weights_dir.exists()  # no folder: the versions went in memory
+    assert set(step.seconds) == {"time/sync_export", "time/sync_load"}
 
 
 def test_plan_takes_the_larger_turn_not_the_sum() -> None:

@@ -11,11 +11,12 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from streampro.actors.api import Sampling, WorkerSpec
+from streampro.actors.api import IN_MEMORY, Sampling, WorkerSpec
 from streampro.bench.rollout import perturbed_copy, silence_biased_policy, synthetic_streams
 from streampro.config import RolloutConfig
 from streampro.data.window import Window
@@ -206,6 +207,12 @@ def test_sync_changes_outputs_and_keeps_agreement(group, policy, tmp_path):
     again = group.generate(samples=samples, n=2, sampling=s)
     assert [_ids(t) for t in again] == [_ids(t) for t in before]
     assert {t.version for t in again} == {2}
+    # the same weights as a safetensors blob in memory (the colocated CPU handoff, no folder)
+    (file,) = Path(new).glob("*.safetensors")
+    group.sync_weights(version=1, source=IN_MEMORY, blob=file.read_bytes())
+    in_memory = group.generate(samples=samples, n=2, sampling=s)
+    assert [_ids(t) for t in in_memory] == [_ids(t) for t in after]
+    group.sync_weights(version=2, source=policy)
 
 
 def test_actor_killed_during_generate_reruns_its_episodes(group, policy):

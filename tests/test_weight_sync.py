@@ -265,6 +265,7 @@ def test_zero3_partitioned_parameters_are_gathered_whole(tiny_vl, tmp_path, lear
     """A real ZeRO-3 engine (DeepSpeed, one gloo rank), its model built inside zero.Init:
     every parameter is partitioned, yet the source declares whole shapes without gathering
     and yields the exported weights, which are the checkpoint's own."""
+    from safetensors.torch import load as safetensors_load
     from safetensors.torch import load_file
 
     from streampro.learners.group import LocalLearnerGroup
@@ -279,8 +280,13 @@ def test_zero3_partitioned_parameters_are_gathered_whole(tiny_vl, tmp_path, lear
         source = GatheredWeights(module, dtype=torch.float32)
         sent = _sent(source)
         folder = Path(group.export_hf(path=str(tmp_path / "hf")))
+        blob = group.weights_blob(dtype="float32")  # the colocated CPU handoff, in memory
     finally:
         group.shutdown()
+    in_memory = safetensors_load(blob)
+    assert in_memory.keys() == sent.keys()
+    for k, v in sent.items():
+        torch.testing.assert_close(in_memory[k], v, atol=0, rtol=0)
     saved: dict[str, torch.Tensor] = {}
     for f in sorted(folder.glob("*.safetensors")):
         saved |= load_file(f)
