@@ -100,7 +100,7 @@ class ClusterConfig:
     colocate: bool = False
     """GRPO: the learner and the vLLM engines share the same GPUs and take turns (engines
     sleep at rollout.sleep_level while the learner trains; weights through CUDA IPC on GPU,
-    rollout.weight_transfer_backend=ipc, or a RAM folder on CPU). Off by default, not 'auto':
+    rollout.weight_transfer_backend=ipc, or a blob in memory on CPU). Off by default, not 'auto':
     the GPU path has not run on a GPU yet (docs/cluster.md), and `streampro plan` says when
     a node's GPUs hold the roles only colocated."""
 

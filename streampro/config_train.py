@@ -197,7 +197,7 @@ class RolloutConfig:
     """Longest context of an engine (0 = the model's own limit)."""
     weight_transfer_backend: str = ""
     """'' = each GRPO step's weights reach the engines as an HF folder they reload (CPU and
-    GPU; with cluster.colocate the folder sits in RAM, /dev/shm); 'nccl' (GPU only: whole GPUs
+    GPU; with cluster.colocate, as a safetensors blob in memory instead); 'nccl' (GPU only: whole GPUs
     for the learner ranks and the engines) = learner rank 0 broadcasts them through vLLM's
     weight-transfer API (docs/vlm.md, GPU paths); 'ipc' (GPU only, cluster.colocate) = CUDA IPC
     handles of the learner's tensors, read in place by engines on the same GPUs."""
