@@ -70,7 +70,7 @@ class WorkerSpec:
             dtype=cfg.policy.dtype,
             seed=cfg.run.seed,
             window=Window.from_config(cfg.data),
-            sleep_mode=cfg.cluster.colocate,
+            sleep_mode=bool(cfg.cluster.colocate),
         )
 
 

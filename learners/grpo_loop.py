@@ -221,12 +221,12 @@ class GRPOStep:
         self.nccl_open = False  # NCCL / IPC weight sync set up (first publish with a backend)
         self.weights_dir = run_dir / "weights"
         # colocated without a GPU transfer: versions go to the engines in memory (no folder)
-        self.in_memory = cfg.cluster.colocate and not cfg.rollout.weight_transfer_backend
+        self.in_memory = bool(cfg.cluster.colocate) and not cfg.rollout.weight_transfer_backend
         self.blob = b""  # the last staged version, in memory
         self.seconds: dict[str, float] = {}  # the last publish: export and load times
         # colocated GPU ranks: the optimizer states sit in host memory while the engines
         # generate (the same test as the memory plan's; a CPU rank has nothing to move)
-        self.offloading = cfg.learner.offloads_states(colocate=cfg.cluster.colocate)
+        self.offloading = cfg.learner.offloads_states(colocate=bool(cfg.cluster.colocate))
         self.states_out = False  # the learner's states are offloaded now
         self.colocation = (
             Colocation(

@@ -1,7 +1,7 @@
 """Learner side of the NCCL weight sync: every parameter, whole, under the engine's names.
 
-GPU only at run time (`rollout.weight_transfer_backend: nccl`); the HF-folder reload stays
-the default. What reaches vLLM is exactly what `export_hf` would write, without the disk:
+GPU only at run time (`rollout.weight_transfer_backend: nccl`, what the GPU configs ship); the
+HF-folder reload is the CPU default and the fallback. What reaches vLLM is exactly what `export_hf` would write, without the disk:
   - names: the checkpoint names `save_pretrained` writes (transformers' own reverse weight
     conversion, e.g. a Qwen2.5-VL's `model.language_model.layers.0...` goes out as
     `model.layers.0...` and `model.visual...` as `visual...`), which vLLM's

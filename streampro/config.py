@@ -97,12 +97,13 @@ class ClusterConfig:
     """Actors request a tiny custom resource named after their role (rollout, learner, reward,
     serve) so an autoscaler starts nodes of the right worker group. The local Ray and the
     KubeRay manifests provide them; set false to attach to a cluster whose nodes lack them."""
-    colocate: bool = False
+    colocate: bool | None = None
     """GRPO: the learner and the vLLM engines share the same GPUs and take turns (engines
     sleep at rollout.sleep_level while the learner trains; weights through CUDA IPC on GPU,
-    rollout.weight_transfer_backend=ipc, or a blob in memory on CPU). Off by default, not 'auto':
-    the GPU path has not run on a GPU yet (docs/cluster.md), and `streampro plan` says when
-    a node's GPUs hold the roles only colocated."""
+    rollout.weight_transfer_backend=ipc, or a blob in memory on CPU). Unset (auto): on when
+    both roles ask for a fraction of a GPU (learner.num_gpus and rollout.num_gpus in (0, 1)),
+    which is how Ray puts them on the same GPUs; off otherwise, and on CPU. Not yet run on a
+    GPU (docs/cluster.md)."""
 
 
 @dataclass
@@ -409,6 +410,8 @@ class Config:
     def __post_init__(self) -> None:
         """The rules that span sections."""
         d, r, lc = self.data, self.rollout, self.learner
+        if self.cluster.colocate is None:  # auto: roles that split GPUs share them
+            self.cluster.colocate = 0 < lc.num_gpus < 1 and 0 < r.num_gpus < 1
         require(
             d.codec != "image" or self.policy.name_or_path != "tiny",
             "data.codec=image needs a vision-language policy (policy.name_or_path=tiny-vl, or "
@@ -428,8 +431,8 @@ class Config:
             or (r.num_gpus >= 1 and lc.num_gpus >= 1 and not lc.in_process),
             "rollout.weight_transfer_backend=nccl needs GPUs: rollout.num_gpus and "
             f"learner.num_gpus >= 1 with learner.in_process=false (got {r.num_gpus:g}, "
-            f"{lc.num_gpus:g}, in_process={lc.in_process}); set "
-            "rollout.weight_transfer_backend='' for the HF-folder sync",
+            f"{lc.num_gpus:g}, in_process={lc.in_process}); set rollout.weight_transfer_backend="
+            "ipc for GPUs shared by colocation, or '' for the HF-folder sync",
         )
 
 

@@ -95,7 +95,9 @@ def _colocated(
     """Print each turn of a colocated GPU (cluster.colocate) and return its checks; the GPU
     needs the larger turn (docs/cluster.md, colocated mode)."""
     turns = colocated_turns(
-        learner, engine, offload_states=cfg.learner.offloads_states(colocate=cfg.cluster.colocate)
+        learner,
+        engine,
+        offload_states=cfg.learner.offloads_states(colocate=bool(cfg.cluster.colocate)),
     )
     checks = []
     for turn, terms in turns.items():

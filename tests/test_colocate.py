@@ -9,7 +9,7 @@ import pytest
 
 from streampro.actors.api import WorkerSpec
 from streampro.actors.colocate import Colocation
-from streampro.config import Config, ConfigError
+from streampro.config import Config, ConfigError, load_config
 from streampro.learners.grpo_loop import GRPOStep, check_colocation
 
 
@@ -185,3 +185,11 @@ def test_plan_takes_the_larger_turn_not_the_sum() -> None:
 def test_colocated_engines_start_with_sleep_mode() -> None:
     assert WorkerSpec.of(_cfg(cluster__colocate=True), "policy").sleep_mode
     assert not WorkerSpec.of(_cfg(), "policy").sleep_mode
+
+
+def test_colocate_is_on_by_default_where_roles_split_gpus() -> None:
+    assert load_config(None, []).cluster.colocate is False  # CPU: no GPUs to share
+    shared = ["learner.num_gpus=0.5", "rollout.num_gpus=0.5"]
+    assert load_config(None, shared).cluster.colocate is True
+    assert load_config(None, [*shared, "cluster.colocate=false"]).cluster.colocate is False
+    assert load_config(None, ["learner.num_gpus=1", "rollout.num_gpus=1"]).cluster.colocate is False

@@ -27,6 +27,8 @@ def test_paper_settings_and_one_node_placement(name):
     assert cfg.rollout.block_size % 32 == 0  # vLLM with images needs whole 32-token blocks
     assert cfg.data.codec == "image"
     assert (cfg.reward.acc_judge, cfg.reward.traj_judge) == ("llm", "llm")
+    # whole GPUs on each side: NCCL sync, not colocated, not the disk
+    assert cfg.rollout.weight_transfer_backend == "nccl" and cfg.cluster.colocate is False
 
 
 @pytest.mark.parametrize("name", VLM_CONFIGS)
