@@ -572,7 +572,7 @@ class LearnerWorker:
             return
         state = {k: v.detach().cpu() for k, v in state.items()}
         if lc.lora_rank > 0:  # engines load whole weights: W + (alpha / r) B @ A
-            state = merge_lora(state, scale=lc.lora_alpha / lc.lora_rank)
+            state = merge_lora(state, scale=lc.lora_scale)
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         module = self.engine.module
@@ -590,10 +590,11 @@ class LearnerWorker:
     def weights_blob(self, *, dtype: str) -> bytes | None:
         """Rank 0: the weights the engines load (learners/weight_sync.py GatheredWeights, the
         same tensors an NCCL sync sends) as a safetensors blob; other ranks join the gathers."""
-        lc = self.spec.learner
-        scale = lc.lora_alpha / lc.lora_rank if lc.lora_rank > 0 else 0.0
         source = GatheredWeights(
-            self.engine.module, dtype=WIRE_DTYPES[dtype], lora_scale=scale, sender=self.rank == 0
+            self.engine.module,
+            dtype=WIRE_DTYPES[dtype],
+            lora_scale=self.spec.learner.lora_scale,
+            sender=self.rank == 0,
         )
         tensors = {}
         for name, t in source:  # every rank iterates: ZeRO-3's gathers are collectives
@@ -620,7 +621,7 @@ class LearnerWorker:
             group=SyncGroup(master_address, master_port, world_size, timeout_s),
             client=client,
             dtype=dtype,
-            lora_scale=lc.lora_alpha / lc.lora_rank if lc.lora_rank > 0 else 0.0,
+            lora_scale=lc.lora_scale,
         )
 
     def send_weights(self, *, version: int) -> float:

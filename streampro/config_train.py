@@ -78,6 +78,11 @@ class LearnerConfig:
     frees GPU memory (`offloads_states`): GPU ranks with zero_stage >= 1; a CPU rank's states
     are already in host memory, and ZeRO 0's plain optimizer has no offload."""
 
+    @property
+    def lora_scale(self) -> float:
+        """lora_alpha / lora_rank, what merging the adapters multiplies B @ A by (0 without)."""
+        return self.lora_alpha / self.lora_rank if self.lora_rank > 0 else 0.0
+
     def offloads_states(self, *, colocate: bool) -> bool:
         """Whether the optimizer states leave the GPU during generation (what the memory plan
         counts): colocated, switched on, GPU ranks, and a ZeRO optimizer (stage >= 1)."""

@@ -9,6 +9,7 @@ import pytest
 
 from streampro.actors.api import WorkerSpec
 from streampro.actors.colocate import Colocation
+from streampro.cluster.plan import Term, colocated_turns
 from streampro.config import Config, ConfigError, load_config
 from streampro.learners.grpo_loop import GRPOStep, check_colocation
 
@@ -167,8 +168,6 @@ def test_grpo_publish_stages_in_memory_before_waking_and_loads_between_wakes(
 
 
 def test_plan_takes_the_larger_turn_not_the_sum() -> None:
-    from streampro.cluster.plan import Term, colocated_turns
-
     learner = [
         Term("weights", 2.0, ""),
         Term("gradients", 1.0, ""),
