@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from streampro.config import SynthConfig
 
 TASK_ORDER = ("EU", "OU", "AA", "TP", "TG", "GP", "RF")
-SPLIT_SEEDS = {"train": 0, "val": 10**6, "test": 2 * 10**6}
+SPLIT_SEEDS = {"train": 0, "val": 10**6, "test": 2 * 10**6, "dev": 3 * 10**6}
 LATE_QUESTION_P = 0.25  # share of samples whose question arrives at 1-3 s instead of 0 s
 MIN_DURATION = 20  # every task's events fit in 20 s
 MAX_DURATION = 600  # 10-minute streams: 3x the default 200-turn window
@@ -165,14 +165,17 @@ def scene_params(s: SynthConfig) -> SceneParams:
 
 
 def split_per_task(s: SynthConfig, split: str) -> int:
-    """Samples per task of a split: val and test may be smaller (synth.eval_per_task)."""
+    """Samples per task of a split: val and test may be smaller (synth.eval_per_task), and the
+    dev split (decoder tuning, diagnostics) has its own size (synth.dev_per_task)."""
+    if split == "dev":
+        return s.dev_per_task
     return s.eval_per_task if split != "train" and s.eval_per_task > 0 else s.per_task
 
 
 def split_dir(s: SynthConfig, split: str) -> Path:
     """Default folder of a split: synth.out/<split>-<hash of the knobs>, so a cached split is
     reused only by the settings that made it (changing a knob renders a new one)."""
-    knobs = {k: v for k, v in asdict(s).items() if k not in ("out", "eval_per_task")}
+    knobs = {k: v for k, v in asdict(s).items() if k not in ("out", "eval_per_task", "dev_per_task")}
     knobs["per_task"] = split_per_task(s, split)
     digest = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:10]
     return Path(s.out) / f"{split}-{digest}"
@@ -191,7 +194,7 @@ def synth_split(
     """Render one split (default folder `split_dir`, seed from the split's range) with
     `workers` processes (0 = one per CPU); returns the manifest.jsonl path."""
     if split not in SPLIT_SEEDS:
-        raise UserError(f"unknown split {split!r} (train, val or test)")
+        raise UserError(f"unknown split {split!r} (train, val, test or dev)")
     folder = Path(out) if out else split_dir(s, split)
     synthesize(
         folder,

@@ -51,7 +51,7 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default: synth.out/<split>)")
     p.add_argument("--per-task", type=int, default=None, help="samples per task")
     p.add_argument("--seed", type=int, default=None, help="seed (overrides the split's seed range)")
-    p.add_argument("--split", choices=["train", "val", "test"], default="train")
+    p.add_argument("--split", choices=["train", "val", "test", "dev"], default="train")
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:

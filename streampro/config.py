@@ -114,6 +114,9 @@ class SynthConfig:
     """Samples per task of each split."""
     eval_per_task: int = 0
     """Samples per task of the val and test splits (0 = per_task)."""
+    dev_per_task: int = 30
+    """Samples per task of the dev split (its own seeds): the threshold decoder is tuned and
+    the diagnostics bench runs there, never on val or test (30 x 7 tasks = 210 streams)."""
     width: int = 128
     """Frame width in pixels."""
     height: int = 128
@@ -142,6 +145,8 @@ class DataConfig:
     """Validation manifest; empty = the synth val split."""
     test: str = ""
     """Test manifest; empty = the synth test split."""
+    dev: str = ""
+    """Dev manifest (decoder tuning, `streampro bench diagnose`); empty = the synth dev split."""
     fps: float = 1.0
     """Chunks per second of video (the paper: 1 fps)."""
     window_turns: int = 200
