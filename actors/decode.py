@@ -10,12 +10,15 @@ chunks silent. Pure Python: the episode loop (actors/rollout.py) asks the engine
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from streampro.actors.api import Sampling
-from streampro.config import DecodeConfig, RolloutConfig
+from streampro.config import DecodeConfig, RolloutConfig, atomic_write_text
+from streampro.errors import UserError
 
 
 def calibrated_p(l_response: float, l_silence: float, shift: float) -> float:
@@ -76,3 +79,28 @@ class ThresholdSampling(Sampling):
     ) -> ThresholdSampling:
         """Greedy answers of the rollout's length, decisions by `decode`."""
         return cls(0.0, 1.0, rollout.max_answer_tokens, seed, decode=decode)
+
+
+TUNED_FILE = "streampro_decode.json"
+"""Beside a checkpoint's weights: the decoder settings tuned on the dev split, which eval,
+`streampro eval --endpoint` and Serve read so a served policy decodes as it was scored."""
+
+
+def save_tuned(checkpoint: str | Path, decode: DecodeConfig, *, stats: dict | None = None) -> Path:
+    """Write `decode` (and how it was tuned) into the checkpoint folder; returns the file."""
+    out = Path(checkpoint) / TUNED_FILE
+    atomic_write_text(
+        out, json.dumps({"decode": asdict(decode), "tuning": stats or {}}, indent=2) + "\n"
+    )
+    return out
+
+
+def load_tuned(checkpoint: str | Path, default: DecodeConfig) -> DecodeConfig:
+    """The checkpoint's tuned decoder when it has one, else `default` (a bad file raises)."""
+    path = Path(checkpoint) / TUNED_FILE
+    if not path.is_file():
+        return default
+    try:
+        return DecodeConfig(**json.loads(path.read_text())["decode"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a tuned decoder file ({e})") from None

@@ -258,6 +258,9 @@ class DecodeConfig:
     respond when the sum crosses `threshold` (the sum restarts at 0 after a response)."""
     refractory_chunks: int = 0
     """Chunks after a response that stay silent whatever p is (and add nothing to the sum)."""
+    response_bias: float = 0.0
+    """'sample' only: a constant added to the `</Response>` logit while sampling decisions (vLLM
+    logit_bias): a global response rate, the baseline a trained policy must beat."""
 
     def __post_init__(self) -> None:
         require_choice(self.mode, DECODE_MODES, "decode.mode")
