@@ -65,6 +65,13 @@ class _Vocab:
             i for i in [self.frame_start, self.frame_end, *self.vision] if self.known(i)
         }
         self._frame: dict[int, int] = {}
+        # the frame layout the tokenizer was built with (streampro/tokens.py FRAME_LAYOUTS)
+        self.layout = "code"
+        for layout, probe in (("change", (0, 0, True)), ("position", (0, 0, False))):
+            if self.known(self.tok.convert_tokens_to_ids(T.positional_frame_token(*probe))):
+                self.layout = layout
+                break
+        self._positional: dict[tuple[int, int, bool], int] = {}
 
     def _check_template(self) -> None:
         """The dialogue lays turns out as the model's own chat template does, or refuses it:
@@ -88,8 +95,12 @@ class _Vocab:
     def known(self, tid: int | None) -> bool:
         return tid is not None and tid != self.tok.unk_token_id
 
-    def frame_ids(self, codes: Sequence[int], image_tokens: int) -> list[int]:
-        """A chunk's frame as the dialogue holds it: patch tokens, or an image placeholder."""
+    def frame_ids(
+        self, codes: Sequence[int], image_tokens: int, prev: Sequence[int] = ()
+    ) -> list[int]:
+        """A chunk's frame as the dialogue holds it: patch tokens, or an image placeholder.
+        `prev` is the previous chunk's codes (the change layout marks the patches that differ;
+        none do in the first chunk)."""
         if image_tokens:
             if not all(self.known(i) for i in self.vision):
                 raise UserError("data.codec=image: the policy's tokenizer has no image tokens")
@@ -100,7 +111,14 @@ class _Vocab:
                 "data.codec=patch needs the patch-token vocabulary of the 'tiny' policy; "
                 "use data.codec=image for a vision-language model"
             )
-        return [self.frame_start] + [self.frame(c) for c in codes] + [self.frame_end]
+        if self.layout == "code":
+            return [self.frame_start] + [self.frame(c) for c in codes] + [self.frame_end]
+        changed = [
+            self.layout == "change" and len(prev) == len(codes) and p != c
+            for p, c in zip(prev or codes, codes)
+        ]
+        pieces = [self.positional(c, i, f) for i, (c, f) in enumerate(zip(codes, changed))]
+        return [self.frame_start] + pieces + [self.frame_end]
 
     def enc(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
@@ -108,6 +126,17 @@ class _Vocab:
     @functools.lru_cache(maxsize=4096)  # noqa: B019 (one _Vocab per tokenizer, kept for good)
     def stamp(self, start: float, end: float) -> tuple[int, ...]:
         return tuple(self.enc(T.chunk_stamp(start, end)))
+
+    def positional(self, code: int, pos: int, changed: bool) -> int:
+        key = (int(code), pos, changed)
+        tid = self._positional.get(key)
+        if tid is None:
+            name = T.positional_frame_token(*key)
+            tid = self.tok.convert_tokens_to_ids(name)
+            if not self.known(tid):
+                raise UserError(f"tokenizer lacks frame token {name} (grid or codebook larger?)")
+            self._positional[key] = tid
+        return tid
 
     def frame(self, code: int) -> int:
         tid = self._frame.get(code)
@@ -198,6 +227,7 @@ class StreamDialogue:
         self._start, self._own = 0, 0
         self._closed: list[SegmentSpan] = []
         self._open = False  # an assistant turn awaits its decision
+        self._prev_codes: tuple[int, ...] = ()  # the last chunk's frame (change layout)
 
     def _append(
         self, ids: list[int], mask: int | list[int] = 0, cls: list[int] | None = None
@@ -236,11 +266,12 @@ class StreamDialogue:
         self._append(
             v.user_open
             + list(v.stamp(start, end))
-            + v.frame_ids(frame_codes, image_tokens)
+            + v.frame_ids(frame_codes, image_tokens, self._prev_codes)
             + v.turn_close
             + v.assistant_open
         )
         self._open = True
+        self._prev_codes = tuple(frame_codes)
 
     def add_decision(
         self,

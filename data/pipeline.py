@@ -33,7 +33,10 @@ def policy_folder(cfg: Config) -> str:
     """The policy folder every role loads: 'tiny' and 'tiny-vl' built locally (seeded by
     run.seed), any other HF folder or hub id extended with the stream tokens it lacks."""
 
-    return resolve_policy(cfg.policy, seed=cfg.run.seed, codebook_size=cfg.data.codebook_size)
+    d = cfg.data
+    return resolve_policy(
+        cfg.policy, seed=cfg.run.seed, codebook_size=d.codebook_size, patch_grid=d.patch_grid
+    )
 
 
 def frame_codec(cfg: Config):

@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf  # noqa: F401  (MISSING re-exported)
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from streampro import tokens as T
 from streampro.config_base import (  # noqa: F401  (re-exported: the components read them here)
     ACC_JUDGES,
     ADVANTAGES,
@@ -210,9 +211,14 @@ class PolicyConfig:
     """Tiny policy: times the tokenizer's corpus repeats StreamPro-Synth's words as they appear
     mid-sentence, so each colour, shape or side is one token (" cyan"); 0 = the original
     corpus, where " cyan" and " circle" are " c"+"yan" and " c"+"ircle"."""
+    frame_tokens: str = "code"
+    """Tiny policy: what one patch token says. 'code': its colour code alone (where it is comes
+    from 1-D RoPE only); 'position': its code and patch position (one token per pair);
+    'change': code, position, and whether the code changed since the previous chunk."""
 
     def __post_init__(self) -> None:
         require_choice(self.dtype, DTYPES, "policy.dtype")
+        require_choice(self.frame_tokens, T.FRAME_LAYOUTS, "policy.frame_tokens")
 
 
 @dataclass
@@ -424,6 +430,12 @@ class Config:
             d.codec != "image" or self.policy.name_or_path != "tiny",
             "data.codec=image needs a vision-language policy (policy.name_or_path=tiny-vl, or "
             "a Qwen2.5-VL / Qwen3-VL folder); 'tiny' reads patch tokens",
+        )
+        require(
+            self.policy.frame_tokens == "code"
+            or (self.policy.name_or_path == "tiny" and d.codec == "patch"),
+            "policy.frame_tokens other than 'code' builds the 'tiny' policy's tokenizer: it "
+            "needs policy.name_or_path=tiny and data.codec=patch",
         )
         require(
             d.codec != "image" or r.block_size % 32 == 0,

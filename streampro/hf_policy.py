@@ -307,7 +307,9 @@ def image_factor(processor) -> int:
     return int(ip.patch_size) * int(ip.merge_size)
 
 
-def resolve_policy(policy_cfg, *, seed: int, codebook_size: int = T.DEFAULT_CODEBOOK_SIZE) -> str:
+def resolve_policy(
+    policy_cfg, *, seed: int, codebook_size: int = T.DEFAULT_CODEBOOK_SIZE, patch_grid: int = 4
+) -> str:
     """The folder every role loads for a PolicyConfig, with the stream tokens in its vocabulary.
 
     'tiny' and 'tiny-vl' are built locally; a local folder or a hub id (downloaded through
@@ -315,7 +317,9 @@ def resolve_policy(policy_cfg, *, seed: int, codebook_size: int = T.DEFAULT_CODE
     """
     name = policy_cfg.name_or_path
     if name == "tiny":
-        return tiny.policy_path(policy_cfg, seed=seed, codebook_size=codebook_size)
+        return tiny.policy_path(
+            policy_cfg, seed=seed, codebook_size=codebook_size, patch_grid=patch_grid
+        )
     if name == "tiny-vl":
         return tiny_vl.policy_path(policy_cfg, seed=seed)
     src = Path(name)

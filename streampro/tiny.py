@@ -66,9 +66,14 @@ def tiny_spec(
     init_seed: int,
     codebook_size: int = T.DEFAULT_CODEBOOK_SIZE,
     word_repeats: int = 0,
+    frame_layout: str = "code",
+    patch_cells: int = 16,
 ) -> dict:
-    """Everything that determines the tiny policy's bytes (hashed into its folder name)."""
+    """Everything that determines the tiny policy's bytes (hashed into its folder name). The
+    frame layout enters only when it is not 'code', so code-layout folders keep their names."""
+    layout = {} if frame_layout == "code" else {"frame_layout": frame_layout, "cells": patch_cells}
     return {
+        **layout,
         "version": BUILDER_VERSION,
         "hidden_size": hidden_size,
         "num_layers": num_layers,
@@ -83,8 +88,15 @@ def tiny_spec(
     }
 
 
-def build_tokenizer(bpe_vocab_size: int, codebook_size: int, word_repeats: int = 0):
-    """Train the byte-level BPE tokenizer and add decision, chat and frame tokens."""
+def build_tokenizer(
+    bpe_vocab_size: int,
+    codebook_size: int,
+    word_repeats: int = 0,
+    frame_layout: str = "code",
+    cells: int = 16,
+):
+    """Train the byte-level BPE tokenizer and add decision, chat and frame tokens (of
+    `frame_layout`, streampro/tokens.py; `cells` = patches per frame)."""
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -95,7 +107,7 @@ def build_tokenizer(bpe_vocab_size: int, codebook_size: int, word_repeats: int =
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(word_repeats), trainer=trainer)
-    specials = T.SPECIAL_TOKENS + T.frame_tokens(codebook_size)
+    specials = T.SPECIAL_TOKENS + T.frame_tokens(codebook_size, frame_layout, cells)
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -110,7 +122,13 @@ def build_tiny(spec: dict, out_dir: str | os.PathLike) -> Path:
     """Write tokenizer + randomly initialised Qwen2 (seeded) to out_dir."""
 
     out = Path(out_dir)
-    tokenizer = build_tokenizer(spec["vocab_size"], spec["codebook_size"], spec["word_repeats"])
+    tokenizer = build_tokenizer(
+        spec["vocab_size"],
+        spec["codebook_size"],
+        spec["word_repeats"],
+        spec.get("frame_layout", "code"),
+        spec.get("cells", 16),
+    )
     n_vocab = (len(tokenizer) + 63) // 64 * 64  # pad the embedding to a multiple of 64
     config = Qwen2Config(
         vocab_size=n_vocab,
@@ -175,15 +193,18 @@ def resolve_policy(
     *,
     cache_dir: str,
     codebook_size: int = T.DEFAULT_CODEBOOK_SIZE,
-    **tiny_fields: int,
+    **tiny_fields: int | str,
 ) -> str:
     """'tiny' -> the built folder; anything else is returned unchanged (HF folder or hub id)."""
     if name_or_path != "tiny":
         return name_or_path
-    return str(ensure_tiny(tiny_spec(codebook_size=codebook_size, **tiny_fields), cache_dir))
+    spec = tiny_spec(codebook_size=codebook_size, **tiny_fields)  # type: ignore[arg-type]
+    return str(ensure_tiny(spec, cache_dir))
 
 
-def policy_path(policy_cfg, *, seed: int, codebook_size: int = T.DEFAULT_CODEBOOK_SIZE) -> str:
+def policy_path(
+    policy_cfg, *, seed: int, codebook_size: int = T.DEFAULT_CODEBOOK_SIZE, patch_grid: int = 4
+) -> str:
     """Resolve a PolicyConfig (the one place that unpacks it into flat arguments). `seed` is
     run.seed: the built-in policy's initial weights depend on it, like the data order."""
     p = policy_cfg
@@ -191,6 +212,8 @@ def policy_path(policy_cfg, *, seed: int, codebook_size: int = T.DEFAULT_CODEBOO
         p.name_or_path,
         cache_dir=p.cache_dir,
         codebook_size=codebook_size,
+        frame_layout=p.frame_tokens,
+        patch_cells=patch_grid * patch_grid,
         hidden_size=p.hidden_size,
         num_layers=p.num_layers,
         num_heads=p.num_heads,

@@ -26,6 +26,11 @@ IMAGE_PAD = "<|image_pad|>"
 VISION_END = "<|vision_end|>"
 FRAME_TOKEN_FMT = "<|v{}|>"  # <|v0|> ... <|v{codebook-1}|>
 DEFAULT_CODEBOOK_SIZE = 64
+# How the tiny policy's tokenizer turns a patch into a token (policy.frame_tokens): its colour
+# code alone; one token per (position, code), `<|v{code}@{pos}|>`, since 1-D RoPE alone does
+# not say which patch is where; or per (position, code, changed since the previous chunk),
+# changed ones `<|v{code}@{pos}*|>`, so that telling a change apart needs no attention.
+FRAME_LAYOUTS = ("code", "position", "change")
 
 SPECIAL_TOKENS = [ENDOFTEXT, PAD, IM_START, IM_END, SILENCE, RESPONSE, FRAME_START, FRAME_END]
 
@@ -47,9 +52,25 @@ def frame_token(i: int) -> str:
     return FRAME_TOKEN_FMT.format(i)
 
 
-def frame_tokens(codebook_size: int = DEFAULT_CODEBOOK_SIZE) -> list[str]:
-    """All frame tokens, in codebook order (their ids are contiguous in the tiny tokenizer)."""
-    return [frame_token(i) for i in range(codebook_size)]
+def frame_tokens(
+    codebook_size: int = DEFAULT_CODEBOOK_SIZE, layout: str = "code", cells: int = 16
+) -> list[str]:
+    """All frame tokens of a layout (`cells` = patches per frame), in a fixed order (their ids
+    are contiguous in the tiny tokenizer)."""
+    if layout == "code":
+        return [frame_token(i) for i in range(codebook_size)]
+    flags = ("", "*") if layout == "change" else ("",)
+    return [
+        positional_frame_token(c, pos, bool(f))
+        for f in flags
+        for pos in range(cells)
+        for c in range(codebook_size)
+    ]
+
+
+def positional_frame_token(code: int, pos: int, changed: bool = False) -> str:
+    """Patch `pos` (row-major) with colour code `code`, marked when it changed."""
+    return f"<|v{code}@{pos}{'*' if changed else ''}|>"
 
 
 def fmt_seconds(t: float) -> str:

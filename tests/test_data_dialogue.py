@@ -227,3 +227,31 @@ def test_answer_rows_put_the_question_a_few_turns_before_each_answer(tok):
     assert more.supervised == plain.supervised + sum(
         len(decision_ids(tok, "response", t)) - 1 for t in ("now red", "now blue")
     )
+
+
+@pytest.mark.parametrize("layout", ["position", "change"])
+def test_positional_frame_layouts(layout):
+    """policy.frame_tokens: a patch token names its position (and, with 'change', whether its
+    code differs from the previous chunk's at that position); the tokenizer says which."""
+    from streampro.tiny import build_tokenizer
+
+    tok = build_tokenizer(512, 8, 0, layout, 4)
+    d = StreamDialogue(tok, question="q?", query_time=0.0, window=Window(200, 50))
+    d.add_chunk(0.0, 1.0, [1, 2, 3, 4])
+    d.add_decision(decision_ids(tok, "silence"))
+    d.add_chunk(1.0, 2.0, [1, 5, 3, 0])  # patches 1 and 3 changed
+    star = "*" if layout == "change" else ""
+    first = "<|v1@0|><|v2@1|><|v3@2|><|v4@3|>"
+    second = f"<|v1@0|><|v5@1{star}|><|v3@2|><|v0@3{star}|>"
+    text = _dec(tok, d.token_ids)
+    assert f"<|frame|>{first}<|/frame|>" in text and f"<|frame|>{second}<|/frame|>" in text
+    assert len(tok) - len(build_tokenizer(512, 8)) == 8 * 4 * (2 if star else 1) - 8
+
+
+def test_frame_layout_needs_the_tiny_policy():
+    from streampro.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="policy.frame_tokens"):
+        load_config(
+            None, ["policy.name_or_path=tiny-vl", "data.codec=image", "policy.frame_tokens=change"]
+        )
