@@ -267,6 +267,13 @@ class DecodeConfig:
     response_bias: float = 0.0
     """'sample' only: a constant added to the `</Response>` logit while sampling decisions (vLLM
     logit_bias): a global response rate, the baseline a trained policy must beat."""
+    tune_thresholds: list[float] = field(default_factory=list)
+    """`streampro train`: thresholds the threshold decoder tries on the dev split, for the SFT
+    and for the GRPO policy; the best dev W-Avg is saved with the checkpoint
+    (streampro_decode.json), which eval and Serve then use. Empty: no tuning."""
+    bias_sweep: list[float] = field(default_factory=list)
+    """`streampro train`: `</Response>` logit biases tried on the dev split for the SFT policy
+    in sample mode; the best is the logit-bias baseline scored on test. Empty: none."""
 
     def __post_init__(self) -> None:
         require_choice(self.mode, DECODE_MODES, "decode.mode")
@@ -274,6 +281,10 @@ class DecodeConfig:
         require(
             0.0 <= self.threshold <= top,
             f"decode.threshold must be in [0, {top:g}], got {self.threshold}",
+        )
+        require(
+            all(0.0 <= t <= top for t in self.tune_thresholds),
+            f"decode.tune_thresholds must lie in [0, {top:g}], got {list(self.tune_thresholds)}",
         )
         require(
             self.refractory_chunks >= 0,

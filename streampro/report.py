@@ -137,6 +137,18 @@ def score_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def decoder_table(summary: dict) -> str:
+    """The policies under each decoder on test: sampled (the policy's own rate), the SFT
+    policy with its best `</Response>` logit bias, and the threshold decoder tuned on dev."""
+    rows: dict[str, dict] = {}
+    for stage in ("sft", "grpo"):
+        rows[f"{stage} (sample)"] = summary[stage]["test"]
+        for name, d in summary["decoders"].get(stage, {}).items():
+            knob = d["decode"]["response_bias"] if name == "bias" else d["decode"]["threshold"]
+            rows[f"{stage} ({name} {knob:g})"] = d["test"]
+    return score_table(rows)
+
+
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -151,6 +163,8 @@ def write_report(run_dir: str | Path) -> Path:
                 if split in summary.get(stage, {}):
                     rows[stage] = summary[stage][split]
             parts += [f"## StreamPro-F1 (x100), {split} split", "", score_table(rows), ""]
+        if summary.get("decoders"):
+            parts += ["## Decoders tuned on dev, test split", "", decoder_table(summary), ""]
         parts += ["## Time per phase (s)", "", "| phase | seconds |", "|---|---|"]
         parts += [f"| {k} | {v:.1f} |" for k, v in summary.get("timings", {}).items()] + [""]
     for stage, metric_rows in _stage_metrics(run_dir):

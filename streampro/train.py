@@ -5,17 +5,28 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import ray
 
+from streampro.actors.api import RolloutGroupAPI
+from streampro.actors.decode import save_tuned
+from streampro.actors.decode_tune import (
+    bias_candidates,
+    pick_best,
+    threshold_candidates,
+    with_decode,
+)
 from streampro.actors.policy_eval import PolicyEval, always_silent
 from streampro.actors.rollout import make_rollout_group
 from streampro.cluster.local import init_cluster
 from streampro.config import Config, atomic_write_text, make_run_dir
+from streampro.data.encode import EncodedSample
 from streampro.data.pipeline import SPLITS, ensure_split, load_split, policy_folder
 from streampro.learners.group import rank_cpus
 from streampro.learners.grpo_loop import run_grpo
@@ -32,12 +43,14 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    for split in SPLITS:
+    tuning = bool(cfg.decode.tune_thresholds or cfg.decode.bias_sweep)
+    for split in (*SPLITS, "dev") if tuning else SPLITS:
         ensure_split(cfg, split)
     val, test = (
         load_split(cfg, "val", limit=cfg.eval.max_samples),
         load_split(cfg, "test", limit=cfg.eval.max_samples),
     )
+    dev = load_split(cfg, "dev") if tuning else []
     timings["data"] = time.perf_counter() - t
 
     # One rollout group serves every evaluation and GRPO: engines start once, then weights
@@ -68,6 +81,9 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     t = time.perf_counter()
     sft_scores = {split: scores_of("sft", split) for split in ("val", "test")}
     timings["eval_sft"] = time.perf_counter() - t
+    t = time.perf_counter()
+    decoders = {"sft": tuned_decoders(cfg, rollout, dev, test, sft["hf"], pred_dir / "sft")}
+    timings["tune_sft"] = time.perf_counter() - t
 
     t = time.perf_counter()
     grpo = run_grpo(
@@ -80,11 +96,16 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     t = time.perf_counter()
     grpo_scores = {"val": grpo["val"], "test": scores_of("grpo", "test")}
     timings["eval_grpo"] = time.perf_counter() - t
+    t = time.perf_counter()
+    no_bias = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, bias_sweep=[]))
+    decoders["grpo"] = tuned_decoders(no_bias, rollout, dev, test, grpo["hf"], pred_dir / "grpo")
+    timings["tune_grpo"] = time.perf_counter() - t
     rollout.shutdown()
 
     summary = {
         "sft": sft_scores,
         "grpo": grpo_scores,
+        "decoders": decoders,
         "baselines": {"always_silent": {"val": always_silent(val), "test": always_silent(test)}},
         "timings": timings,
         "engines_started_during_sft": early,
@@ -96,6 +117,36 @@ def main(cfg: Config, args: argparse.Namespace) -> int:
     write_report(run_dir)
     print(json.dumps({"run_dir": str(run_dir), "test_w_avg": _headline(summary)}))
     return 0
+
+
+def tuned_decoders(
+    cfg: Config,
+    rollout: RolloutGroupAPI,
+    dev: list[EncodedSample],
+    test: list[EncodedSample],
+    checkpoint: str,
+    pred_prefix: Path,
+) -> dict:
+    """The engines' policy under the decoders tuned on dev: {"threshold": ..., "bias": ...}
+    with the dev rows of each sweep, the pick, and its test scores. The threshold pick is
+    saved with `checkpoint` (eval and Serve read it there)."""
+    out: dict = {}
+    sweeps = (
+        ("bias", bias_candidates(cfg.decode)),
+        ("threshold", threshold_candidates(cfg.decode)),
+    )
+    for name, candidates in sweeps:
+        if not candidates:
+            continue
+        print(f"{pred_prefix.name}: tuning the {name} decoder on {len(dev)} dev streams")
+        best, rows = pick_best(cfg, rollout, dev, candidates)
+        test_scores = PolicyEval.from_config(with_decode(cfg, best)).run(
+            rollout, test, predictions_out=f"{pred_prefix}-{name}-test.jsonl"
+        )
+        if name == "threshold":
+            save_tuned(checkpoint, best, stats={"dev": rows})
+        out[name] = {"decode": dataclasses.asdict(best), "dev": rows, "test": test_scores}
+    return out
 
 
 def _engines_fit_beside_sft(cfg: Config) -> bool:

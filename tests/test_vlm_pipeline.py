@@ -248,6 +248,9 @@ def test_train_command_on_the_tiny_vl_config(tmp_path):
         "grpo.eval_every=0",
         "eval.max_samples=2",
         "eval.samples_per_stream=1",
+        "synth.dev_per_task=1",
+        "decode.tune_thresholds=[0.0,1.0]",
+        "decode.bias_sweep=[0.0,-1.0]",
         f"synth.out={tmp_path / 'synth'}",
         f"run.dir={run}",
     ]
@@ -267,3 +270,26 @@ def test_train_command_on_the_tiny_vl_config(tmp_path):
     steps = [json.loads(line) for line in (run / "grpo" / "metrics.jsonl").read_text().splitlines()]
     checks = [m["check/lp_diff_max"] for m in steps if "check/lp_diff_max" in m]
     assert len(checks) == 2 and max(checks) < 1e-3, checks
+    _assert_decoders_tuned_on_dev(run, summary)
+
+
+def _assert_decoders_tuned_on_dev(run: Path, summary: dict) -> None:
+    """decode.tune_thresholds / bias_sweep: threshold 0 responds at every chunk and 1 at none,
+    the dev winner is saved beside each checkpoint and scored on test; the bias sweep runs for
+    SFT only."""
+    dec = summary["decoders"]
+    assert set(dec["sft"]) == {"bias", "threshold"} and set(dec["grpo"]) == {"threshold"}
+    for stage in ("sft", "grpo"):
+        rows = dec[stage]["threshold"]["dev"]
+        assert [r["decode"]["threshold"] for r in rows] == [0.0, 1.0]
+        assert rows[0]["responses_per_stream"] >= 20 and rows[1]["responses_per_stream"] == 0
+        best = max(rows, key=lambda r: r["w_avg"])  # first of equals, as pick_best
+        assert dec[stage]["threshold"]["decode"] == best["decode"]
+        saved = json.loads(
+            (Path(summary["checkpoints"][stage]) / "streampro_decode.json").read_text()
+        )
+        assert saved["decode"] == best["decode"] and saved["decode"]["mode"] == "threshold"
+        assert "w_avg" in dec[stage]["threshold"]["test"]
+    biases = [r["decode"]["response_bias"] for r in dec["sft"]["bias"]["dev"]]
+    assert biases == [0.0, -1.0]
+    assert "Decoders tuned on dev" in (run / "report.md").read_text()
