@@ -31,6 +31,10 @@ class Sampling:
     max_answer_tokens: int
     seed: int
     """Base seed; episode i of sample j derives its own from it."""
+    response_bias: float = 0.0
+    """Added to the `</Response>` logit of every sampled decision (vLLM logit_bias;
+    decode.response_bias): a global response rate. 0 = the policy as trained. Threshold
+    decoding ignores it (it has its own shift)."""
 
     @classmethod
     def from_config(cls, rollout: RolloutConfig, *, seed: int) -> Sampling:

@@ -268,12 +268,25 @@ def decision_params(
     top_p: float,
     seed: int | None,
     banned: Sequence[str] = (),
+    response_bias: float = 0.0,
+    response_id: int | None = None,
 ) -> SamplingParams:
     """Sampling of one decision: stop at `</Silence>`/`<|im_end|>`, sampled-token logprob.
 
     `banned` tokens are never sampled (a VLM's vision tokens: a generated image pad would stand
-    for no image); their logits are -inf before temperature, which the learner repeats."""
+    for no image); their logits are -inf before temperature, which the learner repeats.
+    `response_bias` (with `response_id`, the `</Response>` id) is added to that token's logit
+    (vLLM logit_bias, before temperature) at every generated token of the decision, the
+    answer text's too: a negative bias only keeps `</Response>` out of the text further (it
+    is invalid there anyway), but a large positive one fills the text with it (an invalid
+    decision). Evaluation only: the reported logprobs include the bias, the learner has none."""
+    bias = None
+    if response_bias != 0.0:  # bias 0 leaves the request exactly as it was
+        if response_id is None:
+            raise ValueError("a response bias needs the </Response> token id")
+        bias = {int(response_id): float(response_bias)}
     return SamplingParams(
+        logit_bias=bias,
         bad_words=list(banned) or None,
         temperature=temperature,
         top_p=top_p,

@@ -9,7 +9,7 @@ SFT eval, GRPO val, the final test and `streampro eval` all score through `Polic
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,9 @@ class PolicyEval:
     @classmethod
     def from_config(cls, cfg: Config) -> PolicyEval:
         """decode.mode=threshold (one decoding per stream), else eval.greedy, or
-        eval.samples_per_stream samples at rollout.temperature seeded by run.seed; the judge
-        of eval.acc_judge (else reward.acc_judge)."""
+        eval.samples_per_stream samples at rollout.temperature seeded by run.seed, with
+        decode.response_bias on the `</Response>` logit; the judge of eval.acc_judge (else
+        reward.acc_judge)."""
         e = cfg.eval
         sampling: Sampling
         if cfg.decode.mode == "threshold":  # deterministic: one decoding per stream
@@ -49,6 +50,8 @@ class PolicyEval:
             sampling, n = Sampling.greedy(cfg.rollout, seed=cfg.run.seed), 1
         else:
             sampling, n = Sampling.from_config(cfg.rollout, seed=cfg.run.seed), e.samples_per_stream
+        if not isinstance(sampling, ThresholdSampling):  # decode.response_bias: sample mode only
+            sampling = replace(sampling, response_bias=float(cfg.decode.response_bias))
         return cls(sampling, n, eval_acc_judge(e, cfg.reward))
 
     def predict(self, rollout: RolloutGroupAPI, encoded: list[EncodedSample]) -> list[Predictions]:

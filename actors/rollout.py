@@ -164,6 +164,8 @@ class RolloutWorker:
                 top_p=sampling.top_p,
                 seed=request_seed(sampling.seed, index, episode, step),
                 banned=self.banned,
+                response_bias=sampling.response_bias,
+                response_id=self.decision_ids[0],
             )
             t0 = time.perf_counter()
             self.inflight += 1

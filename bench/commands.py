@@ -29,8 +29,9 @@ BENCHES: dict[str, str] = {
     "question-use": "streampro.bench.question_use",
     "reward-alignment": "streampro.bench.reward_alignment",
     "real-width": "streampro.bench.real_width",
+    "diagnose": "streampro.bench.diagnose",
 }
-FOLDER_BENCHES = ("perf", "baselines", "scaling", "reward-alignment")
+FOLDER_BENCHES = ("perf", "baselines", "scaling", "reward-alignment", "diagnose")
 """Their module's `main(cfg, args) -> exit code` writes a folder; every other bench's
 `run(cfg, out_path) -> dict` returns the JSON written here to --out."""
 
