@@ -5,6 +5,9 @@
         for t, frame in enumerate(frames):              # H x W x 3 uint8 arrays, 1 per second
             d = s.push_frame(t, t + 1, frame)            # {"time", "decision", "text"}
 
+A threshold-decoded policy also answers each decision's "p_response" and "threshold" (null in
+sample mode); `decision_probs()` gives them in the predictions file's format.
+
 `AsyncStreamSession` is the same over asyncio (many sessions at once). Errors raise
 `ServeError` with the HTTP status and the API's error code. A 429 (over an in-flight limit)
 or a 503 at capacity, both with Retry-After, is retried after the larger of Retry-After and
@@ -87,6 +90,14 @@ def frame_chunk(start: float, end: float, frame=None, *, codes=None, image: str 
     else:
         c["image"] = image or encode_png(frame)
     return c
+
+
+def decision_probs(decisions: list[dict]) -> dict:
+    """{"decisions": [{"time", "p_response"}, ...]} of a threshold-decoded stream (the local
+    threshold path's predictions format), {} when any decision carries no p (sample mode)."""
+    if not decisions or any(d.get("p_response") is None for d in decisions):
+        return {}
+    return {"decisions": [{"time": d["time"], "p_response": d["p_response"]} for d in decisions]}
 
 
 def _headers(token: str | None) -> dict[str, str]:
@@ -189,6 +200,10 @@ class StreamSession:
             if d["decision"] == "response"
         ]
 
+    def decision_probs(self) -> dict:
+        """Every decision's calibrated p so far (see `decision_probs`)."""
+        return decision_probs(self.decisions)
+
     def close(self) -> None:
         try:
             self._call("DELETE", f"/v1/sessions/{self.id}")
@@ -251,6 +266,9 @@ class AsyncStreamSession:
             for d in self.decisions
             if d["decision"] == "response"
         ]
+
+    def decision_probs(self) -> dict:
+        return decision_probs(self.decisions)
 
     async def close(self) -> None:
         await self._call("DELETE", f"/v1/sessions/{self.id}")

@@ -3,6 +3,8 @@
 --predictions P     any model's predictions JSONL (no model run, no video opened)
 --endpoint URL      the policy behind a running Serve API, videos replayed through it
 --checkpoint DIR    the same through a temporary local deployment of DIR
+(the policy folder's streampro_decode.json, the decoder tuned on the dev split, wins over
+cfg.decode in every mode that runs a policy: Serve reads it, and so does evaluate_policy)
 (none of them)      policy.name_or_path on the rollout group, decoded as every evaluation
                     of a run is (eval.greedy, eval.samples_per_stream, run.seed)
 
@@ -14,9 +16,11 @@ of a manifest (streampro/eval_benchmarks.py): --predictions rescored, or the pol
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
+from streampro.actors.decode import load_tuned
 from streampro.actors.policy_eval import PolicyEval
 from streampro.actors.rollout import make_rollout_group
 from streampro.cluster.local import init_cluster
@@ -143,10 +147,10 @@ def evaluate_policy(
     encoded = encode_samples(cfg, Path(manifest))
     if cfg.eval.max_samples:
         encoded = encoded[: cfg.eval.max_samples]
-    rollout = make_rollout_group(
-        cfg,
-        model_path or policy_folder(cfg),
-    )
+    folder = model_path or policy_folder(cfg)
+    # the decoder the policy was tuned with: scored as Serve will decode it
+    cfg = dataclasses.replace(cfg, decode=load_tuned(folder, cfg.decode))
+    rollout = make_rollout_group(cfg, folder)
     try:
         out = Path(out_dir) / "predictions.jsonl"
         scores = PolicyEval.from_config(cfg).run(rollout, encoded, predictions_out=out)

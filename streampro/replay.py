@@ -69,7 +69,9 @@ def served_codec(url: str, *, timeout_s: float = 30.0):
     return ImageCodec(max_pixels=int(info["max_pixels"]), factor=int(info["factor"]))
 
 
-async def _replay_one(http, url: str, sample, chunks: list[tuple], *, speed: float, token) -> list:
+async def _replay_one(
+    http, url: str, sample, chunks: list[tuple], *, speed: float, token
+) -> tuple[list, dict]:
     s = await AsyncStreamSession.open(
         url, sample.question, http=http, query_time=float(sample.query_time), token=token
     )
@@ -81,7 +83,7 @@ async def _replay_one(http, url: str, sample, chunks: list[tuple], *, speed: flo
             await s.push([{"start": start, "end": end, "image": png}])
     finally:
         await s.close()
-    return s.responses()
+    return s.responses(), s.decision_probs()
 
 
 async def replay(
@@ -92,8 +94,9 @@ async def replay(
     speed: float,
     token: str | None,
     timeout_s: float = 120.0,
-) -> dict[str, list[dict]]:
-    """items: (sample, video path, fps, grid, codec or None). Returns {sample id: responses}."""
+) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """items: (sample, video path, fps, grid, codec or None). Returns ({sample id: responses},
+    {sample id: {"decisions": [{"time", "p_response"}]}, or {} from a sample-mode server})."""
 
     sem = asyncio.Semaphore(max(1, concurrency))
     limits = httpx.Limits(max_connections=max(1, concurrency) * 2)
@@ -113,7 +116,7 @@ async def replay(
                     raise UserError(f"sample {sample.id!r}: {type(e).__name__}: {e}") from None
 
         results = await asyncio.gather(*(one(*it) for it in items))
-    return dict(results)
+    return {k: r for k, (r, _) in results}, {k: p for k, (_, p) in results}
 
 
 def evaluate_endpoint(cfg: Config, url: str, manifest: str | os.PathLike, out_dir) -> dict:
@@ -130,7 +133,7 @@ def evaluate_endpoint(cfg: Config, url: str, manifest: str | os.PathLike, out_di
     items = [(s, s.video_path(manifest.parent), cfg.data.fps, grid, codec) for s in samples]
     token = cfg.serve.auth_token or os.environ.get(cfg.serve.auth_token_env, "") or None
     t0 = time.perf_counter()
-    preds = asyncio.run(
+    preds, probs = asyncio.run(
         replay(
             url,
             items,
@@ -142,7 +145,10 @@ def evaluate_endpoint(cfg: Config, url: str, manifest: str | os.PathLike, out_di
     wall = time.perf_counter() - t0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps({"id": s.id, "responses": preds.get(s.id, [])}) for s in samples]
+    lines = [  # a threshold-decoded server's p per chunk too, as the local threshold path
+        json.dumps({"id": s.id, "responses": preds.get(s.id, [])} | probs.get(s.id, {}))
+        for s in samples
+    ]
     atomic_write_text(out / "predictions.jsonl", "\n".join(lines) + "\n")
     scores = score_predictions(
         [s.to_dict() for s in samples],

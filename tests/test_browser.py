@@ -5,7 +5,9 @@ driven by playwright. The page is loaded from a real deployment (transformers en
 tiny policy), plays a synth test video at 4x while it streams one frame per second of video
 time to /v1, and shows every decision on its timeline and in its transcript. It also streams
 Chromium's fake camera (getUserMedia, one frame per wall-clock second) through the same
-session API; a screenshot of that page is left at CAMERA_SHOT.
+session API; a screenshot of that page is left at CAMERA_SHOT. The policy is served with the
+threshold decoder, so the page also plots every decision's calibrated p against the served
+threshold: one point per decision, the threshold line at THRESHOLD's height.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ CAMERA_FLAGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-s
 TOKEN = "browser-token"
 CAMERA_SHOT = Path("/tmp/camera.png")  # outside the repository: a look at the page, not a test
 CAMERA_DECISIONS = 4  # stop after this many decisions have come back
-DECISION_KEYS = {"time", "decision", "text", "raw", "context_tokens"}
+DECISION_KEYS = {"time", "decision", "text", "raw", "context_tokens", "p_response", "threshold"}
+THRESHOLD = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +50,8 @@ def served(ray_local, tiny_path, tmp_path_factory):
             "serve.max_replicas=1",
             "rollout.max_answer_tokens=6",
             f"serve.auth_token={TOKEN}",
+            "decode.mode=threshold",
+            f"decode.threshold={THRESHOLD}",
         ],
     )
     with local_deployment(cfg, tiny_path) as url:
@@ -72,12 +77,34 @@ def _page(served: str, flags: list[str], **options: Any) -> Iterator[Any]:
 
 def _finish(page: Any, stop: Callable[[], None]) -> tuple[dict, list[str], int, str]:
     """Stop the stream, wait until the page closed its session: its state, transcript lines,
-    timeline ticks and status line."""
+    timeline ticks and status line (the p plot checked on the way)."""
     stop()
     page.wait_for_function("window.streampro.done === true", timeout=120_000)
     state = page.evaluate("window.streampro")
     lines = page.locator("#transcript li").all_inner_texts()
+    _check_plot(page, state)
     return state, lines, page.locator("#timeline .tick").count(), page.inner_text("#status")
+
+
+def _check_plot(page: Any, state: dict) -> None:
+    """One point per decision at its p (viewBox y = 110 - 100 p), in time order, and the
+    threshold line drawn at the served threshold's height."""
+    points = page.evaluate(
+        "[...document.querySelectorAll('#pplot circle.p')].map(c => "
+        "[Number(c.dataset.time), Number(c.dataset.p), Number(c.getAttribute('cy'))])"
+    )
+    assert len(points) == state["decisions"] == len(state["log"]) > 0
+    assert [t for t, _, _ in points] == [d["time"] for d in state["log"]]
+    assert [p for _, p, _ in points] == [d["p_response"] for d in state["log"]]
+    assert all(abs(y - (110 - 100 * p)) < 0.01 for _, p, y in points), points
+    line = page.locator("#pthreshold")
+    assert line.get_attribute("visibility") == "visible"
+    assert float(line.get_attribute("data-threshold")) == THRESHOLD == state["threshold"]
+    assert (
+        float(line.get_attribute("y1")) == float(line.get_attribute("y2")) == 110 - 100 * THRESHOLD
+    )
+    assert all(d["threshold"] == THRESHOLD for d in state["log"])
+    assert all((d["decision"] != "silence") == (d["p_response"] >= THRESHOLD) for d in state["log"])
 
 
 @pytest.mark.slow

@@ -3,12 +3,16 @@
     POST   /v1/sessions               {"question", "query_time"}        -> 201 {"session_id"}
     POST   /v1/sessions/{id}/chunks   {"chunks": [{"start", "end", "image" | "codes"}]}
                                       -> 200 {"decisions": [{"time", "decision", "text",
-                                                             "raw", "context_tokens"}]}
+                                                             "raw", "context_tokens",
+                                                             "p_response", "threshold"}]}
     DELETE /v1/sessions/{id}                                             -> 204
     GET    /healthz, /openapi.json, /docs, /ui/ (the browser page)
 
 Every error is `{"error": {"code", "message"}}` (see ERROR_STATUS); `StreamIngress` keeps
 serving after each. Ingress replicas are interchangeable: contexts live in the SessionStore.
+Decisions follow the effective decoder (the checkpoint's streampro_decode.json, else
+cfg.decode): decode.mode=threshold gives each its calibrated P(`</Response>`) and the
+threshold; sample mode leaves both null. GET /healthz names the decoder too.
 A VLM policy (data.codec=image) takes frames as images only ("codes" is a 422); a text
 policy takes either. GET /healthz names the codec, so a client can pre-resize frames.
 """
@@ -29,7 +33,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streampro.actors.serve.ingress import GUARD, ApiError, Ingress, auth_enabled, configure_guard
-from streampro.config import DataConfig, ServeConfig
+from streampro.config import DataConfig, DecodeConfig, ServeConfig
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -70,6 +74,14 @@ class Decision(BaseModel):
     context_tokens: int = Field(
         description="prompt tokens the decision was sampled after: the session's windowed "
         "context (data.window_turns), bounded however long the stream runs"
+    )
+    p_response: float | None = Field(
+        None,
+        description="decode.mode=threshold: the calibrated P(</Response>) the decision was made "
+        "on, sigmoid(l_r - l_s - decode.shift); null in sample mode",
+    )
+    threshold: float | None = Field(
+        None, description="decode.mode=threshold: the threshold in use; null in sample mode"
     )
 
 
@@ -150,6 +162,7 @@ class StreamIngress:
         model_path: str,
         max_answer_tokens: int,
         seed: int,
+        decode: DecodeConfig | None = None,
     ) -> None:
         configure_guard(serve_cfg)
         self.core = Ingress(
@@ -161,6 +174,7 @@ class StreamIngress:
             max_answer_tokens=max_answer_tokens,
             seed=seed,
             pool=ThreadPoolExecutor(max(1, serve_cfg.decode_threads)),
+            decode=decode,
         )
         ctx = serve.get_replica_context()
         self.replica = ctx.replica_id.unique_id if ctx else "local"

@@ -146,6 +146,7 @@ def serve_app(cfg: Config, checkpoint: str) -> Any:
             model_path=checkpoint,
             max_answer_tokens=cfg.rollout.max_answer_tokens,
             seed=cfg.run.seed,
+            decode=cfg.decode,  # the checkpoint's streampro_decode.json wins (Ingress)
         )
     )
 

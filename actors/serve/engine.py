@@ -97,10 +97,7 @@ class _HFDecider:
         ids: list[int] = []
         lps: list[float] = []
         with self.lock, torch.inference_mode():
-            if self._cache is None or prompt[: len(self._fed)] != self._fed:
-                self._cache, self._fed = DynamicCache(), []
-            if len(self._fed) == len(prompt):  # nothing new to feed: start over
-                self._cache, self._fed = DynamicCache(), []
+            self._resume(prompt)
             x = prompt[len(self._fed) :]
             while True:
                 logits = self._forward(x)  # [V]
@@ -110,6 +107,21 @@ class _HFDecider:
                 if tok in self.stop_ids or len(ids) >= max_tokens:
                     return ids, lps
                 x = [tok]
+
+    def choice(self, prompt: list[int], choices: Sequence[int]) -> list[float]:
+        """The logprob of each of `choices` after `prompt`, normalised over `choices` alone
+        (as `DecisionEngine.choice_logprobs`); the prompt's KV stays cached for the answer."""
+        with self.lock, torch.inference_mode():
+            self._resume(prompt)
+            logits = self._forward(prompt[len(self._fed) :])  # [V]
+            return torch.log_softmax(logits.float()[list(choices)], dim=-1).tolist()
+
+    def _resume(self, prompt: list[int]) -> None:
+        """Keep the cached KV when `prompt` extends what was fed, else start over."""
+        if self._cache is None or prompt[: len(self._fed)] != self._fed:
+            self._cache, self._fed = DynamicCache(), []
+        if len(self._fed) == len(prompt):  # nothing new to feed: start over
+            self._cache, self._fed = DynamicCache(), []
 
     def _forward(self, x: list[int]):
         past = len(self._fed)
@@ -201,3 +213,18 @@ class PolicyEngine:
         return await asyncio.to_thread(
             self._hf.decide, prompt, max_tokens=max_tokens, temperature=temperature, seed=seed
         )
+
+    async def choice(
+        self, prompt: list[int], choices: Sequence[int], images: Sequence[bytes] = ()
+    ) -> list[float]:
+        """The threshold decoder's read: each of `choices`' logprob as the token after
+        `prompt`, normalised over `choices` (the same call as rollout's threshold episode)."""
+        sid = serve.get_multiplexed_model_id()
+        if sid:
+            await self._session(sid)
+        if images and self.engine != "vllm":
+            raise UserError("serve.engine=hf serves text policies only: got frames as images")
+        if self.engine == "vllm":
+            frames = await asyncio.to_thread(self._frames.decode, images) if images else []
+            return await self._vllm.choice_logprobs(prompt, list(choices), frames)
+        return await asyncio.to_thread(self._hf.choice, prompt, list(choices))

@@ -34,6 +34,8 @@ from typing import Any
 from ray.exceptions import RayError
 from transformers import AutoTokenizer
 
+from streampro import tokens as TOK
+from streampro.actors.decode import FireState, calibrated_p, fire, load_tuned
 from streampro.actors.episode import Chunk, StreamEpisode, max_decision_tokens, request_seed
 from streampro.actors.serve.limits import InflightLimiter, LimitExceeded, replica_share
 from streampro.actors.serve.sessions import (
@@ -43,7 +45,7 @@ from streampro.actors.serve.sessions import (
     decode_image,
     png_bytes,
 )
-from streampro.config import DataConfig, ServeConfig
+from streampro.config import DataConfig, DecodeConfig, ServeConfig
 from streampro.data.codec import ImageCodec, PatchTokenCodec, make_codec
 from streampro.data.encode import DECODE_SIZE
 from streampro.data.window import Window
@@ -91,11 +93,13 @@ class _Local:
     episode: StreamEpisode | None = None
     n: int = 0  # log steps replayed into `episode`
     index: int = 0  # the session's number (feeds request seeds)
+    fire: FireState = field(default_factory=FireState)  # the threshold decoder's memory
     touched: float = field(default_factory=time.monotonic)
 
 
 class Ingress:
-    """One ingress replica's sessions: `serve` caps and limits, `data` window and codec."""
+    """One ingress replica's sessions: `serve` caps and limits, `data` window and codec,
+    `decode` the decoder (the checkpoint's tuned file, when it has one, wins over it)."""
 
     def __init__(
         self,
@@ -108,11 +112,19 @@ class Ingress:
         max_answer_tokens: int,
         seed: int,
         pool: Executor,
+        decode: DecodeConfig | None = None,
     ) -> None:
 
         self.engine, self.store, self.pool = engine, store, pool
         self.s, self.data, self.seed = serve, data, seed
+        # read here, where the folder is visible (a RayService driver may not see it)
+        self.decode = load_tuned(model_path, decode or DecodeConfig())
+        self.threshold = self.decode.mode == "threshold"
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.decision_ids = (  # (`</Response>`, `</Silence>`): the threshold decoder's choices
+            int(self.tokenizer.convert_tokens_to_ids(TOK.RESPONSE)),
+            int(self.tokenizer.convert_tokens_to_ids(TOK.SILENCE)),
+        )
         self.images = data.codec == "image"  # frames reach the policy as images (VLM)
         factor, self.image_tokens = 28, None
         if self.images:  # the pipeline's codec (streampro.data.pipeline.frame_codec), this folder's
@@ -154,11 +166,25 @@ class Ingress:
             return {"name": "patch", "grid": self.data.patch_grid}
         return {"name": "image", "max_pixels": self.codec.max_pixels, "factor": self.codec.factor}
 
+    def decode_info(self) -> dict[str, Any]:
+        """The decoder in use (threshold null in sample mode), for the page's threshold line."""
+        d = self.decode
+        if not self.threshold:
+            return {"mode": d.mode, "threshold": None}
+        return {
+            "mode": d.mode,
+            "threshold": d.threshold,
+            "shift": d.shift,
+            "integrate": d.integrate,
+            "refractory_chunks": d.refractory_chunks,
+        }
+
     async def stats(self) -> dict[str, Any]:
         return {
             "inflight": self.limits.inflight,
             "cached": len(self.local),
             "codec": self.codec_info(),
+            "decode": self.decode_info(),
             **await self._store("stats"),
         }
 
@@ -286,11 +312,13 @@ class Ingress:
             raise _unknown(sid)
         if local.episode is None:
             local.episode = self.new_episode(sid, rec["question"], rec["query_time"])
-            local.n, local.index = 0, rec["index"]
+            local.n, local.index, local.fire = 0, rec["index"], FireState()
         for e in rec["entries"]:
             local.episode.add_chunk(Chunk(e.start, e.end, e.codes, e.png, e.image_tokens))
             local.episode.add_decision(e.ids, e.logprobs)
             local.episode.release_images()  # frames that left the window: the log has no more
+            if e.p is not None:  # the same rule on the same p: the state the writer had
+                local.fire = self._fire(local.fire, e.p)[1]
         local.n = rec["n"]
         local.touched = time.monotonic()
         return rec["last_end"]
@@ -307,22 +335,35 @@ class Ingress:
         ep, n0, new, out = local.episode, local.n, [], []
         assert ep is not None
         engine = self.engine.options(multiplexed_model_id=sid)  # prefix-cache affinity
+        state = local.fire
         try:
             for c in chunks:
                 step_i = len(ep.steps)
                 prompt = ep.add_chunk(c)
-                ids, lps = await engine.decide.remote(
-                    prompt,
-                    max_tokens=self.max_tokens,
-                    temperature=self.s.temperature,
-                    seed=request_seed(self.seed, local.index, 0, step_i),
-                    images=ep.context_images(),  # the context's frames as PNG (VLM), in order
-                )
+                images = ep.context_images()  # the context's frames as PNG (VLM), in order
+                if self.threshold:
+                    ids, lps, p, state = await self._threshold(engine, prompt, images, state)
+                else:
+                    p = None
+                    ids, lps = await engine.decide.remote(
+                        prompt,
+                        max_tokens=self.max_tokens,
+                        temperature=self.s.temperature,
+                        seed=request_seed(self.seed, local.index, 0, step_i),
+                        images=images,
+                    )
                 step = ep.add_decision(ids, lps)
                 ep.release_images()
                 new.append(
                     Entry(
-                        c.start, c.end, list(c.codes), list(ids), list(lps), c.image, c.image_tokens
+                        c.start,
+                        c.end,
+                        list(c.codes),
+                        list(ids),
+                        list(lps),
+                        c.image,
+                        c.image_tokens,
+                        p,
                     )
                 )
                 out.append(
@@ -332,6 +373,8 @@ class Ingress:
                         "text": step.text,
                         "raw": step.raw,
                         "context_tokens": len(prompt),
+                        "p_response": p,
+                        "threshold": self.decode.threshold if self.threshold else None,
                     }
                 )
         except (RayError, RuntimeError) as e:  # nothing committed: the client may retry
@@ -343,8 +386,35 @@ class Ingress:
             if res == "missing":
                 raise _unknown(sid)
             raise ApiError(409, "conflict", f"session {sid} advanced in another request")
-        local.n = n0 + len(new)
+        local.n, local.fire = n0 + len(new), state
         return out
+
+    def _fire(self, state: FireState, p: float) -> tuple[bool, FireState]:
+        d = self.decode
+        return fire(
+            state, p, threshold=d.threshold, integrate=d.integrate, refractory=d.refractory_chunks
+        )
+
+    async def _threshold(
+        self, engine: Any, prompt: list[int], images: list, state: FireState
+    ) -> tuple[list[int], list[float], float, FireState]:
+        """decode.mode=threshold, as rollout's threshold episode decides: the two decision
+        tokens' logprobs, p and `fire`; a response's text greedy after `</Response>`.
+        Returns (ids, logprobs, p, next state)."""
+        r_id, s_id = self.decision_ids
+        l_r, l_s = await engine.choice.remote(prompt, (r_id, s_id), images=images)
+        p = calibrated_p(l_r, l_s, self.decode.shift)
+        respond, state = self._fire(state, p)
+        if not respond:
+            return [s_id], [float(l_s)], p, state
+        ids, lps = await engine.decide.remote(
+            [*prompt, r_id],
+            max_tokens=self.max_tokens - 1,  # after `</Response>`: text and `<|im_end|>`
+            temperature=0.0,
+            seed=0,
+            images=images,
+        )
+        return [r_id, *ids], [float(l_r), *lps], p, state
 
 
 def _unknown(sid: str) -> ApiError:

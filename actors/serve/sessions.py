@@ -46,6 +46,9 @@ class Entry(NamedTuple):
     """Image codec: the codec-resized frame as PNG; None once the step left every window."""
     image_tokens: int = 0
     """Image codec: the frame's placeholder pads in the dialogue."""
+    p: float | None = None
+    """decode.mode=threshold: the calibrated P(`</Response>`) the decision was made on (a
+    replay re-runs `fire` over these, so any ingress replica resumes the decoder's state)."""
 
 
 class ImageError(ValueError):

@@ -3,8 +3,12 @@
 // Python client and the evaluator). Chunk k covers [k, k+1) s; its frame is the one on
 // screen when the stream reaches k+1 s (video time for a file, wall time since Start for the
 // camera), as in training. Frames are drawn on a canvas at most BUDGET pixels a side, as PNG.
+// A threshold-decoded policy answers each decision's calibrated P(</Response>): the SVG plot
+// draws them over stream time against the served threshold (sample mode sends no p).
 "use strict";
 const BUDGET = 256;
+const SVG = "http://www.w3.org/2000/svg";
+const PLOT_W = 1000, PLOT_TOP = 10, PLOT_H = 100; // the plot's viewBox: p = 0 at y = 110
 const $ = (id) => document.getElementById(id);
 const api = new URL(".", new URL("..", document.baseURI)).href; // the app root, above /ui/
 let session = null;   // session id
@@ -15,7 +19,8 @@ let timer = null;
 let camera = null;    // the camera's MediaStream while it is the source (else a file plays)
 let started = 0;      // performance.now() at Start: the camera's clock
 // read by the browser tests: chunks sent, every decision back (in order), the session
-const state = { decisions: 0, responses: 0, errors: 0, sent: 0, log: [], session: null };
+const state = { decisions: 0, responses: 0, errors: 0, sent: 0, log: [], session: null,
+  threshold: null };
 window.streampro = state;
 
 function headers() {
@@ -56,6 +61,44 @@ function place(tick, dur) {
   tick.style.left = `${Math.min(100, (100 * Number(tick.dataset.time)) / dur)}%`;
 }
 
+// y of a probability (or, integrate-and-fire, a threshold above 1: the axis stretches to it)
+function plotY(p) {
+  const top = Math.max(1, state.threshold || 0);
+  return PLOT_TOP + PLOT_H * (1 - Math.min(p, top) / top);
+}
+
+function drawPlot(dur) {
+  const pts = [];
+  $("pplot").querySelectorAll("circle.p").forEach((c) => {
+    const x = (PLOT_W * Math.min(dur, Number(c.dataset.time))) / dur;
+    const y = plotY(Number(c.dataset.p));
+    c.setAttribute("cx", x.toFixed(2)); c.setAttribute("cy", y.toFixed(2));
+    pts.push(`${x.toFixed(2)},${y.toFixed(2)}`);
+  });
+  $("pline").setAttribute("points", pts.join(" "));
+  const line = $("pthreshold");
+  const on = state.threshold !== null && state.threshold !== undefined;
+  line.setAttribute("visibility", on ? "visible" : "hidden");
+  if (!on) return;
+  const y = plotY(state.threshold).toFixed(2);
+  line.setAttribute("y1", y); line.setAttribute("y2", y);
+  line.dataset.threshold = state.threshold;
+}
+
+function plot(d, dur) {
+  if (d.p_response === null || d.p_response === undefined) return; // sample mode
+  if (d.threshold !== null && d.threshold !== undefined) state.threshold = d.threshold;
+  const c = document.createElementNS(SVG, "circle");
+  c.setAttribute("class", "p " + d.decision);
+  c.setAttribute("r", "4");
+  c.dataset.time = d.time; c.dataset.p = d.p_response;
+  const title = document.createElementNS(SVG, "title");
+  title.textContent = `${d.time}s p=${d.p_response.toFixed(3)} ${d.decision}`;
+  c.appendChild(title);
+  $("pplot").appendChild(c);
+  drawPlot(dur);
+}
+
 function show(d) {
   state.decisions += 1;
   state.log.push(d);
@@ -68,6 +111,7 @@ function show(d) {
   place(tick, dur);
   tick.title = `${d.time}s ${d.decision} ${d.text}`;
   $("timeline").appendChild(tick);
+  plot(d, dur);
   const li = document.createElement("li");
   li.className = d.decision;
   li.textContent = `${d.time.toFixed(1)} s: ` + (d.decision === "response" ? d.text : `(${d.decision})`);
@@ -114,9 +158,14 @@ async function start(ev) {
     const s = await call("POST", "v1/sessions", { question: $("question").value, query_time: 0 });
     session = s.session_id;
   } catch (e) { status("error: " + e.message); state.errors += 1; return; }
+  let threshold = null; // the served decoder's threshold, drawn before the first decision
+  try { threshold = ((await call("GET", "healthz")).decode || {}).threshold ?? null; } catch (e) {}
   next = 1; queue = [];
-  Object.assign(state, { decisions: 0, responses: 0, sent: 0, log: [], session, done: false });
+  Object.assign(state, { decisions: 0, responses: 0, sent: 0, log: [], session, done: false,
+    threshold });
   $("timeline").replaceChildren(); $("transcript").replaceChildren();
+  $("pplot").querySelectorAll("circle.p").forEach((c) => c.remove());
+  drawPlot(span(1));
   $("start").disabled = true; $("stop").disabled = false;
   if (!camera) {
     v.currentTime = 0;
