@@ -291,3 +291,13 @@ def test_served_threshold_decoder_on_vllm(ray_local, tiny_path, tmp_path, synth_
     # the first chunk's prompt is the same in both streams: the same logprobs, shifted by 0.7
     l_diff = math.log(want[0] / (1 - want[0]))
     assert spoken[0]["p_response"] == pytest.approx(calibrated_p(l_diff, 0.0, 0.7), abs=1e-5)
+
+
+def test_serve_refuses_the_logit_bias_baseline(tiny_path):
+    """decode.response_bias scores a baseline; a served policy never decodes with it."""
+    from streampro.actors.serve.deploy import serve_app
+    from streampro.config import ConfigError
+
+    cfg = load_config(None, ["decode.response_bias=-1.0"])
+    with pytest.raises(ConfigError, match="decode.response_bias"):
+        serve_app(cfg, tiny_path)

@@ -116,6 +116,11 @@ def serve_app(cfg: Config, checkpoint: str) -> Any:
 
     s = cfg.serve
     check_checkpoint(cfg, checkpoint)
+    if cfg.decode.response_bias:  # a baseline for scoring, not a way to serve a policy
+        raise ConfigError(
+            "decode.response_bias is an evaluation baseline (streampro eval, train's "
+            "decode.bias_sweep); Serve does not apply it: set it to 0"
+        )
     store = (
         deployment(SessionStore)
         .options(ray_actor_options={"num_cpus": 0.1})
@@ -191,7 +196,12 @@ def build_app(args: dict[str, Any]) -> Any:
 def resolve_checkpoint(cfg: Config, checkpoint: str | None) -> str:
     """--checkpoint, else serve.checkpoint, else the configured policy; must be an HF folder."""
 
-    path = checkpoint or cfg.serve.checkpoint or resolve_policy(cfg.policy, seed=cfg.run.seed)
+    d = cfg.data
+    path = checkpoint or cfg.serve.checkpoint
+    if not path:
+        path = resolve_policy(
+            cfg.policy, seed=cfg.run.seed, codebook_size=d.codebook_size, patch_grid=d.patch_grid
+        )
     if not (Path(path) / "config.json").is_file():
         raise UserError(f"--checkpoint {path}: not a Hugging Face model folder (no config.json)")
     return str(Path(path).resolve())
