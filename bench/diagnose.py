@@ -18,11 +18,9 @@ one rollout group (one vLLM start; checkpoints are synced in as training does) a
 6. `length`: responses vs ground-truth answers per stream on dev and on dev streams 3x
    longer (synth.min/max_duration x3, their own split folder).
 
-Writes OUT/diagnose.json and OUT/diagnose.png. The bias list comes from the environment
-variable STREAMPRO_DIAG_BIASES (comma-separated, default 0,-0.5,-1,-1.5,-2), the streams
-used from STREAMPRO_DIAG_DEV_STREAMS (default all, else eval.max_samples when set) and
-STREAMPRO_DIAG_LONG_STREAMS (default 70), taken evenly over the tasks, since the CLI's bench
-flags are shared by every bench.
+Writes OUT/diagnose.json and OUT/diagnose.png. The biases are decode.bias_sweep (empty:
+0, -0.5, -1, -1.5, -2); bench.diagnose_dev_streams and bench.diagnose_long_streams set the
+streams used (0 = all), taken evenly over the tasks.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 import zlib
 from collections import defaultdict
@@ -44,6 +41,7 @@ import pyarrow.parquet as pq
 import torch
 
 from streampro.actors.api import RolloutGroupAPI
+from streampro.actors.decode_tune import with_decode
 from streampro.actors.policy_eval import PolicyEval, Predictions, mean_scores
 from streampro.actors.records import trajectory_from_row
 from streampro.actors.rollout import make_rollout_group
@@ -64,7 +62,6 @@ from streampro.types import RewardResult, Trajectory
 
 BIASES = (0.0, -0.5, -1.0, -1.5, -2.0)
 LONG_SCALE = 3.0  # stream length factor of the long split
-LONG_STREAMS = 70  # 10 per task: 3x longer streams cost 3x the decisions
 
 
 # ---- pure metrics ------------------------------------------------------------------------
@@ -240,8 +237,9 @@ def run_credit_agreement(run: Path, cfg: Config) -> dict[str, Any]:
 # ---- evaluation on one rollout group --------------------------------------------------------
 
 
-def with_decode(cfg: Config, **fields: Any) -> Config:
-    return dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, **fields))
+def decode_with(cfg: Config, **fields: Any) -> Config:
+    """`cfg` whose decoder has `fields` changed."""
+    return with_decode(cfg, dataclasses.replace(cfg.decode, **fields))
 
 
 def long_config(cfg: Config, scale: float = LONG_SCALE) -> Config:
@@ -262,7 +260,7 @@ def sampled(
 ) -> tuple[list[Predictions], dict[str, Any]]:
     """The evaluation's sampled decodings (eval.samples_per_stream seeded samples) with
     `bias` on the `</Response>` logit, and their mean scores."""
-    pe = PolicyEval.from_config(with_decode(cfg, mode="sample", response_bias=bias))
+    pe = PolicyEval.from_config(decode_with(cfg, mode="sample", response_bias=bias))
     runs = pe.predict(rollout, encoded)
     rows = [e.sample.to_dict() for e in encoded]
     return runs, mean_scores([score_predictions(rows, p, acc_judge=pe.judge) for p in runs])
@@ -272,7 +270,7 @@ def threshold_auroc(
     rollout: RolloutGroupAPI, cfg: Config, dev: list[EncodedSample], out: Path
 ) -> dict[str, Any]:
     """Threshold decoding of dev (predictions with every chunk's p kept in `out`), AUROC."""
-    scores = PolicyEval.from_config(with_decode(cfg, mode="threshold")).run(
+    scores = PolicyEval.from_config(decode_with(cfg, mode="threshold")).run(
         rollout, dev, predictions_out=out
     )
     rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
@@ -337,17 +335,14 @@ def diagnose_checkpoint(
     return res
 
 
-def env_settings() -> tuple[list[float], int, int]:
-    """(biases, dev streams, long streams) from STREAMPRO_DIAG_BIASES,
-    STREAMPRO_DIAG_DEV_STREAMS and STREAMPRO_DIAG_LONG_STREAMS (0 streams = all)."""
-    env = os.environ.get
-    try:
-        biases = [float(b) for b in env("STREAMPRO_DIAG_BIASES", "").split(",") if b.strip()]
-        n_dev = int(env("STREAMPRO_DIAG_DEV_STREAMS", 0))
-        n_long = int(env("STREAMPRO_DIAG_LONG_STREAMS", LONG_STREAMS))
-    except ValueError as e:
-        raise UserError(f"STREAMPRO_DIAG_*: {e}") from None
-    return biases or list(BIASES), n_dev, n_long
+def settings(cfg: Config) -> tuple[list[float], int, int]:
+    """(biases, dev streams, long streams) of the bench (0 streams = all)."""
+    b = cfg.bench
+    return (
+        list(cfg.decode.bias_sweep) or list(BIASES),
+        b.diagnose_dev_streams,
+        b.diagnose_long_streams,
+    )
 
 
 def spread(encoded: list[EncodedSample], n: int) -> list[EncodedSample]:
@@ -366,7 +361,7 @@ def run(
     cfg: Config, checkpoints: dict[str, str], out: Path, *, run_dir: Path | None = None
 ) -> dict[str, Any]:
     """diagnose.json's content: every checkpoint on one rollout group (synced in turn)."""
-    biases, n_dev, n_long = env_settings()
+    biases, n_dev, n_long = settings(cfg)
     t0 = time.perf_counter()
     dev = spread(load_split(cfg, "dev"), n_dev or cfg.eval.max_samples)
     long = spread(load_split(long_config(cfg), "dev"), n_long or cfg.eval.max_samples)

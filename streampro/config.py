@@ -405,6 +405,11 @@ class BenchConfig:
     """`bench scaling`: stream lengths in seconds (the first is held on other axes)."""
     scaling_actors: list[int] = field(default_factory=lambda: [1, 2])
     """`bench scaling`: rollout actors (the first is held on other axes)."""
+    diagnose_dev_streams: int = 0
+    """`bench diagnose`: dev streams evaluated, taken evenly over the tasks (0 = all)."""
+    diagnose_long_streams: int = 70
+    """`bench diagnose`: 3x-longer dev streams evaluated (0 = all; each costs 3x the
+    decisions of a dev stream)."""
     real_width_layers: int = 2
     """`bench real-width`: text layers and vision blocks kept of the public shapes."""
 

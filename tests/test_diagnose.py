@@ -177,14 +177,13 @@ def test_diagnose_checkpoint_without_an_engine(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_diagnose_end_to_end(tmp_path, tiny_path, ray_local, monkeypatch) -> None:
+def test_diagnose_end_to_end(tmp_path, tiny_path, ray_local) -> None:
     """Both checkpoints the same tiny policy: one engine, one weight sync, every section."""
-    monkeypatch.setenv("STREAMPRO_DIAG_BIASES", "0,-2")
-    monkeypatch.setenv("STREAMPRO_DIAG_LONG_STREAMS", "2")
     cfg = load_config(
         REPO / "configs" / "smoke.yaml",
         [f"synth.out={tmp_path / 'synth'}", f"data.cache_dir={tmp_path / 'cache'}",
-         "synth.dev_per_task=1", "eval.max_samples=2", "eval.samples_per_stream=2"],
+         "synth.dev_per_task=1", "eval.max_samples=2", "eval.samples_per_stream=2",
+         "decode.bias_sweep=[0.0,-2.0]", "bench.diagnose_long_streams=2"],
     )  # fmt: skip
     out = tmp_path / "diag"
     result = run(cfg, {"sft": tiny_path, "grpo": tiny_path}, out)
