@@ -4,8 +4,8 @@ Evaluates the run's SFT and GRPO checkpoints (DIR/sft/hf, DIR/grpo/hf) on the de
 one rollout group (one vLLM start; checkpoints are synced in as training does) and reports:
 
 1. `auroc`: per task, the rank AUROC of the threshold decoder's calibrated p(`</Response>`)
-   at target chunks (where a response would reach a ground-truth answer with S_time > 0,
-   under StreamPro-F1's own windows and task tolerances) against every other chunk;
+   at target chunks (where SFT is taught to respond to each answer: the first whole second
+   at or after its best time) against every other chunk after the question;
 2. `shuffle`: F1 with each stream's chunks permuted in time (questions, query times and
    answers unchanged): how much the policy reads the frames at all;
 3. `bias_sweep`: sampled decoding with a constant bias on the `</Response>` logit
@@ -48,6 +48,7 @@ from streampro.actors.rollout import make_rollout_group
 from streampro.bench.reward_alignment import trajectory_files
 from streampro.cluster.local import init_cluster
 from streampro.config import Config, atomic_write_text, load_config
+from streampro.data.dialogue import plan_responses
 from streampro.data.encode import EncodedSample
 from streampro.data.pipeline import load_split, split_manifest
 from streampro.data.schema import load_manifest
@@ -57,7 +58,7 @@ from streampro.learners.grpo_loss import group_advantages
 from streampro.rewards.credit import add_credit
 from streampro.rewards.f1 import greedy_matches, prf, score_predictions
 from streampro.rewards.judges import AccJudge, eval_acc_judge
-from streampro.rewards.scoring import reaches, s_time, sorted_answers
+from streampro.rewards.scoring import s_time, sorted_answers
 from streampro.types import RewardResult, Trajectory
 
 BIASES = (0.0, -0.5, -1.0, -1.5, -2.0)
@@ -83,14 +84,10 @@ def auroc(pos: Sequence[float], neg: Sequence[float]) -> float | None:
 
 
 def target_chunks(sample: dict, times: Sequence[float]) -> list[bool]:
-    """Whether a response at each decision time would be matched to an answer and score
-    S_time > 0 (StreamPro-F1's reach windows, each answer's own task tolerances)."""
-    answers = sorted_answers(sample)
-    return [
-        any(reaches(t, a, a.tau_early, a.tau_late) and s_time(t, a, a.tau_early, a.tau_late) > 0
-            for a in answers)
-        for t in times
-    ]  # fmt: skip
+    """Whether each decision time (a chunk's end) is where SFT is taught to respond: the
+    first whole second at or after each answer's best time (`plan_responses`)."""
+    plan, _ = plan_responses(sample["task"], sample["answers"], list(times))
+    return [j in plan for j in range(len(times))]
 
 
 def auroc_by_task(samples: list[dict], decisions: dict[str, list[dict]]) -> dict[str, Any]:
@@ -98,7 +95,10 @@ def auroc_by_task(samples: list[dict], decisions: dict[str, list[dict]]) -> dict
     pos: dict[str, list[float]] = defaultdict(list)
     neg: dict[str, list[float]] = defaultdict(list)
     for s in samples:
-        rows = decisions.get(s["id"], [])
+        # only decisions after the question: before it there is nothing to answer
+        rows = [
+            r for r in decisions.get(s["id"], []) if float(r["time"]) > s.get("query_time", 0.0)
+        ]
         targets = target_chunks(s, [float(r["time"]) for r in rows])
         for r, is_target in zip(rows, targets):
             for key in (s["task"], "all"):

@@ -52,18 +52,15 @@ def test_auroc_equals_pair_counting() -> None:
     assert auroc(pos.tolist(), neg.tolist()) == pytest.approx(float(pairs))
 
 
-def test_target_chunks_follow_the_f1_windows() -> None:
-    # OU at 20: window [17, 23], tau 4 each side -> S_time > 0 strictly inside (13, 27)
-    s = row("a", "OU", [{"time": 20.0, "text": "green"}])
-    times = [12.0, 13.0, 14.0, 20.0, 26.0, 27.0, 28.0]
-    assert target_chunks(s, times) == [False, False, True, True, True, False, False]
-    decisions = {
-        "a": [{"time": t, "p_response": p} for t, p in zip(times, [0, 0.2, 1, 1, 0.5, 0, 0.1])]
-    }
-    got = auroc_by_task([s], decisions)
-    # targets {1, 1, 0.5} vs others {0, 0.2, 0, 0.1}: every pair ordered
-    assert got["OU"] == {"auroc": 1.0, "targets": 3, "others": 4}
-    assert got["all"]["auroc"] == 1.0
+def test_target_chunks_are_the_sft_response_chunks() -> None:
+    # OU at 19.5: SFT responds at the first whole second at or after it, the chunk ending at 20
+    s = row("a", "OU", [{"time": 19.5, "text": "green"}])
+    times = [12.0, 13.0, 19.0, 20.0, 21.0, 27.0, 28.0]
+    assert target_chunks(s, times) == [False, False, False, True, False, False, False]
+    p = [0, 0.2, 1, 0.9, 0.5, 0, 0.1]
+    got = auroc_by_task([s], {"a": [{"time": t, "p_response": q} for t, q in zip(times, p)]})
+    # target {0.9} vs others {0, 0.2, 1, 0.5, 0, 0.1}: above 5 of 6
+    assert got["OU"] == {"auroc": pytest.approx(5 / 6), "targets": 1, "others": 6}
 
 
 def _encoded(n: int = 12) -> EncodedSample:
@@ -166,8 +163,8 @@ def test_diagnose_checkpoint_without_an_engine(tmp_path) -> None:
     assert (
         res["bias_sweep"][1]["responses_per_stream"] < res["bias_sweep"][0]["responses_per_stream"]
     )
-    # OU at 5 s: window [2, 8], tau 4 -> S_time > 0 for decisions at 1..11 s (of 1..12)
-    assert res["auroc"]["OU"]["targets"] == 2 * 11
+    # OU at 5 s, asked at 2 s: per stream one target (the chunk ending at 5) and 9 others
+    assert res["auroc"]["OU"]["targets"] == 2 and res["auroc"]["OU"]["others"] == 2 * 9
     assert set(res["timing"]["tasks"]) == {"OU"} and res["length"]["long"]["all"]["streams"] == 1
     assert res["shuffle"]["drop_w_avg"] == pytest.approx(
         res["shuffle"]["real"]["w_avg"] - res["shuffle"]["shuffled"]["w_avg"]
