@@ -175,7 +175,9 @@ def split_per_task(s: SynthConfig, split: str) -> int:
 def split_dir(s: SynthConfig, split: str) -> Path:
     """Default folder of a split: synth.out/<split>-<hash of the knobs>, so a cached split is
     reused only by the settings that made it (changing a knob renders a new one)."""
-    knobs = {k: v for k, v in asdict(s).items() if k not in ("out", "eval_per_task", "dev_per_task")}
+    knobs = {
+        k: v for k, v in asdict(s).items() if k not in ("out", "eval_per_task", "dev_per_task")
+    }
     knobs["per_task"] = split_per_task(s, split)
     digest = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:10]
     return Path(s.out) / f"{split}-{digest}"
