@@ -266,8 +266,9 @@ class DecodeConfig:
     """Chunks after a response that stay silent whatever p is (and add nothing to the sum)."""
     response_bias: float = 0.0
     """'sample' only: a constant added to the `</Response>` logit while sampling decisions (vLLM
-    logit_bias): a global response rate, the baseline a trained policy must beat. Evaluation
-    only (`streampro eval`, decode.bias_sweep); Serve refuses it."""
+    logit_bias, on every token of a decision: a negative bias also makes a stray `</Response>`
+    in the answer text rarer): a global response rate, the baseline a trained policy must
+    beat. Evaluation only (`streampro eval`, decode.bias_sweep); Serve refuses it."""
     tune_thresholds: list[float] = field(default_factory=list)
     """`streampro train`: thresholds the threshold decoder tries on the dev split, for the SFT
     and for the GRPO policy; the best dev W-Avg is saved with the checkpoint
