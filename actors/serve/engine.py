@@ -191,11 +191,7 @@ class PolicyEngine:
     ) -> tuple[list[int], list[float]]:
         """The decision after `prompt`; `images` are the PNG frames of its image placeholders,
         in order (image codec; empty for patch-codec prompts)."""
-        sid = serve.get_multiplexed_model_id()
-        if sid:
-            await self._session(sid)
-        if images and self.engine != "vllm":
-            raise UserError("serve.engine=hf serves text policies only: got frames as images")
+        frames = await self._prepare(images)
         if self.engine == "vllm":
             from streampro.actors.engine import decision_params  # vLLM: as in __init__
 
@@ -207,7 +203,6 @@ class PolicyEngine:
                 seed=seed,
                 banned=self._banned,
             )
-            frames = await asyncio.to_thread(self._frames.decode, images) if images else []
             d = await self._vllm.decide(prompt, params, frames)
             return d.token_ids, d.logprobs
         return await asyncio.to_thread(
@@ -219,12 +214,17 @@ class PolicyEngine:
     ) -> list[float]:
         """The threshold decoder's read: each of `choices`' logprob as the token after
         `prompt`, normalised over `choices` (the same call as rollout's threshold episode)."""
+        frames = await self._prepare(images)
+        if self.engine == "vllm":
+            return await self._vllm.choice_logprobs(prompt, list(choices), frames)
+        return await asyncio.to_thread(self._hf.choice, prompt, list(choices))
+
+    async def _prepare(self, images: Sequence[bytes]) -> list:
+        """Before any engine call: the request's session (multiplexed id) and its frames,
+        decoded off the event loop (hf engines take text policies only)."""
         sid = serve.get_multiplexed_model_id()
         if sid:
             await self._session(sid)
         if images and self.engine != "vllm":
             raise UserError("serve.engine=hf serves text policies only: got frames as images")
-        if self.engine == "vllm":
-            frames = await asyncio.to_thread(self._frames.decode, images) if images else []
-            return await self._vllm.choice_logprobs(prompt, list(choices), frames)
-        return await asyncio.to_thread(self._hf.choice, prompt, list(choices))
+        return await asyncio.to_thread(self._frames.decode, images) if images else []
